@@ -1,0 +1,513 @@
+//! The validated configuration: plain Rust types with no serde, built by `validate` from the file.
+//!
+//! Everything here has already been checked: addresses parse, weights are in range, names are unique,
+//! relative paths are resolved against the config file's folder. Consumers never re-validate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated config file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    /// Where clients connect. At least one.
+    pub listeners: Vec<Listener>,
+    /// The admin listener (metrics, health, the rollout API).
+    pub admin: Admin,
+    /// Where the control loop persists rollout state (`stateDir`), resolved against the file's folder.
+    pub state_dir: Option<PathBuf>,
+    /// Services in file order; names are unique.
+    pub services: Vec<Service>,
+    /// Analysis templates by name (`analysisTemplates`), in file order; names are unique.
+    pub analysis_templates: Vec<AnalysisTemplate>,
+}
+
+/// One client-facing listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    /// Unique listener name.
+    pub name: String,
+    /// Socket address to bind.
+    pub address: SocketAddr,
+    /// TLS settings; `None` means plain HTTP (HTTP/1.1 and h2c with prior knowledge).
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of a listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tls {
+    /// Certificates picked by SNI; the first one is the default. Never empty.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// A certificate chain and its private key, both PEM files (absolute paths).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CertificateFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Admin {
+    /// Socket address of the admin API; defaults to `127.0.0.1:3100`.
+    pub address: SocketAddr,
+    /// File holding the bearer token required for mutating admin calls (absolute path).
+    pub token_file: Option<PathBuf>,
+}
+
+/// One routed service with a stable version and an optional canary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Unique service name; used as the `service` metric label.
+    pub name: String,
+    /// Which requests this service receives.
+    pub matcher: Match,
+    /// The stable version; always present.
+    pub stable: Version,
+    /// The canary version, if any.
+    pub canary: Option<Canary>,
+    /// Upstream connection settings for both versions.
+    pub upstream: UpstreamOptions,
+    /// The rollout strategy; when present the control loop owns the canary weight.
+    pub strategy: Option<Strategy>,
+}
+
+/// Request matching for a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match {
+    /// Host patterns; never empty.
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix, always starting with `/`; `/` by default.
+    pub path_prefix: String,
+}
+
+/// A host pattern, lower-cased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// `shop.example.com`: exactly this host.
+    Exact(String),
+    /// `*.shop.example.com`: any host ending in `.shop.example.com` (stored as `.shop.example.com`).
+    Suffix(String),
+    /// `*`: any host.
+    Any,
+}
+
+impl HostPattern {
+    /// Parses a host pattern as written in `match.hosts`: `*`, `*.suffix` or an exact host name. The result is
+    /// lower-cased. Ports, empty strings, invalid characters and `*` anywhere else are rejected.
+    pub fn parse(written: &str) -> Result<HostPattern, String> {
+        if written.is_empty() {
+            return Err("host pattern must not be empty".to_string());
+        }
+        let lower = written.to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if let Some(suffix) = lower.strip_prefix("*.") {
+            check_host_name(suffix)?;
+            return Ok(HostPattern::Suffix(format!(".{suffix}")));
+        }
+        check_host_name(&lower)?;
+        Ok(HostPattern::Exact(lower))
+    }
+
+    /// Whether `host` (a request's host name without port) matches, ignoring ASCII case.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(exact) => host.eq_ignore_ascii_case(exact),
+            HostPattern::Suffix(suffix) => {
+                let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+/// Checks a lower-cased host name (no wildcard, no port).
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.contains('*') {
+        return Err("\"*\" is only allowed alone or as a leading \"*.\"".to_string());
+    }
+    if name.contains(':') {
+        return Err("host patterns must not include a port".to_string());
+    }
+    if name.len() > 253 {
+        return Err("host name longer than 253 characters".to_string());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label in host name".to_string());
+        }
+        if label.len() > 63 {
+            return Err(format!("label \"{label}\" longer than 63 characters"));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("invalid character {bad:?} in host name"));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for HostPattern {
+    /// The pattern as written in the file (`*`, `*.shop.example.com`, `shop.example.com`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// One deployed version of a service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Version {
+    /// Version label (`v1`, `2024.1`); used as the `version` metric label.
+    pub version: String,
+    /// Upstream addresses; never empty.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A canary version with its optional fixed weight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Canary {
+    /// Version label and upstreams.
+    pub version: Version,
+    /// The file-configured weight (`canary.weight`); `None` means 0 unless a strategy drives it.
+    pub weight: Option<Weight>,
+}
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    /// As written in the file (`127.0.0.1:9001`, `localhost:9001`); used as the `backend` label.
+    pub name: String,
+    /// The resolved socket address.
+    pub addr: SocketAddr,
+}
+
+/// Upstream connection settings (`services[].upstream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamOptions {
+    /// TCP connect timeout (`connectTimeout`, default 2s).
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head (`responseTimeout`, default 30s).
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept (`idleTimeout`, default 60s).
+    pub idle_timeout: Duration,
+    /// Idle connections kept per upstream and worker (`maxIdlePerUpstream`, default 64).
+    pub max_idle_per_upstream: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_upstream: 64,
+        }
+    }
+}
+
+/// A traffic weight in hundredths of a percent: `Weight(1000)` is 10%, `Weight(25)` is 0.25%.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Weight(u16);
+
+impl Weight {
+    /// 0%.
+    pub const ZERO: Weight = Weight(0);
+    /// 100%.
+    pub const FULL: Weight = Weight(10_000);
+
+    /// A weight from hundredths of a percent; `None` above 10 000.
+    pub fn from_basis_points(bp: u16) -> Option<Weight> {
+        (bp <= 10_000).then_some(Weight(bp))
+    }
+
+    /// A weight from a percentage with at most two decimals; `None` when out of range or finer.
+    pub fn from_percent(percent: f64) -> Option<Weight> {
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return None;
+        }
+        let bp = (percent * 100.0).round();
+        if (bp - percent * 100.0).abs() > 1e-6 {
+            return None;
+        }
+        Some(Weight(bp as u16))
+    }
+
+    /// Hundredths of a percent, 0..=10 000.
+    pub fn basis_points(self) -> u16 {
+        self.0
+    }
+
+    /// The weight as a percentage.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.0 / 100, self.0 % 100);
+        if frac == 0 {
+            write!(f, "{whole}")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollout strategy (`services[].strategy.canary`) and analysis templates.
+// ---------------------------------------------------------------------------------------------
+
+/// A service's rollout strategy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strategy {
+    /// The canary strategy; the only kind so far.
+    pub canary: CanaryStrategy,
+}
+
+/// `strategy.canary`: either an explicit step plan (Argo) or a Flagger-style progression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryStrategy {
+    /// Argo-style steps; empty when `progression` is set.
+    pub steps: Vec<Step>,
+    /// Strategy-level background analysis (`analysis.templates` + `startingStep`).
+    pub background: Option<BackgroundAnalysis>,
+    /// Flagger-style progression (`analysis.interval/threshold/stepWeight/maxWeight/metrics`).
+    pub progression: Option<Progression>,
+    /// A step (other than an indefinite pause) that takes longer aborts (`progressDeadline`, default 10m).
+    pub progress_deadline: Duration,
+}
+
+/// One Argo-style step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `setWeight: N`.
+    SetWeight(Weight),
+    /// `pause: {duration}`; `None` (`pause: {}`) holds until promoted.
+    Pause(Option<Duration>),
+    /// `analysis: {templates, args}`: run inline; the rollout waits for the verdict.
+    Analysis(AnalysisRef),
+}
+
+/// A reference to one or more templates with arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnalysisRef {
+    /// Template names (`templates[].templateName`); each exists in `Model::analysis_templates`.
+    pub templates: Vec<String>,
+    /// Argument values (`args[].name/value`) substituted as `{{args.NAME}}`.
+    pub args: BTreeMap<String, String>,
+}
+
+/// Strategy-level background analysis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackgroundAnalysis {
+    /// The templates to run.
+    pub analysis: AnalysisRef,
+    /// Index of the step from which it runs (`startingStep`, default 0).
+    pub starting_step: usize,
+}
+
+/// Flagger-style progression: every `interval` run the checks, then advance or count a failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progression {
+    /// How often checks run.
+    pub interval: Duration,
+    /// Failed checks that roll back.
+    pub threshold: u32,
+    /// The weights to walk through, ascending, ending at `max_weight` (from `stepWeight`+`maxWeight` or `stepWeights`).
+    pub step_weights: Vec<Weight>,
+    /// The highest canary weight before promotion.
+    pub max_weight: Weight,
+    /// Checks run every interval.
+    pub checks: Vec<Check>,
+}
+
+/// One Flagger-style check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    /// The check's name as written.
+    pub name: String,
+    /// What it measures.
+    pub kind: CheckKind,
+    /// Lower bound the value must reach (`thresholdRange.min`).
+    pub min: Option<f64>,
+    /// Upper bound the value must not exceed (`thresholdRange.max`).
+    pub max: Option<f64>,
+    /// Window the builtin checks measure over (`interval` of the check, default: the progression interval, at least 10s).
+    pub window: Duration,
+}
+
+/// What a Flagger-style check measures.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckKind {
+    /// `request-success-rate`: percent of non-5xx responses.
+    RequestSuccessRate,
+    /// `request-duration`: p99 latency in milliseconds.
+    RequestDuration,
+    /// A named analysis template (`templateRef.name`), judged by its own conditions.
+    Template(AnalysisRef),
+}
+
+/// `analysisTemplates[]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnalysisTemplate {
+    /// Unique template name.
+    pub name: String,
+    /// Declared arguments with optional defaults.
+    pub args: BTreeMap<String, Option<String>>,
+    /// Metrics measured by the template; never empty.
+    pub metrics: Vec<Metric>,
+}
+
+/// One metric of an analysis template (Argo semantics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// Metric name, unique within the template.
+    pub name: String,
+    /// Time between measurements (`interval`, default 10s).
+    pub interval: Duration,
+    /// Number of measurements; `None` = 1 inline, unlimited in background analysis.
+    pub count: Option<u32>,
+    /// Delay before the first measurement (`initialDelay`).
+    pub initial_delay: Duration,
+    /// Expression over `result` that must hold for success.
+    pub success_condition: Option<String>,
+    /// Expression over `result` that, when true, is a failure.
+    pub failure_condition: Option<String>,
+    /// Failed measurements tolerated (`failureLimit`, default 0).
+    pub failure_limit: u32,
+    /// Inconclusive measurements tolerated (`inconclusiveLimit`, default 0).
+    pub inconclusive_limit: u32,
+    /// Consecutive provider errors tolerated (`consecutiveErrorLimit`, default 4).
+    pub consecutive_error_limit: u32,
+    /// Measure and report, never decide.
+    pub dry_run: bool,
+    /// Where the value comes from.
+    pub provider: Provider,
+}
+
+/// Where a metric's value comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Provider {
+    /// weir's own per-version stats.
+    Builtin(BuiltinProvider),
+    /// A Prometheus instant query.
+    Prometheus(PrometheusProvider),
+    /// An HTTP request.
+    Web(WebProvider),
+}
+
+/// `provider.builtin`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuiltinProvider {
+    /// What to compute.
+    pub metric: BuiltinMetric,
+    /// The sliding window (`window`, default 30s).
+    pub window: Duration,
+    /// Which version to measure (default canary).
+    pub arm: Arm,
+    /// Fewer requests than this in the window is inconclusive (`minRequests`, default 20).
+    pub min_requests: u64,
+}
+
+/// A builtin metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuiltinMetric {
+    /// Fraction of non-5xx responses, 0..=1.
+    SuccessRate,
+    /// Fraction of 5xx responses, 0..=1.
+    ErrorRate,
+    /// Requests per second.
+    RequestRate,
+    /// Latency quantile in seconds (0.5, 0.9, 0.95, 0.99).
+    LatencyQuantile(LatencyQuantile),
+}
+
+/// A supported latency quantile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyQuantile {
+    /// p50
+    P50,
+    /// p90
+    P90,
+    /// p95
+    P95,
+    /// p99
+    P99,
+}
+
+impl LatencyQuantile {
+    /// The quantile as a fraction.
+    pub fn fraction(self) -> f64 {
+        match self {
+            LatencyQuantile::P50 => 0.5,
+            LatencyQuantile::P90 => 0.9,
+            LatencyQuantile::P95 => 0.95,
+            LatencyQuantile::P99 => 0.99,
+        }
+    }
+}
+
+/// Which version of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arm {
+    /// The stable version.
+    Stable,
+    /// The canary version.
+    Canary,
+}
+
+impl Arm {
+    /// `"stable"` or `"canary"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::Stable => "stable",
+            Arm::Canary => "canary",
+        }
+    }
+}
+
+/// `provider.prometheus`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrometheusProvider {
+    /// Base URL of the Prometheus server (`http://127.0.0.1:9090`).
+    pub address: String,
+    /// PromQL; may contain `{{args.NAME}}`.
+    pub query: String,
+    /// Request timeout (`timeout`, default 10s).
+    pub timeout: Duration,
+}
+
+/// `provider.web`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebProvider {
+    /// URL; may contain `{{args.NAME}}`.
+    pub url: String,
+    /// HTTP method (default GET).
+    pub method: String,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Request body, if any.
+    pub body: Option<String>,
+    /// Timeout (`timeoutSeconds`, default 10).
+    pub timeout: Duration,
+    /// JSONPath into the response body (`$.status`); without it the result is the status code.
+    pub json_path: Option<String>,
+}

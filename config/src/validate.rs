@@ -1,0 +1,502 @@
+//! Walks the YAML document, checks everything, and builds the [`Model`]. Every problem is collected with its
+//! field path; nothing stops at the first error.
+//!
+//! - [`walk`]: the error collector, the mapping view and the scalar readers.
+//! - [`strategy`]: `services[].strategy` (steps, background analysis, Flagger-style progression).
+//! - [`template`]: `analysisTemplates[]` and template references.
+
+mod strategy;
+mod template;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use serde_yaml_ng::Value;
+
+use crate::error::ValidationError;
+use crate::model::{
+    Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls, Upstream,
+    UpstreamOptions, Version,
+};
+use template::Known;
+use walk::{all, each, Cx, Obj};
+
+/// The admin address used when `admin.address` is not given.
+const DEFAULT_ADMIN_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3100);
+
+/// Validates a parsed YAML document; relative paths resolve against `base_dir`.
+pub(crate) fn validate(root: &Value, base_dir: &Path) -> Result<Model, Vec<ValidationError>> {
+    let mut cx = Cx::default();
+    let model = model(&mut cx, root, base_dir);
+    match model {
+        Some(model) if cx.errors.is_empty() => Ok(model),
+        _ => {
+            if cx.errors.is_empty() {
+                cx.err(
+                    "(config)",
+                    "internal error: the configuration is incomplete but no problem was recorded",
+                );
+            }
+            Err(cx.errors)
+        }
+    }
+}
+
+fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
+    let Some(o) = Obj::open(
+        cx,
+        root,
+        "",
+        &["listeners", "admin", "stateDir", "services", "analysisTemplates"],
+    ) else {
+        // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
+        if let Some(last) = cx.errors.last_mut() {
+            last.at = "(top level)".to_string();
+        }
+        return None;
+    };
+
+    // Templates are walked first so references can be checked, but their problems are reported last, in
+    // file order.
+    let mut known = Known::new();
+    let templates = o.or(cx, "analysisTemplates", Vec::new(), |cx, v, at| {
+        template::templates(cx, v, at, &mut known)
+    });
+    let template_errors = std::mem::take(&mut cx.errors);
+
+    let listeners = o.req(cx, "listeners", |cx, v, at| listeners(cx, v, at, base_dir));
+    let default_admin = Admin {
+        address: DEFAULT_ADMIN_ADDRESS,
+        token_file: None,
+    };
+    let admin = o.or(cx, "admin", default_admin, |cx, v, at| {
+        admin(cx, v, at, base_dir)
+    });
+    if let (Some(listeners), Some(admin)) = (&listeners, &admin) {
+        for (i, listener) in listeners.iter().enumerate() {
+            if listener.address == admin.address && admin.address.port() != 0 {
+                cx.err(
+                    "admin.address",
+                    format!(
+                        "{} is also the address of listener \"{}\" (listeners[{i}])",
+                        admin.address, listener.name
+                    ),
+                );
+            }
+        }
+    }
+    let state_dir = o.opt(cx, "stateDir", |cx, v, at| walk::path_value(cx, v, at, base_dir));
+    let services = o.req(cx, "services", |cx, v, at| services(cx, v, at, &known));
+    cx.errors.extend(template_errors);
+
+    Some(Model {
+        listeners: listeners?,
+        admin: admin?,
+        state_dir: state_dir?,
+        services: services?,
+        analysis_templates: templates?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listeners and admin.
+// ---------------------------------------------------------------------------------------------
+
+fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Vec<Listener>> {
+    let items = walk::nonempty_list(cx, value, at)?;
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut addresses: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    let parsed = each(cx, items, at, |cx, item, at, i| {
+        let o = Obj::open(cx, item, at, &["name", "address", "tls"])?;
+        let name = o.req(cx, "name", walk::nonempty_string);
+        if let Some(name) = &name {
+            if let Some(first) = names.get(name) {
+                cx.err(
+                    &o.at("name"),
+                    format!("duplicate listener name \"{name}\" (also listeners[{first}])"),
+                );
+            } else {
+                names.insert(name.clone(), i);
+            }
+        }
+        let address = o.req(cx, "address", socket_addr);
+        if let Some(address) = address.filter(|a| a.port() != 0) {
+            if let Some(first) = addresses.get(&address) {
+                cx.err(
+                    &o.at("address"),
+                    format!("address {address} is already used by listeners[{first}]"),
+                );
+            } else {
+                addresses.insert(address, i);
+            }
+        }
+        let tls = o.opt(cx, "tls", |cx, v, at| tls(cx, v, at, base_dir));
+        Some(Listener {
+            name: name?,
+            address: address?,
+            tls: tls?,
+        })
+    });
+    all(parsed)
+}
+
+fn tls(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Tls> {
+    let o = Obj::open(cx, value, at, &["certificates"])?;
+    let certificates = o.req(cx, "certificates", |cx, v, at| {
+        let items = walk::nonempty_list(cx, v, at)?;
+        let parsed = each(cx, items, at, |cx, item, at, _| {
+            let o = Obj::open(cx, item, at, &["certFile", "keyFile"])?;
+            let cert_file = o.req(cx, "certFile", |cx, v, at| {
+                walk::existing_file(cx, v, at, base_dir)
+            });
+            let key_file = o.req(cx, "keyFile", |cx, v, at| {
+                walk::existing_file(cx, v, at, base_dir)
+            });
+            Some(CertificateFiles {
+                cert_file: cert_file?,
+                key_file: key_file?,
+            })
+        });
+        all(parsed)
+    });
+    Some(Tls {
+        certificates: certificates?,
+    })
+}
+
+fn admin(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Admin> {
+    let o = Obj::open(cx, value, at, &["address", "tokenFile"])?;
+    let address = o.or(cx, "address", DEFAULT_ADMIN_ADDRESS, socket_addr);
+    let token_file = o.opt(cx, "tokenFile", |cx, v, at| {
+        walk::existing_file(cx, v, at, base_dir)
+    });
+    Some(Admin {
+        address: address?,
+        token_file: token_file?,
+    })
+}
+
+/// A listening address: `IP:PORT` or `localhost:PORT`.
+fn socket_addr(cx: &mut Cx, value: &Value, at: &str) -> Option<SocketAddr> {
+    let written = walk::string(cx, value, at)?;
+    if let Ok(addr) = written.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let reason = match written.rsplit_once(':') {
+        None => "missing :PORT (expected IP:PORT or localhost:PORT)".to_string(),
+        Some((host, port)) => match port.parse::<u16>() {
+            Err(_) => format!("invalid port \"{port}\" (expected IP:PORT or localhost:PORT)"),
+            Ok(port) if host.eq_ignore_ascii_case("localhost") => {
+                return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+            }
+            Ok(_) => format!(
+                "\"{host}\" is not an IP address (expected IP:PORT or localhost:PORT, IPv6 in brackets like [::1]:8080)"
+            ),
+        },
+    };
+    cx.err(at, format!("invalid socket address \"{written}\": {reason}"));
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services.
+// ---------------------------------------------------------------------------------------------
+
+/// Routes seen so far: (host, path prefix) → service name.
+type Routes = BTreeMap<(HostPattern, String), String>;
+
+fn services(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Vec<Service>> {
+    let items = walk::nonempty_list(cx, value, at)?;
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut routes = Routes::new();
+    let parsed = each(cx, items, at, |cx, item, at, i| {
+        service(cx, item, at, i, &mut names, &mut routes, known)
+    });
+    all(parsed)
+}
+
+fn service(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    index: usize,
+    names: &mut BTreeMap<String, usize>,
+    routes: &mut Routes,
+    known: &Known,
+) -> Option<Service> {
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["name", "match", "stable", "canary", "upstream", "strategy"],
+    )?;
+    let name = o.req(cx, "name", service_name);
+    if let Some(name) = &name {
+        if let Some(first) = names.get(name) {
+            cx.err(
+                &o.at("name"),
+                format!("duplicate service name \"{name}\" (also services[{first}])"),
+            );
+        } else {
+            names.insert(name.clone(), index);
+        }
+    }
+    let default_match = Match {
+        hosts: vec![HostPattern::Any],
+        path_prefix: "/".to_string(),
+    };
+    let matcher = o.or(cx, "match", default_match, matcher);
+    if let (Some(matcher), Some(name)) = (&matcher, &name) {
+        for host in &matcher.hosts {
+            let key = (host.clone(), matcher.path_prefix.clone());
+            if let Some(owner) = routes.get(&key) {
+                cx.err(
+                    &o.at("match"),
+                    format!(
+                        "host \"{host}\" with pathPrefix \"{}\" is already routed by service \"{owner}\"",
+                        matcher.path_prefix
+                    ),
+                );
+            } else {
+                routes.insert(key, name.clone());
+            }
+        }
+    }
+    let stable = o.req(cx, "stable", |cx, v, at| {
+        let o = Obj::open(cx, v, at, &["version", "upstreams"])?;
+        version(cx, &o)
+    });
+    let canary = o.opt(cx, "canary", |cx, v, at| canary(cx, v, at, stable.as_ref()));
+    let upstream = o.or(
+        cx,
+        "upstream",
+        UpstreamOptions::default(),
+        upstream_options,
+    );
+    let strategy = o.opt(cx, "strategy", |cx, v, at| {
+        strategy::strategy(cx, v, at, known)
+    });
+    Some(Service {
+        name: name?,
+        matcher: matcher?,
+        stable: stable?,
+        canary: canary?,
+        upstream: upstream?,
+        strategy: strategy?,
+    })
+}
+
+/// A service name: `[A-Za-z0-9._-]+` (it is a metric label and a URL segment).
+fn service_name(cx: &mut Cx, value: &Value, at: &str) -> Option<String> {
+    let name = walk::string(cx, value, at)?;
+    if name.is_empty() {
+        cx.err(at, "must not be empty");
+        return None;
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        cx.err(
+            at,
+            format!("invalid character {bad:?} in \"{name}\": use letters, digits, '.', '_' and '-'"),
+        );
+        return None;
+    }
+    Some(name)
+}
+
+fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
+    let o = Obj::open(cx, value, at, &["hosts", "pathPrefix"])?;
+    let hosts = o.or(cx, "hosts", vec![HostPattern::Any], |cx, v, at| {
+        let items = walk::nonempty_list(cx, v, at)?;
+        let mut seen: Vec<HostPattern> = Vec::new();
+        let parsed = each(cx, items, at, |cx, item, at, _| {
+                let written = walk::string(cx, item, at)?;
+                match HostPattern::parse(&written) {
+                    Ok(pattern) if seen.contains(&pattern) => {
+                        cx.err(at, format!("duplicate host pattern \"{pattern}\""));
+                        None
+                    }
+                    Ok(pattern) => {
+                        seen.push(pattern.clone());
+                        Some(pattern)
+                    }
+                    Err(reason) => {
+                        cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
+                        None
+                    }
+                }
+            });
+        all(parsed)
+    });
+    let path_prefix = o.or(cx, "pathPrefix", "/".to_string(), |cx, v, at| {
+        let prefix = walk::string(cx, v, at)?;
+        if !prefix.starts_with('/') {
+            cx.err(at, format!("must start with \"/\", got \"{prefix}\""));
+            return None;
+        }
+        Some(prefix)
+    });
+    Some(Match {
+        hosts: hosts?,
+        path_prefix: path_prefix?,
+    })
+}
+
+/// `version` and `upstreams` of an opened `stable` or `canary` mapping.
+fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
+    let version = o.req(cx, "version", walk::nonempty_text);
+    let upstreams = o.req(cx, "upstreams", upstreams);
+    Some(Version {
+        version: version?,
+        upstreams: upstreams?,
+    })
+}
+
+fn canary(cx: &mut Cx, value: &Value, at: &str, stable: Option<&Version>) -> Option<Canary> {
+    let o = Obj::open(cx, value, at, &["version", "upstreams", "weight"])?;
+    let version = version(cx, &o);
+    if let (Some(canary), Some(stable)) = (&version, stable) {
+        if canary.version == stable.version {
+            cx.err(
+                &o.at("version"),
+                format!(
+                    "must differ from stable.version, both are \"{}\"",
+                    stable.version
+                ),
+            );
+        }
+    }
+    let weight = o.opt(cx, "weight", walk::weight);
+    Some(Canary {
+        version: version?,
+        weight: weight?,
+    })
+}
+
+fn upstreams(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<Upstream>> {
+    let items = walk::nonempty_list(cx, value, at)?;
+    let mut seen: Vec<String> = Vec::new();
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let upstream = upstream(cx, item, at)?;
+        if seen.contains(&upstream.name) {
+            cx.err(at, format!("duplicate upstream \"{}\"", upstream.name));
+            return None;
+        }
+        seen.push(upstream.name.clone());
+        Some(upstream)
+    });
+    all(parsed)
+}
+
+/// An upstream `HOST:PORT`, resolved now.
+fn upstream(cx: &mut Cx, value: &Value, at: &str) -> Option<Upstream> {
+    let written = walk::string(cx, value, at)?;
+    match resolve_upstream(&written) {
+        Ok(addr) => Some(Upstream {
+            name: written,
+            addr,
+        }),
+        Err(reason) => {
+            cx.err(at, format!("invalid upstream address \"{written}\": {reason}"));
+            None
+        }
+    }
+}
+
+fn resolve_upstream(written: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = written.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err("port must not be 0".to_string());
+        }
+        return Ok(addr);
+    }
+    let Some((host, port)) = written.rsplit_once(':') else {
+        return Err("expected HOST:PORT".to_string());
+    };
+    if host.is_empty() {
+        return Err("missing host (expected HOST:PORT)".to_string());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid port \"{port}\" (expected HOST:PORT)"))?;
+    if port == 0 {
+        return Err("port must not be 0".to_string());
+    }
+    if host.contains(':') {
+        return Err("IPv6 addresses must be in brackets, like [::1]:8080".to_string());
+    }
+    if let Some(bad) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!("invalid character {bad:?} in host \"{host}\""));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{host}\": {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("\"{host}\" resolves to no address"))
+}
+
+fn upstream_options(cx: &mut Cx, value: &Value, at: &str) -> Option<UpstreamOptions> {
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &[
+            "connectTimeout",
+            "responseTimeout",
+            "idleTimeout",
+            "maxIdlePerUpstream",
+        ],
+    )?;
+    let defaults = UpstreamOptions::default();
+    let connect_timeout = o.or(
+        cx,
+        "connectTimeout",
+        defaults.connect_timeout,
+        walk::positive_duration,
+    );
+    let response_timeout = o.or(
+        cx,
+        "responseTimeout",
+        defaults.response_timeout,
+        walk::positive_duration,
+    );
+    let idle_timeout = o.or(
+        cx,
+        "idleTimeout",
+        defaults.idle_timeout,
+        walk::positive_duration,
+    );
+    let max_idle_per_upstream = o.or(
+        cx,
+        "maxIdlePerUpstream",
+        defaults.max_idle_per_upstream,
+        |cx, v, at| {
+            let n = walk::uint(cx, v, at)?;
+            match usize::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    cx.err(at, format!("too large: {n}"));
+                    None
+                }
+            }
+        },
+    );
+    Some(UpstreamOptions {
+        connect_timeout: connect_timeout?,
+        response_timeout: response_timeout?,
+        idle_timeout: idle_timeout?,
+        max_idle_per_upstream: max_idle_per_upstream?,
+    })
+}

@@ -1,0 +1,435 @@
+//! `services[].strategy`: Argo-style steps with optional background analysis, or a Flagger-style progression.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+
+use super::template::{check_reference, Known};
+use super::walk::{self, all, each, Cx, Obj};
+use crate::model::{
+    AnalysisRef, BackgroundAnalysis, CanaryStrategy, Check, CheckKind, Progression, Step,
+    Strategy, Weight,
+};
+
+/// Keys of the background-analysis form of `strategy.canary.analysis`.
+const BACKGROUND_KEYS: [&str; 3] = ["templates", "args", "startingStep"];
+/// Keys of the Flagger form of `strategy.canary.analysis`.
+const FLAGGER_KEYS: [&str; 6] = [
+    "interval",
+    "threshold",
+    "stepWeight",
+    "stepWeights",
+    "maxWeight",
+    "metrics",
+];
+/// Keys of one step.
+const STEP_KEYS: [&str; 3] = ["setWeight", "pause", "analysis"];
+
+/// Shortest window a Flagger-style check measures over.
+const MIN_CHECK_WINDOW: Duration = Duration::from_secs(10);
+
+/// `strategy`.
+pub(crate) fn strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
+    let o = Obj::open(cx, value, at, &["canary"])?;
+    let canary = o.req(cx, "canary", |cx, v, at| canary_strategy(cx, v, at, known));
+    Some(Strategy { canary: canary? })
+}
+
+/// The parsed `strategy.canary.analysis`, by form; the inner `None` means it had problems.
+enum AnalysisForm {
+    Background(Option<BackgroundAnalysis>),
+    Flagger(Option<Progression>),
+}
+
+fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<CanaryStrategy> {
+    let o = Obj::open(cx, value, at, &["steps", "analysis", "progressDeadline"])?;
+    let steps_len = o
+        .get("steps")
+        .and_then(Value::as_sequence)
+        .map_or(0, Vec::len);
+    let steps = o.or(cx, "steps", Vec::new(), |cx, v, at| {
+        let items = walk::list(cx, v, at)?;
+        all(each(cx, items, at, |cx, item, at, _| step(cx, item, at, known)))
+    });
+    let analysis = o
+        .get("analysis")
+        .map(|v| analysis(cx, v, &o.at("analysis"), steps_len, known));
+    let progress_deadline = o.or(
+        cx,
+        "progressDeadline",
+        Duration::from_secs(600),
+        walk::positive_duration,
+    );
+
+    let (background, progression) = match analysis {
+        Some(AnalysisForm::Flagger(progression)) => {
+            if steps_len > 0 {
+                cx.err(
+                    &o.at("steps"),
+                    "steps and Flagger-style analysis (stepWeight) cannot be combined",
+                );
+            }
+            (Some(None), progression.map(Some))
+        }
+        Some(AnalysisForm::Background(background)) => {
+            if steps_len == 0 {
+                cx.err(at, "needs steps or analysis.stepWeight");
+            }
+            (background.map(Some), Some(None))
+        }
+        None => {
+            if steps_len == 0 {
+                cx.err(at, "needs steps or analysis.stepWeight");
+            }
+            (Some(None), Some(None))
+        }
+    };
+    Some(CanaryStrategy {
+        steps: steps?,
+        background: background?,
+        progression: progression?,
+        progress_deadline: progress_deadline?,
+    })
+}
+
+/// One item of `steps`: exactly one of `setWeight`, `pause`, `analysis`.
+fn step(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Step> {
+    let o = Obj::open(cx, value, at, &STEP_KEYS)?;
+    let present: Vec<&str> = STEP_KEYS.into_iter().filter(|k| o.has(k)).collect();
+    let kind = match present.as_slice() {
+        [kind] => *kind,
+        [] => {
+            cx.err(at, "a step needs exactly one of setWeight, pause or analysis");
+            return None;
+        }
+        several => {
+            cx.err(
+                at,
+                format!(
+                    "a step needs exactly one of setWeight, pause or analysis, got {}",
+                    several.join(" and ")
+                ),
+            );
+            return None;
+        }
+    };
+    match kind {
+        "setWeight" => o.req(cx, "setWeight", walk::weight).map(Step::SetWeight),
+        "pause" => {
+            let value = o.raw("pause").unwrap_or(&Value::Null);
+            let p = Obj::open(cx, value, &o.at("pause"), &["duration"])?;
+            let duration = p.opt(cx, "duration", walk::duration)?;
+            Some(Step::Pause(duration))
+        }
+        _ => {
+            let value = o.raw("analysis").unwrap_or(&Value::Null);
+            let a = Obj::open(cx, value, &o.at("analysis"), &["templates", "args"])?;
+            analysis_ref(cx, &a, known).map(Step::Analysis)
+        }
+    }
+}
+
+/// `templates` and `args` of an opened analysis mapping, checked against the templates.
+fn analysis_ref(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<AnalysisRef> {
+    let templates = o.req(cx, "templates", |cx, v, at| {
+        let items = walk::nonempty_list(cx, v, at)?;
+        let parsed = each(cx, items, at, |cx, item, at, _| {
+            let t = Obj::open(cx, item, at, &["templateName"])?;
+            let name = t.req(cx, "templateName", walk::nonempty_string)?;
+            Some((name, t.at("templateName")))
+        });
+        all(parsed)
+    });
+    let args = o.or(cx, "args", Vec::new(), supplied_args);
+    if let (Some(templates), Some(args)) = (&templates, &args) {
+        check_reference(cx, o.path(), templates, &args.names(), known);
+    }
+    Some(AnalysisRef {
+        templates: templates?.into_iter().map(|(name, _)| name).collect(),
+        args: args?.into_iter().map(|(name, _, value)| (name, value)).collect(),
+    })
+}
+
+/// `args: [{name, value}]` of a reference, as `(name, path of name, value)`.
+fn supplied_args(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<(String, String, String)>> {
+    let items = walk::list(cx, value, at)?;
+    let mut seen: Vec<String> = Vec::new();
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let o = Obj::open(cx, item, at, &["name", "value"])?;
+        let name = o.req(cx, "name", walk::nonempty_string);
+        let value = o.req(cx, "value", walk::text);
+        let name = name?;
+        if seen.contains(&name) {
+            cx.err(&o.at("name"), format!("duplicate argument \"{name}\""));
+            return None;
+        }
+        seen.push(name.clone());
+        Some((name, o.at("name"), value?))
+    });
+    all(parsed)
+}
+
+/// Turns `(name, path, value)` triples into what `check_reference` wants.
+trait SuppliedNames {
+    fn names(&self) -> Vec<(String, String)>;
+}
+
+impl SuppliedNames for Vec<(String, String, String)> {
+    fn names(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(name, at, _)| (name.clone(), at.clone()))
+            .collect()
+    }
+}
+
+/// `strategy.canary.analysis`, in whichever form its keys say.
+fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Known) -> AnalysisForm {
+    let allowed: Vec<&str> = BACKGROUND_KEYS.iter().chain(FLAGGER_KEYS.iter()).copied().collect();
+    let Some(o) = Obj::open(cx, value, at, &allowed) else {
+        return AnalysisForm::Background(None);
+    };
+    if FLAGGER_KEYS.iter().any(|k| o.has(k)) {
+        let mut mixed = false;
+        for key in BACKGROUND_KEYS.iter().filter(|k| o.has(k)) {
+            mixed = true;
+            cx.err(
+                &o.at(key),
+                "not allowed in Flagger-style analysis (interval, threshold, stepWeight, stepWeights, maxWeight, metrics)",
+            );
+        }
+        let progression = progression(cx, &o, known);
+        return AnalysisForm::Flagger(progression.filter(|_| !mixed));
+    }
+    let analysis = analysis_ref(cx, &o, known);
+    let starting_step = o.or(cx, "startingStep", 0, |cx, v, at| {
+        let n = walk::uint(cx, v, at)?;
+        let fits = usize::try_from(n).ok().filter(|n| steps_len == 0 || *n < steps_len);
+        if fits.is_none() {
+            cx.err(
+                at,
+                format!("must be less than the number of steps ({steps_len}), got {n}"),
+            );
+        }
+        fits
+    });
+    AnalysisForm::Background(analysis.zip(starting_step).map(|(analysis, starting_step)| {
+        BackgroundAnalysis {
+            analysis,
+            starting_step,
+        }
+    }))
+}
+
+/// The Flagger form of an opened `strategy.canary.analysis`.
+fn progression(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<Progression> {
+    let interval = o.req(cx, "interval", walk::positive_duration);
+    let threshold = o.req(cx, "threshold", walk::positive_u32);
+    let weights = step_weights(cx, o);
+    let window = interval.unwrap_or(MIN_CHECK_WINDOW).max(MIN_CHECK_WINDOW);
+    let checks = o.req(cx, "metrics", |cx, v, at| {
+        let items = walk::nonempty_list(cx, v, at)?;
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let parsed = each(cx, items, at, |cx, item, at, i| {
+            let check = check(cx, item, at, window, known)?;
+            if let Some(first) = names.get(&check.name) {
+                cx.err(
+                    &walk::field_path(at, "name"),
+                    format!("duplicate check name \"{}\" (also metrics[{first}])", check.name),
+                );
+                return None;
+            }
+            names.insert(check.name.clone(), i);
+            Some(check)
+        });
+        all(parsed)
+    });
+    let (step_weights, max_weight) = weights?;
+    Some(Progression {
+        interval: interval?,
+        threshold: threshold?,
+        step_weights,
+        max_weight,
+        checks: checks?,
+    })
+}
+
+/// `stepWeight` + `maxWeight`, or `stepWeights` (+ optional `maxWeight`): the weights to walk and the maximum.
+fn step_weights(cx: &mut Cx, o: &Obj<'_>) -> Option<(Vec<Weight>, Weight)> {
+    let max_weight = o.opt(cx, "maxWeight", walk::weight);
+    match (o.get("stepWeight"), o.get("stepWeights")) {
+        (Some(_), Some(_)) => {
+            cx.err(&o.at("stepWeights"), "use either stepWeight or stepWeights, not both");
+            None
+        }
+        (None, None) => {
+            cx.err(
+                &o.at("stepWeight"),
+                "missing required field (Flagger-style analysis needs stepWeight with maxWeight, or stepWeights)",
+            );
+            None
+        }
+        (Some(v), None) => {
+            let at = o.at("stepWeight");
+            let step = walk::weight(cx, v, &at);
+            if step == Some(Weight::ZERO) {
+                cx.err(&at, "must be greater than 0");
+                return None;
+            }
+            let max = match max_weight? {
+                Some(max) => max,
+                None => {
+                    cx.err(&o.at("maxWeight"), "missing required field (needed with stepWeight)");
+                    return None;
+                }
+            };
+            let step = step?;
+            if max < step {
+                cx.err(
+                    &o.at("maxWeight"),
+                    format!("must be at least stepWeight ({step}), got {max}"),
+                );
+                return None;
+            }
+            let (step_bp, max_bp) = (u32::from(step.basis_points()), max.basis_points());
+            let mut weights = Vec::new();
+            let mut bp = step_bp;
+            while bp < u32::from(max_bp) {
+                weights.extend(u16::try_from(bp).ok().and_then(Weight::from_basis_points));
+                bp += step_bp;
+            }
+            weights.push(max);
+            Some((weights, max))
+        }
+        (None, Some(v)) => {
+            let at = o.at("stepWeights");
+            let items = walk::nonempty_list(cx, v, &at)?;
+            let max_weight = max_weight?;
+            let mut previous: Option<Weight> = None;
+            let parsed = each(cx, items, &at, |cx, item, at, _| {
+                let weight = walk::weight(cx, item, at)?;
+                if weight == Weight::ZERO {
+                    cx.err(at, "must be greater than 0");
+                    return None;
+                }
+                if let Some(prev) = previous.filter(|p| weight <= *p) {
+                    cx.err(
+                        at,
+                        format!("must be greater than the previous step weight ({prev}), got {weight}"),
+                    );
+                    return None;
+                }
+                previous = Some(weight);
+                if let Some(max) = max_weight.filter(|m| weight > *m) {
+                    cx.err(at, format!("must not exceed maxWeight ({max}), got {weight}"));
+                    return None;
+                }
+                Some(weight)
+            });
+            let mut weights = all(parsed)?;
+            let last = *weights.last()?;
+            let max = max_weight.unwrap_or(last);
+            if last < max {
+                weights.push(max);
+            }
+            Some((weights, max))
+        }
+    }
+}
+
+/// One Flagger-style check in `analysis.metrics`.
+fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: &Known) -> Option<Check> {
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["name", "templateRef", "templateVariables", "thresholdRange", "interval"],
+    )?;
+    let name = o.req(cx, "name", walk::nonempty_string);
+    let template = o.opt(cx, "templateRef", |cx, v, at| {
+        let t = Obj::open(cx, v, at, &["name"])?;
+        let name = t.req(cx, "name", walk::nonempty_string)?;
+        Some((name, t.at("name")))
+    });
+    let variables = o.opt(cx, "templateVariables", template_variables);
+    if o.get("templateVariables").is_some() && o.get("templateRef").is_none() {
+        cx.err(&o.at("templateVariables"), "only allowed together with templateRef");
+    }
+    let kind = match (&template, &name) {
+        (Some(Some((template, template_at))), _) => {
+            let variables = variables.clone().flatten().unwrap_or_default();
+            let supplied = variables.names();
+            check_reference(cx, &o.at("templateRef"), &[(template.clone(), template_at.clone())], &supplied, known);
+            Some(CheckKind::Template(AnalysisRef {
+                templates: vec![template.clone()],
+                args: variables.into_iter().map(|(name, _, value)| (name, value)).collect(),
+            }))
+        }
+        (Some(None), Some(name)) => match name.as_str() {
+            "request-success-rate" => Some(CheckKind::RequestSuccessRate),
+            "request-duration" => Some(CheckKind::RequestDuration),
+            other => {
+                cx.err(
+                    &o.at("name"),
+                    format!("unknown check \"{other}\": use request-success-rate, request-duration or templateRef"),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let builtin = matches!(kind, Some(CheckKind::RequestSuccessRate | CheckKind::RequestDuration));
+    let range = o.opt(cx, "thresholdRange", |cx, v, at| {
+        let r = Obj::open(cx, v, at, &["min", "max"])?;
+        let min = r.opt(cx, "min", walk::number);
+        let max = r.opt(cx, "max", walk::number);
+        let (min, max) = (min?, max?);
+        if let (Some(min), Some(max)) = (min, max) {
+            if min > max {
+                cx.err(at, format!("min ({min}) must not be greater than max ({max})"));
+                return None;
+            }
+        }
+        if builtin && min.is_none() && max.is_none() {
+            cx.err(at, "needs min or max");
+            return None;
+        }
+        Some((min, max))
+    });
+    if builtin && o.get("thresholdRange").is_none() {
+        cx.err(&o.at("thresholdRange"), "missing required field (needs min or max)");
+    }
+    let window = o.or(cx, "interval", default_window, walk::positive_duration);
+    let (min, max) = range?.unwrap_or((None, None));
+    variables?;
+    Some(Check {
+        name: name?,
+        kind: kind?,
+        min,
+        max,
+        window: window?,
+    })
+}
+
+/// `templateVariables: {NAME: VALUE}`, as `(name, path, value)`.
+fn template_variables(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<(String, String, String)>> {
+    let Value::Mapping(map) = value else {
+        cx.err(at, "expected a mapping of argument names to values");
+        return None;
+    };
+    let mut ok = true;
+    let mut variables = Vec::new();
+    for (key, value) in map {
+        let Some(name) = key.as_str() else {
+            cx.err(at, "argument names must be strings");
+            ok = false;
+            continue;
+        };
+        let path = walk::field_path(at, name);
+        match walk::text(cx, value, &path) {
+            Some(text) => variables.push((name.to_string(), path, text)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(variables)
+}

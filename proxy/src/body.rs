@@ -1,0 +1,130 @@
+//! The response body weir sends to clients: either a small body of its own, or the upstream's body
+//! streamed frame by frame, which hands its connection back to the worker's pool once it has ended.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::stats::{UpstreamErrorKind, VersionStats};
+use crate::upstream::Lease;
+
+/// A response body.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        /// The upstream connection, returned to the pool when the body has ended.
+        lease: Option<Lease>,
+        stats: Arc<VersionStats>,
+    },
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// The upstream's body; `lease` goes back to its pool when the body ends cleanly.
+    pub(crate) fn upstream(inner: Incoming, lease: Option<Lease>, stats: Arc<VersionStats>) -> Self {
+        let mut body = ProxyBody {
+            kind: Kind::Upstream { inner, lease, stats },
+        };
+        body.release_if_done();
+        body
+    }
+
+    /// Returns the connection to its pool as soon as the upstream body is complete (HEAD, 204, 304
+    /// and `Content-Length: 0` responses are complete from the start).
+    fn release_if_done(&mut self) {
+        if let Kind::Upstream { inner, lease, .. } = &mut self.kind {
+            if inner.is_end_stream() {
+                if let Some(lease) = lease.take() {
+                    lease.release();
+                }
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream {
+                inner,
+                lease,
+                stats,
+            } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // The upstream broke mid-body: the connection is gone, and the client's
+                        // connection will be aborted by hyper so it cannot mistake a truncated body
+                        // for a complete one.
+                        lease.take();
+                        stats.record_upstream_error(UpstreamErrorKind::Body);
+                    }
+                    Poll::Ready(Some(Ok(_))) => this.release_if_done(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so; the connection is still reusable then.
+        self.release_if_done();
+    }
+}

@@ -1,0 +1,85 @@
+//! Every way a request can fail in the data plane, and the one place that turns a failure into a
+//! response.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::stats::UpstreamErrorKind;
+
+/// Which side of the proxy a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we cannot route.
+    Downstream,
+    /// The upstream failed.
+    Upstream,
+}
+
+/// A request that weir answered itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No service matches the Host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The request names no host (HTTP/1.1 without `Host`, HTTP/2 without `:authority`).
+    #[error("missing or invalid Host header")]
+    BadHost,
+    /// The upstream failed before a response head arrived.
+    #[error("upstream {kind:?} failure: {message}")]
+    Upstream {
+        /// What failed.
+        kind: UpstreamErrorKind,
+        /// Detail for the log.
+        message: String,
+    },
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                UpstreamErrorKind::Connect
+                | UpstreamErrorKind::Protocol
+                | UpstreamErrorKind::Body => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// Which side failed.
+    pub fn source_side(&self) -> ErrorSource {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadHost => ErrorSource::Downstream,
+            ProxyError::Upstream { .. } => ErrorSource::Upstream,
+        }
+    }
+
+    /// The response weir sends: the status and a short plain-text body.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body: &'static str = match self {
+            ProxyError::NoRoute => "no route\n",
+            ProxyError::BadHost => "missing or invalid host\n",
+            ProxyError::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => {
+                    "upstream timed out\n"
+                }
+                _ => "upstream unavailable\n",
+            },
+        };
+        let mut response = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}

@@ -1,0 +1,392 @@
+//! The request path: load the table once → match host and path → pick the arm → call an upstream
+//! → record → stream the response back.
+//!
+//! Everything here runs on a worker's single-threaded runtime: the route cache and the upstream pool
+//! are worker-local, so the only shared writes per request are a few relaxed atomic adds (the split
+//! sequence, round robin, and the version's counters).
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Cache};
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::routes::matcher::strip_port;
+use crate::routes::{ArmRoute, RouteTable, ServiceRoute};
+use crate::stats::UpstreamErrorKind;
+use crate::upstream::{Pool, SendError};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// State shared by every connection of one worker thread.
+pub(crate) struct Worker {
+    routes: RefCell<Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>>,
+    pool: Rc<Pool>,
+    access_log: bool,
+}
+
+/// Per-connection facts added to every request.
+pub(crate) struct ConnInfo {
+    /// The client's IP, preformatted for `X-Forwarded-For`.
+    client_ip: HeaderValue,
+    /// `http` or `https`.
+    proto: HeaderValue,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    pub(crate) fn new(routes: &crate::routes::Routes, access_log: bool) -> Rc<Worker> {
+        Rc::new(Worker {
+            routes: RefCell::new(routes.cache()),
+            pool: Pool::new(),
+            access_log,
+        })
+    }
+
+    /// The current table (one atomic read when unchanged).
+    pub(crate) fn table(&self) -> Arc<RouteTable> {
+        self.routes.borrow_mut().load().clone()
+    }
+}
+
+// === impl ConnInfo ===
+
+impl ConnInfo {
+    pub(crate) fn new(client: IpAddr, tls: bool) -> ConnInfo {
+        let client_ip = HeaderValue::from_str(&client.to_string())
+            .expect("an IP address is always a valid header value");
+        ConnInfo {
+            client_ip,
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Serves one request. Never fails: every error becomes a response.
+pub(crate) async fn handle(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let table = worker.table();
+    let method = request.method().clone();
+    let response = match route(&table, &request) {
+        Err(error) => {
+            if worker.access_log {
+                access_log(&request, error.status(), "-", "-", start);
+            }
+            error.to_response()
+        }
+        Ok(service) => {
+            let arm = service.pick();
+            let log_line = worker
+                .access_log
+                .then(|| (request.uri().clone(), request.headers().get(header::HOST).cloned()));
+            let response = forward(&worker, &conn, service, arm, request, start).await;
+            if let Some((uri, host)) = log_line {
+                tracing::info!(
+                    target: "weir::access",
+                    method = %method,
+                    host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+                    uri = %uri,
+                    status = response.status().as_u16(),
+                    service = service.name(),
+                    version = arm.version(),
+                    duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                );
+            }
+            response
+        }
+    };
+    Ok(response)
+}
+
+/// Finds the service for a request, or why there is none.
+fn route<'t>(table: &'t RouteTable, request: &Request<Incoming>) -> Result<&'t ServiceRoute, ProxyError> {
+    let host = match request.uri().authority() {
+        // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
+        Some(authority) => authority.host(),
+        None => match request.headers().get(header::HOST) {
+            Some(value) => strip_port(value.to_str().map_err(|_| ProxyError::BadHost)?),
+            // HTTP/1.1 requires Host; HTTP/1.0 clients only reach a `*` service.
+            None if request.version() == Version::HTTP_11 => return Err(ProxyError::BadHost),
+            None => "",
+        },
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    table
+        .route(host, request.uri().path())
+        .ok_or(ProxyError::NoRoute)
+}
+
+async fn forward(
+    worker: &Rc<Worker>,
+    conn: &ConnInfo,
+    service: &ServiceRoute,
+    arm: &ArmRoute,
+    mut request: Request<Incoming>,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let upgrade = is_upgrade(request.version(), request.headers());
+    prepare_request(&mut request, conn, upgrade);
+    let outcome = if upgrade {
+        forward_upgrade(worker, service, arm, request).await
+    } else {
+        send(worker, service, arm, request).await
+    };
+    match outcome {
+        Ok(response) => {
+            arm.stats.record(response.status().as_u16(), start.elapsed());
+            response
+        }
+        Err(error) => {
+            let status = error.status();
+            arm.stats.record(status.as_u16(), start.elapsed());
+            tracing::debug!(service = service.name(), version = arm.version(), %error, "upstream failed");
+            error.to_response()
+        }
+    }
+}
+
+/// Sends over the pool, trying the arm's other upstreams when a connection cannot be made.
+async fn send(
+    worker: &Rc<Worker>,
+    service: &ServiceRoute,
+    arm: &ArmRoute,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let options = &service.options;
+    let deadline = Instant::now() + options.response_timeout;
+    let n_upstreams = arm.upstreams.len();
+    let first = arm.next_index();
+    let mut attempt = 0;
+    loop {
+        let addr = arm.upstreams[(first + attempt) % n_upstreams].addr;
+        let sent = tokio::time::timeout_at(deadline, worker.pool.send(addr, options, request)).await;
+        let error = match sent {
+            Ok(Ok((mut response, lease))) => {
+                strip_hop_by_hop(response.headers_mut(), false);
+                let (parts, body) = response.into_parts();
+                let body = ProxyBody::upstream(body, Some(lease), arm.stats.clone());
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(_elapsed) => SendError {
+                kind: UpstreamErrorKind::Timeout,
+                message: format!("no response from {addr} within {:?}", options.response_timeout),
+                request: None,
+            },
+            Ok(Err(error)) => error,
+        };
+        arm.stats.record_upstream_error(error.kind);
+        let retryable = matches!(
+            error.kind,
+            UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout
+        );
+        match error.request {
+            Some(returned) if retryable && attempt + 1 < n_upstreams => {
+                tracing::debug!(%addr, message = %error.message, "trying the next upstream");
+                request = returned;
+                attempt += 1;
+            }
+            _ => {
+                return Err(ProxyError::Upstream {
+                    kind: error.kind,
+                    message: error.message,
+                })
+            }
+        }
+    }
+}
+
+/// Forwards an HTTP/1.1 `Upgrade` request and, once the upstream answers 101, tunnels bytes both
+/// ways. The client's connection is upgraded only after the upstream agreed.
+async fn forward_upgrade(
+    worker: &Rc<Worker>,
+    service: &ServiceRoute,
+    arm: &ArmRoute,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let addr = arm.upstreams[arm.next_index()].addr;
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let options = &service.options;
+    let sent = tokio::time::timeout(
+        options.response_timeout,
+        worker.pool.send_upgrade(addr, options, request),
+    )
+    .await;
+    let mut response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            arm.stats.record_upstream_error(error.kind);
+            return Err(ProxyError::Upstream {
+                kind: error.kind,
+                message: error.message,
+            });
+        }
+        Err(_) => {
+            arm.stats.record_upstream_error(UpstreamErrorKind::Timeout);
+            return Err(ProxyError::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                message: format!("no response from {addr}"),
+            });
+        }
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(response.headers_mut(), false);
+        let (parts, body) = response.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, None, arm.stats.clone()),
+        ));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    tokio::task::spawn_local(async move {
+        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (client, upstream) => {
+                tracing::debug!(client_ok = client.is_ok(), upstream_ok = upstream.is_ok(), "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    strip_hop_by_hop(response.headers_mut(), true);
+    let (parts, _) = response.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+/// `Connection: upgrade` with an `Upgrade` header on HTTP/1.1.
+fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Turns a client request into an upstream request: origin-form URI, HTTP/1.1, a Host header, no
+/// hop-by-hop headers, `X-Forwarded-*` added.
+fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
+    let original_host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    };
+    if request.uri().scheme().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if let Some(host) = original_host {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut joined = BytesMut::with_capacity(previous.len() + 2 + conn.client_ip.len());
+            joined.put_slice(previous.as_bytes());
+            joined.put_slice(b", ");
+            joined.put_slice(conn.client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
+        }
+        None => conn.client_ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header lists.
+/// An upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        if let Ok(listed) = connection.to_str() {
+            for token in listed.split(',').map(str::trim) {
+                if !token.is_empty() && !token.eq_ignore_ascii_case("upgrade") {
+                    headers.remove(token);
+                }
+            }
+        }
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn access_log(request: &Request<Incoming>, status: StatusCode, service: &str, version: &str, start: Instant) {
+    tracing::info!(
+        target: "weir::access",
+        method = %request.method(),
+        host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("-"),
+        uri = %request.uri(),
+        status = status.as_u16(),
+        service,
+        version,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_lists_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(Version::HTTP_11, &headers));
+        assert!(!is_upgrade(Version::HTTP_10, &headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers[header::UPGRADE], "websocket");
+    }
+}

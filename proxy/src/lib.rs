@@ -1,0 +1,29 @@
+//! weir's data plane: it serves the route table it is handed, and never reads files or decides
+//! weights.
+//!
+//! # Layout
+//! - [`routes`]: the immutable [`routes::RouteTable`] snapshot and its channel ([`routes::channel`]
+//!   → one [`routes::Publisher`], many [`routes::Routes`]); compiled host/path matching and the
+//!   exact weighted split.
+//! - [`server`]: worker threads, listeners, TLS termination, HTTP/1.1 + HTTP/2, graceful drain.
+//! - `forward`: the request path (load table → match → pick arm → upstream → record).
+//! - `upstream`: per-worker keep-alive pools to upstreams.
+//! - [`stats`]: per-version atomic counters and latency histograms, snapshots and sliding windows.
+//! - [`metrics`]: Prometheus export of the stats.
+//! - [`tls`]: rustls configs with SNI certificate selection.
+//! - [`error`]: the failures weir answers itself, mapped to responses in one place.
+
+mod body;
+pub mod error;
+mod forward;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod stats;
+pub mod tls;
+mod upstream;
+
+pub use body::ProxyBody;
+pub use routes::{channel, Publisher, RouteTable, Routes};
+pub use server::{serve, spawn, Listener, ServeConfig, Server};
+pub use stats::Stats;

@@ -1,0 +1,117 @@
+//! Prometheus export of the data plane's stats, encoded at scrape time from the atomics in
+//! [`crate::stats`] and the current route table. Nothing here runs on the request path.
+//!
+//! Names follow the queries Argo Rollouts analysis templates use, so they run unchanged:
+//! `http_requests_total{service,version,status}`, `http_request_duration_seconds{service,version}`,
+//! plus `weir_canary_weight{service}` and `weir_upstream_errors_total{service,version,kind}`.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::routes::Routes;
+use crate::stats::{Stats, UpstreamErrorKind, LATENCY_BUCKETS, N_BUCKETS};
+
+/// Encodes the data plane's metrics on every scrape.
+#[derive(Debug)]
+pub struct DataPlaneCollector {
+    stats: Stats,
+    routes: Routes,
+}
+
+/// Registers the data plane's metrics in `registry` (at its top level: the names are fixed by the
+/// analysis queries users already have).
+pub fn register(registry: &mut Registry, stats: Stats, routes: Routes) {
+    registry.register_collector(Box::new(DataPlaneCollector { stats, routes }));
+}
+
+impl Collector for DataPlaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let all = self.stats.all();
+
+        let mut requests = encoder.encode_descriptor(
+            "http_requests",
+            "Responses sent to clients, by service, version and status code",
+            None,
+            MetricType::Counter,
+        )?;
+        for version in &all {
+            for (status, count) in version.status_counts() {
+                let status = status.to_string();
+                let labels = [
+                    ("service", version.service()),
+                    ("version", version.version()),
+                    ("status", status.as_str()),
+                ];
+                ConstCounter::new(count).encode(requests.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut duration = encoder.encode_descriptor(
+            "http_request_duration",
+            "Time from receiving a request to sending the response head, by service and version",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for version in &all {
+            let snapshot = version.snapshot();
+            let mut buckets = [(0.0, 0u64); N_BUCKETS];
+            for (idx, slot) in buckets.iter_mut().enumerate() {
+                let bound = LATENCY_BUCKETS.get(idx).copied().unwrap_or(f64::MAX);
+                *slot = (bound, snapshot.buckets[idx]);
+            }
+            let count = snapshot.buckets.iter().sum();
+            let labels = [("service", version.service()), ("version", version.version())];
+            duration.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                snapshot.latency_sum_seconds,
+                count,
+                &buckets,
+                None,
+            )?;
+        }
+
+        let mut errors = encoder.encode_descriptor(
+            "weir_upstream_errors",
+            "Failed upstream exchanges, by service, version and kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for version in &all {
+            for kind in UpstreamErrorKind::ALL {
+                let count = version.upstream_errors(kind);
+                if count == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("service", version.service()),
+                    ("version", version.version()),
+                    ("kind", kind.as_str()),
+                ];
+                ConstCounter::new(count).encode(errors.encode_family(&labels)?)?;
+            }
+        }
+
+        let table = self.routes.current();
+        let mut weight = encoder.encode_descriptor(
+            "weir_canary_weight",
+            "Percent of a service's requests sent to its canary",
+            None,
+            MetricType::Gauge,
+        )?;
+        for service in table.services() {
+            let labels = [("service", service.name())];
+            ConstGauge::new(service.canary_weight().percent()).encode(weight.encode_family(&labels)?)?;
+        }
+        let mut generation = encoder.encode_descriptor(
+            "weir_route_table_generation",
+            "Number of route tables published since start",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(table.generation() as i64).encode(generation.encode_family(&[("table", "routes")])?)?;
+        Ok(())
+    }
+}

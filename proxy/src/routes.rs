@@ -1,0 +1,239 @@
+//! The route table: one immutable snapshot of everything the data plane serves, and the channel that
+//! publishes it.
+//!
+//! A [`RouteTable`] holds compiled host/path matchers, each service's split and arms, per-version stats
+//! handles and the listeners' TLS configs. [`channel`] creates one `ArcSwap` and hands out its only
+//! writer ([`Publisher`], not `Clone`) and any number of readers ([`Routes`]). A request loads the table
+//! once and finishes on that snapshot whatever is published meanwhile.
+
+mod build;
+pub(crate) mod matcher;
+pub mod split;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use weir_config::{UpstreamOptions, Weight};
+
+pub use self::build::{BuildError, TlsMaterial};
+use self::matcher::HostIndex;
+use self::split::{Pick, Split};
+use crate::stats::VersionStats;
+
+/// One immutable snapshot of routes, weights, upstreams and certificates.
+#[derive(Debug)]
+pub struct RouteTable {
+    generation: u64,
+    hosts: HostIndex,
+    services: Vec<ServiceRoute>,
+    tls: Vec<ListenerTls>,
+}
+
+/// A compiled service.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) split: Split,
+    pub(crate) weight: Weight,
+    pub(crate) stable: ArmRoute,
+    pub(crate) canary: Option<ArmRoute>,
+    pub(crate) options: UpstreamOptions,
+}
+
+/// One version of a service: its upstreams and stats handle.
+#[derive(Debug)]
+pub struct ArmRoute {
+    pub(crate) version: Arc<str>,
+    pub(crate) upstreams: Box<[UpstreamRoute]>,
+    pub(crate) next_upstream: AtomicUsize,
+    pub(crate) stats: Arc<VersionStats>,
+}
+
+/// One upstream address.
+#[derive(Debug, Clone)]
+pub struct UpstreamRoute {
+    pub(crate) addr: std::net::SocketAddr,
+}
+
+/// A listener's TLS server config, kept with the PEM it was built from so that a table that changes
+/// only weights reuses it.
+#[derive(Debug)]
+pub(crate) struct ListenerTls {
+    pub(crate) listener: String,
+    pub(crate) material: Arc<TlsMaterial>,
+    pub(crate) config: Arc<rustls::ServerConfig>,
+}
+
+/// The write half: the only way to change what the data plane serves. Not `Clone`.
+#[derive(Debug)]
+pub struct Publisher {
+    shared: Arc<ArcSwap<RouteTable>>,
+}
+
+/// The read half. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    shared: Arc<ArcSwap<RouteTable>>,
+}
+
+/// Creates the route channel with an initial table (generation 1).
+pub fn channel(mut initial: RouteTable) -> (Publisher, Routes) {
+    initial.generation = 1;
+    let shared = Arc::new(ArcSwap::from_pointee(initial));
+    (
+        Publisher {
+            shared: shared.clone(),
+        },
+        Routes { shared },
+    )
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// An empty table: every request gets 404.
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            generation: 0,
+            hosts: HostIndex::default(),
+            services: Vec::new(),
+            tls: Vec::new(),
+        }
+    }
+
+    /// The publish count that produced this table (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The service routed for `host` (no port, any case) and `path`.
+    #[inline]
+    pub fn route(&self, host: &str, path: &str) -> Option<&ServiceRoute> {
+        self.hosts
+            .lookup(host, path)
+            .and_then(|idx| self.services.get(idx))
+    }
+
+    /// Every compiled service, in file order.
+    pub fn services(&self) -> &[ServiceRoute] {
+        &self.services
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+
+    /// The TLS server config of a listener, if it terminates TLS.
+    pub fn tls(&self, listener: &str) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls
+            .iter()
+            .find(|t| t.listener == listener)
+            .map(|t| &t.config)
+    }
+}
+
+// === impl ServiceRoute ===
+
+impl ServiceRoute {
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The canary weight this table serves (0 without a canary).
+    pub fn canary_weight(&self) -> Weight {
+        self.weight
+    }
+
+    /// The stable arm.
+    pub fn stable(&self) -> &ArmRoute {
+        &self.stable
+    }
+
+    /// The canary arm, if configured.
+    pub fn canary(&self) -> Option<&ArmRoute> {
+        self.canary.as_ref()
+    }
+
+    /// Picks the arm for the next request.
+    #[inline]
+    pub(crate) fn pick(&self) -> &ArmRoute {
+        match (self.split.pick(), &self.canary) {
+            (Pick::Canary, Some(canary)) => canary,
+            _ => &self.stable,
+        }
+    }
+}
+
+// === impl ArmRoute ===
+
+impl ArmRoute {
+    /// The version label.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The stats handle of this version.
+    pub fn stats(&self) -> &Arc<VersionStats> {
+        &self.stats
+    }
+
+    /// The upstream addresses.
+    pub fn upstream_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.upstreams.iter().map(|u| u.addr)
+    }
+
+    /// Round-robin start index for the next request.
+    #[inline]
+    pub(crate) fn next_index(&self) -> usize {
+        if self.upstreams.len() == 1 {
+            return 0;
+        }
+        self.next_upstream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.upstreams.len()
+    }
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// Makes `table` the one every new request sees; returns its generation.
+    pub fn publish(&self, mut table: RouteTable) -> u64 {
+        table.generation = self.shared.load().generation + 1;
+        let generation = table.generation;
+        self.shared.store(Arc::new(table));
+        generation
+    }
+
+    /// The table currently served.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.shared.load_full()
+    }
+
+    /// A reader of the same channel.
+    pub fn routes(&self) -> Routes {
+        Routes {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl Routes ===
+
+impl Routes {
+    /// The table currently served.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.shared.load_full()
+    }
+
+    /// A per-worker cache: loading through it costs one atomic read when nothing changed.
+    pub(crate) fn cache(&self) -> arc_swap::Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>> {
+        arc_swap::Cache::new(self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

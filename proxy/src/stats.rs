@@ -1,0 +1,358 @@
+//! Per-version request statistics: lock-free atomics on the hot path, cumulative snapshots for readers.
+//!
+//! Every (service, version) pair owns one [`VersionStats`]. The route table holds an `Arc` to it in each
+//! arm, resolved when the table is built, so recording a request is a handful of relaxed atomic adds with
+//! no map lookup. Readers (the Prometheus exporter, the control loop) take cumulative [`Snapshot`]s;
+//! [`Window`] keeps a ring of them so the control loop can ask for "the last 30 seconds".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Upper bounds of the latency histogram buckets, in seconds (1 ms to 10 s; `+Inf` is implicit).
+pub const LATENCY_BUCKETS: [f64; 24] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+];
+
+/// The same bounds in microseconds, for the hot path (integer compares only).
+const LATENCY_BUCKETS_MICROS: [u64; 24] = [
+    1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000, 50_000, 75_000, 100_000,
+    150_000, 200_000, 300_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000, 3_000_000,
+    5_000_000, 7_500_000, 10_000_000,
+];
+
+/// Number of histogram slots: one per bound plus `+Inf`.
+pub const N_BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+
+/// Status codes are recorded in a dense array indexed by `status - 100`.
+const N_STATUS: usize = 500;
+
+/// Why a request to an upstream failed (the `kind` label of `weir_upstream_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    /// The TCP connection was refused or failed.
+    Connect,
+    /// The TCP connection did not complete in `connectTimeout`.
+    ConnectTimeout,
+    /// No response head within `responseTimeout`.
+    Timeout,
+    /// The connection broke or the upstream sent an invalid response before the head was complete.
+    Protocol,
+    /// The response body broke after the head was forwarded.
+    Body,
+}
+
+impl UpstreamErrorKind {
+    /// All kinds, in label order.
+    pub const ALL: [UpstreamErrorKind; 5] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Body,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Body => "body",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one (service, version) pair. Cheap to update from any thread.
+pub struct VersionStats {
+    service: Arc<str>,
+    version: Arc<str>,
+    by_status: Box<[AtomicU64]>,
+    other_status: AtomicU64,
+    buckets: [AtomicU64; N_BUCKETS],
+    latency_sum_micros: AtomicU64,
+    upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+}
+
+impl std::fmt::Debug for VersionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionStats")
+            .field("service", &self.service)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cumulative (or, after [`Snapshot::since`], windowed) view of one version's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Responses sent, by any status.
+    pub requests: u64,
+    /// Responses with a 5xx status (including weir's own 502/504 for this version).
+    pub errors_5xx: u64,
+    /// Non-cumulative latency histogram: `buckets[i]` counts requests in `(LATENCY_BUCKETS[i-1], LATENCY_BUCKETS[i]]`.
+    pub buckets: [u64; N_BUCKETS],
+    /// Sum of latencies in seconds.
+    pub latency_sum_seconds: f64,
+}
+
+// === impl VersionStats ===
+
+impl VersionStats {
+    fn new(service: Arc<str>, version: Arc<str>) -> Self {
+        VersionStats {
+            service,
+            version,
+            by_status: (0..N_STATUS).map(|_| AtomicU64::new(0)).collect(),
+            other_status: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_micros: AtomicU64::new(0),
+            upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The service label.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The version label.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Records one response: its status and the time to its head.
+    #[inline]
+    pub fn record(&self, status: u16, latency: Duration) {
+        match (status as usize).checked_sub(100) {
+            Some(idx) if idx < N_STATUS => self.by_status[idx].fetch_add(1, Relaxed),
+            _ => self.other_status.fetch_add(1, Relaxed),
+        };
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Records an upstream failure (the response status is recorded separately with [`Self::record`]).
+    #[inline]
+    pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Upstream failures of one kind so far.
+    pub fn upstream_errors(&self, kind: UpstreamErrorKind) -> u64 {
+        self.upstream_errors[kind.index()].load(Relaxed)
+    }
+
+    /// Counts by status code, non-zero entries only, ascending.
+    pub fn status_counts(&self) -> Vec<(u16, u64)> {
+        let mut out: Vec<(u16, u64)> = self
+            .by_status
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, count)| {
+                let count = count.load(Relaxed);
+                (count > 0).then_some((idx as u16 + 100, count))
+            })
+            .collect();
+        let other = self.other_status.load(Relaxed);
+        if other > 0 {
+            // Statuses outside 100..=599 cannot come out of hyper; keep the count honest anyway.
+            out.push((0, other));
+        }
+        out
+    }
+
+    /// A cumulative snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut requests = self.other_status.load(Relaxed);
+        let mut errors_5xx = 0;
+        for (idx, count) in self.by_status.iter().enumerate() {
+            let count = count.load(Relaxed);
+            requests += count;
+            if (400..500).contains(&idx) {
+                errors_5xx += count;
+            }
+        }
+        Snapshot {
+            requests,
+            errors_5xx,
+            buckets: std::array::from_fn(|idx| self.buckets[idx].load(Relaxed)),
+            latency_sum_seconds: self.latency_sum_micros.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// What happened between `earlier` and `self` (both cumulative).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors_5xx: self.errors_5xx.saturating_sub(earlier.errors_5xx),
+            buckets: std::array::from_fn(|idx| self.buckets[idx].saturating_sub(earlier.buckets[idx])),
+            latency_sum_seconds: (self.latency_sum_seconds - earlier.latency_sum_seconds).max(0.0),
+        }
+    }
+
+    /// Fraction of non-5xx responses; `None` without requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - self.errors_5xx as f64 / self.requests as f64)
+    }
+
+    /// Fraction of 5xx responses; `None` without requests.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors_5xx as f64 / self.requests as f64)
+    }
+
+    /// The `q` quantile (0..=1) of latency in seconds, interpolated within its bucket the way
+    /// Prometheus' `histogram_quantile` does; `None` without requests.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (idx, &count) in self.buckets.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            if (seen + count) as f64 >= rank {
+                let Some(&upper) = LATENCY_BUCKETS.get(idx) else {
+                    // The +Inf bucket: like Prometheus, answer with the highest finite bound.
+                    return Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1]);
+                };
+                let lower = if idx == 0 { 0.0 } else { LATENCY_BUCKETS[idx - 1] };
+                let within = (rank - seen as f64) / count as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            seen += count;
+        }
+        Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1])
+    }
+}
+
+/// The registry of every version's stats. Cloning shares it.
+///
+/// The map behind the mutex is touched only when a route table is built and when readers enumerate
+/// versions; the request path holds `Arc<VersionStats>` handles and never sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    inner: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), Arc<VersionStats>>>>,
+}
+
+// === impl Stats ===
+
+impl Stats {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handle for (service, version), created on first use.
+    pub fn handle(&self, service: &str, version: &str) -> Arc<VersionStats> {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let key: (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(version));
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(VersionStats::new(key.0, key.1)))
+            .clone()
+    }
+
+    /// The handle for (service, version), if it was ever created.
+    pub fn get(&self, service: &str, version: &str) -> Option<Arc<VersionStats>> {
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(Arc::from(service), Arc::from(version))).cloned()
+    }
+
+    /// Drops every handle for which `keep` is false (versions no longer configured).
+    pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|(service, version), _| keep(service, version));
+    }
+
+    /// Every handle, sorted by (service, version) for stable output.
+    pub fn all(&self) -> Vec<Arc<VersionStats>> {
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = map.values().cloned().collect();
+        all.sort_by(|a, b| (&a.service, &a.version).cmp(&(&b.service, &b.version)));
+        all
+    }
+}
+
+/// A ring of cumulative snapshots of every version, taken by [`Window::sample`] (the control loop
+/// calls it about once a second), answering questions about sliding windows.
+#[derive(Debug)]
+pub struct Window {
+    stats: Stats,
+    retention: Duration,
+    samples: VecDeque<(Instant, HashMap<(Arc<str>, Arc<str>), Snapshot>)>,
+}
+
+// === impl Window ===
+
+impl Window {
+    /// A window over `stats` keeping samples for `retention`.
+    pub fn new(stats: Stats, retention: Duration) -> Self {
+        Window {
+            stats,
+            retention,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Takes a sample of every version now and forgets samples older than the retention.
+    pub fn sample(&mut self, now: Instant) {
+        let sample = self
+            .stats
+            .all()
+            .iter()
+            .map(|v| ((v.service.clone(), v.version.clone()), v.snapshot()))
+            .collect();
+        self.samples.push_back((now, sample));
+        while let Some((at, _)) = self.samples.front() {
+            if now.saturating_duration_since(*at) > self.retention + Duration::from_secs(1) {
+                self.samples.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// What (service, version) did over the last `window` (or since the oldest sample, if younger),
+    /// with the actual length of the window covered. Reads live counters for the end of the window.
+    pub fn over(&self, service: &str, version: &str, window: Duration, now: Instant) -> (Snapshot, Duration) {
+        let Some(current) = self.stats.get(service, version).map(|v| v.snapshot()) else {
+            return (Snapshot::default(), Duration::ZERO);
+        };
+        let start = now.checked_sub(window).unwrap_or(now);
+        // The oldest sample not older than the window start; fall back to the oldest we have.
+        let base = self
+            .samples
+            .iter()
+            .find(|(at, _)| *at >= start)
+            .or_else(|| self.samples.front());
+        match base {
+            Some((at, sample)) => {
+                let key = (Arc::<str>::from(service), Arc::<str>::from(version));
+                let earlier = sample.get(&key).cloned().unwrap_or_default();
+                (current.since(&earlier), now.saturating_duration_since(*at))
+            }
+            None => (Snapshot::default(), Duration::ZERO),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
