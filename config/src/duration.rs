@@ -43,7 +43,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             }
             "" => {
                 let rest = &s[i..];
-                return Err(format!("unexpected \"{rest}\" after {number} ({UNITS_HINT})"));
+                return Err(format!(
+                    "unexpected \"{rest}\" after {number} ({UNITS_HINT})"
+                ));
             }
             other => return Err(format!("unknown unit \"{other}\" ({UNITS_HINT})")),
         };

@@ -49,7 +49,13 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         cx,
         root,
         "",
-        &["listeners", "admin", "stateDir", "services", "analysisTemplates"],
+        &[
+            "listeners",
+            "admin",
+            "stateDir",
+            "services",
+            "analysisTemplates",
+        ],
     ) else {
         // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
         if let Some(last) = cx.errors.last_mut() {
@@ -87,7 +93,9 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             }
         }
     }
-    let state_dir = o.opt(cx, "stateDir", |cx, v, at| walk::path_value(cx, v, at, base_dir));
+    let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
+        walk::path_value(cx, v, at, base_dir)
+    });
     let services = o.req(cx, "services", |cx, v, at| services(cx, v, at, &known));
     cx.errors.extend(template_errors);
 
@@ -196,7 +204,10 @@ fn socket_addr(cx: &mut Cx, value: &Value, at: &str) -> Option<SocketAddr> {
             ),
         },
     };
-    cx.err(at, format!("invalid socket address \"{written}\": {reason}"));
+    cx.err(
+        at,
+        format!("invalid socket address \"{written}\": {reason}"),
+    );
     None
 }
 
@@ -268,13 +279,17 @@ fn service(
         let o = Obj::open(cx, v, at, &["version", "upstreams"])?;
         version(cx, &o)
     });
-    let canary = o.opt(cx, "canary", |cx, v, at| canary(cx, v, at, stable.as_ref()));
-    let upstream = o.or(
-        cx,
-        "upstream",
-        UpstreamOptions::default(),
-        upstream_options,
-    );
+    let canary = o.opt(cx, "canary", canary);
+    let stable_label = version_label(o.get("stable"));
+    if let (Some(label), Some(canary_label)) = (&stable_label, version_label(o.get("canary"))) {
+        if *label == canary_label {
+            cx.err(
+                &walk::field_path(&o.at("canary"), "version"),
+                format!("must differ from stable.version, both are \"{label}\""),
+            );
+        }
+    }
+    let upstream = o.or(cx, "upstream", UpstreamOptions::default(), upstream_options);
     let strategy = o.opt(cx, "strategy", |cx, v, at| {
         strategy::strategy(cx, v, at, known)
     });
@@ -301,7 +316,9 @@ fn service_name(cx: &mut Cx, value: &Value, at: &str) -> Option<String> {
     {
         cx.err(
             at,
-            format!("invalid character {bad:?} in \"{name}\": use letters, digits, '.', '_' and '-'"),
+            format!(
+                "invalid character {bad:?} in \"{name}\": use letters, digits, '.', '_' and '-'"
+            ),
         );
         return None;
     }
@@ -314,22 +331,22 @@ fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
         let items = walk::nonempty_list(cx, v, at)?;
         let mut seen: Vec<HostPattern> = Vec::new();
         let parsed = each(cx, items, at, |cx, item, at, _| {
-                let written = walk::string(cx, item, at)?;
-                match HostPattern::parse(&written) {
-                    Ok(pattern) if seen.contains(&pattern) => {
-                        cx.err(at, format!("duplicate host pattern \"{pattern}\""));
-                        None
-                    }
-                    Ok(pattern) => {
-                        seen.push(pattern.clone());
-                        Some(pattern)
-                    }
-                    Err(reason) => {
-                        cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
-                        None
-                    }
+            let written = walk::string(cx, item, at)?;
+            match HostPattern::parse(&written) {
+                Ok(pattern) if seen.contains(&pattern) => {
+                    cx.err(at, format!("duplicate host pattern \"{pattern}\""));
+                    None
                 }
-            });
+                Ok(pattern) => {
+                    seen.push(pattern.clone());
+                    Some(pattern)
+                }
+                Err(reason) => {
+                    cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
+                    None
+                }
+            }
+        });
         all(parsed)
     });
     let path_prefix = o.or(cx, "pathPrefix", "/".to_string(), |cx, v, at| {
@@ -356,20 +373,19 @@ fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
     })
 }
 
-fn canary(cx: &mut Cx, value: &Value, at: &str, stable: Option<&Version>) -> Option<Canary> {
+/// The version label of a `stable` or `canary` mapping, read without reporting anything.
+fn version_label(value: Option<&Value>) -> Option<String> {
+    match value?.get("version")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn canary(cx: &mut Cx, value: &Value, at: &str) -> Option<Canary> {
     let o = Obj::open(cx, value, at, &["version", "upstreams", "weight"])?;
     let version = version(cx, &o);
-    if let (Some(canary), Some(stable)) = (&version, stable) {
-        if canary.version == stable.version {
-            cx.err(
-                &o.at("version"),
-                format!(
-                    "must differ from stable.version, both are \"{}\"",
-                    stable.version
-                ),
-            );
-        }
-    }
     let weight = o.opt(cx, "weight", walk::weight);
     Some(Canary {
         version: version?,
@@ -401,7 +417,10 @@ fn upstream(cx: &mut Cx, value: &Value, at: &str) -> Option<Upstream> {
             addr,
         }),
         Err(reason) => {
-            cx.err(at, format!("invalid upstream address \"{written}\": {reason}"));
+            cx.err(
+                at,
+                format!("invalid upstream address \"{written}\": {reason}"),
+            );
             None
         }
     }

@@ -1,1 +1,150 @@
-fn main() {}
+//! The `weir` binary: the daemon (`weir run`) and the operator commands in one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir_control::app::{self, RunOptions, StartError};
+use weir_control::telemetry::{self, LogFormat};
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_INVALID_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "A traffic-splitting edge proxy for progressive delivery")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (RUST_LOG overrides it), e.g. `info` or `weir=debug,info`.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the config.
+    Run {
+        /// The config file (watched: changes apply on save).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Data-plane worker threads (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// How long in-flight requests may take to finish on shutdown.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+        /// Log one line per request (target `weir::access`).
+        #[arg(long)]
+        access_log: bool,
+    },
+    /// Check config files: exit 0 when all are valid, 64 otherwise, with every problem on its own line.
+    Validate {
+        /// Config files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    weir_config::parse_duration(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Run {
+            config,
+            workers,
+            drain_timeout,
+            access_log,
+        } => {
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            });
+            run(RunOptions {
+                config_path: config,
+                workers,
+                drain_timeout,
+                access_log,
+                poll_interval: Duration::from_secs(5),
+            })
+        }
+        Command::Validate { files } => return validate(&files),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+    // The control plane is light: one thread. The data plane runs its own worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    runtime.block_on(async {
+        let running = match app::start(options).await {
+            Ok(running) => running,
+            Err(error @ StartError::InvalidConfig { .. }) => {
+                eprintln!("error: {error}");
+                return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+            }
+            Err(error) => return Err(error).context("starting weir"),
+        };
+        wait_for_signals(&running).await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Returns on SIGTERM or SIGINT; SIGHUP triggers a reload.
+async fn wait_for_signals(running: &app::Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                running.reload();
+            }
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut all_valid = true;
+    for file in files {
+        match weir_control::reload::load(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(error) => {
+                all_valid = false;
+                let problems = error.problems();
+                eprintln!("{}: {} problem(s)", file.display(), problems.len());
+                for problem in problems {
+                    eprintln!("{problem}");
+                }
+            }
+        }
+    }
+    if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID_CONFIG)
+    }
+}

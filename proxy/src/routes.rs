@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use weir_config::{UpstreamOptions, Weight};
 
-pub use self::build::{BuildError, TlsMaterial};
+pub use self::build::{file_weight, BuildError, TlsMaterial};
 use self::matcher::HostIndex;
 use self::split::{Pick, Split};
 use crate::stats::VersionStats;

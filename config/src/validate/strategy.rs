@@ -8,8 +8,8 @@ use serde_yaml_ng::Value;
 use super::template::{check_reference, Known};
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AnalysisRef, BackgroundAnalysis, CanaryStrategy, Check, CheckKind, Progression, Step,
-    Strategy, Weight,
+    AnalysisRef, BackgroundAnalysis, CanaryStrategy, Check, CheckKind, Progression, Step, Strategy,
+    Weight,
 };
 
 /// Keys of the background-analysis form of `strategy.canary.analysis`.
@@ -50,7 +50,9 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
         .map_or(0, Vec::len);
     let steps = o.or(cx, "steps", Vec::new(), |cx, v, at| {
         let items = walk::list(cx, v, at)?;
-        all(each(cx, items, at, |cx, item, at, _| step(cx, item, at, known)))
+        all(each(cx, items, at, |cx, item, at, _| {
+            step(cx, item, at, known)
+        }))
     });
     let analysis = o
         .get("analysis")
@@ -100,7 +102,10 @@ fn step(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Step> {
     let kind = match present.as_slice() {
         [kind] => *kind,
         [] => {
-            cx.err(at, "a step needs exactly one of setWeight, pause or analysis");
+            cx.err(
+                at,
+                "a step needs exactly one of setWeight, pause or analysis",
+            );
             return None;
         }
         several => {
@@ -147,7 +152,10 @@ fn analysis_ref(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<AnalysisRef> 
     }
     Some(AnalysisRef {
         templates: templates?.into_iter().map(|(name, _)| name).collect(),
-        args: args?.into_iter().map(|(name, _, value)| (name, value)).collect(),
+        args: args?
+            .into_iter()
+            .map(|(name, _, value)| (name, value))
+            .collect(),
     })
 }
 
@@ -185,7 +193,11 @@ impl SuppliedNames for Vec<(String, String, String)> {
 
 /// `strategy.canary.analysis`, in whichever form its keys say.
 fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Known) -> AnalysisForm {
-    let allowed: Vec<&str> = BACKGROUND_KEYS.iter().chain(FLAGGER_KEYS.iter()).copied().collect();
+    let allowed: Vec<&str> = BACKGROUND_KEYS
+        .iter()
+        .chain(FLAGGER_KEYS.iter())
+        .copied()
+        .collect();
     let Some(o) = Obj::open(cx, value, at, &allowed) else {
         return AnalysisForm::Background(None);
     };
@@ -204,7 +216,9 @@ fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Know
     let analysis = analysis_ref(cx, &o, known);
     let starting_step = o.or(cx, "startingStep", 0, |cx, v, at| {
         let n = walk::uint(cx, v, at)?;
-        let fits = usize::try_from(n).ok().filter(|n| steps_len == 0 || *n < steps_len);
+        let fits = usize::try_from(n)
+            .ok()
+            .filter(|n| steps_len == 0 || *n < steps_len);
         if fits.is_none() {
             cx.err(
                 at,
@@ -213,12 +227,14 @@ fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Know
         }
         fits
     });
-    AnalysisForm::Background(analysis.zip(starting_step).map(|(analysis, starting_step)| {
-        BackgroundAnalysis {
-            analysis,
-            starting_step,
-        }
-    }))
+    AnalysisForm::Background(
+        analysis
+            .zip(starting_step)
+            .map(|(analysis, starting_step)| BackgroundAnalysis {
+                analysis,
+                starting_step,
+            }),
+    )
 }
 
 /// The Flagger form of an opened `strategy.canary.analysis`.
@@ -235,7 +251,10 @@ fn progression(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<Progression> {
             if let Some(first) = names.get(&check.name) {
                 cx.err(
                     &walk::field_path(at, "name"),
-                    format!("duplicate check name \"{}\" (also metrics[{first}])", check.name),
+                    format!(
+                        "duplicate check name \"{}\" (also metrics[{first}])",
+                        check.name
+                    ),
                 );
                 return None;
             }
@@ -259,7 +278,10 @@ fn step_weights(cx: &mut Cx, o: &Obj<'_>) -> Option<(Vec<Weight>, Weight)> {
     let max_weight = o.opt(cx, "maxWeight", walk::weight);
     match (o.get("stepWeight"), o.get("stepWeights")) {
         (Some(_), Some(_)) => {
-            cx.err(&o.at("stepWeights"), "use either stepWeight or stepWeights, not both");
+            cx.err(
+                &o.at("stepWeights"),
+                "use either stepWeight or stepWeights, not both",
+            );
             None
         }
         (None, None) => {
@@ -279,7 +301,10 @@ fn step_weights(cx: &mut Cx, o: &Obj<'_>) -> Option<(Vec<Weight>, Weight)> {
             let max = match max_weight? {
                 Some(max) => max,
                 None => {
-                    cx.err(&o.at("maxWeight"), "missing required field (needed with stepWeight)");
+                    cx.err(
+                        &o.at("maxWeight"),
+                        "missing required field (needed with stepWeight)",
+                    );
                     return None;
                 }
             };
@@ -315,13 +340,18 @@ fn step_weights(cx: &mut Cx, o: &Obj<'_>) -> Option<(Vec<Weight>, Weight)> {
                 if let Some(prev) = previous.filter(|p| weight <= *p) {
                     cx.err(
                         at,
-                        format!("must be greater than the previous step weight ({prev}), got {weight}"),
+                        format!(
+                            "must be greater than the previous step weight ({prev}), got {weight}"
+                        ),
                     );
                     return None;
                 }
                 previous = Some(weight);
                 if let Some(max) = max_weight.filter(|m| weight > *m) {
-                    cx.err(at, format!("must not exceed maxWeight ({max}), got {weight}"));
+                    cx.err(
+                        at,
+                        format!("must not exceed maxWeight ({max}), got {weight}"),
+                    );
                     return None;
                 }
                 Some(weight)
@@ -338,12 +368,24 @@ fn step_weights(cx: &mut Cx, o: &Obj<'_>) -> Option<(Vec<Weight>, Weight)> {
 }
 
 /// One Flagger-style check in `analysis.metrics`.
-fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: &Known) -> Option<Check> {
+fn check(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    default_window: Duration,
+    known: &Known,
+) -> Option<Check> {
     let o = Obj::open(
         cx,
         value,
         at,
-        &["name", "templateRef", "templateVariables", "thresholdRange", "interval"],
+        &[
+            "name",
+            "templateRef",
+            "templateVariables",
+            "thresholdRange",
+            "interval",
+        ],
     )?;
     let name = o.req(cx, "name", walk::nonempty_string);
     let template = o.opt(cx, "templateRef", |cx, v, at| {
@@ -353,16 +395,28 @@ fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: 
     });
     let variables = o.opt(cx, "templateVariables", template_variables);
     if o.get("templateVariables").is_some() && o.get("templateRef").is_none() {
-        cx.err(&o.at("templateVariables"), "only allowed together with templateRef");
+        cx.err(
+            &o.at("templateVariables"),
+            "only allowed together with templateRef",
+        );
     }
     let kind = match (&template, &name) {
         (Some(Some((template, template_at))), _) => {
             let variables = variables.clone().flatten().unwrap_or_default();
             let supplied = variables.names();
-            check_reference(cx, &o.at("templateRef"), &[(template.clone(), template_at.clone())], &supplied, known);
+            check_reference(
+                cx,
+                &o.at("templateRef"),
+                &[(template.clone(), template_at.clone())],
+                &supplied,
+                known,
+            );
             Some(CheckKind::Template(AnalysisRef {
                 templates: vec![template.clone()],
-                args: variables.into_iter().map(|(name, _, value)| (name, value)).collect(),
+                args: variables
+                    .into_iter()
+                    .map(|(name, _, value)| (name, value))
+                    .collect(),
             }))
         }
         (Some(None), Some(name)) => match name.as_str() {
@@ -378,7 +432,10 @@ fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: 
         },
         _ => None,
     };
-    let builtin = matches!(kind, Some(CheckKind::RequestSuccessRate | CheckKind::RequestDuration));
+    let builtin = matches!(
+        kind,
+        Some(CheckKind::RequestSuccessRate | CheckKind::RequestDuration)
+    );
     let range = o.opt(cx, "thresholdRange", |cx, v, at| {
         let r = Obj::open(cx, v, at, &["min", "max"])?;
         let min = r.opt(cx, "min", walk::number);
@@ -386,7 +443,10 @@ fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: 
         let (min, max) = (min?, max?);
         if let (Some(min), Some(max)) = (min, max) {
             if min > max {
-                cx.err(at, format!("min ({min}) must not be greater than max ({max})"));
+                cx.err(
+                    at,
+                    format!("min ({min}) must not be greater than max ({max})"),
+                );
                 return None;
             }
         }
@@ -397,7 +457,10 @@ fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: 
         Some((min, max))
     });
     if builtin && o.get("thresholdRange").is_none() {
-        cx.err(&o.at("thresholdRange"), "missing required field (needs min or max)");
+        cx.err(
+            &o.at("thresholdRange"),
+            "missing required field (needs min or max)",
+        );
     }
     let window = o.or(cx, "interval", default_window, walk::positive_duration);
     let (min, max) = range?.unwrap_or((None, None));
@@ -412,7 +475,11 @@ fn check(cx: &mut Cx, value: &Value, at: &str, default_window: Duration, known: 
 }
 
 /// `templateVariables: {NAME: VALUE}`, as `(name, path, value)`.
-fn template_variables(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<(String, String, String)>> {
+fn template_variables(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+) -> Option<Vec<(String, String, String)>> {
     let Value::Mapping(map) = value else {
         cx.err(at, "expected a mapping of argument names to values");
         return None;

@@ -53,12 +53,7 @@ pub(crate) fn templates(
                 );
             } else {
                 first_index.insert(name.clone(), i);
-                known.insert(
-                    name.clone(),
-                    KnownTemplate {
-                        args: args.clone(),
-                    },
-                );
+                known.insert(name.clone(), KnownTemplate { args: args.clone() });
             }
         }
         let metrics = o.req(cx, "metrics", |cx, v, at| metrics(cx, v, at, args.as_ref()));
@@ -72,11 +67,7 @@ pub(crate) fn templates(
 }
 
 /// A template's `args: [{name, value?}]`.
-fn declared_args(
-    cx: &mut Cx,
-    value: &Value,
-    at: &str,
-) -> Option<BTreeMap<String, Option<String>>> {
+fn declared_args(cx: &mut Cx, value: &Value, at: &str) -> Option<BTreeMap<String, Option<String>>> {
     let items = walk::list(cx, value, at)?;
     let mut args = BTreeMap::new();
     let mut ok = true;
@@ -90,11 +81,12 @@ fn declared_args(
         let default = o.opt(cx, "value", walk::text);
         match (name, default) {
             (Some(name), Some(default)) => {
-                if args.contains_key(&name) {
+                if let std::collections::btree_map::Entry::Vacant(entry) = args.entry(name.clone())
+                {
+                    entry.insert(default);
+                } else {
                     cx.err(&o.at("name"), format!("duplicate argument \"{name}\""));
                     ok = false;
-                } else {
-                    args.insert(name, default);
                 }
             }
             _ => ok = false,
@@ -234,7 +226,12 @@ fn provider(
 }
 
 fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
-    let o = Obj::open(cx, value, at, &["metric", "window", "version", "minRequests"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["metric", "window", "version", "minRequests"],
+    )?;
     let metric = o.req(cx, "metric", |cx, v, at| {
         let name = walk::string(cx, v, at)?;
         let metric = match name.as_str() {
@@ -258,9 +255,17 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         };
         Some(metric)
     });
-    let window = o.or(cx, "window", Duration::from_secs(30), walk::positive_duration);
-    let arm = o.or(cx, "version", Arm::Canary, |cx, v, at| {
-        match walk::string(cx, v, at)?.as_str() {
+    let window = o.or(
+        cx,
+        "window",
+        Duration::from_secs(30),
+        walk::positive_duration,
+    );
+    let arm = o.or(
+        cx,
+        "version",
+        Arm::Canary,
+        |cx, v, at| match walk::string(cx, v, at)?.as_str() {
             "canary" => Some(Arm::Canary),
             "stable" => Some(Arm::Stable),
             other => {
@@ -270,8 +275,8 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
                 );
                 None
             }
-        }
-    });
+        },
+    );
     let min_requests = o.or(cx, "minRequests", 20, walk::uint);
     Some(BuiltinProvider {
         metric: metric?,
@@ -317,7 +322,14 @@ fn web(
         cx,
         value,
         at,
-        &["url", "method", "headers", "body", "timeoutSeconds", "jsonPath"],
+        &[
+            "url",
+            "method",
+            "headers",
+            "body",
+            "timeoutSeconds",
+            "jsonPath",
+        ],
     )?;
     let url = o.req(cx, "url", |cx, v, at| http_url(cx, v, at, args));
     let method = o.or(cx, "method", "GET".to_string(), |cx, v, at| {

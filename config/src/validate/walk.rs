@@ -66,7 +66,12 @@ impl<'v> Obj<'v> {
     /// Opens `value` (at `path`) as a mapping whose keys must be among `allowed`; reports every other key as
     /// an unknown field. `None` (after recording a problem) when `value` is not a mapping. A null value
     /// (`key:` with nothing after it) counts as an empty mapping.
-    pub(crate) fn open(cx: &mut Cx, value: &'v Value, path: &str, allowed: &[&str]) -> Option<Obj<'v>> {
+    pub(crate) fn open(
+        cx: &mut Cx,
+        value: &'v Value,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<Obj<'v>> {
         static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
         let map = match value {
             Value::Mapping(map) => map,
@@ -391,12 +396,7 @@ pub(crate) fn resolve(base_dir: &Path, written: &str) -> PathBuf {
 }
 
 /// A path string, resolved against `base_dir`.
-pub(crate) fn path_value(
-    cx: &mut Cx,
-    value: &Value,
-    at: &str,
-    base_dir: &Path,
-) -> Option<PathBuf> {
+pub(crate) fn path_value(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<PathBuf> {
     let s = nonempty_string(cx, value, at)?;
     Some(resolve(base_dir, &s))
 }

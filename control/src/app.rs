@@ -1,0 +1,215 @@
+//! Wiring: config file → driver + route channel → data-plane workers, admin listener, reload
+//! watcher → drain on shutdown. Used by `weir run` and by the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use weir_proxy::{ServeConfig, Stats};
+
+use crate::admin::{self, AdminState};
+use crate::driver::{Driver, PublishError};
+use crate::reload::{self, ReloadError, Trigger};
+
+/// How `weir run` runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Data-plane worker threads.
+    pub workers: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Log every request under the `weir::access` target.
+    pub access_log: bool,
+    /// How often the config file is re-read in case a file event was missed.
+    pub poll_interval: Duration,
+}
+
+/// Why weir could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is invalid (exit code 64).
+    #[error("invalid configuration in {path}:\n{problems}")]
+    InvalidConfig {
+        /// The file.
+        path: PathBuf,
+        /// One problem per line.
+        problems: String,
+    },
+    /// The first route table could not be built (e.g. unusable TLS material).
+    #[error("cannot build the route table: {0}")]
+    Build(#[from] PublishError),
+    /// A listener could not be bound.
+    #[error("cannot bind {name} on {address}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        address: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workers could not start.
+    #[error("cannot start workers: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A running weir: data plane, driver, admin API and watcher.
+pub struct Running {
+    server: weir_proxy::Server,
+    admin_addr: SocketAddr,
+    reload: mpsc::UnboundedSender<Trigger>,
+    generation: watch::Receiver<u64>,
+    stop_admin: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Loads the config, binds every listener and starts serving.
+pub async fn start(options: RunOptions) -> Result<Running, StartError> {
+    let loaded = reload::load(&options.config_path).map_err(|error| invalid(&options, &error))?;
+    let model = loaded.model.clone();
+
+    let mut listeners = Vec::new();
+    for listener in &model.listeners {
+        let socket = bind(listener.address).map_err(|source| StartError::Bind {
+            name: listener.name.clone(),
+            address: listener.address,
+            source,
+        })?;
+        listeners.push(weir_proxy::Listener {
+            name: listener.name.clone(),
+            socket,
+        });
+    }
+    let admin_socket = bind(model.admin.address).map_err(|source| StartError::Bind {
+        name: "admin".into(),
+        address: model.admin.address,
+        source,
+    })?;
+    admin_socket.set_nonblocking(true).map_err(StartError::Spawn)?;
+    let admin_addr = admin_socket.local_addr().map_err(StartError::Spawn)?;
+
+    let stats = Stats::new();
+    let reloads = reload::new_counter();
+    // Both series exist from the start, so `rate()` and alerts work before the first reload.
+    for result in ["success", "failure"] {
+        reloads.get_or_create(&vec![("result", result)]);
+    }
+    let (driver, routes) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
+    let generation = driver.generation();
+
+    let mut registry = Registry::default();
+    weir_proxy::metrics::register(&mut registry, stats.clone(), routes.clone());
+    registry.register(
+        "weir_config_reloads",
+        "Config reload attempts by result",
+        reloads.clone(),
+    );
+
+    let mut serve_config = ServeConfig::new(options.workers);
+    serve_config.drain_timeout = options.drain_timeout;
+    serve_config.access_log = options.access_log;
+    let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
+    for (name, addr) in server.local_addrs() {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    tracing::info!(%admin_addr, "admin listening");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let admin_listener = tokio::net::TcpListener::from_std(admin_socket).map_err(StartError::Spawn)?;
+    let admin_state = AdminState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state, async move {
+        let mut stop = stop_admin_rx;
+        let _ = stop.wait_for(|s| *s).await;
+    })));
+
+    let (apply_tx, apply_rx) = mpsc::channel(4);
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(driver.run(apply_rx)));
+    tasks.push(tokio::spawn(reload::run(
+        options.config_path.clone(),
+        Some(loaded),
+        reload_rx,
+        apply_tx,
+        reloads,
+        options.poll_interval,
+    )));
+    ready.store(true, Ordering::Release);
+    Ok(Running {
+        server,
+        admin_addr,
+        reload: reload_tx,
+        generation,
+        stop_admin,
+        tasks,
+        ready,
+    })
+}
+
+fn invalid(options: &RunOptions, error: &ReloadError) -> StartError {
+    StartError::InvalidConfig {
+        path: options.config_path.clone(),
+        problems: error.problems().join("\n"),
+    }
+}
+
+/// Binds a listening socket with `SO_REUSEADDR` (restarts don't wait for TIME_WAIT).
+fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+// === impl Running ===
+
+impl Running {
+    /// The client listeners' bound addresses, by name.
+    pub fn listener_addrs(&self) -> &[(String, SocketAddr)] {
+        self.server.local_addrs()
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Asks for a reload now, as SIGHUP does.
+    pub fn reload(&self) {
+        let _ = self.reload.send(Trigger::Forced);
+    }
+
+    /// The route table generation, updated on every publish.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+
+    /// Stops accepting, drains in-flight requests, and stops every task.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        self.server.shutdown();
+        self.server.wait().await;
+        let _ = self.stop_admin.send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}

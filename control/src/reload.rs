@@ -1,0 +1,244 @@
+//! Config reloads: watch the config file (and the certificate files it names) with notify's
+//! debouncer, reload on SIGHUP, and hand every successfully loaded config to the driver.
+//!
+//! The watcher watches folders, not files, so that editors that write a temp file and rename it, and
+//! config-management tools that swap a symlink, are both seen. Every trigger re-reads the files and
+//! compares their bytes with the last attempt, so a burst of events is one reload and an unchanged
+//! file is none. A file that does not load is logged with every problem and counted; the driver
+//! never hears of it and the last good config keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::new_debouncer;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::mpsc;
+use weir_config::{ConfigError, Model};
+use weir_proxy::routes::TlsMaterial;
+use weir_proxy::tls::CertificatePem;
+
+/// A config that loaded, with the certificate material its TLS listeners need.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The validated model.
+    pub model: Model,
+    /// PEM material by listener name.
+    pub tls: BTreeMap<String, TlsMaterial>,
+    /// The bytes of the config file and every certificate file, to tell real changes from noise.
+    fingerprint: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not load or validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate or key file could not be read.
+    #[error("{at}: cannot read {path}: {source}")]
+    ReadCertificate {
+        /// Field path of the file in the config.
+        at: String,
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be used.
+    #[error("listeners[{listener}].tls: {source}")]
+    Tls {
+        /// Listener index.
+        listener: usize,
+        /// The TLS error.
+        #[source]
+        source: weir_proxy::tls::TlsError,
+    },
+}
+
+impl ReloadError {
+    /// One line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(error) => error.problems(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Counts reload attempts by result (`weir_config_reloads_total{result}`).
+pub type ReloadCounter = Family<Vec<(&'static str, &'static str)>, Counter>;
+
+/// Loads the config at `path` and reads its certificate files; checks that every certificate can be
+/// used, so that a bad PEM is rejected like any other invalid config.
+pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
+    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = weir_config::load(path)?;
+    let mut fingerprint = vec![(path.to_path_buf(), text)];
+    let mut tls = BTreeMap::new();
+    for (idx, listener) in model.listeners.iter().enumerate() {
+        let Some(settings) = &listener.tls else { continue };
+        let mut certificates = Vec::new();
+        for (cert_idx, files) in settings.certificates.iter().enumerate() {
+            let read = |file: &Path, field: &str| {
+                std::fs::read(file).map_err(|source| ReloadError::ReadCertificate {
+                    at: format!("listeners[{idx}].tls.certificates[{cert_idx}].{field}"),
+                    path: file.to_path_buf(),
+                    source,
+                })
+            };
+            let cert_chain = read(&files.cert_file, "certFile")?;
+            let private_key = read(&files.key_file, "keyFile")?;
+            fingerprint.push((files.cert_file.clone(), cert_chain.clone()));
+            fingerprint.push((files.key_file.clone(), private_key.clone()));
+            certificates.push(CertificatePem {
+                origin: files.cert_file.display().to_string(),
+                cert_chain,
+                private_key,
+            });
+        }
+        weir_proxy::tls::server_config(&certificates)
+            .map_err(|source| ReloadError::Tls { listener: idx, source })?;
+        tls.insert(listener.name.clone(), TlsMaterial { certificates });
+    }
+    Ok(Loaded {
+        model,
+        tls,
+        fingerprint,
+    })
+}
+
+/// The folders to watch for `path` and the files `loaded` names: each file's folder, and the folder
+/// of the file a symlink resolves to.
+fn watch_dirs(path: &Path, loaded: Option<&Loaded>) -> BTreeSet<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    if let Some(loaded) = loaded {
+        files.extend(loaded.fingerprint.iter().map(|(p, _)| p.clone()));
+    }
+    let mut dirs = BTreeSet::new();
+    for file in files {
+        for candidate in [Some(file.clone()), std::fs::canonicalize(&file).ok()].into_iter().flatten() {
+            if let Some(parent) = candidate.parent() {
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    dirs
+}
+
+/// Why a reload was attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched folder changed (or the periodic check ran).
+    FileEvent,
+    /// SIGHUP or an explicit request: reload even if nothing changed.
+    Forced,
+}
+
+/// Watches `path` and sends each config that loads and differs from the last one to `apply`.
+/// `triggers` carries SIGHUPs and other forced reloads. Returns when `apply` is closed.
+pub async fn run(
+    path: PathBuf,
+    initial: Option<Loaded>,
+    mut triggers: mpsc::UnboundedReceiver<Trigger>,
+    apply: mpsc::Sender<Box<Loaded>>,
+    counter: ReloadCounter,
+    poll_interval: Duration,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut debouncer = match new_debouncer(Duration::from_millis(100), None, move |result| {
+        if let Ok(events) = result {
+            let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
+            if !events.is_empty() {
+                let _ = events_tx.send(());
+            }
+        }
+    }) {
+        Ok(debouncer) => Some(debouncer),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the config file; relying on SIGHUP and polling");
+            None
+        }
+    };
+    let mut watched = BTreeSet::new();
+    let mut last_attempt: Option<Vec<(PathBuf, Vec<u8>)>> =
+        initial.as_ref().map(|l| l.fingerprint.clone());
+    let mut update_watches = |loaded: Option<&Loaded>, watched: &mut BTreeSet<PathBuf>| {
+        let Some(debouncer) = debouncer.as_mut() else { return };
+        for dir in watch_dirs(&path, loaded) {
+            if !watched.contains(&dir) {
+                match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        watched.insert(dir);
+                    }
+                    Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch folder"),
+                }
+            }
+        }
+    };
+    update_watches(initial.as_ref(), &mut watched);
+    let mut poll = tokio::time::interval(poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = events.recv() => Trigger::FileEvent,
+            Some(trigger) = triggers.recv() => trigger,
+            _ = poll.tick() => Trigger::FileEvent,
+            _ = apply.closed() => return,
+        };
+        let current = fingerprint_files(&path, last_attempt.as_deref());
+        if trigger == Trigger::FileEvent && last_attempt.as_deref() == Some(current.as_slice()) {
+            continue;
+        }
+        match load(&path) {
+            Ok(loaded) => {
+                last_attempt = Some(loaded.fingerprint.clone());
+                update_watches(Some(&loaded), &mut watched);
+                tracing::info!(path = %path.display(), "config loaded");
+                if apply.send(Box::new(loaded)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                last_attempt = Some(current);
+                counter.get_or_create(&vec![("result", "failure")]).inc();
+                let problems = error.problems();
+                tracing::error!(
+                    path = %path.display(),
+                    problems = problems.len(),
+                    "config rejected; the last good config keeps serving"
+                );
+                for problem in problems {
+                    tracing::error!("  {problem}");
+                }
+            }
+        }
+    }
+}
+
+/// The current bytes of the config file and of the files the last attempt named.
+fn fingerprint_files(path: &Path, last: Option<&[(PathBuf, Vec<u8>)]>) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = vec![path.to_path_buf()];
+    if let Some(last) = last {
+        files.extend(last.iter().skip(1).map(|(p, _)| p.clone()));
+    }
+    files
+        .into_iter()
+        .map(|file| {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            (file, bytes)
+        })
+        .collect()
+}
+
+/// Shared handle to the counter, registered once.
+pub fn new_counter() -> ReloadCounter {
+    Family::default()
+}
