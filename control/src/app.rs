@@ -100,7 +100,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
     let reloads = reload::new_counter();
     // Both series exist from the start, so `rate()` and alerts work before the first reload.
     for result in ["success", "failure"] {
-        reloads.get_or_create(&vec![("result", result)]);
+        let _ = reloads.get_or_create(&vec![("result", result)]);
     }
     let (driver, routes) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
     let generation = driver.generation();
