@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use weir_proxy::{ServeConfig, Stats};
 
 use crate::admin::{self, AdminState};
-use crate::driver::{Driver, PublishError};
+use crate::driver::{Driver, DriverError, Handle};
 use crate::reload::{self, ReloadError, Trigger};
 
 /// How `weir run` runs.
@@ -41,9 +41,10 @@ pub enum StartError {
         /// One problem per line.
         problems: String,
     },
-    /// The first route table could not be built (e.g. unusable TLS material).
-    #[error("cannot build the route table: {0}")]
-    Build(#[from] PublishError),
+    /// The first route table could not be built (e.g. unusable TLS material), or the state folder
+    /// could not be created.
+    #[error("cannot start the control loop: {0}")]
+    Driver(#[from] DriverError),
     /// A listener could not be bound.
     #[error("cannot bind {name} on {address}: {source}")]
     Bind {
@@ -65,7 +66,7 @@ pub struct Running {
     server: weir_proxy::Server,
     admin_addr: SocketAddr,
     reload: mpsc::UnboundedSender<Trigger>,
-    generation: watch::Receiver<u64>,
+    handle: Handle,
     stop_admin: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready: Arc<AtomicBool>,
@@ -102,8 +103,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
     for result in ["success", "failure"] {
         let _ = reloads.get_or_create(&vec![("result", result)]);
     }
-    let (driver, routes) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
-    let generation = driver.generation();
+    let (driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
 
     let mut registry = Registry::default();
     weir_proxy::metrics::register(&mut registry, stats.clone(), routes.clone());
@@ -128,6 +128,8 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
     let admin_state = AdminState {
         registry: Arc::new(registry),
         ready: ready.clone(),
+        driver: handle.clone(),
+        token: model.admin.token_file.clone(),
     };
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state, async move {
@@ -151,7 +153,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         server,
         admin_addr,
         reload: reload_tx,
-        generation,
+        handle,
         stop_admin,
         tasks,
         ready,
@@ -198,7 +200,12 @@ impl Running {
 
     /// The route table generation, updated on every publish.
     pub fn generation(&self) -> watch::Receiver<u64> {
-        self.generation.clone()
+        self.handle.generation()
+    }
+
+    /// The driver: status, events, commands.
+    pub fn driver(&self) -> &Handle {
+        &self.handle
     }
 
     /// Stops accepting, drains in-flight requests, and stops every task.

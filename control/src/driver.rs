@@ -1,81 +1,363 @@
-//! The driver: the single task that owns the route table's [`Publisher`]. Config reloads (and, with
-//! rollouts, every weight change) pass through its one event loop, so they can never race.
+//! The driver: the single task that owns the route table's [`Publisher`]. Config reloads, rollout
+//! decisions, measurements and operator commands all pass through its one event loop, so they can
+//! never race, and every weight change is persisted in the order that keeps a crash safe.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use weir_config::{Model, Weight};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use weir_config::{Model, Provider, Service, Weight};
 use weir_proxy::routes::TlsMaterial;
+use weir_proxy::stats::Window;
 use weir_proxy::{Publisher, RouteTable, Stats};
 
+use crate::analysis::{self, Outcome};
 use crate::reload::{Loaded, ReloadCounter};
+use crate::rollout::{Command, Ctx, Due, Event, Rollout};
+use crate::state::{StateError, Store};
+use crate::status::{self, Status};
+
+/// How often rollouts are evaluated.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the stats window is sampled.
+const SAMPLE: Duration = Duration::from_secs(1);
+/// The longest window kept when the config asks for none longer.
+const MIN_RETENTION: Duration = Duration::from_secs(600);
+
+/// What the driver reacts to.
+pub enum Input {
+    /// A config file that loaded.
+    Config(Box<Loaded>),
+    /// An operator command, answered on `reply`.
+    Command {
+        /// The service.
+        service: String,
+        /// The command.
+        command: Command,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// An external measurement came back.
+    Measured {
+        /// The service.
+        service: String,
+        /// The revision it was taken for (stale results are dropped).
+        revision: u64,
+        /// The run.
+        run_id: u64,
+        /// The metric.
+        metric_idx: usize,
+        /// What was measured.
+        outcome: Outcome,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No such service.
+    #[error("no service named {0:?}")]
+    UnknownService(String),
+    /// The service has no rollout strategy.
+    #[error("service {0:?} has no rollout strategy: its canary weight comes from the config file")]
+    NoStrategy(String),
+    /// The command does not apply in the current phase.
+    #[error("{0}")]
+    Refused(String),
+    /// weir is shutting down.
+    #[error("weir is shutting down")]
+    Closed,
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock (so tests can run on a paused clock).
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    base_ms: u64,
+    base: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock { base_ms, base: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base_ms + crate::rollout::run::millis(self.base.elapsed())
+    }
+}
+
+/// Why the driver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The first table could not be built.
+    #[error(transparent)]
+    Build(#[from] weir_proxy::routes::BuildError),
+    /// The state folder could not be created.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// The driver's state.
 pub struct Driver {
     publisher: Publisher,
     stats: Stats,
+    window: Window,
     model: Model,
     tls: BTreeMap<String, TlsMaterial>,
     reloads: ReloadCounter,
     generation: watch::Sender<u64>,
+    store: Store,
+    rollouts: BTreeMap<String, Rollout>,
+    clock: Clock,
+    events: broadcast::Sender<Event>,
+    status: watch::Sender<Arc<Status>>,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    last_sample: Option<Instant>,
 }
 
-/// Why a table could not be built and published.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct PublishError(#[from] weir_proxy::routes::BuildError);
+/// Handles to a running driver.
+#[derive(Clone)]
+pub struct Handle {
+    inputs: mpsc::Sender<Input>,
+    events: broadcast::Sender<Event>,
+    status: watch::Receiver<Arc<Status>>,
+    generation: watch::Receiver<u64>,
+}
 
 // === impl Driver ===
 
 impl Driver {
-    /// Builds the first table from `loaded` and creates the route channel.
-    pub fn new(
-        loaded: Loaded,
-        stats: Stats,
-        reloads: ReloadCounter,
-    ) -> Result<(Driver, weir_proxy::Routes), PublishError> {
-        let weights = file_weights(&loaded.model);
+    /// Restores every rollout from `stateDir`, builds the first table and creates the route channel.
+    pub fn new(loaded: Loaded, stats: Stats, reloads: ReloadCounter) -> Result<(Driver, weir_proxy::Routes, Handle), DriverError> {
+        let store = Store::open(loaded.model.state_dir.as_deref())?;
+        if !store.is_persistent() && loaded.model.services.iter().any(|s| s.strategy.is_some()) {
+            tracing::warn!("no stateDir in the config: rollout state is kept in memory only and a restart starts rollouts over");
+        }
+        let clock = Clock::new();
+        let now_ms = clock.now_ms();
+        let mut rollouts = BTreeMap::new();
+        for service in loaded.model.services.iter().filter(|s| s.strategy.is_some()) {
+            let rollout = restore(&store, service, &loaded.model, now_ms);
+            rollouts.insert(service.name.clone(), rollout);
+        }
+        let weights = weights(&loaded.model, &rollouts);
         let table = RouteTable::build(&loaded.model, &weights, &loaded.tls, &stats, &RouteTable::empty())?;
         let (publisher, routes) = weir_proxy::channel(table);
-        let (generation, _) = watch::channel(1);
-        Ok((
-            Driver {
-                publisher,
-                stats,
-                model: loaded.model,
-                tls: loaded.tls,
-                reloads,
-                generation,
-            },
-            routes,
-        ))
+        let (generation, generation_rx) = watch::channel(1);
+        let (events, _) = broadcast::channel(1024);
+        let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
+        let (inputs_tx, inputs) = mpsc::channel(256);
+        let retention = max_window(&loaded.model).max(MIN_RETENTION);
+        let mut driver = Driver {
+            publisher,
+            window: Window::new(stats.clone(), retention),
+            stats,
+            model: loaded.model,
+            tls: loaded.tls,
+            reloads,
+            generation,
+            store,
+            rollouts,
+            clock,
+            events,
+            status: status_tx,
+            inputs_tx: inputs_tx.clone(),
+            inputs,
+            last_sample: None,
+        };
+        driver.flush_events();
+        driver.persist_all();
+        driver.refresh_status();
+        let handle = Handle {
+            inputs: inputs_tx,
+            events: driver.events.clone(),
+            status: status_rx,
+            generation: generation_rx,
+        };
+        Ok((driver, routes, handle))
     }
 
-    /// The published table's generation, updated on every publish.
-    pub fn generation(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+    /// Runs until every [`Handle`] and the config sender are gone, or `shutdown` fires.
+    pub async fn run(mut self, mut configs: mpsc::Receiver<Box<Loaded>>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut configs_open = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.on_tick(),
+                loaded = configs.recv(), if configs_open => match loaded {
+                    Some(loaded) => self.apply(*loaded),
+                    None => configs_open = false,
+                },
+                Some(input) = self.inputs.recv() => self.on_input(input),
+            }
+        }
     }
 
-    /// Applies a reloaded config: builds and publishes its table, or keeps the current one.
-    pub fn apply(&mut self, loaded: Loaded) {
-        if loaded.model.listeners != self.model.listeners {
-            tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
-        }
-        if loaded.model.admin != self.model.admin {
-            tracing::warn!("admin settings changed: they take effect after a restart");
-        }
-        let weights = file_weights(&loaded.model);
-        match self.publish(&loaded.model, &loaded.tls, &weights) {
-            Ok(generation) => {
-                self.model = loaded.model;
-                self.tls = loaded.tls;
-                self.reloads.get_or_create(&vec![("result", "success")]).inc();
-                tracing::info!(generation, services = self.model.services.len(), "config applied");
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Config(loaded) => self.apply(*loaded),
+            Input::Command { service, command, reply } => {
+                let result = self.command(&service, command);
+                let _ = reply.send(result);
             }
-            Err(error) => {
-                self.reloads.get_or_create(&vec![("result", "failure")]).inc();
-                tracing::error!(%error, "config rejected; the last good config keeps serving");
+            Input::Measured { service, revision, run_id, metric_idx, outcome } => {
+                let now_ms = self.clock.now_ms();
+                let Some(config) = self.model.services.iter().find(|s| s.name == service) else { return };
+                let Some(rollout) = self.rollouts.get_mut(&service) else { return };
+                if rollout.revision != revision {
+                    return;
+                }
+                let before = rollout.clone();
+                let ctx = Ctx { service: config, templates: &self.model.analysis_templates };
+                rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
+                let changed = *rollout != before;
+                if changed {
+                    self.commit(&[(service, before.weight())]);
+                }
             }
+        }
+    }
+
+    fn command(&mut self, service: &str, command: Command) -> Result<(), CommandError> {
+        let now_ms = self.clock.now_ms();
+        let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
+            return Err(CommandError::UnknownService(service.to_string()));
+        };
+        let Some(rollout) = self.rollouts.get_mut(service) else {
+            return Err(CommandError::NoStrategy(service.to_string()));
+        };
+        let before = rollout.weight();
+        let ctx = Ctx { service: config, templates: &self.model.analysis_templates };
+        rollout.command(ctx, command, now_ms).map_err(CommandError::Refused)?;
+        tracing::info!(service, ?command, "operator command");
+        self.commit(&[(service.to_string(), before)]);
+        // Let the new step start at once rather than at the next tick.
+        self.on_tick();
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.last_sample.is_none_or(|last| now.duration_since(last) >= SAMPLE) {
+            self.window.sample(now);
+            self.last_sample = Some(now);
+        }
+        let now_ms = self.clock.now_ms();
+        let mut changed = Vec::new();
+        let mut external = Vec::new();
+        for service in &self.model.services {
+            let Some(rollout) = self.rollouts.get_mut(&service.name) else { continue };
+            if !rollout.active() {
+                continue;
+            }
+            let before = rollout.clone();
+            let ctx = Ctx { service, templates: &self.model.analysis_templates };
+            let window = &self.window;
+            let name = service.name.as_str();
+            let due = rollout.tick(ctx, now_ms, &mut |query| {
+                analysis::provider::builtin(query.provider, window, name, query.version, now)
+            });
+            let revision = rollout.revision;
+            external.extend(due.into_iter().map(|due| (name.to_string(), revision, due)));
+            if *rollout != before {
+                changed.push((service.name.clone(), before.weight()));
+            }
+        }
+        for (service, revision, due) in external {
+            self.spawn_measurement(service, revision, due);
+        }
+        if !changed.is_empty() {
+            self.commit(&changed);
+        }
+    }
+
+    fn spawn_measurement(&self, service: String, revision: u64, due: Due) {
+        let inputs = self.inputs_tx.clone();
+        tokio::spawn(async move {
+            let outcome = match &due.metric.provider {
+                Provider::Prometheus(provider) => analysis::provider::prometheus(provider, &due.args).await,
+                Provider::Web(provider) => analysis::provider::web(provider, &due.args).await,
+                Provider::Builtin(_) => Outcome::Error("builtin metrics are measured by the driver".into()),
+            };
+            let _ = inputs
+                .send(Input::Measured { service, revision, run_id: due.run_id, metric_idx: due.metric_idx, outcome })
+                .await;
+        });
+    }
+
+    /// Persists and publishes after rollouts changed. `changed` pairs each service with the weight
+    /// it served before: a service whose weight went down is saved before the table is published,
+    /// one whose weight went up after, so a crash in between never leaves more canary traffic on
+    /// disk than was served.
+    fn commit(&mut self, changed: &[(String, Weight)]) {
+        let mut raised = Vec::new();
+        for (service, before) in changed {
+            let Some(rollout) = self.rollouts.get(service) else { continue };
+            if rollout.weight() > *before {
+                raised.push(service.clone());
+            } else {
+                self.persist(service);
+            }
+        }
+        self.publish_current();
+        for service in raised {
+            self.persist(&service);
+        }
+        self.flush_events();
+        self.refresh_status();
+    }
+
+    fn persist(&self, service: &str) {
+        if let Some(rollout) = self.rollouts.get(service) {
+            if let Err(error) = self.store.save(rollout) {
+                tracing::error!(service, %error, "cannot save rollout state");
+            }
+        }
+    }
+
+    fn persist_all(&self) {
+        for service in self.rollouts.keys() {
+            self.persist(service);
+        }
+    }
+
+    fn flush_events(&mut self) {
+        for rollout in self.rollouts.values_mut() {
+            for event in rollout.take_events() {
+                tracing::info!(target: "weir::rollout", service = %event.service, revision = event.revision, kind = %event.kind, "{}", event.message);
+                let _ = self.events.send(event);
+            }
+        }
+    }
+
+    fn refresh_status(&self) {
+        let status = status::build(&self.model, &self.rollouts, &self.publisher.current(), self.clock.now_ms());
+        self.status.send_replace(Arc::new(status));
+    }
+
+    /// Publishes a table with the current weights if any differs from what is served.
+    fn publish_current(&mut self) {
+        let weights = weights(&self.model, &self.rollouts);
+        let current = self.publisher.current();
+        let same = self.model.services.iter().all(|s| {
+            let wanted = match s.canary {
+                Some(_) => weights.get(&s.name).copied().unwrap_or(Weight::ZERO),
+                None => Weight::ZERO,
+            };
+            current.service(&s.name).map(|r| r.canary_weight()) == Some(wanted)
+        });
+        if same {
+            return;
+        }
+        if let Err(error) = self.publish(&self.model.clone(), &self.tls.clone(), &weights) {
+            tracing::error!(%error, "cannot publish a route table");
         }
     }
 
@@ -84,7 +366,7 @@ impl Driver {
         model: &Model,
         tls: &BTreeMap<String, TlsMaterial>,
         weights: &BTreeMap<String, Weight>,
-    ) -> Result<u64, PublishError> {
+    ) -> Result<u64, weir_proxy::routes::BuildError> {
         let current = self.publisher.current();
         let table = RouteTable::build(model, weights, tls, &self.stats, &current)?;
         let generation = self.publisher.publish(table);
@@ -92,19 +374,138 @@ impl Driver {
         Ok(generation)
     }
 
-    /// Runs until `configs` closes.
-    pub async fn run(mut self, mut configs: mpsc::Receiver<Box<Loaded>>) {
-        while let Some(loaded) = configs.recv().await {
-            self.apply(*loaded);
+    /// Applies a reloaded config: reconciles rollouts with it, then builds and publishes its table,
+    /// or keeps the current one.
+    pub fn apply(&mut self, loaded: Loaded) {
+        if loaded.model.listeners != self.model.listeners {
+            tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
+        }
+        if loaded.model.admin != self.model.admin || loaded.model.state_dir != self.model.state_dir {
+            tracing::warn!("admin or stateDir settings changed: they take effect after a restart");
+        }
+        let now_ms = self.clock.now_ms();
+        let mut rollouts = BTreeMap::new();
+        let mut before = Vec::new();
+        for service in loaded.model.services.iter().filter(|s| s.strategy.is_some()) {
+            let mut rollout = match self.rollouts.get(&service.name) {
+                Some(existing) => existing.clone(),
+                None => restore(&self.store, service, &loaded.model, now_ms),
+            };
+            before.push((service.name.clone(), rollout.weight()));
+            let ctx = Ctx { service, templates: &loaded.model.analysis_templates };
+            rollout.reconcile(ctx, now_ms);
+            rollouts.insert(service.name.clone(), rollout);
+        }
+        let weights = weights(&loaded.model, &rollouts);
+        // Decreases are saved before the table goes out (see `commit`).
+        for (service, weight) in &before {
+            if let Some(rollout) = rollouts.get(service) {
+                if rollout.weight() <= *weight {
+                    let _ = self.store.save(rollout).map_err(|error| tracing::error!(service, %error, "cannot save rollout state"));
+                }
+            }
+        }
+        match self.publish(&loaded.model, &loaded.tls, &weights) {
+            Ok(generation) => {
+                self.model = loaded.model;
+                self.tls = loaded.tls;
+                self.rollouts = rollouts;
+                self.persist_all();
+                self.reloads.get_or_create(&vec![("result", "success")]).inc();
+                tracing::info!(generation, services = self.model.services.len(), "config applied");
+                self.flush_events();
+                self.refresh_status();
+            }
+            Err(error) => {
+                self.reloads.get_or_create(&vec![("result", "failure")]).inc();
+                tracing::error!(%error, "config rejected; the last good config keeps serving");
+            }
         }
     }
 }
 
-/// Each service's file-configured canary weight.
-fn file_weights(model: &Model) -> BTreeMap<String, Weight> {
+/// Loads a service's saved rollout, or starts one; an unreadable file pauses the rollout with
+/// stable at 100%.
+fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Rollout {
+    let ctx = Ctx { service, templates: &model.analysis_templates };
+    match store.load(&service.name) {
+        Ok(Some(mut rollout)) => {
+            tracing::info!(service = %service.name, revision = rollout.revision, step = rollout.step_index + 1, weight = %rollout.weight(), phase = ?rollout.phase, "restored rollout state");
+            rollout.reconcile(ctx, now_ms);
+            rollout
+        }
+        Ok(None) => {
+            let mut rollout = Rollout::new(service);
+            rollout.reconcile(ctx, now_ms);
+            rollout
+        }
+        Err(error) => {
+            let aside = store.quarantine(&service.name);
+            tracing::error!(service = %service.name, %error, kept_as = ?aside, "rollout state unreadable: serving stable at 100% and pausing the rollout");
+            Rollout::unreadable(service, &error.to_string(), now_ms)
+        }
+    }
+}
+
+/// The canary weight of every service: the rollout's when it has a strategy, else the file's.
+fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<String, Weight> {
     model
         .services
         .iter()
-        .map(|s| (s.name.clone(), weir_proxy::routes::file_weight(s)))
+        .map(|s| {
+            let weight = match rollouts.get(&s.name) {
+                Some(rollout) => rollout.weight(),
+                None => weir_proxy::routes::file_weight(s),
+            };
+            (s.name.clone(), weight)
+        })
         .collect()
+}
+
+/// The longest builtin window any metric or check asks for.
+fn max_window(model: &Model) -> Duration {
+    let templates = model.analysis_templates.iter().flat_map(|t| &t.metrics).filter_map(|m| match &m.provider {
+        Provider::Builtin(b) => Some(b.window),
+        _ => None,
+    });
+    let checks = model
+        .services
+        .iter()
+        .filter_map(|s| s.strategy.as_ref()?.canary.progression.as_ref())
+        .flat_map(|p| p.checks.iter().map(|c| c.window));
+    templates.chain(checks).max().unwrap_or(Duration::ZERO)
+}
+
+// === impl Handle ===
+
+impl Handle {
+    /// Sends an operator command and waits for the answer.
+    pub async fn command(&self, service: &str, command: Command) -> Result<(), CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Command { service: service.to_string(), command, reply })
+            .await
+            .map_err(|_| CommandError::Closed)?;
+        answer.await.map_err(|_| CommandError::Closed)?
+    }
+
+    /// The latest status of every service.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+
+    /// Every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The published table's generation, updated on every publish.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
 }

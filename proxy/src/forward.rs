@@ -308,15 +308,19 @@ fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bo
         }
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(previous) => {
-            let mut joined = BytesMut::with_capacity(previous.len() + 2 + conn.client_ip.len());
-            joined.put_slice(previous.as_bytes());
+    // A list sent as several header lines is one list (RFC 9110 §5.3): keep every line, in order.
+    let previous = headers.get_all(&X_FORWARDED_FOR);
+    let forwarded_for = if previous.iter().next().is_none() {
+        conn.client_ip.clone()
+    } else {
+        let len: usize = previous.iter().map(|v| v.len() + 2).sum();
+        let mut joined = BytesMut::with_capacity(len + conn.client_ip.len());
+        for value in previous {
+            joined.put_slice(value.as_bytes());
             joined.put_slice(b", ");
-            joined.put_slice(conn.client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
         }
-        None => conn.client_ip.clone(),
+        joined.put_slice(conn.client_ip.as_bytes());
+        HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());

@@ -284,7 +284,14 @@ async fn serve_connection(
             drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
         }
         Some(config) => {
-            let accepted = tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream)).await;
+            let handshake = tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
+            // A client that has not finished its handshake has no request in flight: do not let it
+            // hold the drain.
+            let mut stopping = shutdown.clone();
+            let accepted = tokio::select! {
+                accepted = handshake => accepted,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
             match accepted {
                 Ok(Ok(tls_stream)) => {
                     let conn = Rc::new(ConnInfo::new(peer.ip(), true));

@@ -1,1 +1,82 @@
-//! placeholder
+//! weir's end-to-end tests: real sockets on `127.0.0.1:0`, a real data plane on its own worker threads,
+//! test upstreams and clients on the test's tokio runtime.
+//!
+//! This library is the harness; the tests themselves live in `src/tests/` (compiled only under
+//! `cargo test`).
+//!
+//! - [`bind_ephemeral`], [`refused_addr`]: sockets and addresses for one test.
+//! - [`upstream`]: configurable upstream servers ([`upstream::Server`]) that name their version.
+//! - [`proxy`]: [`proxy::Proxy`] builds a route table from a [`weir_config::Model`] and runs
+//!   [`weir_proxy::spawn`] on pre-bound listeners; [`proxy::model`] parses YAML with addresses
+//!   substituted.
+//! - [`client`]: HTTP/1.1, HTTP/2 (prior knowledge) and TLS clients, and [`client::Reply`].
+//! - [`body::TestBody`]: a body of known chunks, for requests and for upstream responses.
+//! - [`certs`]: a throw-away CA and leaf certificates (rcgen).
+//! - [`metrics`]: encodes the data plane's Prometheus metrics and reads samples back.
+//! - [`assert_eventually!`]: polls a condition until a deadline instead of sleeping.
+
+use std::net::{SocketAddr, TcpListener};
+
+pub mod body;
+pub mod certs;
+pub mod client;
+pub mod metrics;
+pub mod proxy;
+pub mod upstream;
+
+pub use body::TestBody;
+pub use client::Reply;
+pub use proxy::Proxy;
+
+/// Binds a listener on `127.0.0.1` with a port chosen by the OS.
+pub fn bind_ephemeral() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// An address nothing listens on: a port that was bound and released again, so connecting to it
+/// is refused (as long as the OS does not hand the port out again meanwhile, which it does not do
+/// right away).
+pub fn refused_addr() -> SocketAddr {
+    let listener = bind_ephemeral();
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr
+}
+
+/// How long [`assert_eventually!`] polls by default.
+pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `$cond` (an expression that may contain `.await`) every few milliseconds until it is true,
+/// and panics if it is still false after [`EVENTUALLY`] (or the given `timeout = ...`).
+///
+/// ```text
+/// assert_eventually!(upstream.requests() == 1);
+/// assert_eventually!(timeout = Duration::from_secs(2), tcp_refused(addr).await, "listener still open");
+/// ```
+#[macro_export]
+macro_rules! assert_eventually {
+    (timeout = $timeout:expr, $cond:expr $(,)?) => {
+        $crate::assert_eventually!(timeout = $timeout, $cond, "condition never held: {}", stringify!($cond))
+    };
+    (timeout = $timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = ::tokio::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if ::tokio::time::Instant::now() >= deadline {
+                panic!("after {:?}: {}", $timeout, format_args!($($msg)+));
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(5)).await;
+        }
+    }};
+    ($cond:expr $(,)?) => {
+        $crate::assert_eventually!(timeout = $crate::EVENTUALLY, $cond)
+    };
+    ($cond:expr, $($msg:tt)+) => {
+        $crate::assert_eventually!(timeout = $crate::EVENTUALLY, $cond, $($msg)+)
+    };
+}
+
+#[cfg(test)]
+mod tests;

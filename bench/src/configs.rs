@@ -1,0 +1,178 @@
+//! The config files: two nginx upstreams, and the three proxies with the same 90/10 split, one worker and
+//! keep-alive on both sides.
+
+use std::path::Path;
+
+/// Percentage of requests the proxies send to the canary upstream.
+pub const CANARY_PERCENT: u32 = 10;
+
+/// Where the upstreams answer `stub_status`.
+pub const STATUS_PATH: &str = "/__status";
+
+/// Requests per keep-alive connection, client and upstream side: high enough to never close in a run.
+const KEEPALIVE_REQUESTS: u64 = 1_000_000_000;
+
+/// Idle upstream connections each proxy keeps (weir's default `maxIdlePerUpstream`).
+const UPSTREAM_IDLE: u32 = 64;
+
+/// The upstream ports of the split.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    pub stable: u16,
+    pub canary: u16,
+}
+
+/// The settings shared by every nginx instance: foreground, one worker, errors to stderr, temp paths in `dir`.
+fn nginx_main(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"worker_processes 1;
+daemon off;
+master_process on;
+pid "{dir}/nginx.pid";
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+"#
+    )
+}
+
+fn nginx_http_common(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"    access_log off;
+    client_body_temp_path "{dir}/client_body";
+    proxy_temp_path "{dir}/proxy";
+    keepalive_requests {KEEPALIVE_REQUESTS};
+    keepalive_timeout 300s;
+"#
+    )
+}
+
+/// An upstream answering every path but [`STATUS_PATH`] with `200 <version>\n`.
+pub fn upstream_nginx(dir: &Path, version: &str, port: u16) -> String {
+    format!(
+        r#"{main}http {{
+{common}    default_type text/plain;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = {STATUS_PATH} {{
+            stub_status;
+        }}
+        location / {{
+            return 200 "{version}\n";
+        }}
+    }}
+}}
+"#,
+        main = nginx_main(dir),
+        common = nginx_http_common(dir),
+    )
+}
+
+/// nginx as the proxy under test.
+pub fn nginx_proxy(dir: &Path, listen: u16, split: Split) -> String {
+    let stable_weight = 100 - CANARY_PERCENT;
+    format!(
+        r#"{main}http {{
+{common}    upstream split {{
+        server 127.0.0.1:{stable} weight={stable_weight};
+        server 127.0.0.1:{canary} weight={CANARY_PERCENT};
+        keepalive {UPSTREAM_IDLE};
+        keepalive_requests {KEEPALIVE_REQUESTS};
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{listen} backlog=4096;
+        location / {{
+            proxy_pass http://split;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+        main = nginx_main(dir),
+        common = nginx_http_common(dir),
+        stable = split.stable,
+        canary = split.canary,
+    )
+}
+
+/// HAProxy as the proxy under test (no `log` lines: nothing is logged).
+pub fn haproxy(listen: u16, split: Split) -> String {
+    let stable_weight = 100 - CANARY_PERCENT;
+    format!(
+        r#"global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:{listen}
+    default_backend split
+
+backend split
+    balance roundrobin
+    server stable 127.0.0.1:{stable} weight {stable_weight}
+    server canary 127.0.0.1:{canary} weight {CANARY_PERCENT}
+"#,
+        stable = split.stable,
+        canary = split.canary,
+    )
+}
+
+/// weir as the proxy under test.
+pub fn weir(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"listeners:
+  - name: bench
+    address: 127.0.0.1:{listen}
+admin:
+  address: 127.0.0.1:{admin}
+services:
+  - name: bench
+    match:
+      hosts: ["*"]
+    stable:
+      version: stable
+      upstreams: ["127.0.0.1:{stable}"]
+    canary:
+      version: canary
+      upstreams: ["127.0.0.1:{canary}"]
+      weight: {CANARY_PERCENT}
+"#,
+        stable = split.stable,
+        canary = split.canary,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_get_the_same_split() {
+        let split = Split {
+            stable: 9001,
+            canary: 9002,
+        };
+        let nginx = nginx_proxy(Path::new("/tmp/x"), 8080, split);
+        assert!(nginx.contains("server 127.0.0.1:9001 weight=90;"));
+        assert!(nginx.contains("server 127.0.0.1:9002 weight=10;"));
+        let haproxy = haproxy(8080, split);
+        assert!(haproxy.contains("server stable 127.0.0.1:9001 weight 90"));
+        assert!(haproxy.contains("server canary 127.0.0.1:9002 weight 10"));
+        let weir = weir(8080, 3100, split);
+        assert!(weir.contains("upstreams: [\"127.0.0.1:9002\"]\n      weight: 10\n"));
+    }
+}

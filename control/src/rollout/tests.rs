@@ -1,0 +1,394 @@
+//! The rollout state machine as a pure function of config, measurements, commands and time.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use weir_config::{Model, Weight};
+
+use super::*;
+use crate::analysis::Measured;
+
+const STEPS: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: checkout
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      canary:
+        steps:
+          - setWeight: 10
+          - pause: { duration: 10s }
+          - analysis: { templates: [{ templateName: success-rate }] }
+          - setWeight: 50
+          - pause: {}
+          - setWeight: 100
+        analysis:
+          templates: [{ templateName: latency }]
+          startingStep: 1
+analysisTemplates:
+  - name: success-rate
+    metrics:
+      - name: success-rate
+        interval: 5s
+        count: 3
+        failureLimit: 1
+        successCondition: result >= 0.99
+        provider: { builtin: { metric: success-rate, window: 30s, minRequests: 50 } }
+  - name: latency
+    metrics:
+      - name: p99
+        interval: 5s
+        failureLimit: 2
+        successCondition: result <= 0.5
+        provider: { builtin: { metric: latency-p99, window: 30s } }
+"#;
+
+const FLAGGER: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: search
+    stable: { version: "2024.1", upstreams: ["127.0.0.1:9011"] }
+    canary: { version: "2024.2", upstreams: ["127.0.0.1:9012"] }
+    strategy:
+      canary:
+        analysis:
+          interval: 30s
+          threshold: 2
+          stepWeight: 10
+          maxWeight: 30
+          metrics:
+            - name: request-success-rate
+              thresholdRange: { min: 99 }
+            - name: request-duration
+              thresholdRange: { max: 500 }
+"#;
+
+fn model(yaml: &str) -> Model {
+    weir_config::parse(yaml, Path::new("/")).expect("test config is valid")
+}
+
+fn with_canary(yaml: &str, canary: Option<&str>) -> Model {
+    let text = match canary {
+        Some(version) => yaml.replace("version: v2", &format!("version: {version}")),
+        None => yaml.replace(r#"    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }"#, ""),
+    };
+    model(&text)
+}
+
+/// A fake world: what the builtin provider answers, per metric.
+#[derive(Clone, Copy)]
+struct World {
+    success_rate: Option<f64>,
+    p99: Option<f64>,
+    requests: u64,
+}
+
+impl World {
+    fn healthy() -> World {
+        World { success_rate: Some(1.0), p99: Some(0.05), requests: 1000 }
+    }
+
+    fn answer(&self, query: BuiltinQuery<'_>) -> Outcome {
+        let value = match query.provider.metric {
+            BuiltinMetric::SuccessRate => self.success_rate,
+            BuiltinMetric::LatencyQuantile(_) => self.p99,
+            _ => None,
+        };
+        match value {
+            Some(_) if self.requests < query.provider.min_requests => Outcome::NoData(format!(
+                "{} requests in 30s, fewer than minRequests {}",
+                self.requests, query.provider.min_requests
+            )),
+            Some(value) => Outcome::Value(Measured {
+                value: json!(value),
+                requests: Some(self.requests),
+                window: Some(Duration::from_secs(30)),
+            }),
+            None => Outcome::NoData("no data".into()),
+        }
+    }
+}
+
+struct Sim {
+    model: Model,
+    rollout: Rollout,
+    now_ms: u64,
+    world: World,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(model: Model) -> Sim {
+        let mut rollout = Rollout::new(&model.services[0]);
+        let now_ms = 1_000_000;
+        let ctx = Ctx { service: &model.services[0], templates: &model.analysis_templates };
+        rollout.reconcile(ctx, now_ms);
+        let mut sim = Sim { model, rollout, now_ms, world: World::healthy(), log: Vec::new() };
+        sim.drain();
+        sim
+    }
+
+    fn drain(&mut self) {
+        self.log.extend(self.rollout.take_events().into_iter().map(|e| e.message));
+    }
+
+    /// Advances time in 100 ms ticks, as the driver does.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now_ms + duration.as_millis() as u64;
+        while self.now_ms < end {
+            self.now_ms += 100;
+            let world = self.world;
+            let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
+            let external = self.rollout.tick(ctx, self.now_ms, &mut |q| world.answer(q));
+            assert!(external.is_empty(), "builtin metrics only in these tests");
+            self.drain();
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), String> {
+        let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
+        let result = self.rollout.command(ctx, command, self.now_ms);
+        self.drain();
+        result
+    }
+
+    fn reconfigure(&mut self, model: Model) {
+        self.model = model;
+        let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
+        self.rollout.reconcile(ctx, self.now_ms);
+        self.drain();
+    }
+
+    fn weight(&self) -> f64 {
+        self.rollout.weight().percent()
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.iter().any(|line| line.contains(needle))
+    }
+}
+
+#[test]
+fn healthy_canary_walks_every_step_and_is_promoted() {
+    let mut sim = Sim::new(model(STEPS));
+    assert_eq!(sim.rollout.revision, 1);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 10.0);
+    assert!(sim.logged("Advance checkout canary weight 10 (step 1/6)"), "{:?}", sim.log);
+    sim.run_for(Duration::from_secs(9));
+    assert_eq!(sim.rollout.step_index, 1, "still pausing");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.rollout.step_index, 2, "analysis step");
+    // count 3 at interval 5s: the third measurement is taken 10s after the first.
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.weight(), 50.0);
+    assert_eq!(sim.rollout.phase, Phase::Paused, "pause: {{}} waits for promote");
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 50.0, "an indefinite pause never times out");
+    sim.command(Command::Promote { full: false }).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.rollout.promoted);
+    assert_eq!(sim.weight(), 100.0);
+    assert_eq!(sim.rollout.stable_version, "v2");
+    assert!(sim.logged("Promotion completed: checkout v2 is stable"), "{:?}", sim.log);
+    assert!(sim.rollout.message.contains("still names v1"), "{}", sim.rollout.message);
+    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::Promoted);
+}
+
+#[test]
+fn failing_analysis_aborts_with_the_numbers() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.rollout.step_index, 2);
+    sim.world.success_rate = Some(0.6917);
+    sim.world.requests = 1184;
+    // The first measurement (at the start of the step) passed; failureLimit 1: the second failure
+    // aborts, 10 s later.
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.rollout.phase, Phase::Progressing, "one failure is tolerated");
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.rollout.phase, Phase::Degraded);
+    assert_eq!(sim.weight(), 0.0);
+    assert!(sim.logged("Halt checkout advancement: success-rate"), "{:?}", sim.log);
+    let rollback = sim.log.iter().find(|l| l.starts_with("Rolling back checkout")).expect("a rollback line");
+    for needle in ["success-rate failed 2 time(s) (failureLimit 1)", "0.6917", "0.99", "30s", "1184 requests"] {
+        assert!(rollback.contains(needle), "{rollback:?} lacks {needle:?}");
+    }
+    // Aborted versions are never retried by themselves.
+    sim.world = World::healthy();
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.rollout.phase, Phase::Degraded);
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn background_analysis_aborts_at_any_step() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.rollout.background_run.is_some() || sim.rollout.step_index >= 1);
+    sim.world.p99 = Some(2.0);
+    // failureLimit 2: the third failed measurement (at 5 s, 10 s, 15 s) aborts.
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.rollout.phase, Phase::Progressing, "two failures are tolerated");
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert!(sim.logged("p99 failed 3 time(s) (failureLimit 2)"), "{:?}", sim.log);
+}
+
+#[test]
+fn too_little_traffic_is_inconclusive_and_pauses_never_fails() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(11));
+    sim.world.requests = 12;
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.rollout.phase, Phase::Paused, "{:?}", sim.log);
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Inconclusive));
+    assert!(sim.rollout.message.contains("fewer than minRequests"), "{}", sim.rollout.message);
+    let weight = sim.weight();
+    assert!(weight > 0.0, "paused keeps its weight");
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Paused);
+    sim.world = World::healthy();
+    sim.command(Command::Resume).unwrap();
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.weight(), 50.0, "resumed analysis passes and the rollout advances");
+}
+
+#[test]
+fn removing_the_canary_mid_rollout_rolls_back_at_once() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.weight(), 10.0);
+    sim.reconfigure(with_canary(STEPS, None));
+    assert_eq!(sim.weight(), 0.0);
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.logged("canary v2 removed from the config"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::RolledBack);
+}
+
+#[test]
+fn a_new_canary_version_restarts_from_step_one() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(12));
+    assert_eq!(sim.rollout.step_index, 2);
+    sim.reconfigure(with_canary(STEPS, Some("v3")));
+    assert_eq!(sim.rollout.revision, 2);
+    assert_eq!(sim.rollout.step_index, 0);
+    assert_eq!(sim.rollout.canary_version.as_deref(), Some("v3"));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 10.0);
+    assert_eq!(sim.rollout.history[0].outcome, RevisionOutcome::Superseded);
+}
+
+#[test]
+fn promote_full_skips_everything() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(1));
+    sim.command(Command::Promote { full: true }).unwrap();
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert_eq!(sim.weight(), 100.0);
+}
+
+#[test]
+fn abort_then_retry_then_undo() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(1));
+    sim.command(Command::Abort).unwrap();
+    assert_eq!(sim.rollout.phase, Phase::Degraded);
+    assert_eq!(sim.weight(), 0.0);
+    assert!(sim.command(Command::Abort).is_err(), "nothing left to abort");
+    sim.command(Command::Retry).unwrap();
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert_eq!(sim.rollout.revision, 1, "retry keeps the revision");
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 10.0);
+    sim.command(Command::Promote { full: true }).unwrap();
+    assert_eq!(sim.weight(), 100.0);
+    sim.command(Command::Undo).unwrap();
+    assert_eq!(sim.weight(), 0.0);
+    assert_eq!(sim.rollout.stable_version, "v1");
+    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::Undone);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 0.0, "an undone version is not rolled out again by itself");
+}
+
+#[test]
+fn operator_pause_holds_the_clock() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(5));
+    sim.command(Command::Pause).unwrap();
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.rollout.step_index, 1, "paused time does not count");
+    sim.command(Command::Resume).unwrap();
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(sim.rollout.step_index, 1);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.rollout.step_index, 2);
+}
+
+#[test]
+fn a_step_past_the_progress_deadline_aborts() {
+    let text = STEPS.replace("        analysis:\n          templates: [{ templateName: latency }]", "        progressDeadline: 5s\n        analysis:\n          templates: [{ templateName: latency }]");
+    let mut sim = Sim::new(model(&text));
+    sim.run_for(Duration::from_secs(7));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert!(sim.logged("progressDeadline 5s"), "{:?}", sim.log);
+}
+
+#[test]
+fn flagger_progression_advances_then_promotes() {
+    let mut sim = Sim::new(model(FLAGGER));
+    assert_eq!(sim.weight(), 10.0);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 20.0);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 30.0);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.rollout.promoted);
+    assert!(sim.logged("Advance search canary weight 20 (step 2/3)"), "{:?}", sim.log);
+}
+
+#[test]
+fn flagger_counts_failed_checks_to_the_threshold_and_ignores_no_data() {
+    let mut sim = Sim::new(model(FLAGGER));
+    sim.world.requests = 3;
+    sim.run_for(Duration::from_secs(95));
+    assert_eq!(sim.rollout.phase, Phase::Progressing, "no data halts, never fails");
+    assert_eq!(sim.rollout.progress.failed_checks, 0);
+    assert_eq!(sim.weight(), 10.0);
+    sim.world = World { success_rate: Some(0.6917), ..World::healthy() };
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.progress.failed_checks, 1);
+    assert!(sim.logged("request-success-rate 69.17% < 99%"), "{:?}", sim.log);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Degraded);
+    assert!(sim.logged("failed checks threshold reached 2"), "{:?}", sim.log);
+}
+
+#[test]
+fn persisted_state_resumes_the_same_step_and_weight() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(3));
+    let saved = serde_json::to_string(&sim.rollout).unwrap();
+    let mut restored: Rollout = serde_json::from_str(&saved).unwrap();
+    let ctx = Ctx { service: &sim.model.services[0], templates: &sim.model.analysis_templates };
+    restored.reconcile(ctx, sim.now_ms + 50);
+    assert_eq!(restored.revision, sim.rollout.revision);
+    assert_eq!(restored.step_index, sim.rollout.step_index);
+    assert_eq!(restored.weight(), Weight::from_percent(10.0).unwrap());
+    assert_eq!(restored.phase, Phase::Progressing);
+}
+
+#[test]
+fn unreadable_state_serves_stable_and_waits() {
+    let model = model(STEPS);
+    let rollout = Rollout::unreadable(&model.services[0], "expected value at line 1", 0);
+    assert_eq!(rollout.weight(), Weight::ZERO);
+    assert_eq!(rollout.phase, Phase::Paused);
+    assert!(rollout.message.contains("state file unreadable"));
+}
