@@ -19,11 +19,7 @@ pub struct Tools {
 
 impl Tools {
     /// Finds the programs; `needs_*` say which are required for this run.
-    pub fn find(
-        weir: Option<PathBuf>,
-        needs_haproxy: bool,
-        needs_strace: bool,
-    ) -> Result<Tools> {
+    pub fn find(weir: Option<PathBuf>, needs_haproxy: bool, needs_strace: bool) -> Result<Tools> {
         let apt = |program: &str, package: &str| {
             find_program(program).with_context(|| {
                 format!(
@@ -112,8 +108,11 @@ impl Environment {
             .map(|l| l.trim_start_matches("nginx version: ").to_string());
         // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
         let haproxy = tools.haproxy.as_ref().and_then(|haproxy| {
-            first_line(haproxy, &["-v"])
-                .map(|l| l.split_whitespace().nth(2).map_or_else(|| l.clone(), str::to_string))
+            first_line(haproxy, &["-v"]).map(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .map_or_else(|| l.clone(), str::to_string)
+            })
         });
         // "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer" (and exit status 1)
         let wrk = first_line(&tools.wrk, &["-v"]).map(|l| match l.split_once(" Copyright") {
@@ -123,9 +122,16 @@ impl Environment {
         let weir = tools.weir.as_ref().map(|weir| {
             let rev = success_line(
                 "git",
-                &["-C", workspace_dir(), "describe", "--always", "--dirty", "--abbrev=12"],
+                &[
+                    "-C",
+                    workspace_dir(),
+                    "describe",
+                    "--always",
+                    "--dirty",
+                    "--abbrev=12",
+                ],
             )
-                .unwrap_or_else(|| "unknown git revision".to_string());
+            .unwrap_or_else(|| "unknown git revision".to_string());
             format!("{rev} ({})", weir.display())
         });
         let date = success_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);

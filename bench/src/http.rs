@@ -85,7 +85,10 @@ fn dechunk(mut rest: &str) -> Result<String> {
         }
         let chunk = after.get(..size).context("truncated chunk")?;
         body.push_str(chunk);
-        rest = after.get(size..).unwrap_or_default().trim_start_matches("\r\n");
+        rest = after
+            .get(size..)
+            .unwrap_or_default()
+            .trim_start_matches("\r\n");
     }
 }
 
@@ -95,7 +98,8 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked_responses() {
-        let plain = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nstable\n").unwrap();
+        let plain =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nstable\n").unwrap();
         assert_eq!((plain.status, plain.body.as_str()), (200, "stable\n"));
         let chunked = parse_response(
             b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ncana\r\n3\r\nry\n\r\n0\r\n\r\n",

@@ -55,7 +55,12 @@ struct Args {
     threads: u32,
 
     /// Proxies to measure, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "weir,nginx,haproxy")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "weir,nginx,haproxy"
+    )]
     only: Vec<Proxy>,
 
     /// CPU list (`taskset -c`) for the proxy under test.
@@ -139,7 +144,9 @@ fn run(args: Args) -> Result<()> {
         syscalls_secs: args.syscalls.then_some(args.syscalls_duration),
     };
     print!("{}", Report::header(&environment, &settings));
-    std::io::stdout().flush().context("cannot write to stdout")?;
+    std::io::stdout()
+        .flush()
+        .context("cannot write to stdout")?;
 
     let sup = Supervisor::new(args.keep_temp)?;
     let _shutdown = ShutdownGuard(sup.clone());
@@ -257,7 +264,9 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();
-        let args = Args::try_parse_from(["weir-bench", "--only", "haproxy,nginx", "--duration", "3s"]).unwrap();
+        let args =
+            Args::try_parse_from(["weir-bench", "--only", "haproxy,nginx", "--duration", "3s"])
+                .unwrap();
         assert_eq!(args.only, vec![Proxy::Haproxy, Proxy::Nginx]);
         assert_eq!(args.duration, 3);
     }

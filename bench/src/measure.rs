@@ -229,7 +229,11 @@ impl Bench {
                 admin_addr = Some(local(admin));
             }
             Proxy::Nginx => {
-                let config = write(&dir, "nginx.conf", &configs::nginx_proxy(&dir, listen, split))?;
+                let config = write(
+                    &dir,
+                    "nginx.conf",
+                    &configs::nginx_proxy(&dir, listen, split),
+                )?;
                 cmd.arg(&self.tools.nginx)
                     .arg("-p")
                     .arg(&dir)
@@ -281,7 +285,10 @@ impl Running {
             }
             if Instant::now() >= deadline {
                 let what = match admin {
-                    Some(admin) => format!("accepting on {} with GET http://{admin}/readyz → 200", self.addr),
+                    Some(admin) => format!(
+                        "accepting on {} with GET http://{admin}/readyz → 200",
+                        self.addr
+                    ),
                     None => format!("accepting on {}", self.addr),
                 };
                 bail!(
@@ -337,7 +344,11 @@ impl Upstreams {
             let name = format!("upstream-{version}");
             let dir = sup.dir().join(&name);
             fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let config = write(&dir, "nginx.conf", &configs::upstream_nginx(&dir, version, port))?;
+            let config = write(
+                &dir,
+                "nginx.conf",
+                &configs::upstream_nginx(&dir, version, port),
+            )?;
             let mut cmd = Command::new(&tools.taskset);
             cmd.arg("-c")
                 .arg(&load.cpus)
@@ -407,7 +418,10 @@ fn wait_upstream(proc: &Proc, addr: SocketAddr, version: &str) -> Result<()> {
 fn stub_status_requests(addr: SocketAddr) -> Result<u64> {
     let response = http::get(addr, STATUS_PATH, Duration::from_secs(2))?;
     if response.status != 200 {
-        bail!("GET http://{addr}{STATUS_PATH} returned {}", response.status);
+        bail!(
+            "GET http://{addr}{STATUS_PATH} returned {}",
+            response.status
+        );
     }
     parse_stub_status(&response.body)
         .with_context(|| format!("unexpected stub_status from {addr}: {:?}", response.body))
@@ -419,7 +433,10 @@ fn parse_stub_status(body: &str) -> Result<u64> {
         .find(|l| l.trim() == "server accepts handled requests")
         .context("no \"server accepts handled requests\" line")?;
     let counters = lines.next().context("no counter line")?;
-    let requests = counters.split_whitespace().nth(2).context("no requests counter")?;
+    let requests = counters
+        .split_whitespace()
+        .nth(2)
+        .context("no requests counter")?;
     requests
         .parse()
         .with_context(|| format!("bad requests counter {requests:?}"))

@@ -41,7 +41,9 @@ fn read_stat(pid: u32) -> Result<Stat> {
 
 fn parse_stat(text: &str) -> Result<Stat> {
     // The command name (field 2) is in parentheses and may contain spaces and parentheses: split after the last ')'.
-    let (_, rest) = text.rsplit_once(')').context("no ')' after the command name")?;
+    let (_, rest) = text
+        .rsplit_once(')')
+        .context("no ')' after the command name")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): ppid is field 4, utime field 14, stime field 15.
     let field = |n: usize| -> Result<u64> {
@@ -61,7 +63,11 @@ pub fn tree(root: u32) -> Result<Vec<u32>> {
     let mut parents = Vec::new();
     for entry in fs::read_dir("/proc").context("cannot list /proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Processes may exit while we scan; skip what cannot be read.
@@ -97,7 +103,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_command_names() {
-        let line = "1234 (nginx: worker (x) ) S 1200 1200 1200 0 -1 4194624 150 0 0 0 37 12 0 0 20 0 1 0 \
+        let line =
+            "1234 (nginx: worker (x) ) S 1200 1200 1200 0 -1 4194624 150 0 0 0 37 12 0 0 20 0 1 0 \
                     5 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
         assert_eq!(
             parse_stat(line).unwrap(),

@@ -155,7 +155,7 @@ impl Report<'_> {
             .into_iter()
             .map(|(label, value)| vec![label.to_string(), value])
             .collect();
-        out.push_str(&table(&[], 2, &rows));
+        out.push_str(&table(&[], "ll", &rows));
         out.push_str("\nSetup\n");
         out.push_str(&format!(
             "  proxy pinned to CPU {} (taskset -c {}); wrk ({} thread{} × {} connections) and the two nginx upstreams \
@@ -213,7 +213,7 @@ impl Report<'_> {
                 "canary",
                 "errors",
             ],
-            2,
+            "llrrrrrrr",
             &rows,
         ));
 
@@ -248,7 +248,7 @@ impl Report<'_> {
                 "canary",
                 "errors",
             ],
-            1,
+            "lrrrrrrr",
             &rows,
         ));
 
@@ -261,8 +261,11 @@ impl Report<'_> {
                 .iter()
                 .map(|r| {
                     let rounds = |pick: fn(&(u32, f64, f64)) -> f64| {
-                        let each: Vec<String> =
-                            r.per_round.iter().map(|x| format!("{:.2}", pick(x))).collect();
+                        let each: Vec<String> = r
+                            .per_round
+                            .iter()
+                            .map(|x| format!("{:.2}", pick(x)))
+                            .collect();
                         format!("[{}]", each.join(" "))
                     };
                     vec![
@@ -276,7 +279,7 @@ impl Report<'_> {
                 .collect();
             out.push_str(&table(
                 &["", "CPU/request", "", "requests/s", ""],
-                1,
+                "lrlrl",
                 &rows,
             ));
             out.push_str("  CPU/request below 1× and requests/s above 1× favour weir.\n");
@@ -308,8 +311,13 @@ impl Report<'_> {
                 })
                 .collect();
             out.push_str(&table(
-                &["proxy", "requests", "syscalls/request", "most frequent (per request)"],
-                1,
+                &[
+                    "proxy",
+                    "requests",
+                    "syscalls/request",
+                    "most frequent (per request)",
+                ],
+                "lrrl",
                 &rows,
             ));
         }
@@ -336,8 +344,8 @@ impl Report<'_> {
             }
             if s.cpu_percent < 90.0 {
                 notes.push(format!(
-                    "{} used only {:.0}% of its CPU: the load side, not the proxy, limited requests/s \
-                     (CPU/request still compares)",
+                    "{} used only {:.0}% of its CPU: it was not saturated (the load side or other processes \
+                     held it back), so requests/s understates it; CPU/request still compares",
                     s.proxy, s.cpu_percent
                 ));
             }
@@ -457,43 +465,36 @@ fn latency(us: f64) -> String {
     }
 }
 
-/// Aligned columns, two-space indent: the first `left` columns left-aligned, the rest right-aligned.
-fn table(headers: &[&str], left: usize, rows: &[Vec<String>]) -> String {
-    let columns = rows
-        .iter()
-        .map(Vec::len)
-        .chain([headers.len()])
-        .max()
-        .unwrap_or(0);
+/// Aligned columns with a two-space indent; `align` has one letter per column, `l` (left) or `r` (right).
+fn table(headers: &[&str], align: &str, rows: &[Vec<String>]) -> String {
+    let all: Vec<Vec<&str>> = (!headers.is_empty())
+        .then(|| headers.to_vec())
+        .into_iter()
+        .chain(rows.iter().map(|r| r.iter().map(String::as_str).collect()))
+        .collect();
+    let columns = all.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; columns];
-    for row in rows.iter().map(|r| r.iter().map(String::as_str).collect::<Vec<_>>())
-        .chain((!headers.is_empty()).then(|| headers.to_vec()))
-    {
+    for row in &all {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
+    let mut out = String::new();
+    for row in &all {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
             let pad = " ".repeat(widths[i] - cell.chars().count());
-            text.push_str("  ");
-            if i < left {
-                text.push_str(cell);
-                text.push_str(&pad);
+            line.push_str("  ");
+            if align.as_bytes().get(i) == Some(&b'r') {
+                line.push_str(&pad);
+                line.push_str(cell);
             } else {
-                text.push_str(&pad);
-                text.push_str(cell);
+                line.push_str(cell);
+                line.push_str(&pad);
             }
         }
-        format!("{}\n", text.trim_end())
-    };
-    let mut out = String::new();
-    if !headers.is_empty() {
-        out.push_str(&line(headers.to_vec()));
-    }
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -526,7 +527,7 @@ mod tests {
             vec!["HAProxy".to_string(), "12.25µs".to_string()],
         ];
         assert_eq!(
-            table(&["proxy", "CPU"], 1, &rows),
+            table(&["proxy", "CPU"], "lr", &rows),
             "  proxy        CPU\n  weir       1.5µs\n  HAProxy  12.25µs\n"
         );
     }

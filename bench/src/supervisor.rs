@@ -136,7 +136,9 @@ impl Supervisor {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent data (a list of children); keep going so cleanup runs.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn try_wait(&self, pid: u32) -> Result<Option<ExitStatus>> {

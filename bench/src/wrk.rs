@@ -74,9 +74,13 @@ impl Load {
         };
         let output = proc.output()?;
         if !status.success() {
-            bail!("wrk ({name}) failed with {status}:\n{}", proc.output_tail(20));
+            bail!(
+                "wrk ({name}) failed with {status}:\n{}",
+                proc.output_tail(20)
+            );
         }
-        parse(&output).with_context(|| format!("cannot parse the output of wrk ({name}):\n{output}"))
+        parse(&output)
+            .with_context(|| format!("cannot parse the output of wrk ({name}):\n{output}"))
     }
 }
 
@@ -94,10 +98,18 @@ pub fn parse(output: &str) -> Result<WrkResult> {
             ["50%", value] => p50_us = Some(micros(value)?),
             ["99%", value] => p99_us = Some(micros(value)?),
             [count, "requests", "in", ..] => {
-                requests = Some(count.parse::<u64>().with_context(|| format!("in {line:?}"))?);
+                requests = Some(
+                    count
+                        .parse::<u64>()
+                        .with_context(|| format!("in {line:?}"))?,
+                );
             }
             ["Requests/sec:", value] => {
-                requests_per_sec = Some(value.parse::<f64>().with_context(|| format!("in {line:?}"))?);
+                requests_per_sec = Some(
+                    value
+                        .parse::<f64>()
+                        .with_context(|| format!("in {line:?}"))?,
+                );
             }
             _ => {}
         }
@@ -109,7 +121,10 @@ pub fn parse(output: &str) -> Result<WrkResult> {
             }
         }
         if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            non_2xx_3xx = count.trim().parse().with_context(|| format!("in {line:?}"))?;
+            non_2xx_3xx = count
+                .trim()
+                .parse()
+                .with_context(|| format!("in {line:?}"))?;
         }
     }
     Ok(WrkResult {

@@ -76,7 +76,11 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     text,
                 ),
-                Err(_) => text_response(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "cannot encode metrics\n".into()),
+                Err(_) => text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "cannot encode metrics\n".into(),
+                ),
             }
         }
         (&Method::GET, ["healthz"]) => text_response(StatusCode::OK, TEXT, "ok\n".into()),
@@ -87,23 +91,38 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body
                 text_response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
             }
         }
-        (&Method::GET, ["api", "v1", "services"]) => json(StatusCode::OK, &state.driver.status().summaries()),
-        (&Method::GET, ["api", "v1", "services", name]) => match state.driver.status().service(name) {
-            Some(service) => json(StatusCode::OK, service),
-            None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
-        },
-        (&Method::GET, ["api", "v1", "services", name, "history"]) => match state.driver.status().service(name) {
-            Some(service) => {
-                let history = service.details.as_ref().map(|d| d.history.clone()).unwrap_or_default();
-                json(StatusCode::OK, &serde_json::json!({ "name": name, "revisions": history }))
+        (&Method::GET, ["api", "v1", "services"]) => {
+            json(StatusCode::OK, &state.driver.status().summaries())
+        }
+        (&Method::GET, ["api", "v1", "services", name]) => {
+            match state.driver.status().service(name) {
+                Some(service) => json(StatusCode::OK, service),
+                None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
             }
-            None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
-        },
+        }
+        (&Method::GET, ["api", "v1", "services", name, "history"]) => {
+            match state.driver.status().service(name) {
+                Some(service) => {
+                    let history = service
+                        .details
+                        .as_ref()
+                        .map(|d| d.history.clone())
+                        .unwrap_or_default();
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "name": name, "revisions": history }),
+                    )
+                }
+                None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
+            }
+        }
         (&Method::POST, ["api", "v1", "services", name, verb]) => {
-            if let Err(response) = authorize(state, &request) {
+            if let Some(response) = unauthorized(state, &request) {
                 return response;
             }
-            let full = query.split('&').any(|kv| kv == "full=true" || kv == "full=1" || kv == "full");
+            let full = query
+                .split('&')
+                .any(|kv| kv == "full=true" || kv == "full=1" || kv == "full");
             let command = match *verb {
                 "promote" => Command::Promote { full },
                 "abort" => Command::Abort,
@@ -118,8 +137,12 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body
                     Some(service) => json(StatusCode::OK, service),
                     None => json(StatusCode::OK, &serde_json::json!({ "name": name })),
                 },
-                Err(CommandError::UnknownService(_)) => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
-                Err(CommandError::Closed) => error(StatusCode::SERVICE_UNAVAILABLE, "weir is shutting down"),
+                Err(CommandError::UnknownService(_)) => {
+                    error(StatusCode::NOT_FOUND, &format!("no service named {name:?}"))
+                }
+                Err(CommandError::Closed) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, "weir is shutting down")
+                }
                 Err(refused) => error(StatusCode::CONFLICT, &refused.to_string()),
             }
         }
@@ -128,14 +151,19 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body
     }
 }
 
-/// Checks the bearer token when one is configured.
-fn authorize(state: &AdminState, request: &Request<Incoming>) -> Result<(), Response<Body>> {
-    let Some(path) = &state.token else { return Ok(()) };
+/// The 401 (or 503) to send when a token is configured and the request does not carry it.
+fn unauthorized(state: &AdminState, request: &Request<Incoming>) -> Option<Response<Body>> {
+    let Some(path) = &state.token else {
+        return None;
+    };
     let expected = match std::fs::read_to_string(path) {
         Ok(token) => token.trim().to_string(),
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot read the admin token file");
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the admin token file cannot be read"));
+            return Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token file cannot be read",
+            ));
         }
     };
     let given = request
@@ -145,13 +173,20 @@ fn authorize(state: &AdminState, request: &Request<Incoming>) -> Result<(), Resp
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(given) if !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(given)
+            if !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes()) =>
+        {
+            None
+        }
         _ => {
-            let mut response = error(StatusCode::UNAUTHORIZED, "this action needs Authorization: Bearer <token>");
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "this action needs Authorization: Bearer <token>",
+            );
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -166,7 +201,11 @@ fn events(state: &AdminState) -> Response<Body> {
     let mut events = state.driver.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        if tx.send(Bytes::from_static(b": weir events\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b": weir events\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(15));
@@ -190,7 +229,10 @@ fn events(state: &AdminState) -> Response<Body> {
     });
     let mut response = Response::new(SseBody { rx }.boxed());
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -203,8 +245,13 @@ impl hyper::body::Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
 }
 
@@ -222,7 +269,11 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
 fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_string(value) {
         Ok(body) => text_response(status, "application/json", body),
-        Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("cannot encode: {e}\n")),
+        Err(e) => text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("cannot encode: {e}\n"),
+        ),
     }
 }
 

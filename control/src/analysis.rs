@@ -1,6 +1,6 @@
 //! Canary analysis, the leaf half: measuring a metric and judging one measurement.
 //!
-//! A template metric (see [`weir_config::Metric`]) is measured by a [provider](provider) — weir's own
+//! A template metric (see [`weir_config::Metric`]) is measured by a [`provider`] — weir's own
 //! per-version stats, a Prometheus instant query or an HTTP request — into an [`Outcome`]. [`judge`]
 //! turns an outcome into a [`Verdict`] with Argo Rollouts' rules, evaluating the metric's
 //! `successCondition` and `failureCondition` ([`condition::Condition`], CEL expressions over
@@ -157,14 +157,21 @@ pub fn judge(
         Err(why) => return (Verdict::Error, why),
     };
     let says = |which: &str, condition: &Condition, holds: bool| {
-        format!("{which} `{}` is {holds} for {described}", condition.source())
+        // `result >= 0.99` false for 0.6917 reads best as "0.6917 < 0.99 over 30s (…)".
+        match compact(condition.source(), holds) {
+            Some((op, literal)) => {
+                let value = show_value(&measured.value);
+                let rest = described.strip_prefix(&value).unwrap_or("");
+                format!("{value} {op} {literal}{rest}")
+            }
+            None => format!("{which} `{}` is {holds} for {described}", condition.source()),
+        }
     };
     match (success.zip(success_holds), failure.zip(failure_holds)) {
         (None, None) => (Verdict::Successful, format!("{described} (no conditions)")),
-        (_, Some((condition, true))) => (
-            Verdict::Failed,
-            says("failureCondition", condition, true),
-        ),
+        (_, Some((condition, true))) => {
+            (Verdict::Failed, says("failureCondition", condition, true))
+        }
         (Some((condition, holds)), None) => {
             let verdict = if holds {
                 Verdict::Successful
@@ -199,11 +206,11 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
         let after_open = &rest[open + 2..];
         let Some(close) = after_open.find("}}") else {
             break;
         };
+        out.push_str(&rest[..open]);
         let inner = after_open[..close].trim();
         let value = inner
             .strip_prefix("args.")
@@ -243,18 +250,19 @@ pub(crate) fn show_value(value: &serde_json::Value) -> String {
 }
 
 /// A number for messages: whole numbers without decimals, others with at most four decimals
-/// (scientific notation for tiny values).
+/// (scientific notation below 0.001).
 fn show_number(x: f64) -> String {
     if x.is_finite() && x == x.trunc() && x.abs() < 1e15 {
         return format!("{x:.0}");
     }
-    let fixed = format!("{x:.4}");
-    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
-    if x != 0.0 && (trimmed == "0" || trimmed == "-0") {
-        format!("{x:.3e}")
-    } else {
-        trimmed.to_string()
+    if x.abs() < 1e-3 {
+        return format!("{x:.3e}");
     }
+    let fixed = format!("{x:.4}");
+    fixed
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
 }
 
 /// A duration for messages: `30s`, `2m`, `1m30s`, `1h`, `12.5s`.
@@ -274,3 +282,23 @@ pub(crate) fn show_duration(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// For a condition of the form `result OP NUMBER` (or `result[0] OP NUMBER`), the operator that
+/// held for the value (`holds`) or its negation, and the number, for compact messages.
+fn compact(source: &str, holds: bool) -> Option<(&'static str, &str)> {
+    let tokens: Vec<&str> = source.split_whitespace().collect();
+    let [lhs, op, literal] = tokens.as_slice() else { return None };
+    if !(*lhs == "result" || *lhs == "result[0]") || literal.parse::<f64>().is_err() {
+        return None;
+    }
+    let (held, negated) = match *op {
+        ">=" => (">=", "<"),
+        ">" => (">", "<="),
+        "<=" => ("<=", ">"),
+        "<" => ("<", ">="),
+        "==" => ("==", "!="),
+        "!=" => ("!=", "=="),
+        _ => return None,
+    };
+    Some((if holds { held } else { negated }, literal))
+}

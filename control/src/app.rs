@@ -94,7 +94,9 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         address: model.admin.address,
         source,
     })?;
-    admin_socket.set_nonblocking(true).map_err(StartError::Spawn)?;
+    admin_socket
+        .set_nonblocking(true)
+        .map_err(StartError::Spawn)?;
     let admin_addr = admin_socket.local_addr().map_err(StartError::Spawn)?;
 
     let stats = Stats::new();
@@ -124,7 +126,8 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_admin, stop_admin_rx) = watch::channel(false);
-    let admin_listener = tokio::net::TcpListener::from_std(admin_socket).map_err(StartError::Spawn)?;
+    let admin_listener =
+        tokio::net::TcpListener::from_std(admin_socket).map_err(StartError::Spawn)?;
     let admin_state = AdminState {
         registry: Arc::new(registry),
         ready: ready.clone(),
@@ -132,10 +135,14 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         token: model.admin.token_file.clone(),
     };
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state, async move {
-        let mut stop = stop_admin_rx;
-        let _ = stop.wait_for(|s| *s).await;
-    })));
+    tasks.push(tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state,
+        async move {
+            let mut stop = stop_admin_rx;
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )));
 
     let (apply_tx, apply_rx) = mpsc::channel(4);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();

@@ -83,7 +83,10 @@ impl Clock {
         let base_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Clock { base_ms, base: Instant::now() }
+        Clock {
+            base_ms,
+            base: Instant::now(),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -134,7 +137,11 @@ pub struct Handle {
 
 impl Driver {
     /// Restores every rollout from `stateDir`, builds the first table and creates the route channel.
-    pub fn new(loaded: Loaded, stats: Stats, reloads: ReloadCounter) -> Result<(Driver, weir_proxy::Routes, Handle), DriverError> {
+    pub fn new(
+        loaded: Loaded,
+        stats: Stats,
+        reloads: ReloadCounter,
+    ) -> Result<(Driver, weir_proxy::Routes, Handle), DriverError> {
         let store = Store::open(loaded.model.state_dir.as_deref())?;
         if !store.is_persistent() && loaded.model.services.iter().any(|s| s.strategy.is_some()) {
             tracing::warn!("no stateDir in the config: rollout state is kept in memory only and a restart starts rollouts over");
@@ -142,12 +149,23 @@ impl Driver {
         let clock = Clock::new();
         let now_ms = clock.now_ms();
         let mut rollouts = BTreeMap::new();
-        for service in loaded.model.services.iter().filter(|s| s.strategy.is_some()) {
+        for service in loaded
+            .model
+            .services
+            .iter()
+            .filter(|s| s.strategy.is_some())
+        {
             let rollout = restore(&store, service, &loaded.model, now_ms);
             rollouts.insert(service.name.clone(), rollout);
         }
         let weights = weights(&loaded.model, &rollouts);
-        let table = RouteTable::build(&loaded.model, &weights, &loaded.tls, &stats, &RouteTable::empty())?;
+        let table = RouteTable::build(
+            &loaded.model,
+            &weights,
+            &loaded.tls,
+            &stats,
+            &RouteTable::empty(),
+        )?;
         let (publisher, routes) = weir_proxy::channel(table);
         let (generation, generation_rx) = watch::channel(1);
         let (events, _) = broadcast::channel(1024);
@@ -203,19 +221,36 @@ impl Driver {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Config(loaded) => self.apply(*loaded),
-            Input::Command { service, command, reply } => {
+            Input::Command {
+                service,
+                command,
+                reply,
+            } => {
                 let result = self.command(&service, command);
                 let _ = reply.send(result);
             }
-            Input::Measured { service, revision, run_id, metric_idx, outcome } => {
+            Input::Measured {
+                service,
+                revision,
+                run_id,
+                metric_idx,
+                outcome,
+            } => {
                 let now_ms = self.clock.now_ms();
-                let Some(config) = self.model.services.iter().find(|s| s.name == service) else { return };
-                let Some(rollout) = self.rollouts.get_mut(&service) else { return };
+                let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
+                    return;
+                };
+                let Some(rollout) = self.rollouts.get_mut(&service) else {
+                    return;
+                };
                 if rollout.revision != revision {
                     return;
                 }
                 let before = rollout.clone();
-                let ctx = Ctx { service: config, templates: &self.model.analysis_templates };
+                let ctx = Ctx {
+                    service: config,
+                    templates: &self.model.analysis_templates,
+                };
                 rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
                 let changed = *rollout != before;
                 if changed {
@@ -234,8 +269,13 @@ impl Driver {
             return Err(CommandError::NoStrategy(service.to_string()));
         };
         let before = rollout.weight();
-        let ctx = Ctx { service: config, templates: &self.model.analysis_templates };
-        rollout.command(ctx, command, now_ms).map_err(CommandError::Refused)?;
+        let ctx = Ctx {
+            service: config,
+            templates: &self.model.analysis_templates,
+        };
+        rollout
+            .command(ctx, command, now_ms)
+            .map_err(CommandError::Refused)?;
         tracing::info!(service, ?command, "operator command");
         self.commit(&[(service.to_string(), before)]);
         // Let the new step start at once rather than at the next tick.
@@ -245,7 +285,10 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if self.last_sample.is_none_or(|last| now.duration_since(last) >= SAMPLE) {
+        if self
+            .last_sample
+            .is_none_or(|last| now.duration_since(last) >= SAMPLE)
+        {
             self.window.sample(now);
             self.last_sample = Some(now);
         }
@@ -253,12 +296,17 @@ impl Driver {
         let mut changed = Vec::new();
         let mut external = Vec::new();
         for service in &self.model.services {
-            let Some(rollout) = self.rollouts.get_mut(&service.name) else { continue };
+            let Some(rollout) = self.rollouts.get_mut(&service.name) else {
+                continue;
+            };
             if !rollout.active() {
                 continue;
             }
             let before = rollout.clone();
-            let ctx = Ctx { service, templates: &self.model.analysis_templates };
+            let ctx = Ctx {
+                service,
+                templates: &self.model.analysis_templates,
+            };
             let window = &self.window;
             let name = service.name.as_str();
             let due = rollout.tick(ctx, now_ms, &mut |query| {
@@ -282,12 +330,22 @@ impl Driver {
         let inputs = self.inputs_tx.clone();
         tokio::spawn(async move {
             let outcome = match &due.metric.provider {
-                Provider::Prometheus(provider) => analysis::provider::prometheus(provider, &due.args).await,
+                Provider::Prometheus(provider) => {
+                    analysis::provider::prometheus(provider, &due.args).await
+                }
                 Provider::Web(provider) => analysis::provider::web(provider, &due.args).await,
-                Provider::Builtin(_) => Outcome::Error("builtin metrics are measured by the driver".into()),
+                Provider::Builtin(_) => {
+                    Outcome::Error("builtin metrics are measured by the driver".into())
+                }
             };
             let _ = inputs
-                .send(Input::Measured { service, revision, run_id: due.run_id, metric_idx: due.metric_idx, outcome })
+                .send(Input::Measured {
+                    service,
+                    revision,
+                    run_id: due.run_id,
+                    metric_idx: due.metric_idx,
+                    outcome,
+                })
                 .await;
         });
     }
@@ -299,7 +357,9 @@ impl Driver {
     fn commit(&mut self, changed: &[(String, Weight)]) {
         let mut raised = Vec::new();
         for (service, before) in changed {
-            let Some(rollout) = self.rollouts.get(service) else { continue };
+            let Some(rollout) = self.rollouts.get(service) else {
+                continue;
+            };
             if rollout.weight() > *before {
                 raised.push(service.clone());
             } else {
@@ -338,7 +398,12 @@ impl Driver {
     }
 
     fn refresh_status(&self) {
-        let status = status::build(&self.model, &self.rollouts, &self.publisher.current(), self.clock.now_ms());
+        let status = status::build(
+            &self.model,
+            &self.rollouts,
+            &self.publisher.current(),
+            self.clock.now_ms(),
+        );
         self.status.send_replace(Arc::new(status));
     }
 
@@ -380,19 +445,28 @@ impl Driver {
         if loaded.model.listeners != self.model.listeners {
             tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
         }
-        if loaded.model.admin != self.model.admin || loaded.model.state_dir != self.model.state_dir {
+        if loaded.model.admin != self.model.admin || loaded.model.state_dir != self.model.state_dir
+        {
             tracing::warn!("admin or stateDir settings changed: they take effect after a restart");
         }
         let now_ms = self.clock.now_ms();
         let mut rollouts = BTreeMap::new();
         let mut before = Vec::new();
-        for service in loaded.model.services.iter().filter(|s| s.strategy.is_some()) {
+        for service in loaded
+            .model
+            .services
+            .iter()
+            .filter(|s| s.strategy.is_some())
+        {
             let mut rollout = match self.rollouts.get(&service.name) {
                 Some(existing) => existing.clone(),
                 None => restore(&self.store, service, &loaded.model, now_ms),
             };
             before.push((service.name.clone(), rollout.weight()));
-            let ctx = Ctx { service, templates: &loaded.model.analysis_templates };
+            let ctx = Ctx {
+                service,
+                templates: &loaded.model.analysis_templates,
+            };
             rollout.reconcile(ctx, now_ms);
             rollouts.insert(service.name.clone(), rollout);
         }
@@ -401,7 +475,9 @@ impl Driver {
         for (service, weight) in &before {
             if let Some(rollout) = rollouts.get(service) {
                 if rollout.weight() <= *weight {
-                    let _ = self.store.save(rollout).map_err(|error| tracing::error!(service, %error, "cannot save rollout state"));
+                    let _ = self.store.save(rollout).map_err(
+                        |error| tracing::error!(service, %error, "cannot save rollout state"),
+                    );
                 }
             }
         }
@@ -411,13 +487,21 @@ impl Driver {
                 self.tls = loaded.tls;
                 self.rollouts = rollouts;
                 self.persist_all();
-                self.reloads.get_or_create(&vec![("result", "success")]).inc();
-                tracing::info!(generation, services = self.model.services.len(), "config applied");
+                self.reloads
+                    .get_or_create(&vec![("result", "success")])
+                    .inc();
+                tracing::info!(
+                    generation,
+                    services = self.model.services.len(),
+                    "config applied"
+                );
                 self.flush_events();
                 self.refresh_status();
             }
             Err(error) => {
-                self.reloads.get_or_create(&vec![("result", "failure")]).inc();
+                self.reloads
+                    .get_or_create(&vec![("result", "failure")])
+                    .inc();
                 tracing::error!(%error, "config rejected; the last good config keeps serving");
             }
         }
@@ -427,7 +511,10 @@ impl Driver {
 /// Loads a service's saved rollout, or starts one; an unreadable file pauses the rollout with
 /// stable at 100%.
 fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Rollout {
-    let ctx = Ctx { service, templates: &model.analysis_templates };
+    let ctx = Ctx {
+        service,
+        templates: &model.analysis_templates,
+    };
     match store.load(&service.name) {
         Ok(Some(mut rollout)) => {
             tracing::info!(service = %service.name, revision = rollout.revision, step = rollout.step_index + 1, weight = %rollout.weight(), phase = ?rollout.phase, "restored rollout state");
@@ -464,10 +551,14 @@ fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<Stri
 
 /// The longest builtin window any metric or check asks for.
 fn max_window(model: &Model) -> Duration {
-    let templates = model.analysis_templates.iter().flat_map(|t| &t.metrics).filter_map(|m| match &m.provider {
-        Provider::Builtin(b) => Some(b.window),
-        _ => None,
-    });
+    let templates = model
+        .analysis_templates
+        .iter()
+        .flat_map(|t| &t.metrics)
+        .filter_map(|m| match &m.provider {
+            Provider::Builtin(b) => Some(b.window),
+            _ => None,
+        });
     let checks = model
         .services
         .iter()
@@ -483,7 +574,11 @@ impl Handle {
     pub async fn command(&self, service: &str, command: Command) -> Result<(), CommandError> {
         let (reply, answer) = oneshot::channel();
         self.inputs
-            .send(Input::Command { service: service.to_string(), command, reply })
+            .send(Input::Command {
+                service: service.to_string(),
+                command,
+                reply,
+            })
             .await
             .map_err(|_| CommandError::Closed)?;
         answer.await.map_err(|_| CommandError::Closed)?

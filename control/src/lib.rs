@@ -16,9 +16,11 @@
 pub mod admin;
 pub mod analysis;
 pub mod app;
+pub mod backend;
 pub mod driver;
 pub mod reload;
 pub mod rollout;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod traffic;

@@ -83,7 +83,9 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
     let mut fingerprint = vec![(path.to_path_buf(), text)];
     let mut tls = BTreeMap::new();
     for (idx, listener) in model.listeners.iter().enumerate() {
-        let Some(settings) = &listener.tls else { continue };
+        let Some(settings) = &listener.tls else {
+            continue;
+        };
         let mut certificates = Vec::new();
         for (cert_idx, files) in settings.certificates.iter().enumerate() {
             let read = |file: &Path, field: &str| {
@@ -103,8 +105,10 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
                 private_key,
             });
         }
-        weir_proxy::tls::server_config(&certificates)
-            .map_err(|source| ReloadError::Tls { listener: idx, source })?;
+        weir_proxy::tls::server_config(&certificates).map_err(|source| ReloadError::Tls {
+            listener: idx,
+            source,
+        })?;
         tls.insert(listener.name.clone(), TlsMaterial { certificates });
     }
     Ok(Loaded {
@@ -123,9 +127,16 @@ fn watch_dirs(path: &Path, loaded: Option<&Loaded>) -> BTreeSet<PathBuf> {
     }
     let mut dirs = BTreeSet::new();
     for file in files {
-        for candidate in [Some(file.clone()), std::fs::canonicalize(&file).ok()].into_iter().flatten() {
+        for candidate in [Some(file.clone()), std::fs::canonicalize(&file).ok()]
+            .into_iter()
+            .flatten()
+        {
             if let Some(parent) = candidate.parent() {
-                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 dirs.insert(parent.to_path_buf());
             }
         }
@@ -171,14 +182,18 @@ pub async fn run(
     let mut last_attempt: Option<Vec<(PathBuf, Vec<u8>)>> =
         initial.as_ref().map(|l| l.fingerprint.clone());
     let mut update_watches = |loaded: Option<&Loaded>, watched: &mut BTreeSet<PathBuf>| {
-        let Some(debouncer) = debouncer.as_mut() else { return };
+        let Some(debouncer) = debouncer.as_mut() else {
+            return;
+        };
         for dir in watch_dirs(&path, loaded) {
             if !watched.contains(&dir) {
                 match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         watched.insert(dir);
                     }
-                    Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch folder"),
+                    Err(error) => {
+                        tracing::warn!(dir = %dir.display(), %error, "cannot watch folder")
+                    }
                 }
             }
         }

@@ -17,7 +17,10 @@ pub mod run;
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use weir_config::{AnalysisTemplate, BuiltinMetric, BuiltinProvider, CheckKind, LatencyQuantile, Metric, Provider, Service, Step, Weight};
+use weir_config::{
+    AnalysisTemplate, BuiltinMetric, BuiltinProvider, CheckKind, LatencyQuantile, Metric, Provider,
+    Service, Step, Weight,
+};
 
 use self::run::{millis, AnalysisRun, Measurement, RunKind, RunPhase};
 use crate::analysis::{Outcome, Verdict};
@@ -305,7 +308,9 @@ impl Rollout {
     pub fn weight(&self) -> Weight {
         match self.phase {
             Phase::Healthy if self.promoted => Weight::FULL,
-            Phase::Progressing | Phase::Paused => Weight::from_basis_points(self.weight_bp).unwrap_or(Weight::ZERO),
+            Phase::Progressing | Phase::Paused => {
+                Weight::from_basis_points(self.weight_bp).unwrap_or(Weight::ZERO)
+            }
             _ => Weight::ZERO,
         }
     }
@@ -375,7 +380,10 @@ impl Rollout {
             Some(canary) if canary == self.stable_version => {
                 // Declaring the stable version again: no steps, no analysis, at once.
                 if self.in_rollout() {
-                    let message = format!("Rolling back {}: {canary} is the stable version", self.service);
+                    let message = format!(
+                        "Rolling back {}: {canary} is the stable version",
+                        self.service
+                    );
                     self.end_revision(now_ms, RevisionOutcome::RolledBack, &message);
                 }
                 self.canary_version = Some(canary.clone());
@@ -384,7 +392,14 @@ impl Rollout {
                 self.phase = Phase::Healthy;
                 self.pause = None;
                 self.message = promoted_message(&canary, &config_stable);
-                self.emit(now_ms, "Rollback", format!("{} {canary} is already stable: switched at once, no steps or analysis", self.service));
+                self.emit(
+                    now_ms,
+                    "Rollback",
+                    format!(
+                        "{} {canary} is already stable: switched at once, no steps or analysis",
+                        self.service
+                    ),
+                );
             }
             Some(canary) => self.start_revision(ctx, canary, now_ms),
         }
@@ -393,7 +408,10 @@ impl Rollout {
     fn start_revision(&mut self, ctx: Ctx<'_>, canary: String, now_ms: u64) {
         if self.in_rollout() {
             let previous = self.canary_version.clone().unwrap_or_default();
-            let message = format!("Restarting {} rollout: canary changed from {previous} to {canary}", self.service);
+            let message = format!(
+                "Restarting {} rollout: canary changed from {previous} to {canary}",
+                self.service
+            );
             self.end_revision(now_ms, RevisionOutcome::Superseded, &message);
             self.emit(now_ms, "Superseded", message);
         }
@@ -434,7 +452,12 @@ impl Rollout {
         self.step_started_ms = now_ms;
         self.weight_bp = 0;
         self.progress = Progress::default();
-        if let Some(progression) = ctx.service.strategy.as_ref().and_then(|s| s.canary.progression.as_ref()) {
+        if let Some(progression) = ctx
+            .service
+            .strategy
+            .as_ref()
+            .and_then(|s| s.canary.progression.as_ref())
+        {
             self.progress.next_check_ms = now_ms + millis(progression.interval);
             if let Some(first) = progression.step_weights.first() {
                 self.weight_bp = first.basis_points();
@@ -444,7 +467,10 @@ impl Rollout {
     }
 
     fn clear_runs(&mut self) {
-        for run in [self.inline_run.take(), self.background_run.take()].into_iter().flatten() {
+        for run in [self.inline_run.take(), self.background_run.take()]
+            .into_iter()
+            .flatten()
+        {
             self.finished_runs.push(run);
         }
         self.check_runs.clear();
@@ -458,7 +484,12 @@ impl Rollout {
     }
 
     fn end_revision(&mut self, now_ms: u64, outcome: RevisionOutcome, message: &str) {
-        if let Some(entry) = self.history.iter_mut().rev().find(|r| r.revision == self.revision) {
+        if let Some(entry) = self
+            .history
+            .iter_mut()
+            .rev()
+            .find(|r| r.revision == self.revision)
+        {
             if entry.ended_at_ms.is_none() {
                 entry.ended_at_ms = Some(now_ms);
                 entry.outcome = outcome;
@@ -516,7 +547,14 @@ impl Rollout {
     }
 
     /// Records an external measurement.
-    pub fn record(&mut self, ctx: Ctx<'_>, run_id: u64, metric_idx: usize, outcome: &Outcome, now_ms: u64) {
+    pub fn record(
+        &mut self,
+        ctx: Ctx<'_>,
+        run_id: u64,
+        metric_idx: usize,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) {
         self.record_outcome(ctx, run_id, metric_idx, outcome, now_ms);
         self.evaluate(ctx, now_ms, &mut |_| Outcome::NoData("not measured".into()));
     }
@@ -529,21 +567,48 @@ impl Rollout {
     }
 
     fn ensure_runs(&mut self, ctx: Ctx<'_>, now_ms: u64) {
-        let Some(strategy) = ctx.service.strategy.as_ref() else { return };
+        let Some(strategy) = ctx.service.strategy.as_ref() else {
+            return;
+        };
         if self.phase != Phase::Progressing {
             return;
         }
         if let Some(background) = &strategy.canary.background {
-            if self.background_run.is_none() && self.step_index >= background.starting_step && strategy.canary.progression.is_none() {
+            if self.background_run.is_none()
+                && self.step_index >= background.starting_step
+                && strategy.canary.progression.is_none()
+            {
                 let id = self.take_run_id();
-                self.background_run = Some(AnalysisRun::new(id, RunKind::Background, &background.analysis, ctx.templates, now_ms));
-                self.emit(now_ms, "AnalysisStarted", format!("{}: background analysis started at step {}", self.service, self.step_index + 1));
+                self.background_run = Some(AnalysisRun::new(
+                    id,
+                    RunKind::Background,
+                    &background.analysis,
+                    ctx.templates,
+                    now_ms,
+                ));
+                self.emit(
+                    now_ms,
+                    "AnalysisStarted",
+                    format!(
+                        "{}: background analysis started at step {}",
+                        self.service,
+                        self.step_index + 1
+                    ),
+                );
             }
         }
         if let Some(Step::Analysis(analysis)) = strategy.canary.steps.get(self.step_index) {
             if self.inline_run.is_none() {
                 let id = self.take_run_id();
-                self.inline_run = Some(AnalysisRun::new(id, RunKind::Inline { step: self.step_index }, analysis, ctx.templates, now_ms));
+                self.inline_run = Some(AnalysisRun::new(
+                    id,
+                    RunKind::Inline {
+                        step: self.step_index,
+                    },
+                    analysis,
+                    ctx.templates,
+                    now_ms,
+                ));
             }
         }
     }
@@ -555,28 +620,49 @@ impl Rollout {
     }
 
     /// Takes every due measurement: builtin ones now, external ones returned.
-    fn measure_due(&mut self, ctx: Ctx<'_>, now_ms: u64, builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome) -> Vec<Due> {
+    fn measure_due(
+        &mut self,
+        ctx: Ctx<'_>,
+        now_ms: u64,
+        builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
+    ) -> Vec<Due> {
         let mut due = Vec::new();
         for run in self.runs_mut() {
             for idx in run.take_due(now_ms) {
-                due.push((run.id, idx, run.metrics[idx].template.clone(), run.metrics[idx].name.clone(), run.args.clone()));
+                due.push((
+                    run.id,
+                    idx,
+                    run.metrics[idx].template.clone(),
+                    run.metrics[idx].name.clone(),
+                    run.args.clone(),
+                ));
             }
         }
         let mut external = Vec::new();
         for (run_id, metric_idx, template, name, args) in due {
             let Some(metric) = find_metric(ctx.templates, &template, &name) else {
                 // The template changed under a running analysis: measure as an error.
-                let outcome = Outcome::Error(format!("metric {template}/{name} is no longer in the config"));
+                let outcome = Outcome::Error(format!(
+                    "metric {template}/{name} is no longer in the config"
+                ));
                 self.record_outcome(ctx, run_id, metric_idx, &outcome, now_ms);
                 continue;
             };
             match &metric.provider {
                 Provider::Builtin(provider) => {
                     let version = self.version_for(provider, ctx.service);
-                    let outcome = builtin(BuiltinQuery { provider, version: &version });
+                    let outcome = builtin(BuiltinQuery {
+                        provider,
+                        version: &version,
+                    });
                     self.record_outcome(ctx, run_id, metric_idx, &outcome, now_ms);
                 }
-                _ => external.push(Due { run_id, metric_idx, metric: metric.clone(), args }),
+                _ => external.push(Due {
+                    run_id,
+                    metric_idx,
+                    metric: metric.clone(),
+                    args,
+                }),
             }
         }
         external
@@ -589,38 +675,80 @@ impl Rollout {
         }
     }
 
-    fn record_outcome(&mut self, ctx: Ctx<'_>, run_id: u64, metric_idx: usize, outcome: &Outcome, now_ms: u64) {
+    fn record_outcome(
+        &mut self,
+        ctx: Ctx<'_>,
+        run_id: u64,
+        metric_idx: usize,
+        outcome: &Outcome,
+        now_ms: u64,
+    ) {
         let service = self.service.clone();
-        let Some(run) = self.runs_mut().find(|r| r.id == run_id) else { return };
-        let Some(metric_run) = run.metrics.get(metric_idx) else { return };
-        let Some(spec) = find_metric(ctx.templates, &metric_run.template, &metric_run.name).cloned() else {
+        let Some(run) = self.runs_mut().find(|r| r.id == run_id) else {
+            return;
+        };
+        let Some(metric_run) = run.metrics.get(metric_idx) else {
+            return;
+        };
+        let Some(spec) =
+            find_metric(ctx.templates, &metric_run.template, &metric_run.name).cloned()
+        else {
             run.release(metric_idx);
             return;
         };
         let (verdict, explanation) = judge(&spec, outcome);
-        let message = describe(&explanation, outcome);
+        let message = explanation;
         let value = match outcome {
             Outcome::Value(measured) => Some(measured.value.clone()),
             _ => None,
         };
         let name = spec.name.clone();
-        run.record(metric_idx, &spec, Measurement { at_ms: now_ms, value, verdict, message: message.clone() });
+        run.record(
+            metric_idx,
+            &spec,
+            Measurement {
+                at_ms: now_ms,
+                value,
+                verdict,
+                message: message.clone(),
+            },
+        );
         let line = match verdict {
             Verdict::Successful => None,
-            Verdict::Failed => Some(("Halt", format!("Halt {service} advancement: {name} {message}"))),
-            Verdict::Inconclusive => Some(("Inconclusive", format!("Inconclusive {service} measurement: {name} {message}"))),
-            Verdict::Error => Some(("MeasurementError", format!("Measurement error {service}: {name} could not be measured: {message}"))),
+            Verdict::Failed => Some((
+                "Halt",
+                format!("Halt {service} advancement: {name} {message}"),
+            )),
+            Verdict::Inconclusive => Some((
+                "Inconclusive",
+                format!("Inconclusive {service} measurement: {name} {message}"),
+            )),
+            Verdict::Error => Some((
+                "MeasurementError",
+                format!("Measurement error {service}: {name} could not be measured: {message}"),
+            )),
         };
         let dry_run = spec.dry_run;
         if let Some((kind, line)) = line {
-            let line = if dry_run { format!("{line} (dryRun: not deciding)") } else { line };
+            let line = if dry_run {
+                format!("{line} (dryRun: not deciding)")
+            } else {
+                line
+            };
             self.emit(now_ms, kind, line);
         }
     }
 
     /// Moves through steps as far as the state allows.
-    fn evaluate(&mut self, ctx: Ctx<'_>, now_ms: u64, builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome) {
-        let Some(strategy) = ctx.service.strategy.as_ref() else { return };
+    fn evaluate(
+        &mut self,
+        ctx: Ctx<'_>,
+        now_ms: u64,
+        builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
+    ) {
+        let Some(strategy) = ctx.service.strategy.as_ref() else {
+            return;
+        };
         if self.phase != Phase::Progressing {
             return;
         }
@@ -655,7 +783,10 @@ impl Rollout {
                 Step::SetWeight(weight) => {
                     self.weight_bp = weight.basis_points();
                     self.message = format!("canary weight {weight} (step {display}/{n_steps})");
-                    let line = format!("Advance {} canary weight {weight} (step {display}/{n_steps})", self.service);
+                    let line = format!(
+                        "Advance {} canary weight {weight} (step {display}/{n_steps})",
+                        self.service
+                    );
                     self.emit(now_ms, "Advance", line);
                     self.next_step(now_ms);
                 }
@@ -686,7 +817,11 @@ impl Rollout {
                     let Some(run) = &self.inline_run else { break };
                     match run.phase {
                         RunPhase::Successful => {
-                            let line = format!("Analysis passed {} (step {display}/{n_steps}): {}", self.service, run_summary(run));
+                            let line = format!(
+                                "Analysis passed {} (step {display}/{n_steps}): {}",
+                                self.service,
+                                run_summary(run)
+                            );
                             self.emit(now_ms, "AnalysisPassed", line);
                             self.next_step(now_ms);
                         }
@@ -699,7 +834,10 @@ impl Rollout {
                             return self.pause_inconclusive(now_ms, reason);
                         }
                         RunPhase::Running => {
-                            self.message = format!("analysis running at weight {} (step {display}/{n_steps})", self.weight());
+                            self.message = format!(
+                                "analysis running at weight {} (step {display}/{n_steps})",
+                                self.weight()
+                            );
                             break;
                         }
                     }
@@ -707,7 +845,9 @@ impl Rollout {
             }
         }
         // The deadline: any step but an indefinite pause must finish in time.
-        if self.phase == Phase::Progressing && now_ms > self.step_started_ms + millis(strategy.canary.progress_deadline) {
+        if self.phase == Phase::Progressing
+            && now_ms > self.step_started_ms + millis(strategy.canary.progress_deadline)
+        {
             let reason = format!(
                 "step {}/{n_steps} did not finish within progressDeadline {}",
                 self.step_index + 1,
@@ -727,7 +867,12 @@ impl Rollout {
         let n_steps = progression.step_weights.len();
         if self.progress.pending_runs.is_empty() && self.progress.pending_results.is_empty() {
             if now_ms < self.progress.next_check_ms {
-                self.message = format!("canary weight {} (step {}/{n_steps}); next check in {}s", self.weight(), self.step_index + 1, (self.progress.next_check_ms - now_ms).div_ceil(1000));
+                self.message = format!(
+                    "canary weight {} (step {}/{n_steps}); next check in {}s",
+                    self.weight(),
+                    self.step_index + 1,
+                    (self.progress.next_check_ms - now_ms).div_ceil(1000)
+                );
                 return;
             }
             // Start this interval's checks.
@@ -740,13 +885,31 @@ impl Rollout {
                             CheckKind::RequestSuccessRate => BuiltinMetric::SuccessRate,
                             _ => BuiltinMetric::LatencyQuantile(LatencyQuantile::P99),
                         };
-                        let provider = BuiltinProvider { metric, window: check.window, arm: weir_config::Arm::Canary, min_requests: CHECK_MIN_REQUESTS };
-                        let outcome = builtin(BuiltinQuery { provider: &provider, version: &canary });
-                        self.progress.pending_results.push(judge_check(check, &outcome));
+                        let provider = BuiltinProvider {
+                            metric,
+                            window: check.window,
+                            arm: weir_config::Arm::Canary,
+                            min_requests: CHECK_MIN_REQUESTS,
+                        };
+                        let outcome = builtin(BuiltinQuery {
+                            provider: &provider,
+                            version: &canary,
+                        });
+                        self.progress
+                            .pending_results
+                            .push(judge_check(check, &outcome));
                     }
                     CheckKind::Template(analysis) => {
                         let id = self.take_run_id();
-                        let run = AnalysisRun::new(id, RunKind::Check { check: check.name.clone() }, analysis, ctx.templates, now_ms);
+                        let run = AnalysisRun::new(
+                            id,
+                            RunKind::Check {
+                                check: check.name.clone(),
+                            },
+                            analysis,
+                            ctx.templates,
+                            now_ms,
+                        );
                         self.check_runs.push(run);
                         self.progress.pending_runs.push(id);
                     }
@@ -760,21 +923,29 @@ impl Rollout {
         // Collect finished template checks.
         let mut still_pending = Vec::new();
         for id in std::mem::take(&mut self.progress.pending_runs) {
-            let Some(pos) = self.check_runs.iter().position(|r| r.id == id) else { continue };
+            let Some(pos) = self.check_runs.iter().position(|r| r.id == id) else {
+                continue;
+            };
             let run = &self.check_runs[pos];
             if run.phase == RunPhase::Running {
                 still_pending.push(id);
                 continue;
             }
             let run = self.check_runs.remove(pos);
-            let RunKind::Check { check } = &run.kind else { continue };
+            let RunKind::Check { check } = &run.kind else {
+                continue;
+            };
             let verdict = match run.phase {
                 RunPhase::Successful => Verdict::Successful,
                 RunPhase::Failed => Verdict::Failed,
                 RunPhase::Inconclusive => Verdict::Inconclusive,
                 _ => Verdict::Error,
             };
-            self.progress.pending_results.push(CheckResult { name: check.clone(), verdict, message: run_summary(&run) });
+            self.progress.pending_results.push(CheckResult {
+                name: check.clone(),
+                verdict,
+                message: run_summary(&run),
+            });
             self.finished_runs.push(run);
         }
         self.progress.pending_runs = still_pending;
@@ -782,15 +953,31 @@ impl Rollout {
             return;
         }
         let results = std::mem::take(&mut self.progress.pending_results);
-        let failed: Vec<&CheckResult> = results.iter().filter(|r| r.verdict == Verdict::Failed).collect();
-        let undecided: Vec<&CheckResult> = results.iter().filter(|r| matches!(r.verdict, Verdict::Inconclusive | Verdict::Error)).collect();
+        let failed: Vec<&CheckResult> = results
+            .iter()
+            .filter(|r| r.verdict == Verdict::Failed)
+            .collect();
+        let undecided: Vec<&CheckResult> = results
+            .iter()
+            .filter(|r| matches!(r.verdict, Verdict::Inconclusive | Verdict::Error))
+            .collect();
         if !failed.is_empty() {
             self.progress.failed_checks += 1;
-            let what = failed.iter().map(|r| format!("{} {}", r.name, r.message)).collect::<Vec<_>>().join("; ");
-            let line = format!("Halt {} advancement: {what} (failed checks {}/{})", self.service, self.progress.failed_checks, progression.threshold);
+            let what = failed
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let line = format!(
+                "Halt {} advancement: {what} (failed checks {}/{})",
+                self.service, self.progress.failed_checks, progression.threshold
+            );
             self.emit(now_ms, "Halt", line);
             if self.progress.failed_checks >= progression.threshold {
-                let reason = format!("failed checks threshold reached {}: {what}", progression.threshold);
+                let reason = format!(
+                    "failed checks threshold reached {}: {what}",
+                    progression.threshold
+                );
                 self.abort(now_ms, reason);
             } else {
                 self.message = format!("halted at weight {}: {what}", self.weight());
@@ -798,8 +985,15 @@ impl Rollout {
             return;
         }
         if !undecided.is_empty() {
-            let what = undecided.iter().map(|r| format!("{} {}", r.name, r.message)).collect::<Vec<_>>().join("; ");
-            let line = format!("Halt {} advancement: {what} (not counted as a failure)", self.service);
+            let what = undecided
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let line = format!(
+                "Halt {} advancement: {what} (not counted as a failure)",
+                self.service
+            );
             self.message = format!("halted at weight {}: {what}", self.weight());
             self.emit(now_ms, "Halt", line);
             return;
@@ -809,8 +1003,17 @@ impl Rollout {
             self.step_index += 1;
             self.step_started_ms = now_ms;
             self.weight_bp = progression.step_weights[self.step_index].basis_points();
-            let line = format!("Advance {} canary weight {} (step {}/{n_steps})", self.service, self.weight(), self.step_index + 1);
-            self.message = format!("canary weight {} (step {}/{n_steps})", self.weight(), self.step_index + 1);
+            let line = format!(
+                "Advance {} canary weight {} (step {}/{n_steps})",
+                self.service,
+                self.weight(),
+                self.step_index + 1
+            );
+            self.message = format!(
+                "canary weight {} (step {}/{n_steps})",
+                self.weight(),
+                self.step_index + 1
+            );
             self.emit(now_ms, "Advance", line);
         } else {
             self.promote(now_ms);
@@ -871,7 +1074,10 @@ impl Rollout {
         match command {
             Command::Promote { full } => {
                 if !self.in_rollout() {
-                    return Err(format!("{service} has no rollout in progress (phase {:?})", self.phase));
+                    return Err(format!(
+                        "{service} has no rollout in progress (phase {:?})",
+                        self.phase
+                    ));
                 }
                 if full {
                     self.emit(now_ms, "PromoteFull", format!("{service}: promote --full by operator: skipping remaining steps and analysis"));
@@ -879,7 +1085,11 @@ impl Rollout {
                     return Ok(());
                 }
                 if self.pause == Some(PauseReason::StateUnreadable) {
-                    self.emit(now_ms, "Resumed", format!("{service}: operator restarted the rollout from step 1"));
+                    self.emit(
+                        now_ms,
+                        "Resumed",
+                        format!("{service}: operator restarted the rollout from step 1"),
+                    );
                     self.restart_steps(ctx, now_ms);
                     return Ok(());
                 }
@@ -887,7 +1097,11 @@ impl Rollout {
                 self.phase = Phase::Progressing;
                 self.pause = None;
                 self.paused_at_ms = None;
-                let progression = ctx.service.strategy.as_ref().and_then(|s| s.canary.progression.as_ref());
+                let progression = ctx
+                    .service
+                    .strategy
+                    .as_ref()
+                    .and_then(|s| s.canary.progression.as_ref());
                 match progression {
                     Some(progression) => {
                         self.check_runs.clear();
@@ -895,7 +1109,8 @@ impl Rollout {
                         self.progress.pending_results.clear();
                         if self.step_index + 1 < progression.step_weights.len() {
                             self.step_index += 1;
-                            self.weight_bp = progression.step_weights[self.step_index].basis_points();
+                            self.weight_bp =
+                                progression.step_weights[self.step_index].basis_points();
                             self.progress.next_check_ms = now_ms + millis(progression.interval);
                         } else {
                             self.promote(now_ms);
@@ -913,43 +1128,79 @@ impl Rollout {
                         self.next_step(now_ms);
                     }
                 }
-                self.emit(now_ms, "Promoted step", format!("{service}: step {skipped} promoted by operator"));
+                self.emit(
+                    now_ms,
+                    "Promoted step",
+                    format!("{service}: step {skipped} promoted by operator"),
+                );
                 Ok(())
             }
             Command::Abort => {
                 if !self.in_rollout() {
-                    return Err(format!("{service} has no rollout in progress (phase {:?})", self.phase));
+                    return Err(format!(
+                        "{service} has no rollout in progress (phase {:?})",
+                        self.phase
+                    ));
                 }
                 self.abort(now_ms, "aborted by operator".into());
                 Ok(())
             }
             Command::Retry => {
                 if self.phase != Phase::Degraded || self.canary_version.is_none() {
-                    return Err(format!("{service} is not aborted (phase {:?}); retry restarts an aborted rollout", self.phase));
+                    return Err(format!(
+                        "{service} is not aborted (phase {:?}); retry restarts an aborted rollout",
+                        self.phase
+                    ));
                 }
-                if ctx.service.canary.as_ref().map(|c| &c.version.version) != self.canary_version.as_ref() {
-                    return Err(format!("{service}: the config no longer names the aborted canary"));
+                if ctx.service.canary.as_ref().map(|c| &c.version.version)
+                    != self.canary_version.as_ref()
+                {
+                    return Err(format!(
+                        "{service}: the config no longer names the aborted canary"
+                    ));
                 }
                 let canary = self.canary_version.clone().unwrap_or_default();
-                if let Some(entry) = self.history.iter_mut().rev().find(|r| r.revision == self.revision) {
+                if let Some(entry) = self
+                    .history
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.revision == self.revision)
+                {
                     entry.ended_at_ms = None;
                     entry.outcome = RevisionOutcome::Progressing;
                     entry.message.clear();
                 }
                 self.finished_runs.clear();
                 self.restart_steps(ctx, now_ms);
-                self.emit(now_ms, "Retry", format!("Retrying {service} rollout of {canary} from step 1 (revision {})", self.revision));
+                self.emit(
+                    now_ms,
+                    "Retry",
+                    format!(
+                        "Retrying {service} rollout of {canary} from step 1 (revision {})",
+                        self.revision
+                    ),
+                );
                 Ok(())
             }
             Command::Pause => {
                 if self.phase != Phase::Progressing {
-                    return Err(format!("{service} is not progressing (phase {:?})", self.phase));
+                    return Err(format!(
+                        "{service} is not progressing (phase {:?})",
+                        self.phase
+                    ));
                 }
                 self.phase = Phase::Paused;
                 self.pause = Some(PauseReason::Operator);
                 self.paused_at_ms = Some(now_ms);
                 self.message = format!("paused by operator at weight {}", self.weight());
-                self.emit(now_ms, "Paused", format!("Paused {service} by operator at canary weight {}", self.weight()));
+                self.emit(
+                    now_ms,
+                    "Paused",
+                    format!(
+                        "Paused {service} by operator at canary weight {}",
+                        self.weight()
+                    ),
+                );
                 Ok(())
             }
             Command::Resume => {
@@ -957,9 +1208,15 @@ impl Rollout {
                     return Err(format!("{service} is not paused (phase {:?})", self.phase));
                 }
                 match self.pause {
-                    Some(PauseReason::Step) => return self.command(ctx, Command::Promote { full: false }, now_ms),
+                    Some(PauseReason::Step) => {
+                        return self.command(ctx, Command::Promote { full: false }, now_ms)
+                    }
                     Some(PauseReason::StateUnreadable) => {
-                        self.emit(now_ms, "Resumed", format!("{service}: operator restarted the rollout from step 1"));
+                        self.emit(
+                            now_ms,
+                            "Resumed",
+                            format!("{service}: operator restarted the rollout from step 1"),
+                        );
                         self.restart_steps(ctx, now_ms);
                         return Ok(());
                     }
@@ -979,7 +1236,11 @@ impl Rollout {
                 }
                 self.phase = Phase::Progressing;
                 self.pause = None;
-                self.emit(now_ms, "Resumed", format!("Resumed {service} at canary weight {}", self.weight()));
+                self.emit(
+                    now_ms,
+                    "Resumed",
+                    format!("Resumed {service} at canary weight {}", self.weight()),
+                );
                 Ok(())
             }
             Command::Undo => {
@@ -999,12 +1260,21 @@ impl Rollout {
                 self.message = format!(
                     "undone: {previous} is stable again and {canary} is rolled back; update the config (or run retry) to roll {canary} out again"
                 );
-                if let Some(entry) = self.history.iter_mut().rev().find(|r| r.revision == self.revision) {
+                if let Some(entry) = self
+                    .history
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.revision == self.revision)
+                {
                     entry.outcome = RevisionOutcome::Undone;
                     entry.ended_at_ms = Some(now_ms);
                     entry.message = format!("undone by operator: {previous} is stable again");
                 }
-                self.emit(now_ms, "Undo", format!("Undo {service}: {previous} serves 100% again; {canary} rolled back"));
+                self.emit(
+                    now_ms,
+                    "Undo",
+                    format!("Undo {service}: {previous} serves 100% again; {canary} rolled back"),
+                );
                 Ok(())
             }
         }
@@ -1031,7 +1301,11 @@ fn promoted_message(canary: &str, config_stable: &str) -> String {
     }
 }
 
-fn find_metric<'a>(templates: &'a [AnalysisTemplate], template: &str, name: &str) -> Option<&'a Metric> {
+fn find_metric<'a>(
+    templates: &'a [AnalysisTemplate],
+    template: &str,
+    name: &str,
+) -> Option<&'a Metric> {
     templates
         .iter()
         .find(|t| t.name == template)?
@@ -1045,7 +1319,9 @@ fn judge(metric: &Metric, outcome: &Outcome) -> (Verdict, String) {
     use crate::analysis::condition::Condition;
     let compile = |text: &Option<String>| -> Result<Option<Condition>, String> {
         match text {
-            Some(text) => Condition::compile(text).map(Some).map_err(|e| format!("condition `{text}`: {e}")),
+            Some(text) => Condition::compile(text)
+                .map(Some)
+                .map_err(|e| format!("condition `{text}`: {e}")),
             None => Ok(None),
         }
     };
@@ -1060,54 +1336,40 @@ fn judge(metric: &Metric, outcome: &Outcome) -> (Verdict, String) {
     crate::analysis::judge(success.as_ref(), failure.as_ref(), outcome)
 }
 
-/// `0.6917 < 0.99 over 30s (1184 requests)`.
-fn describe(explanation: &str, outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Value(measured) => {
-            let mut text = explanation.to_string();
-            if let Some(window) = measured.window {
-                text.push_str(&format!(" over {}", humantime(window)));
-            }
-            if let Some(requests) = measured.requests {
-                text.push_str(&format!(" ({requests} requests)"));
-            }
-            text
-        }
-        Outcome::NoData(why) | Outcome::Error(why) => {
-            if explanation.is_empty() || explanation == why {
-                why.clone()
-            } else {
-                format!("{explanation}: {why}")
-            }
-        }
-    }
-}
-
 /// A Flagger builtin check's verdict: success rate in percent, duration in milliseconds.
 fn judge_check(check: &weir_config::Check, outcome: &Outcome) -> CheckResult {
     let (verdict, message) = match outcome {
-        Outcome::Value(measured) => match measured.value.as_f64() {
-            Some(raw) => {
-                let (value, unit) = match check.kind {
-                    CheckKind::RequestSuccessRate => (raw * 100.0, "%"),
-                    _ => (raw * 1000.0, "ms"),
-                };
-                let window = measured.window.map(humantime).unwrap_or_default();
-                let requests = measured.requests.unwrap_or(0);
-                if let Some(min) = check.min.filter(|min| value < *min) {
-                    (Verdict::Failed, format!("{value:.2}{unit} < {min}{unit} over {window} ({requests} requests)"))
-                } else if let Some(max) = check.max.filter(|max| value > *max) {
-                    (Verdict::Failed, format!("{value:.2}{unit} > {max}{unit} over {window} ({requests} requests)"))
-                } else {
-                    (Verdict::Successful, format!("{value:.2}{unit} over {window} ({requests} requests)"))
+        Outcome::Value(measured) => {
+            match measured.value.as_f64() {
+                Some(raw) => {
+                    let (value, unit) = match check.kind {
+                        CheckKind::RequestSuccessRate => (raw * 100.0, "%"),
+                        _ => (raw * 1000.0, "ms"),
+                    };
+                    let window = measured.window.map(humantime).unwrap_or_default();
+                    let requests = measured.requests.unwrap_or(0);
+                    if let Some(min) = check.min.filter(|min| value < *min) {
+                        (Verdict::Failed, format!("{value:.2}{unit} < {min}{unit} over {window} ({requests} requests)"))
+                    } else if let Some(max) = check.max.filter(|max| value > *max) {
+                        (Verdict::Failed, format!("{value:.2}{unit} > {max}{unit} over {window} ({requests} requests)"))
+                    } else {
+                        (
+                            Verdict::Successful,
+                            format!("{value:.2}{unit} over {window} ({requests} requests)"),
+                        )
+                    }
                 }
+                None => (Verdict::Error, format!("not a number: {}", measured.value)),
             }
-            None => (Verdict::Error, format!("not a number: {}", measured.value)),
-        },
+        }
         Outcome::NoData(why) => (Verdict::Inconclusive, why.clone()),
         Outcome::Error(why) => (Verdict::Error, why.clone()),
     };
-    CheckResult { name: check.name.clone(), verdict, message }
+    CheckResult {
+        name: check.name.clone(),
+        verdict,
+        message,
+    }
 }
 
 /// Why a run failed, errored or was inconclusive, with the limit and the last measurement.
@@ -1144,7 +1406,11 @@ fn run_summary(run: &AnalysisRun) -> String {
     run.metrics
         .iter()
         .map(|m| {
-            let last = m.measurements.last().map(|x| x.message.as_str()).unwrap_or("-");
+            let last = m
+                .measurements
+                .last()
+                .map(|x| x.message.as_str())
+                .unwrap_or("-");
             format!("{} {last}", m.name)
         })
         .collect::<Vec<_>>()
@@ -1154,7 +1420,7 @@ fn run_summary(run: &AnalysisRun) -> String {
 /// `30s`, `2m`, `1m30s`, `500ms`.
 pub fn humantime(duration: std::time::Duration) -> String {
     let ms = millis(duration);
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = ms / 1000;

@@ -52,7 +52,10 @@ impl Store {
     pub fn open(dir: Option<&Path>) -> Result<Store, StateError> {
         if let Some(dir) = dir {
             let services = dir.join("services");
-            fs::create_dir_all(&services).map_err(|source| StateError::Io { path: services.clone(), source })?;
+            fs::create_dir_all(&services).map_err(|source| StateError::Io {
+                path: services.clone(),
+                source,
+            })?;
         }
         Ok(Store {
             dir: dir.map(Path::to_path_buf),
@@ -72,16 +75,19 @@ impl Store {
 
     /// The saved state of `service`: `Ok(None)` when there is none.
     pub fn load(&self, service: &str) -> Result<Option<Rollout>, StateError> {
-        let Some(path) = self.path(service) else { return Ok(None) };
+        let Some(path) = self.path(service) else {
+            return Ok(None);
+        };
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupted {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let envelope: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupted {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if envelope.format != FORMAT {
             return Err(StateError::Corrupted {
                 path,
@@ -107,8 +113,13 @@ impl Store {
 
     /// Saves `rollout` atomically.
     pub fn save(&self, rollout: &Rollout) -> Result<(), StateError> {
-        let Some(path) = self.path(&rollout.service) else { return Ok(()) };
-        let io = |source| StateError::Io { path: path.clone(), source };
+        let Some(path) = self.path(&rollout.service) else {
+            return Ok(());
+        };
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
         let bytes = serde_json::to_vec_pretty(&Envelope {
             format: FORMAT,
             rollout: rollout.clone(),

@@ -89,13 +89,21 @@ impl Status {
     pub fn summaries(&self) -> Vec<ServiceStatus> {
         self.services
             .iter()
-            .map(|s| ServiceStatus { details: None, ..s.clone() })
+            .map(|s| ServiceStatus {
+                details: None,
+                ..s.clone()
+            })
             .collect()
     }
 }
 
 /// Builds the status of every service.
-pub fn build(model: &Model, rollouts: &BTreeMap<String, Rollout>, table: &RouteTable, now_ms: u64) -> Status {
+pub fn build(
+    model: &Model,
+    rollouts: &BTreeMap<String, Rollout>,
+    table: &RouteTable,
+    now_ms: u64,
+) -> Status {
     let _ = now_ms;
     let services = model
         .services
@@ -108,7 +116,9 @@ pub fn build(model: &Model, rollouts: &BTreeMap<String, Rollout>, table: &RouteT
                 None => {
                     let canary = service.canary.as_ref().map(|c| c.version.version.clone());
                     let message = match &canary {
-                        Some(version) => format!("manual split: {version} at {served}% (canary.weight)"),
+                        Some(version) => {
+                            format!("manual split: {version} at {served}% (canary.weight)")
+                        }
                         None => format!("{} serves 100%", service.stable.version),
                     };
                     ServiceStatus {
@@ -140,7 +150,12 @@ pub fn build(model: &Model, rollouts: &BTreeMap<String, Rollout>, table: &RouteT
                         (_, Some(progression)) => progression
                             .step_weights
                             .iter()
-                            .map(|w| format!("weight {w}, then check every {}", humantime(progression.interval)))
+                            .map(|w| {
+                                format!(
+                                    "weight {w}, then check every {}",
+                                    humantime(progression.interval)
+                                )
+                            })
                             .collect(),
                         (Some(canary), None) => canary.steps.iter().map(describe_step).collect(),
                         _ => Vec::new(),
@@ -157,7 +172,11 @@ pub fn build(model: &Model, rollouts: &BTreeMap<String, Rollout>, table: &RouteT
                             } else {
                                 "pending"
                             };
-                            StepStatus { index, description, state: state.into() }
+                            StepStatus {
+                                index,
+                                description,
+                                state: state.into(),
+                            }
                         })
                         .collect();
                     let mut runs: Vec<AnalysisRun> = rollout
@@ -180,10 +199,16 @@ pub fn build(model: &Model, rollouts: &BTreeMap<String, Rollout>, table: &RouteT
                         step_count: Rollout::step_count(service),
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
-                            strategy: if progression.is_some() { "progression" } else { "steps" }.into(),
+                            strategy: if progression.is_some() {
+                                "progression"
+                            } else {
+                                "steps"
+                            }
+                            .into(),
                             steps,
                             pause_reason: rollout.pause.as_ref().map(|p| format!("{p:?}")),
-                            failed_checks: progression.map(|p| (rollout.progress.failed_checks, p.threshold)),
+                            failed_checks: progression
+                                .map(|p| (rollout.progress.failed_checks, p.threshold)),
                             analysis_runs: runs,
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),

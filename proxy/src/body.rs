@@ -47,9 +47,17 @@ impl ProxyBody {
     }
 
     /// The upstream's body; `lease` goes back to its pool when the body ends cleanly.
-    pub(crate) fn upstream(inner: Incoming, lease: Option<Lease>, stats: Arc<VersionStats>) -> Self {
+    pub(crate) fn upstream(
+        inner: Incoming,
+        lease: Option<Lease>,
+        stats: Arc<VersionStats>,
+    ) -> Self {
         let mut body = ProxyBody {
-            kind: Kind::Upstream { inner, lease, stats },
+            kind: Kind::Upstream {
+                inner,
+                lease,
+                stats,
+            },
         };
         body.release_if_done();
         body

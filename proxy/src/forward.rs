@@ -94,9 +94,12 @@ pub(crate) async fn handle(
         }
         Ok(service) => {
             let arm = service.pick();
-            let log_line = worker
-                .access_log
-                .then(|| (request.uri().clone(), request.headers().get(header::HOST).cloned()));
+            let log_line = worker.access_log.then(|| {
+                (
+                    request.uri().clone(),
+                    request.headers().get(header::HOST).cloned(),
+                )
+            });
             let response = forward(&worker, &conn, service, arm, request, start).await;
             if let Some((uri, host)) = log_line {
                 tracing::info!(
@@ -117,7 +120,10 @@ pub(crate) async fn handle(
 }
 
 /// Finds the service for a request, or why there is none.
-fn route<'t>(table: &'t RouteTable, request: &Request<Incoming>) -> Result<&'t ServiceRoute, ProxyError> {
+fn route<'t>(
+    table: &'t RouteTable,
+    request: &Request<Incoming>,
+) -> Result<&'t ServiceRoute, ProxyError> {
     let host = match request.uri().authority() {
         // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
         Some(authority) => authority.host(),
@@ -128,7 +134,10 @@ fn route<'t>(table: &'t RouteTable, request: &Request<Incoming>) -> Result<&'t S
             None => "",
         },
     };
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     table
         .route(host, request.uri().path())
         .ok_or(ProxyError::NoRoute)
@@ -151,7 +160,8 @@ async fn forward(
     };
     match outcome {
         Ok(response) => {
-            arm.stats.record(response.status().as_u16(), start.elapsed());
+            arm.stats
+                .record(response.status().as_u16(), start.elapsed());
             response
         }
         Err(error) => {
@@ -177,7 +187,8 @@ async fn send(
     let mut attempt = 0;
     loop {
         let addr = arm.upstreams[(first + attempt) % n_upstreams].addr;
-        let sent = tokio::time::timeout_at(deadline, worker.pool.send(addr, options, request)).await;
+        let sent =
+            tokio::time::timeout_at(deadline, worker.pool.send(addr, options, request)).await;
         let error = match sent {
             Ok(Ok((mut response, lease))) => {
                 strip_hop_by_hop(response.headers_mut(), false);
@@ -187,7 +198,10 @@ async fn send(
             }
             Err(_elapsed) => SendError {
                 kind: UpstreamErrorKind::Timeout,
-                message: format!("no response from {addr} within {:?}", options.response_timeout),
+                message: format!(
+                    "no response from {addr} within {:?}",
+                    options.response_timeout
+                ),
                 request: None,
             },
             Ok(Err(error)) => error,
@@ -259,7 +273,11 @@ async fn forward_upgrade(
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
             (client, upstream) => {
-                tracing::debug!(client_ok = client.is_ok(), upstream_ok = upstream.is_ok(), "upgrade failed");
+                tracing::debug!(
+                    client_ok = client.is_ok(),
+                    upstream_ok = upstream.is_ok(),
+                    "upgrade failed"
+                );
                 return;
             }
         };
@@ -351,7 +369,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-fn access_log(request: &Request<Incoming>, status: StatusCode, service: &str, version: &str, start: Instant) {
+fn access_log(
+    request: &Request<Incoming>,
+    status: StatusCode,
+    service: &str,
+    version: &str,
+    start: Instant,
+) {
     tracing::info!(
         target: "weir::access",
         method = %request.method(),
@@ -371,10 +395,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_lists_are_removed() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut headers, false);

@@ -64,13 +64,18 @@ impl Collector for DataPlaneCollector {
                 *slot = (bound, snapshot.buckets[idx]);
             }
             let count = snapshot.buckets.iter().sum();
-            let labels = [("service", version.service()), ("version", version.version())];
-            duration.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                snapshot.latency_sum_seconds,
-                count,
-                &buckets,
-                None,
-            )?;
+            let labels = [
+                ("service", version.service()),
+                ("version", version.version()),
+            ];
+            duration
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    snapshot.latency_sum_seconds,
+                    count,
+                    &buckets,
+                    None,
+                )?;
         }
 
         let mut errors = encoder.encode_descriptor(
@@ -103,7 +108,8 @@ impl Collector for DataPlaneCollector {
         )?;
         for service in table.services() {
             let labels = [("service", service.name())];
-            ConstGauge::new(service.canary_weight().percent()).encode(weight.encode_family(&labels)?)?;
+            ConstGauge::new(service.canary_weight().percent())
+                .encode(weight.encode_family(&labels)?)?;
         }
         let mut generation = encoder.encode_descriptor(
             "weir_route_table_generation",
@@ -111,7 +117,8 @@ impl Collector for DataPlaneCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(table.generation() as i64).encode(generation.encode_family(&[("table", "routes")])?)?;
+        ConstGauge::new(table.generation() as i64)
+            .encode(generation.encode_family(&[("table", "routes")])?)?;
         Ok(())
     }
 }

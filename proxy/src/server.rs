@@ -218,7 +218,10 @@ async fn run_worker(
             notified.await;
         }
     };
-    if tokio::time::timeout(config.drain_timeout, drained).await.is_err() {
+    if tokio::time::timeout(config.drain_timeout, drained)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = tracker.active.get(),
             "drain timeout reached; closing remaining connections"
@@ -284,7 +287,8 @@ async fn serve_connection(
             drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
         }
         Some(config) => {
-            let handshake = tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
+            let handshake =
+                tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
             // A client that has not finished its handshake has no request in flight: do not let it
             // hold the drain.
             let mut stopping = shutdown.clone();

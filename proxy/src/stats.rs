@@ -72,6 +72,9 @@ impl UpstreamErrorKind {
     }
 }
 
+/// (service, version).
+type VersionKey = (Arc<str>, Arc<str>);
+
 /// Counters of one (service, version) pair. Cheap to update from any thread.
 pub struct VersionStats {
     service: Arc<str>,
@@ -201,7 +204,9 @@ impl Snapshot {
         Snapshot {
             requests: self.requests.saturating_sub(earlier.requests),
             errors_5xx: self.errors_5xx.saturating_sub(earlier.errors_5xx),
-            buckets: std::array::from_fn(|idx| self.buckets[idx].saturating_sub(earlier.buckets[idx])),
+            buckets: std::array::from_fn(|idx| {
+                self.buckets[idx].saturating_sub(earlier.buckets[idx])
+            }),
             latency_sum_seconds: (self.latency_sum_seconds - earlier.latency_sum_seconds).max(0.0),
         }
     }
@@ -234,7 +239,11 @@ impl Snapshot {
                     // The +Inf bucket: like Prometheus, answer with the highest finite bound.
                     return Some(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1]);
                 };
-                let lower = if idx == 0 { 0.0 } else { LATENCY_BUCKETS[idx - 1] };
+                let lower = if idx == 0 {
+                    0.0
+                } else {
+                    LATENCY_BUCKETS[idx - 1]
+                };
                 let within = (rank - seen as f64) / count as f64;
                 return Some(lower + (upper - lower) * within);
             }
@@ -250,7 +259,7 @@ impl Snapshot {
 /// versions; the request path holds `Arc<VersionStats>` handles and never sees it.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    inner: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), Arc<VersionStats>>>>,
+    inner: Arc<Mutex<HashMap<VersionKey, Arc<VersionStats>>>>,
 }
 
 // === impl Stats ===
@@ -297,7 +306,7 @@ impl Stats {
 pub struct Window {
     stats: Stats,
     retention: Duration,
-    samples: VecDeque<(Instant, HashMap<(Arc<str>, Arc<str>), Snapshot>)>,
+    samples: VecDeque<(Instant, HashMap<VersionKey, Snapshot>)>,
 }
 
 // === impl Window ===
@@ -332,7 +341,13 @@ impl Window {
 
     /// What (service, version) did over the last `window` (or since the oldest sample, if younger),
     /// with the actual length of the window covered. Reads live counters for the end of the window.
-    pub fn over(&self, service: &str, version: &str, window: Duration, now: Instant) -> (Snapshot, Duration) {
+    pub fn over(
+        &self,
+        service: &str,
+        version: &str,
+        window: Duration,
+        now: Instant,
+    ) -> (Snapshot, Duration) {
         let Some(current) = self.stats.get(service, version).map(|v| v.snapshot()) else {
             return (Snapshot::default(), Duration::ZERO);
         };

@@ -89,7 +89,9 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds a server config for `certificates` (first = default).
-pub fn server_config(certificates: &[CertificatePem]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    certificates: &[CertificatePem],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut names = Vec::new();
     let mut default = None;

@@ -189,17 +189,25 @@ impl Pool {
                 ))
             }
             Ok(Err(e)) => {
-                return Err((UpstreamErrorKind::Connect, format!("connect to {addr}: {e}")))
+                return Err((
+                    UpstreamErrorKind::Connect,
+                    format!("connect to {addr}: {e}"),
+                ))
             }
             Ok(Ok(stream)) => stream,
         };
         // Small request heads must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| (UpstreamErrorKind::Protocol, format!("handshake with {addr}: {e}")))?;
+        let (sender, connection) =
+            self.builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| {
+                    (
+                        UpstreamErrorKind::Protocol,
+                        format!("handshake with {addr}: {e}"),
+                    )
+                })?;
         if upgrades {
             tokio::task::spawn_local(async move {
                 let _ = connection.with_upgrades().await;

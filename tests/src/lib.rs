@@ -4,7 +4,7 @@
 //! This library is the harness; the tests themselves live in `src/tests/` (compiled only under
 //! `cargo test`).
 //!
-//! - [`bind_ephemeral`], [`refused_addr`]: sockets and addresses for one test.
+//! - [`bind_ephemeral`], [`Refused`]: sockets and addresses for one test.
 //! - [`upstream`]: configurable upstream servers ([`upstream::Server`]) that name their version.
 //! - [`proxy`]: [`proxy::Proxy`] builds a route table from a [`weir_config::Model`] and runs
 //!   [`weir_proxy::spawn`] on pre-bound listeners; [`proxy::model`] parses YAML with addresses
@@ -33,14 +33,38 @@ pub fn bind_ephemeral() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
 
-/// An address nothing listens on: a port that was bound and released again, so connecting to it
-/// is refused (as long as the OS does not hand the port out again meanwhile, which it does not do
-/// right away).
-pub fn refused_addr() -> SocketAddr {
-    let listener = bind_ephemeral();
-    let addr = listener.local_addr().expect("local addr");
-    drop(listener);
-    addr
+/// A port that refuses connections: bound (so the OS hands it to no one else while this lives)
+/// but never listening. Keep it alive for as long as the test needs the address refused.
+#[derive(Debug)]
+pub struct Refused {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl Refused {
+    /// Binds `127.0.0.1:0` without listening.
+    pub fn new() -> Refused {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind 127.0.0.1:0");
+        let addr = socket.local_addr().expect("local addr");
+        Refused {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    /// The refused address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for Refused {
+    fn default() -> Self {
+        Refused::new()
+    }
 }
 
 /// How long [`assert_eventually!`] polls by default.

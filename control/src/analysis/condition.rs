@@ -79,7 +79,7 @@ impl Condition {
     pub fn compile(expr: &str) -> Result<Condition, ConditionError> {
         let program = ENV.compile(expr).map_err(|errors| ConditionError::Syntax {
             expr: expr.to_string(),
-            message: errors.to_string().trim().to_string(),
+            message: syntax_message(&errors),
         })?;
         let mut free = BTreeSet::new();
         free_variables(program.expression(), &mut Vec::new(), &mut free);
@@ -127,6 +127,22 @@ impl PartialEq for Condition {
 }
 
 impl Eq for Condition {}
+
+/// The parser's errors on one line: `1:10: Syntax error: mismatched input ...` (the parser also
+/// draws the source with a caret under the error, which is left out).
+fn syntax_message(errors: &cel::ParseErrors) -> String {
+    let text = errors.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("ERROR: "))
+        .map(|line| line.strip_prefix("<input>:").unwrap_or(line))
+        .collect();
+    if lines.is_empty() {
+        text.trim().to_string()
+    } else {
+        lines.join("; ")
+    }
+}
 
 // === the environment ===
 
@@ -185,11 +201,21 @@ fn call(function: &str, args: Vec<IdedExpr>) -> Expr {
 /// Registers weir's functions in an evaluation context.
 fn add_functions(context: &mut Context<'_, '_>) -> Result<(), ConditionError> {
     let declare = |error: cel::DeclarationError| ConditionError::Evaluation(error.to_string());
-    context.add_function(BLANK, |value: Value| is_blank(&value)).map_err(declare)?;
-    context.add_function(ADD, |a: Value, b: Value| mixed(a, b, |a, b| a + b)).map_err(declare)?;
-    context.add_function(SUB, |a: Value, b: Value| mixed(a, b, |a, b| a - b)).map_err(declare)?;
-    context.add_function(MUL, |a: Value, b: Value| mixed(a, b, |a, b| a * b)).map_err(declare)?;
-    context.add_function(DIV, |a: Value, b: Value| mixed(a, b, |a, b| a / b)).map_err(declare)?;
+    context
+        .add_function(BLANK, |value: Value| is_blank(&value))
+        .map_err(declare)?;
+    context
+        .add_function(ADD, |a: Value, b: Value| mixed(a, b, |a, b| a + b))
+        .map_err(declare)?;
+    context
+        .add_function(SUB, |a: Value, b: Value| mixed(a, b, |a, b| a - b))
+        .map_err(declare)?;
+    context
+        .add_function(MUL, |a: Value, b: Value| mixed(a, b, |a, b| a * b))
+        .map_err(declare)?;
+    context
+        .add_function(DIV, |a: Value, b: Value| mixed(a, b, |a, b| a / b))
+        .map_err(declare)?;
     context.add_function("isNaN", is_nan).map_err(declare)?;
     context.add_function("isInf", is_inf).map_err(declare)?;
     context.add_function("abs", abs).map_err(declare)?;
@@ -209,7 +235,11 @@ fn is_blank(value: &Value) -> bool {
 }
 
 /// Applies a binary arithmetic operator, promoting an int (or uint) mixed with a double to double.
-fn mixed(a: Value, b: Value, op: impl Fn(Value, Value) -> cel::ResolveResult) -> cel::ResolveResult {
+fn mixed(
+    a: Value,
+    b: Value,
+    op: impl Fn(Value, Value) -> cel::ResolveResult,
+) -> cel::ResolveResult {
     match (&a, &b) {
         (Value::Float(_), Value::Int(_) | Value::UInt(_))
         | (Value::Int(_) | Value::UInt(_), Value::Float(_)) => {
@@ -270,7 +300,10 @@ fn as_int(value: Value) -> cel::ResolveResult {
         Value::Float(x) if x == x.trunc() && x.abs() < 9.0e15 => Ok(Value::Int(x as i64)),
         other => Err(ExecutionError::function_error(
             "asInt",
-            format!("expected a string holding an integer, got {}", describe_cel(&other)),
+            format!(
+                "expected a string holding an integer, got {}",
+                describe_cel(&other)
+            ),
         )),
     }
 }
@@ -284,7 +317,10 @@ fn as_float(value: Value) -> cel::ResolveResult {
         Value::Int(_) | Value::UInt(_) | Value::Float(_) => Ok(Value::Float(as_f64(&value))),
         other => Err(ExecutionError::function_error(
             "asFloat",
-            format!("expected a string holding a number, got {}", describe_cel(&other)),
+            format!(
+                "expected a string holding a number, got {}",
+                describe_cel(&other)
+            ),
         )),
     }
 }
@@ -306,7 +342,9 @@ fn to_cel(value: &serde_json::Value) -> Value {
         serde_json::Value::Bool(b) => Value::Bool(*b),
         serde_json::Value::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(to_cel).collect()))
+        }
         serde_json::Value::Object(fields) => {
             let map: HashMap<Key, Value> = fields
                 .iter()
@@ -385,7 +423,11 @@ fn free_variables<'a>(expr: &'a IdedExpr, bound: &mut Vec<&'a str>, free: &mut B
 }
 
 /// [`free_variables`] of a map or struct entry.
-fn entry_variables<'a>(entry: &'a EntryExpr, bound: &mut Vec<&'a str>, free: &mut BTreeSet<&'a str>) {
+fn entry_variables<'a>(
+    entry: &'a EntryExpr,
+    bound: &mut Vec<&'a str>,
+    free: &mut BTreeSet<&'a str>,
+) {
     match entry {
         EntryExpr::MapEntry(entry) => {
             free_variables(&entry.key, bound, free);

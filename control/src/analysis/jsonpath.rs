@@ -67,7 +67,9 @@ impl JsonPath {
         let mut segments = Vec::new();
         while !text.is_empty() {
             if text.starts_with("..") {
-                return Err(error("recursive descent (`..`) is not supported".to_string()));
+                return Err(error(
+                    "recursive descent (`..`) is not supported".to_string(),
+                ));
             } else if let Some(rest) = text.strip_prefix('.') {
                 let end = rest.find(['.', '[']).unwrap_or(rest.len());
                 let name = &rest[..end];
@@ -76,6 +78,14 @@ impl JsonPath {
                 }
                 if name == "*" {
                     return Err(error("wildcards are not supported".to_string()));
+                }
+                if let Some(bad) = name
+                    .chars()
+                    .find(|c| c.is_whitespace() || "]*'\"()?@,:".contains(*c))
+                {
+                    return Err(error(format!(
+                        "unexpected {bad:?} in member name {name:?} (quote it: ['{name}'])"
+                    )));
                 }
                 segments.push(Segment::Key(name.to_string()));
                 text = &rest[end..];
@@ -137,7 +147,10 @@ impl JsonPath {
     }
 
     /// The value at this path in `document`, or a message naming the step that found nothing.
-    pub fn find<'a>(&self, document: &'a serde_json::Value) -> Result<&'a serde_json::Value, String> {
+    pub fn find<'a>(
+        &self,
+        document: &'a serde_json::Value,
+    ) -> Result<&'a serde_json::Value, String> {
         let mut current = document;
         for (depth, segment) in self.segments.iter().enumerate() {
             let found = match (segment, current) {
@@ -156,7 +169,10 @@ impl JsonPath {
                         format!("no member {key:?} at {at}")
                     }
                     (Segment::Index(index), serde_json::Value::Array(items)) => {
-                        format!("index {index} out of range at {at} ({} elements)", items.len())
+                        format!(
+                            "index {index} out of range at {at} ({} elements)",
+                            items.len()
+                        )
                     }
                     (_, other) => format!("{at} is {}, not {}", kind(other), segment.wants()),
                 }
@@ -202,7 +218,9 @@ impl fmt::Display for Path<'_> {
             match segment {
                 Segment::Key(key)
                     if !key.is_empty()
-                        && key.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
+                        && key
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
                 {
                     write!(f, ".{key}")?
                 }

@@ -33,9 +33,7 @@ pub fn builtin(
 ) -> Outcome {
     let (snapshot, covered) = window.over(service, version, p.window, now);
     if covered.is_zero() {
-        return Outcome::NoData(format!(
-            "no stats for {service} version {version} yet"
-        ));
+        return Outcome::NoData(format!("no stats for {service} version {version} yet"));
     }
     let span = show_duration(covered);
     if snapshot.requests < p.min_requests {
@@ -124,7 +122,10 @@ fn prometheus_reply(status: ::http::StatusCode, body: &[u8]) -> Outcome {
         ));
     }
     if !status.is_success() {
-        return Outcome::Error(format!("prometheus answered HTTP {status}: {}", snippet(body)));
+        return Outcome::Error(format!(
+            "prometheus answered HTTP {status}: {}",
+            snippet(body)
+        ));
     }
     let Some(data) = reply.data else {
         return Outcome::Error("prometheus answered success without data".to_string());
@@ -134,7 +135,9 @@ fn prometheus_reply(status: ::http::StatusCode, body: &[u8]) -> Outcome {
             let samples = match serde_json::from_value::<Vec<VectorSample>>(data.result) {
                 Ok(samples) => samples,
                 Err(error) => {
-                    return Outcome::Error(format!("prometheus answered an invalid vector: {error}"))
+                    return Outcome::Error(format!(
+                        "prometheus answered an invalid vector: {error}"
+                    ))
                 }
             };
             if samples.is_empty() {
@@ -162,7 +165,9 @@ fn prometheus_reply(status: ::http::StatusCode, body: &[u8]) -> Outcome {
             let sample = match serde_json::from_value::<(serde_json::Value, String)>(data.result) {
                 Ok(sample) => sample,
                 Err(error) => {
-                    return Outcome::Error(format!("prometheus answered an invalid scalar: {error}"))
+                    return Outcome::Error(format!(
+                        "prometheus answered an invalid scalar: {error}"
+                    ))
                 }
             };
             match sample_value(&sample.1) {

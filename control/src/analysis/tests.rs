@@ -63,8 +63,16 @@ fn conditions_hold_and_fail_as_argo_users_expect() {
         ("abs(-3) == 3", json!(null), true),
         ("result == \"ok\"", json!("ok"), true),
         ("result == 'ok'", json!("degraded"), false),
-        ("result.status == \"healthy\"", json!({"status": "healthy"}), true),
-        ("result.status == \"healthy\"", json!({"status": "sick"}), false),
+        (
+            "result.status == \"healthy\"",
+            json!({"status": "healthy"}),
+            true,
+        ),
+        (
+            "result.status == \"healthy\"",
+            json!({"status": "sick"}),
+            false,
+        ),
         ("has(result.status)", json!({"status": "x"}), true),
         ("has(result.status)", json!({}), false),
         ("result.all(x, x < 0.5)", json!([0.1, 0.2]), true),
@@ -115,7 +123,11 @@ fn evaluation_errors_are_reported() {
 
 #[test]
 fn non_boolean_results_are_errors() {
-    for (expr, value) in [("result", json!(0.5)), ("result + 1", json!(1)), ("'x'", json!(1))] {
+    for (expr, value) in [
+        ("result", json!(0.5)),
+        ("result + 1", json!(1)),
+        ("'x'", json!(1)),
+    ] {
         match eval(expr, value) {
             Err(ConditionError::NotBoolean(_)) => {}
             other => panic!("`{expr}`: expected NotBoolean, got {other:?}"),
@@ -126,9 +138,19 @@ fn non_boolean_results_are_errors() {
 
 #[test]
 fn garbage_does_not_compile() {
-    for expr in ["result >=", "result >= >= 1", "(result", "", "result ===  1", "result[0"] {
+    for expr in [
+        "result >=",
+        "result >= >= 1",
+        "(result",
+        "",
+        "result ===  1",
+        "result[0",
+    ] {
         match Condition::compile(expr) {
-            Err(ConditionError::Syntax { expr: written, message }) => {
+            Err(ConditionError::Syntax {
+                expr: written,
+                message,
+            }) => {
                 assert_eq!(written, expr);
                 assert!(!message.is_empty());
             }
@@ -147,7 +169,9 @@ fn unknown_variables_do_not_compile() {
         ("result.all(x, x > y)", "y"),
     ] {
         match Condition::compile(expr) {
-            Err(ConditionError::UnknownVariable { name, .. }) => assert_eq!(name, unknown, "{expr}"),
+            Err(ConditionError::UnknownVariable { name, .. }) => {
+                assert_eq!(name, unknown, "{expr}")
+            }
             other => panic!("`{expr}`: expected an unknown variable, got {other:?}"),
         }
     }
@@ -176,10 +200,10 @@ fn judge_with_success_condition_only() {
     let success = compile("result >= 0.99");
     let (verdict, why) = judge(Some(&success), None, &value(json!(0.995)));
     assert_eq!(verdict, Verdict::Successful);
-    assert_eq!(why, "successCondition `result >= 0.99` is true for 0.995");
+    assert_eq!(why, "0.995 >= 0.99");
     let (verdict, why) = judge(Some(&success), None, &value(json!(0.69172)));
     assert_eq!(verdict, Verdict::Failed);
-    assert_eq!(why, "successCondition `result >= 0.99` is false for 0.6917");
+    assert_eq!(why, "0.6917 < 0.99");
 }
 
 #[test]
@@ -187,10 +211,10 @@ fn judge_with_failure_condition_only() {
     let failure = compile("result > 0.05");
     let (verdict, why) = judge(None, Some(&failure), &value(json!(0.01)));
     assert_eq!(verdict, Verdict::Successful);
-    assert_eq!(why, "failureCondition `result > 0.05` is false for 0.01");
+    assert_eq!(why, "0.01 <= 0.05");
     let (verdict, why) = judge(None, Some(&failure), &value(json!(0.2)));
     assert_eq!(verdict, Verdict::Failed);
-    assert_eq!(why, "failureCondition `result > 0.05` is true for 0.2");
+    assert_eq!(why, "0.2 > 0.05");
 }
 
 #[test]
@@ -206,7 +230,11 @@ fn judge_with_both_conditions() {
     assert!(why.contains("neither"), "{why}");
     // Both hold: failure wins.
     let always = compile("result >= 0");
-    let (verdict, _) = judge(Some(&always), Some(&compile("result >= 0")), &value(json!(1)));
+    let (verdict, _) = judge(
+        Some(&always),
+        Some(&compile("result >= 0")),
+        &value(json!(1)),
+    );
     assert_eq!(verdict, Verdict::Failed);
 }
 
@@ -221,7 +249,10 @@ fn judge_without_conditions_is_successful() {
 fn judge_no_data_and_errors() {
     let success = compile("result >= 0.99");
     let (verdict, why) = judge(Some(&success), None, &Outcome::NoData("12 requests".into()));
-    assert_eq!((verdict, why.as_str()), (Verdict::Inconclusive, "12 requests"));
+    assert_eq!(
+        (verdict, why.as_str()),
+        (Verdict::Inconclusive, "12 requests")
+    );
     let (verdict, why) = judge(Some(&success), None, &Outcome::Error("refused".into()));
     assert_eq!((verdict, why.as_str()), (Verdict::Error, "refused"));
     let (verdict, _) = judge(None, None, &Outcome::NoData("nothing".into()));
@@ -249,6 +280,14 @@ fn judge_evaluation_errors_are_errors() {
 }
 
 #[test]
+fn judge_spells_out_conditions_that_are_not_simple_comparisons() {
+    let success = compile("result[0] > 0.90 && result[0] < 1.1");
+    let (verdict, why) = judge(Some(&success), None, &value(json!([0.5])));
+    assert_eq!(verdict, Verdict::Failed);
+    assert_eq!(why, "successCondition `result[0] > 0.90 && result[0] < 1.1` is false for [0.5]");
+}
+
+#[test]
 fn judge_explains_with_the_window() {
     let success = compile("result >= 0.99");
     let outcome = Outcome::Value(Measured {
@@ -260,13 +299,16 @@ fn judge_explains_with_the_window() {
     assert_eq!(verdict, Verdict::Failed);
     assert_eq!(
         why,
-        "successCondition `result >= 0.99` is false for 0.6917 over 30s (1184 requests)"
+        "0.6917 < 0.99 over 30s (1184 requests)"
     );
 }
 
 #[test]
 fn verdicts_serialize_in_camel_case() {
-    assert_eq!(serde_json::to_value(Verdict::Inconclusive).ok(), Some(json!("inconclusive")));
+    assert_eq!(
+        serde_json::to_value(Verdict::Inconclusive).ok(),
+        Some(json!("inconclusive"))
+    );
     assert_eq!(
         serde_json::from_value::<Verdict>(json!("successful")).ok(),
         Some(Verdict::Successful)
@@ -286,7 +328,10 @@ fn substitutes_arguments() {
     let cases = [
         ("plain", "plain"),
         ("{{args.service}}", "shop"),
-        ("svc=\"{{args.service}}\",v=\"{{ args.version }}\"", "svc=\"shop\",v=\"v2\""),
+        (
+            "svc=\"{{args.service}}\",v=\"{{ args.version }}\"",
+            "svc=\"shop\",v=\"v2\"",
+        ),
         ("{{  args.service\t}}-{{args.service}}", "shop-shop"),
         ("{{args.unknown}} stays", "{{args.unknown}} stays"),
         ("{{ other }} stays", "{{ other }} stays"),
@@ -353,7 +398,10 @@ fn json_paths_report_what_is_missing() {
     let document = json!({"data": {"items": [1]}, "n": 3});
     let cases = [
         ("$.nope", "no member \"nope\" at $"),
-        ("$.data.items[3]", "index 3 out of range at $.data.items (1 elements)"),
+        (
+            "$.data.items[3]",
+            "index 3 out of range at $.data.items (1 elements)",
+        ),
         ("$.n.x", "$.n is a number, not an object"),
         ("$.data[0]", "$.data is an object, not an array"),
     ];
@@ -365,7 +413,16 @@ fn json_paths_report_what_is_missing() {
 
 #[test]
 fn unsupported_json_paths_are_rejected() {
-    for path in ["$..x", "$.items[*]", "$.items[0:2]", "$.a[?(@.x)]", "$.", "$['open", "$.a]", "{$.a"] {
+    for path in [
+        "$..x",
+        "$.items[*]",
+        "$.items[0:2]",
+        "$.a[?(@.x)]",
+        "$.",
+        "$['open",
+        "$.a]",
+        "{$.a",
+    ] {
         assert!(JsonPath::parse(path).is_err(), "{path} should not parse");
     }
 }

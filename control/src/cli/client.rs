@@ -160,11 +160,7 @@ impl Api {
         })
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-    ) -> Result<http::Response<Incoming>, ApiError> {
+    async fn send(&self, method: Method, path: &str) -> Result<http::Response<Incoming>, ApiError> {
         let url = self.url(path);
         let uri: Uri = url.parse().map_err(|e| ApiError::Invalid {
             url: url.clone(),
@@ -174,7 +170,10 @@ impl Api {
             .method(method)
             .uri(uri)
             .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::USER_AGENT, concat!("weir/", env!("CARGO_PKG_VERSION")));
+            .header(
+                header::USER_AGENT,
+                concat!("weir/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(token) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

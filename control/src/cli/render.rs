@@ -455,7 +455,11 @@ pub fn render_history(name: &str, revisions: &[Revision], width: usize) -> Strin
 
 /// The one-line result of an operator command: `checkout: promoted step 5 — phase
 /// Progressing, weight 50%`. `before` is the status just before the command, when known.
-pub fn action_result(action: Action, before: Option<&ServiceStatus>, after: &ServiceStatus) -> String {
+pub fn action_result(
+    action: Action,
+    before: Option<&ServiceStatus>,
+    after: &ServiceStatus,
+) -> String {
     let canary = after
         .canary_version
         .as_deref()
@@ -463,7 +467,9 @@ pub fn action_result(action: Action, before: Option<&ServiceStatus>, after: &Ser
         .unwrap_or("the canary");
     let step = |status: &ServiceStatus| (status.step_index + 1).min(status.step_count.max(1));
     let what = match action {
-        Action::Promote { full: true } => format!("promoted {canary} fully (remaining steps skipped)"),
+        Action::Promote { full: true } => {
+            format!("promoted {canary} fully (remaining steps skipped)")
+        }
         Action::Promote { full: false } => match before {
             Some(before) if before.step_count > 0 => format!("promoted step {}", step(before)),
             _ => "promoted the current step".into(),
@@ -506,14 +512,14 @@ pub fn progress_line(status: &ServiceStatus, now_ms: u64) -> String {
     line
 }
 
-/// The key of what a progress line shows, to print one only when it changes.
-pub fn progress_key(status: &ServiceStatus) -> (u64, usize, u64, Phase, String) {
+/// What `weir status` prints a new progress line for: the revision, step, weight and phase
+/// (not the message, which changes with every measurement).
+pub fn progress_key(status: &ServiceStatus) -> (u64, usize, u64, Phase) {
     (
         status.revision,
         status.step_index,
         status.canary_weight.to_bits(),
         status.phase,
-        status.message.clone(),
     )
 }
 
@@ -547,7 +553,14 @@ mod tests {
     }
 
     fn detailed() -> ServiceStatus {
-        let steps = ["setWeight 10", "pause 10s", "analysis success-rate", "setWeight 50", "pause (until promoted)", "setWeight 100"];
+        let steps = [
+            "setWeight 10",
+            "pause 10s",
+            "analysis success-rate",
+            "setWeight 50",
+            "pause (until promoted)",
+            "setWeight 100",
+        ];
         let measurement = |offset: u64, value: f64, verdict: Verdict| Measurement {
             at_ms: AT + offset * 5000,
             value: Some(serde_json::json!(value)),
@@ -562,7 +575,17 @@ mod tests {
                 template: "success-rate".into(),
                 name: "success-rate".into(),
                 measurements: (0..5)
-                    .map(|i| measurement(i, 0.99512345 - i as f64 * 0.1, if i == 4 { Verdict::Failed } else { Verdict::Successful }))
+                    .map(|i| {
+                        measurement(
+                            i,
+                            0.99512345 - i as f64 * 0.1,
+                            if i == 4 {
+                                Verdict::Failed
+                            } else {
+                                Verdict::Successful
+                            },
+                        )
+                    })
                     .collect(),
                 count: 5,
                 successful: 4,
@@ -584,7 +607,11 @@ mod tests {
                 at_ms: AT + i * 1000,
                 service: "checkout".into(),
                 revision: 3,
-                kind: if i % 2 == 0 { "Advance".into() } else { "Measurement".into() },
+                kind: if i % 2 == 0 {
+                    "Advance".into()
+                } else {
+                    "Measurement".into()
+                },
                 message: format!("event number {i}"),
                 weight: 10.0,
                 phase: Phase::Progressing,
@@ -678,7 +705,8 @@ mod tests {
             lines[0],
             "NAME      PHASE        STEP  WEIGHT           STABLE  CANARY  MESSAGE"
         );
-        assert!(lines[1].starts_with("checkout  Progressing  3/6   ██░░░░░░░░  20%  v1      v2      xxx"));
+        assert!(lines[1]
+            .starts_with("checkout  Progressing  3/6   ██░░░░░░░░  20%  v1      v2      xxx"));
         assert!(lines[1].ends_with('…'));
         assert_eq!(lines[1].chars().count(), 100);
         assert_eq!(
@@ -691,20 +719,41 @@ mod tests {
     #[test]
     fn the_detail_view_shows_steps_measurements_and_recent_events() {
         let text = render_detail(&detailed());
-        assert!(text.starts_with("checkout  Progressing  (revision 3, steps)\n"), "{text}");
+        assert!(
+            text.starts_with("checkout  Progressing  (revision 3, steps)\n"),
+            "{text}"
+        );
         assert!(text.contains("  Weight:  █░░░░░░░░░  10%\n"), "{text}");
         assert!(text.contains("  Step:    3/6\n"), "{text}");
         assert!(text.contains("  ✔  1  setWeight 10\n  ✔  2  pause 10s\n  ▶  3  analysis success-rate\n  ·  4  setWeight 50\n"), "{text}");
-        assert!(text.contains("  #2 step 3 analysis  Running  since 14:03:07  args service=checkout\n"), "{text}");
-        assert!(text.contains("    success-rate  Running  5 measured, 4 successful, 1 failed\n"), "{text}");
+        assert!(
+            text.contains("  #2 step 3 analysis  Running  since 14:03:07  args service=checkout\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    success-rate  Running  5 measured, 4 successful, 1 failed\n"),
+            "{text}"
+        );
         // The last three measurements only.
-        assert!(!text.contains("14:03:12"), "{text}");
-        assert!(text.contains("      14:03:17  0.7951  successful    0.7951"), "{text}");
-        assert!(text.contains("      14:03:27  0.5951  failed        0.5951"), "{text}");
+        assert!(!text.contains("      14:03:12  0.8951"), "{text}");
+        assert!(
+            text.contains("      14:03:17  0.7951  successful    0.7951"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      14:03:27  0.5951  failed        0.5951"),
+            "{text}"
+        );
         // The last ten events only, kinds aligned.
         assert!(!text.contains("event number 1\n"), "{text}");
-        assert!(text.contains("  14:03:09  Measurement  event number 2\n"), "{text}");
-        assert!(text.contains("  14:03:18  Advance      event number 11\n"), "{text}");
+        assert!(
+            text.contains("  14:03:09  Advance      event number 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  14:03:18  Measurement  event number 11\n"),
+            "{text}"
+        );
         assert!(!text.contains("Paused:"), "{text}");
     }
 
@@ -720,9 +769,18 @@ mod tests {
             details.events.clear();
         }
         let text = render_detail(&status);
-        assert!(text.contains("  Stable:  v2 (the config names v1)\n"), "{text}");
-        assert!(text.contains("  Paused:  a pause step: promote to go on, abort to roll back\n"), "{text}");
-        assert!(text.contains("  Checks:  1 failed (the rollout aborts at 5)\n"), "{text}");
+        assert!(
+            text.contains("  Stable:  v2 (the config names v1)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Paused:  a pause step: promote to go on, abort to roll back\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Checks:  1 failed (the rollout aborts at 5)\n"),
+            "{text}"
+        );
         assert!(!text.contains("Analysis"), "{text}");
         assert!(!text.contains("Events"), "{text}");
     }
@@ -753,8 +811,14 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "REVISION  VERSION  FROM  STARTED               ENDED                 OUTCOME      MESSAGE");
         assert_eq!(lines[1], "1         v2       v1    2025-03-14T14:03:07Z  2025-03-14T14:04:07Z  Aborted      success-rate failed 2 time(s)");
-        assert_eq!(lines[2], "2         v3       v1    2025-03-14T14:05:07Z  -                     Progressing  -");
-        assert_eq!(render_history("checkout", &[], 120), "checkout has no rollouts yet\n");
+        assert_eq!(
+            lines[2],
+            "2         v3       v1    2025-03-14T14:05:07Z  -                     Progressing  -"
+        );
+        assert_eq!(
+            render_history("checkout", &[], 120),
+            "checkout has no rollouts yet\n"
+        );
     }
 
     #[test]

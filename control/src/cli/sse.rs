@@ -46,7 +46,7 @@ fn parse_block(block: &str) -> Option<Message> {
     let mut fields = 0;
     let mut data: Vec<&str> = Vec::new();
     for line in block.lines() {
-        if line.starts_with(':') {
+        if line.is_empty() || line.starts_with(':') {
             continue;
         }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));

@@ -171,7 +171,8 @@ impl AnalysisRun {
         }
         let mut due = Vec::new();
         for (idx, metric) in self.metrics.iter_mut().enumerate() {
-            if metric.phase == RunPhase::Running && !metric.in_flight && metric.next_at_ms <= now_ms {
+            if metric.phase == RunPhase::Running && !metric.in_flight && metric.next_at_ms <= now_ms
+            {
                 metric.in_flight = true;
                 due.push(idx);
             }
@@ -188,7 +189,9 @@ impl AnalysisRun {
             RunKind::Inline { .. } => Some(spec.count.unwrap_or(1)),
             RunKind::Background => spec.count,
         };
-        let Some(metric) = self.metrics.get_mut(idx) else { return };
+        let Some(metric) = self.metrics.get_mut(idx) else {
+            return;
+        };
         metric.in_flight = false;
         if metric.phase != RunPhase::Running {
             return;
@@ -254,7 +257,10 @@ impl AnalysisRun {
         // Dry-run metrics still run to their count, but a run made only of them succeeds at once
         // unless they are still measuring.
         if phase == RunPhase::Successful
-            && self.metrics.iter().any(|m| m.dry_run && m.phase == RunPhase::Running)
+            && self
+                .metrics
+                .iter()
+                .any(|m| m.dry_run && m.phase == RunPhase::Running)
             && self.metrics.iter().all(|m| m.dry_run)
         {
             phase = RunPhase::Running;
@@ -338,8 +344,15 @@ mod tests {
         let spec = metric(1, Some(3));
         let mut run = run_of(&spec, RunKind::Background);
         measure(&mut run, &spec, 0, Verdict::Failed);
-        assert_eq!(run.phase, RunPhase::Running, "one failure is within failureLimit 1");
-        assert!(run.take_due(4_999).is_empty(), "next measurement waits for the interval");
+        assert_eq!(
+            run.phase,
+            RunPhase::Running,
+            "one failure is within failureLimit 1"
+        );
+        assert!(
+            run.take_due(4_999).is_empty(),
+            "next measurement waits for the interval"
+        );
         measure(&mut run, &spec, 5_000, Verdict::Failed);
         assert_eq!(run.phase, RunPhase::Failed);
     }
@@ -350,7 +363,11 @@ mod tests {
         let mut run = run_of(&spec, RunKind::Background);
         measure(&mut run, &spec, 0, Verdict::Error);
         measure(&mut run, &spec, 5_000, Verdict::Error);
-        assert_eq!(run.phase, RunPhase::Running, "two errors are within consecutiveErrorLimit 2");
+        assert_eq!(
+            run.phase,
+            RunPhase::Running,
+            "two errors are within consecutiveErrorLimit 2"
+        );
         measure(&mut run, &spec, 10_000, Verdict::Successful);
         measure(&mut run, &spec, 15_000, Verdict::Error);
         measure(&mut run, &spec, 20_000, Verdict::Error);

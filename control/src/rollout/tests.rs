@@ -72,7 +72,10 @@ fn model(yaml: &str) -> Model {
 fn with_canary(yaml: &str, canary: Option<&str>) -> Model {
     let text = match canary {
         Some(version) => yaml.replace("version: v2", &format!("version: {version}")),
-        None => yaml.replace(r#"    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }"#, ""),
+        None => yaml.replace(
+            r#"    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }"#,
+            "",
+        ),
     };
     model(&text)
 }
@@ -87,7 +90,11 @@ struct World {
 
 impl World {
     fn healthy() -> World {
-        World { success_rate: Some(1.0), p99: Some(0.05), requests: 1000 }
+        World {
+            success_rate: Some(1.0),
+            p99: Some(0.05),
+            requests: 1000,
+        }
     }
 
     fn answer(&self, query: BuiltinQuery<'_>) -> Outcome {
@@ -123,15 +130,25 @@ impl Sim {
     fn new(model: Model) -> Sim {
         let mut rollout = Rollout::new(&model.services[0]);
         let now_ms = 1_000_000;
-        let ctx = Ctx { service: &model.services[0], templates: &model.analysis_templates };
+        let ctx = Ctx {
+            service: &model.services[0],
+            templates: &model.analysis_templates,
+        };
         rollout.reconcile(ctx, now_ms);
-        let mut sim = Sim { model, rollout, now_ms, world: World::healthy(), log: Vec::new() };
+        let mut sim = Sim {
+            model,
+            rollout,
+            now_ms,
+            world: World::healthy(),
+            log: Vec::new(),
+        };
         sim.drain();
         sim
     }
 
     fn drain(&mut self) {
-        self.log.extend(self.rollout.take_events().into_iter().map(|e| e.message));
+        self.log
+            .extend(self.rollout.take_events().into_iter().map(|e| e.message));
     }
 
     /// Advances time in 100 ms ticks, as the driver does.
@@ -140,15 +157,23 @@ impl Sim {
         while self.now_ms < end {
             self.now_ms += 100;
             let world = self.world;
-            let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
-            let external = self.rollout.tick(ctx, self.now_ms, &mut |q| world.answer(q));
+            let ctx = Ctx {
+                service: &self.model.services[0],
+                templates: &self.model.analysis_templates,
+            };
+            let external = self
+                .rollout
+                .tick(ctx, self.now_ms, &mut |q| world.answer(q));
             assert!(external.is_empty(), "builtin metrics only in these tests");
             self.drain();
         }
     }
 
     fn command(&mut self, command: Command) -> Result<(), String> {
-        let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
+        let ctx = Ctx {
+            service: &self.model.services[0],
+            templates: &self.model.analysis_templates,
+        };
         let result = self.rollout.command(ctx, command, self.now_ms);
         self.drain();
         result
@@ -156,7 +181,10 @@ impl Sim {
 
     fn reconfigure(&mut self, model: Model) {
         self.model = model;
-        let ctx = Ctx { service: &self.model.services[0], templates: &self.model.analysis_templates };
+        let ctx = Ctx {
+            service: &self.model.services[0],
+            templates: &self.model.analysis_templates,
+        };
         self.rollout.reconcile(ctx, self.now_ms);
         self.drain();
     }
@@ -176,7 +204,11 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
     assert_eq!(sim.rollout.revision, 1);
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.weight(), 10.0);
-    assert!(sim.logged("Advance checkout canary weight 10 (step 1/6)"), "{:?}", sim.log);
+    assert!(
+        sim.logged("Advance checkout canary weight 10 (step 1/6)"),
+        "{:?}",
+        sim.log
+    );
     sim.run_for(Duration::from_secs(9));
     assert_eq!(sim.rollout.step_index, 1, "still pausing");
     sim.run_for(Duration::from_secs(2));
@@ -184,7 +216,11 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
     // count 3 at interval 5s: the third measurement is taken 10s after the first.
     sim.run_for(Duration::from_secs(11));
     assert_eq!(sim.weight(), 50.0);
-    assert_eq!(sim.rollout.phase, Phase::Paused, "pause: {{}} waits for promote");
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Paused,
+        "pause: {{}} waits for promote"
+    );
     assert_eq!(sim.rollout.pause, Some(PauseReason::Step));
     sim.run_for(Duration::from_secs(60));
     assert_eq!(sim.weight(), 50.0, "an indefinite pause never times out");
@@ -194,9 +230,20 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
     assert!(sim.rollout.promoted);
     assert_eq!(sim.weight(), 100.0);
     assert_eq!(sim.rollout.stable_version, "v2");
-    assert!(sim.logged("Promotion completed: checkout v2 is stable"), "{:?}", sim.log);
-    assert!(sim.rollout.message.contains("still names v1"), "{}", sim.rollout.message);
-    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::Promoted);
+    assert!(
+        sim.logged("Promotion completed: checkout v2 is stable"),
+        "{:?}",
+        sim.log
+    );
+    assert!(
+        sim.rollout.message.contains("still names v1"),
+        "{}",
+        sim.rollout.message
+    );
+    assert_eq!(
+        sim.rollout.history.last().unwrap().outcome,
+        RevisionOutcome::Promoted
+    );
 }
 
 #[test]
@@ -209,13 +256,31 @@ fn failing_analysis_aborts_with_the_numbers() {
     // The first measurement (at the start of the step) passed; failureLimit 1: the second failure
     // aborts, 10 s later.
     sim.run_for(Duration::from_secs(6));
-    assert_eq!(sim.rollout.phase, Phase::Progressing, "one failure is tolerated");
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Progressing,
+        "one failure is tolerated"
+    );
     sim.run_for(Duration::from_secs(5));
     assert_eq!(sim.rollout.phase, Phase::Degraded);
     assert_eq!(sim.weight(), 0.0);
-    assert!(sim.logged("Halt checkout advancement: success-rate"), "{:?}", sim.log);
-    let rollback = sim.log.iter().find(|l| l.starts_with("Rolling back checkout")).expect("a rollback line");
-    for needle in ["success-rate failed 2 time(s) (failureLimit 1)", "0.6917", "0.99", "30s", "1184 requests"] {
+    assert!(
+        sim.logged("Halt checkout advancement: success-rate"),
+        "{:?}",
+        sim.log
+    );
+    let rollback = sim
+        .log
+        .iter()
+        .find(|l| l.starts_with("Rolling back checkout"))
+        .expect("a rollback line");
+    for needle in [
+        "success-rate failed 2 time(s) (failureLimit 1)",
+        "0.6917",
+        "0.99",
+        "30s",
+        "1184 requests",
+    ] {
         assert!(rollback.contains(needle), "{rollback:?} lacks {needle:?}");
     }
     // Aborted versions are never retried by themselves.
@@ -233,10 +298,18 @@ fn background_analysis_aborts_at_any_step() {
     sim.world.p99 = Some(2.0);
     // failureLimit 2: the third failed measurement (at 5 s, 10 s, 15 s) aborts.
     sim.run_for(Duration::from_secs(10));
-    assert_eq!(sim.rollout.phase, Phase::Progressing, "two failures are tolerated");
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Progressing,
+        "two failures are tolerated"
+    );
     sim.run_for(Duration::from_secs(5));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
-    assert!(sim.logged("p99 failed 3 time(s) (failureLimit 2)"), "{:?}", sim.log);
+    assert!(
+        sim.logged("p99 failed 3 time(s) (failureLimit 2)"),
+        "{:?}",
+        sim.log
+    );
 }
 
 #[test]
@@ -247,7 +320,11 @@ fn too_little_traffic_is_inconclusive_and_pauses_never_fails() {
     sim.run_for(Duration::from_secs(6));
     assert_eq!(sim.rollout.phase, Phase::Paused, "{:?}", sim.log);
     assert_eq!(sim.rollout.pause, Some(PauseReason::Inconclusive));
-    assert!(sim.rollout.message.contains("fewer than minRequests"), "{}", sim.rollout.message);
+    assert!(
+        sim.rollout.message.contains("fewer than minRequests"),
+        "{}",
+        sim.rollout.message
+    );
     let weight = sim.weight();
     assert!(weight > 0.0, "paused keeps its weight");
     sim.run_for(Duration::from_secs(30));
@@ -255,7 +332,11 @@ fn too_little_traffic_is_inconclusive_and_pauses_never_fails() {
     sim.world = World::healthy();
     sim.command(Command::Resume).unwrap();
     sim.run_for(Duration::from_secs(11));
-    assert_eq!(sim.weight(), 50.0, "resumed analysis passes and the rollout advances");
+    assert_eq!(
+        sim.weight(),
+        50.0,
+        "resumed analysis passes and the rollout advances"
+    );
 }
 
 #[test]
@@ -266,8 +347,15 @@ fn removing_the_canary_mid_rollout_rolls_back_at_once() {
     sim.reconfigure(with_canary(STEPS, None));
     assert_eq!(sim.weight(), 0.0);
     assert_eq!(sim.rollout.phase, Phase::Healthy);
-    assert!(sim.logged("canary v2 removed from the config"), "{:?}", sim.log);
-    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::RolledBack);
+    assert!(
+        sim.logged("canary v2 removed from the config"),
+        "{:?}",
+        sim.log
+    );
+    assert_eq!(
+        sim.rollout.history.last().unwrap().outcome,
+        RevisionOutcome::RolledBack
+    );
 }
 
 #[test]
@@ -300,7 +388,10 @@ fn abort_then_retry_then_undo() {
     sim.command(Command::Abort).unwrap();
     assert_eq!(sim.rollout.phase, Phase::Degraded);
     assert_eq!(sim.weight(), 0.0);
-    assert!(sim.command(Command::Abort).is_err(), "nothing left to abort");
+    assert!(
+        sim.command(Command::Abort).is_err(),
+        "nothing left to abort"
+    );
     sim.command(Command::Retry).unwrap();
     assert_eq!(sim.rollout.phase, Phase::Progressing);
     assert_eq!(sim.rollout.revision, 1, "retry keeps the revision");
@@ -311,9 +402,16 @@ fn abort_then_retry_then_undo() {
     sim.command(Command::Undo).unwrap();
     assert_eq!(sim.weight(), 0.0);
     assert_eq!(sim.rollout.stable_version, "v1");
-    assert_eq!(sim.rollout.history.last().unwrap().outcome, RevisionOutcome::Undone);
+    assert_eq!(
+        sim.rollout.history.last().unwrap().outcome,
+        RevisionOutcome::Undone
+    );
     sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.weight(), 0.0, "an undone version is not rolled out again by itself");
+    assert_eq!(
+        sim.weight(),
+        0.0,
+        "an undone version is not rolled out again by itself"
+    );
 }
 
 #[test]
@@ -350,7 +448,11 @@ fn flagger_progression_advances_then_promotes() {
     sim.run_for(Duration::from_secs(30));
     assert_eq!(sim.rollout.phase, Phase::Healthy);
     assert!(sim.rollout.promoted);
-    assert!(sim.logged("Advance search canary weight 20 (step 2/3)"), "{:?}", sim.log);
+    assert!(
+        sim.logged("Advance search canary weight 20 (step 2/3)"),
+        "{:?}",
+        sim.log
+    );
 }
 
 #[test]
@@ -358,16 +460,31 @@ fn flagger_counts_failed_checks_to_the_threshold_and_ignores_no_data() {
     let mut sim = Sim::new(model(FLAGGER));
     sim.world.requests = 3;
     sim.run_for(Duration::from_secs(95));
-    assert_eq!(sim.rollout.phase, Phase::Progressing, "no data halts, never fails");
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Progressing,
+        "no data halts, never fails"
+    );
     assert_eq!(sim.rollout.progress.failed_checks, 0);
     assert_eq!(sim.weight(), 10.0);
-    sim.world = World { success_rate: Some(0.6917), ..World::healthy() };
+    sim.world = World {
+        success_rate: Some(0.6917),
+        ..World::healthy()
+    };
     sim.run_for(Duration::from_secs(30));
     assert_eq!(sim.rollout.progress.failed_checks, 1);
-    assert!(sim.logged("request-success-rate 69.17% < 99%"), "{:?}", sim.log);
+    assert!(
+        sim.logged("request-success-rate 69.17% < 99%"),
+        "{:?}",
+        sim.log
+    );
     sim.run_for(Duration::from_secs(30));
     assert_eq!(sim.rollout.phase, Phase::Degraded);
-    assert!(sim.logged("failed checks threshold reached 2"), "{:?}", sim.log);
+    assert!(
+        sim.logged("failed checks threshold reached 2"),
+        "{:?}",
+        sim.log
+    );
 }
 
 #[test]
@@ -376,7 +493,10 @@ fn persisted_state_resumes_the_same_step_and_weight() {
     sim.run_for(Duration::from_secs(3));
     let saved = serde_json::to_string(&sim.rollout).unwrap();
     let mut restored: Rollout = serde_json::from_str(&saved).unwrap();
-    let ctx = Ctx { service: &sim.model.services[0], templates: &sim.model.analysis_templates };
+    let ctx = Ctx {
+        service: &sim.model.services[0],
+        templates: &sim.model.analysis_templates,
+    };
     restored.reconcile(ctx, sim.now_ms + 50);
     assert_eq!(restored.revision, sim.rollout.revision);
     assert_eq!(restored.step_index, sim.rollout.step_index);

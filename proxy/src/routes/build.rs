@@ -81,8 +81,15 @@ impl RouteTable {
                 .get(service.name.as_str())
                 .map(|s| Arc::clone(s))
                 .unwrap_or_default();
-            let canary = service.canary.as_ref().map(|c| arm(stats, service, &c.version));
-            let weight = if canary.is_some() { weight } else { Weight::ZERO };
+            let canary = service
+                .canary
+                .as_ref()
+                .map(|c| arm(stats, service, &c.version));
+            let weight = if canary.is_some() {
+                weight
+            } else {
+                Weight::ZERO
+            };
             services.push(ServiceRoute {
                 name: Arc::from(service.name.as_str()),
                 split: Split::new(weight, canary.is_some(), sequence),
@@ -96,9 +103,11 @@ impl RouteTable {
 
         let mut listeners_tls = Vec::new();
         for listener in model.listeners.iter().filter(|l| l.tls.is_some()) {
-            let material = tls.get(&listener.name).ok_or_else(|| BuildError::MissingTls {
-                listener: listener.name.clone(),
-            })?;
+            let material = tls
+                .get(&listener.name)
+                .ok_or_else(|| BuildError::MissingTls {
+                    listener: listener.name.clone(),
+                })?;
             let reused = previous
                 .tls
                 .iter()
@@ -126,7 +135,9 @@ impl RouteTable {
             model.services.iter().any(|s| {
                 s.name == service
                     && (s.stable.version == version
-                        || s.canary.as_ref().is_some_and(|c| c.version.version == version))
+                        || s.canary
+                            .as_ref()
+                            .is_some_and(|c| c.version.version == version))
             })
         });
 

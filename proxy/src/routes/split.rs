@@ -135,18 +135,29 @@ mod tests {
             assert_eq!(all.pick(), Pick::Canary);
             assert_eq!(no_canary.pick(), Pick::Stable);
         }
-        assert_eq!(sequence.load(Relaxed), 0, "degenerate splits share no state");
+        assert_eq!(
+            sequence.load(Relaxed),
+            0,
+            "degenerate splits share no state"
+        );
     }
 
     #[test]
     fn a_new_weight_is_exact_from_the_first_request_after_the_swap() {
         let sequence = Arc::new(AtomicU64::new(0));
-        let before = Split::new(Weight::from_basis_points(3_333).unwrap(), true, sequence.clone());
+        let before = Split::new(
+            Weight::from_basis_points(3_333).unwrap(),
+            true,
+            sequence.clone(),
+        );
         for _ in 0..517 {
             before.pick();
         }
         let after = Split::new(Weight::from_basis_points(50).unwrap(), true, sequence);
         let canary = (0..2000).filter(|_| after.pick() == Pick::Canary).count();
-        assert!((9..=11).contains(&canary), "0.5% of 2000 is 10, got {canary}");
+        assert!(
+            (9..=11).contains(&canary),
+            "0.5% of 2000 is 10, got {canary}"
+        );
     }
 }

@@ -6,10 +6,12 @@ use crate::client::Http1;
 use crate::metrics::{encode, sample};
 use crate::proxy::{self, Proxy};
 use crate::upstream::Server;
+use crate::Refused;
 
 #[tokio::test]
 async fn traffic_shows_up_in_the_prometheus_export() {
     let v1 = Server::spawn("v1");
+    let dead = Refused::new();
     let model = proxy::model(
         r#"
 services:
@@ -18,7 +20,7 @@ services:
     stable: {version: v1, upstreams: ["${v1}"]}
     canary: {version: v2, upstreams: ["${v2}"]}
 "#,
-        &[("v1", v1.addr()), ("v2", crate::refused_addr())],
+        &[("v1", v1.addr()), ("v2", dead.addr())],
     );
     let proxy = Proxy::builder(model)
         .weight("shop", Weight::from_percent(10.0).unwrap())

@@ -12,6 +12,7 @@ use weir_proxy::stats::UpstreamErrorKind;
 use crate::client::{self, Http1, Http2};
 use crate::proxy::{self, Proxy};
 use crate::upstream::{Failure, Server, MID_RESPONSE_SENT};
+use crate::Refused;
 
 /// `shop` with a healthy stable `v1` and a canary `v2` at `canary`, split 50/50, with a 200 ms
 /// response timeout.
@@ -75,7 +76,8 @@ async fn half_fail(proxy: &Proxy, n: usize, status: u16, body: &str, kind: Upstr
 #[tokio::test]
 async fn a_refused_upstream_is_a_502() {
     let v1 = Server::spawn("v1");
-    let proxy = half_split(&v1, crate::refused_addr());
+    let dead = Refused::new();
+    let proxy = half_split(&v1, dead.addr());
     half_fail(
         &proxy,
         10,
@@ -225,6 +227,7 @@ async fn an_upstream_breaking_mid_body_aborts_the_client_response() {
 #[tokio::test]
 async fn a_refused_upstream_is_skipped_for_the_next_of_the_same_version() {
     let live = Server::spawn("v1");
+    let dead = Refused::new();
     let model = proxy::model(
         r#"
 services:
@@ -232,7 +235,7 @@ services:
     match: {hosts: ["shop.example.com"]}
     stable: {version: v1, upstreams: ["${dead}", "${live}"]}
 "#,
-        &[("dead", crate::refused_addr()), ("live", live.addr())],
+        &[("dead", dead.addr()), ("live", live.addr())],
     );
     let proxy = Proxy::start(model);
 

@@ -147,11 +147,18 @@ pub(super) async fn fetch(
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|error| FetchError::Request(error.to_string()))?;
     let exchange = async {
-        let response = CLIENT
-            .client
-            .request(request)
-            .await
-            .map_err(|error| FetchError::Send(chain(&error)))?;
+        let response =
+            CLIENT
+                .client
+                .request(request)
+                .await
+                .map_err(|error| match error.source() {
+                    // "client error (Connect)" says less than its source.
+                    Some(source) if error.is_connect() => {
+                        FetchError::Send(format!("cannot connect: {}", chain(source)))
+                    }
+                    _ => FetchError::Send(chain(&error)),
+                })?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, BODY_LIMIT)
             .collect()

@@ -44,7 +44,9 @@ fn number(outcome: &Outcome) -> (f64, Option<u64>, Option<Duration>) {
             requests,
             window,
         }) => (
-            value.as_f64().unwrap_or_else(|| panic!("not a number: {value}")),
+            value
+                .as_f64()
+                .unwrap_or_else(|| panic!("not a number: {value}")),
             *requests,
             *window,
         ),
@@ -101,10 +103,19 @@ async fn builtin_uses_the_covered_part_of_a_young_window() {
     }
     // A 60s window only 20s old: measured over 20s.
     let now = t0 + Duration::from_secs(20);
-    let outcome = builtin(&provider(BuiltinMetric::RequestRate, 60, 20), &window, "svc", "v2", now);
+    let outcome = builtin(
+        &provider(BuiltinMetric::RequestRate, 60, 20),
+        &window,
+        "svc",
+        "v2",
+        now,
+    );
     let (rate, requests, covered) = number(&outcome);
     assert_close(rate, 3.0);
-    assert_eq!((requests, covered), (Some(60), Some(Duration::from_secs(20))));
+    assert_eq!(
+        (requests, covered),
+        (Some(60), Some(Duration::from_secs(20)))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,7 +129,13 @@ async fn builtin_without_enough_requests_is_no_data() {
         canary.record(200, Duration::from_millis(5));
     }
     let now = t0 + Duration::from_secs(30);
-    let outcome = builtin(&provider(BuiltinMetric::SuccessRate, 30, 20), &window, "svc", "v2", now);
+    let outcome = builtin(
+        &provider(BuiltinMetric::SuccessRate, 30, 20),
+        &window,
+        "svc",
+        "v2",
+        now,
+    );
     assert_eq!(
         outcome,
         Outcome::NoData("12 requests in 30s, fewer than minRequests 20".to_string())
@@ -127,21 +144,44 @@ async fn builtin_without_enough_requests_is_no_data() {
     stats.handle("svc", "v3");
     window.sample(now);
     let later = now + Duration::from_secs(30);
-    let rate = builtin(&provider(BuiltinMetric::RequestRate, 30, 0), &window, "svc", "v3", later);
+    let rate = builtin(
+        &provider(BuiltinMetric::RequestRate, 30, 0),
+        &window,
+        "svc",
+        "v3",
+        later,
+    );
     assert_eq!(number(&rate).0, 0.0);
-    let ratio = builtin(&provider(BuiltinMetric::SuccessRate, 30, 0), &window, "svc", "v3", later);
+    let ratio = builtin(
+        &provider(BuiltinMetric::SuccessRate, 30, 0),
+        &window,
+        "svc",
+        "v3",
+        later,
+    );
     assert_eq!(ratio, Outcome::NoData("no requests in 30s".to_string()));
 }
 
 #[tokio::test(start_paused = true)]
 async fn builtin_without_samples_is_no_data() {
     let stats = Stats::new();
-    stats.handle("svc", "v2").record(200, Duration::from_millis(5));
+    stats
+        .handle("svc", "v2")
+        .record(200, Duration::from_millis(5));
     let window = Window::new(stats.clone(), Duration::from_secs(120));
     let now = Instant::now();
     for version in ["v2", "never-seen"] {
-        let outcome = builtin(&provider(BuiltinMetric::SuccessRate, 30, 0), &window, "svc", version, now);
-        assert!(matches!(outcome, Outcome::NoData(_)), "{version}: {outcome:?}");
+        let outcome = builtin(
+            &provider(BuiltinMetric::SuccessRate, 30, 0),
+            &window,
+            "svc",
+            version,
+            now,
+        );
+        assert!(
+            matches!(outcome, Outcome::NoData(_)),
+            "{version}: {outcome:?}"
+        );
     }
 }
 
@@ -174,7 +214,11 @@ async fn serve(reply: Reply) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                     let (reply, seen_tx) = (Arc::clone(&reply), seen_tx.clone());
                     async move {
                         let (parts, body) = request.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let _ = seen_tx.send(Seen {
                             method: parts.method.to_string(),
                             uri: parts.uri,
@@ -213,7 +257,9 @@ fn args() -> BTreeMap<String, String> {
 
 fn expect_error(outcome: &Outcome, needle: &str) {
     match outcome {
-        Outcome::Error(message) => assert!(message.contains(needle), "{message:?} lacks {needle:?}"),
+        Outcome::Error(message) => {
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}")
+        }
         other => panic!("expected an error containing {needle:?}, got {other:?}"),
     }
 }
@@ -264,8 +310,12 @@ async fn prometheus_vectors_and_scalars() {
         prom_reply(200, several).await,
         Outcome::Value(Measured::value(json!([1.0, f64::MAX])))
     );
-    let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
-    assert_eq!(prom_reply(200, scalar).await, Outcome::Value(Measured::value(json!(42.0))));
+    let scalar =
+        r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+    assert_eq!(
+        prom_reply(200, scalar).await,
+        Outcome::Value(Measured::value(json!(42.0)))
+    );
 }
 
 #[tokio::test]
@@ -278,18 +328,28 @@ async fn prometheus_empty_or_nan_is_no_data() {
     let nan = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
     assert!(matches!(prom_reply(200, nan).await, Outcome::NoData(_)));
     let nan_scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#;
-    assert!(matches!(prom_reply(200, nan_scalar).await, Outcome::NoData(_)));
+    assert!(matches!(
+        prom_reply(200, nan_scalar).await,
+        Outcome::NoData(_)
+    ));
 }
 
 #[tokio::test]
 async fn prometheus_failures_are_errors() {
-    let bad_query = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5: unexpected"}"#;
+    let bad_query =
+        r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5: unexpected"}"#;
     expect_error(&prom_reply(400, bad_query).await, "bad_data");
     expect_error(&prom_reply(400, bad_query).await, "parse error at char 5");
     expect_error(&prom_reply(500, "internal trouble").await, "HTTP 500");
-    expect_error(&prom_reply(500, "internal trouble").await, "internal trouble");
+    expect_error(
+        &prom_reply(500, "internal trouble").await,
+        "internal trouble",
+    );
     expect_error(&prom_reply(200, "{not json").await, "invalid body");
-    expect_error(&prom_reply(200, r#"{"status":"success"}"#).await, "without data");
+    expect_error(
+        &prom_reply(200, r#"{"status":"success"}"#).await,
+        "without data",
+    );
     let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
     expect_error(&prom_reply(200, matrix).await, "matrix");
     let garbage = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"abc"]}]}}"#;
@@ -301,7 +361,10 @@ async fn prometheus_slow_or_unreachable_is_an_error() {
     let (addr, mut seen) = serve(None).await;
     let outcome = prometheus(&prom(addr, Duration::from_millis(200)), &args()).await;
     expect_error(&outcome, "no response within");
-    assert!(seen.recv().await.is_some(), "the request reached the server");
+    assert!(
+        seen.recv().await.is_some(),
+        "the request reached the server"
+    );
     let outcome = prometheus(&prom(refused_addr().await, Duration::from_secs(5)), &args()).await;
     expect_error(&outcome, "prometheus at http://127.0.0.1:");
 }
@@ -326,27 +389,53 @@ async fn web_reply(status: u16, body: &str, json_path: Option<&str>) -> Outcome 
 
 #[tokio::test]
 async fn web_without_json_path_is_the_status_code() {
-    assert_eq!(web_reply(200, "", None).await, Outcome::Value(Measured::value(json!(200))));
+    assert_eq!(
+        web_reply(200, "", None).await,
+        Outcome::Value(Measured::value(json!(200)))
+    );
     // Even an error status: the condition decides.
-    assert_eq!(web_reply(503, "down", None).await, Outcome::Value(Measured::value(json!(503))));
+    assert_eq!(
+        web_reply(503, "down", None).await,
+        Outcome::Value(Measured::value(json!(503)))
+    );
 }
 
 #[tokio::test]
 async fn web_json_path_finds_values() {
     let body = r#"{"status":"healthy","data":{"value":0.97,"checks":[{"ok":true}]}}"#;
     let found = |path: &'static str| async move { web_reply(200, body, Some(path)).await };
-    assert_eq!(found("$.status").await, Outcome::Value(Measured::value(json!("healthy"))));
-    assert_eq!(found("{$.data.value}").await, Outcome::Value(Measured::value(json!(0.97))));
-    assert_eq!(found("$.data.checks[0].ok").await, Outcome::Value(Measured::value(json!(true))));
-    assert_eq!(found("$['data']").await, Outcome::Value(Measured::value(json!({"value":0.97,"checks":[{"ok":true}]}))));
+    assert_eq!(
+        found("$.status").await,
+        Outcome::Value(Measured::value(json!("healthy")))
+    );
+    assert_eq!(
+        found("{$.data.value}").await,
+        Outcome::Value(Measured::value(json!(0.97)))
+    );
+    assert_eq!(
+        found("$.data.checks[0].ok").await,
+        Outcome::Value(Measured::value(json!(true)))
+    );
+    assert_eq!(
+        found("$['data']").await,
+        Outcome::Value(Measured::value(
+            json!({"value":0.97,"checks":[{"ok":true}]})
+        ))
+    );
 }
 
 #[tokio::test]
 async fn web_json_path_failures_are_errors() {
-    expect_error(&web_reply(200, r#"{"a":1}"#, Some("$.b")).await, "no member \"b\"");
+    expect_error(
+        &web_reply(200, r#"{"a":1}"#, Some("$.b")).await,
+        "no member \"b\"",
+    );
     expect_error(&web_reply(200, "<html>", Some("$.a")).await, "not JSON");
     expect_error(&web_reply(503, r#"{"a":1}"#, Some("$.a")).await, "HTTP 503");
-    expect_error(&web_reply(200, r#"{"a":1}"#, Some("$.a[*]")).await, "invalid jsonPath");
+    expect_error(
+        &web_reply(200, r#"{"a":1}"#, Some("$.a[*]")).await,
+        "invalid jsonPath",
+    );
 }
 
 #[tokio::test]
@@ -356,21 +445,30 @@ async fn web_sends_method_headers_and_body_with_arguments() {
         url: format!("http://{addr}/check/{{{{args.service}}}}?token=secret"),
         method: "post".to_string(),
         headers: vec![
-            ("Authorization".to_string(), "Bearer {{args.service}}-token".to_string()),
+            (
+                "Authorization".to_string(),
+                "Bearer {{args.service}}-token".to_string(),
+            ),
             ("Content-Type".to_string(), "application/json".to_string()),
         ],
         body: Some(r#"{"service":"{{args.service}}"}"#.to_string()),
         timeout: Duration::from_secs(5),
         json_path: Some("$.ok".to_string()),
     };
-    assert_eq!(web(&provider, &args()).await, Outcome::Value(Measured::value(json!("yes"))));
+    assert_eq!(
+        web(&provider, &args()).await,
+        Outcome::Value(Measured::value(json!("yes")))
+    );
     let request = seen.recv().await.expect("a request");
     assert_eq!(request.method, "POST");
     assert_eq!(request.uri.path(), "/check/shop");
     assert_eq!(request.uri.query(), Some("token=secret"));
     assert_eq!(request.headers["authorization"], "Bearer shop-token");
     assert_eq!(request.headers["content-type"], "application/json");
-    assert!(request.headers["user-agent"].to_str().unwrap_or_default().starts_with("weir/"));
+    assert!(request.headers["user-agent"]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("weir/"));
     assert_eq!(request.body, r#"{"service":"shop"}"#);
 }
 
@@ -381,15 +479,24 @@ async fn web_slow_unreachable_or_invalid_is_an_error() {
     slow.timeout = Duration::from_millis(200);
     expect_error(&web(&slow, &args()).await, "no response within");
 
-    let refused = get(format!("http://{}/?token=secret", refused_addr().await), None);
+    let refused = get(
+        format!("http://{}/?token=secret", refused_addr().await),
+        None,
+    );
     let outcome = web(&refused, &args()).await;
     expect_error(&outcome, "GET http://127.0.0.1:");
     if let Outcome::Error(message) = &outcome {
         assert!(!message.contains("secret"), "{message}");
     }
 
-    expect_error(&web(&get("ftp://example.invalid/x".to_string(), None), &args()).await, "not an http");
-    expect_error(&web(&get("not a url".to_string(), None), &args()).await, "invalid URL");
+    expect_error(
+        &web(&get("ftp://example.invalid/x".to_string(), None), &args()).await,
+        "not an http",
+    );
+    expect_error(
+        &web(&get("not a url".to_string(), None), &args()).await,
+        "invalid URL",
+    );
     let mut bad_method = get(format!("http://{addr}/"), None);
     bad_method.method = "GE T".to_string();
     expect_error(&web(&bad_method, &args()).await, "invalid method");
