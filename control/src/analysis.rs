@@ -164,7 +164,10 @@ pub fn judge(
                 let rest = described.strip_prefix(&value).unwrap_or("");
                 format!("{value} {op} {literal}{rest}")
             }
-            None => format!("{which} `{}` is {holds} for {described}", condition.source()),
+            None => format!(
+                "{which} `{}` is {holds} for {described}",
+                condition.source()
+            ),
         }
     };
     match (success.zip(success_holds), failure.zip(failure_holds)) {
@@ -287,7 +290,9 @@ mod tests;
 /// held for the value (`holds`) or its negation, and the number, for compact messages.
 fn compact(source: &str, holds: bool) -> Option<(&'static str, &str)> {
     let tokens: Vec<&str> = source.split_whitespace().collect();
-    let [lhs, op, literal] = tokens.as_slice() else { return None };
+    let [lhs, op, literal] = tokens.as_slice() else {
+        return None;
+    };
     if !(*lhs == "result" || *lhs == "result[0]") || literal.parse::<f64>().is_err() {
         return None;
     }

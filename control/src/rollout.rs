@@ -366,7 +366,7 @@ impl Rollout {
                 self.canary_version = None;
                 self.promoted = false;
                 self.stable_version = config_stable.clone();
-                self.clear_runs();
+                self.clear_runs("terminated: the config changed the canary");
                 self.phase = Phase::Healthy;
                 self.pause = None;
                 self.weight_bp = 0;
@@ -388,7 +388,7 @@ impl Rollout {
                 }
                 self.canary_version = Some(canary.clone());
                 self.promoted = true;
-                self.clear_runs();
+                self.clear_runs("terminated: the config changed the canary");
                 self.phase = Phase::Healthy;
                 self.pause = None;
                 self.message = promoted_message(&canary, &config_stable);
@@ -444,7 +444,7 @@ impl Rollout {
     }
 
     fn restart_steps(&mut self, ctx: Ctx<'_>, now_ms: u64) {
-        self.clear_runs();
+        self.clear_runs("terminated: the rollout started over");
         self.phase = Phase::Progressing;
         self.pause = None;
         self.paused_at_ms = None;
@@ -466,11 +466,13 @@ impl Rollout {
         self.message = "progressing".into();
     }
 
-    fn clear_runs(&mut self) {
-        for run in [self.inline_run.take(), self.background_run.take()]
+    /// Ends the current runs; one still measuring is marked terminated with `reason`.
+    fn clear_runs(&mut self, reason: &str) {
+        for mut run in [self.inline_run.take(), self.background_run.take()]
             .into_iter()
             .flatten()
         {
+            run.terminate(reason);
             self.finished_runs.push(run);
         }
         self.check_runs.clear();
@@ -749,22 +751,29 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        if self.phase != Phase::Progressing {
+        // Background analysis decides at any time, also while the rollout waits at a `pause: {}`
+        // step or an operator's pause: a canary that fails while waiting keeps its weight only
+        // until the failure is measured, as in Argo Rollouts.
+        let waiting = self.phase == Phase::Paused
+            && matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator));
+        if self.phase != Phase::Progressing && !waiting {
             return;
         }
-        // Background analysis decides at any time.
         if let Some(run) = &self.background_run {
             match run.phase {
                 RunPhase::Failed | RunPhase::Error => {
                     let reason = run_failure(run, ctx.templates);
                     return self.abort(now_ms, reason);
                 }
-                RunPhase::Inconclusive => {
+                RunPhase::Inconclusive if !waiting => {
                     let reason = run_failure(run, ctx.templates);
                     return self.pause_inconclusive(now_ms, reason);
                 }
                 _ => {}
             }
+        }
+        if self.phase != Phase::Progressing {
+            return;
         }
         if let Some(progression) = &strategy.canary.progression {
             return self.evaluate_progression(ctx, progression, now_ms, builtin);
@@ -833,7 +842,7 @@ impl Rollout {
                             let reason = run_failure(run, ctx.templates);
                             return self.pause_inconclusive(now_ms, reason);
                         }
-                        RunPhase::Running => {
+                        RunPhase::Running | RunPhase::Terminated => {
                             self.message = format!(
                                 "analysis running at weight {} (step {display}/{n_steps})",
                                 self.weight()
@@ -1030,7 +1039,7 @@ impl Rollout {
 
     fn promote(&mut self, now_ms: u64) {
         let canary = self.canary_version.clone().unwrap_or_default();
-        self.clear_runs();
+        self.clear_runs("terminated: the canary was promoted");
         self.promoted = true;
         self.phase = Phase::Healthy;
         self.pause = None;
@@ -1042,7 +1051,7 @@ impl Rollout {
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
-        self.clear_runs();
+        self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
         self.weight_bp = 0;

@@ -156,7 +156,7 @@ async fn forward(
     let outcome = if upgrade {
         forward_upgrade(worker, service, arm, request).await
     } else {
-        send(worker, service, arm, request).await
+        send(worker, service, arm, request, start).await
     };
     match outcome {
         Ok(response) => {
@@ -179,9 +179,10 @@ async fn send(
     service: &ServiceRoute,
     arm: &ArmRoute,
     mut request: Request<Incoming>,
+    start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let options = &service.options;
-    let deadline = Instant::now() + options.response_timeout;
+    let deadline = start + options.response_timeout;
     let n_upstreams = arm.upstreams.len();
     let first = arm.next_index();
     let mut attempt = 0;
@@ -346,27 +347,66 @@ fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bo
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header lists.
 /// An upgrade keeps `Connection: upgrade` and `Upgrade`.
+///
+/// One pass over the names decides what to do, so a message without hop-by-hop headers costs no
+/// hash lookups, and `Connection: keep-alive` costs one.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        if let Ok(listed) = connection.to_str() {
-            for token in listed.split(',').map(str::trim) {
-                if !token.is_empty() && !token.eq_ignore_ascii_case("upgrade") {
-                    headers.remove(token);
+    let mut has_connection = false;
+    let mut has_fixed = false;
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            has_connection = true;
+        } else if is_hop_by_hop(name) {
+            has_fixed = true;
+        }
+    }
+    if has_connection {
+        // Tokens naming other headers; `Vec::new` does not allocate until one is found.
+        let mut listed = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let ignored = ["", "upgrade", "keep-alive", "close"]
+                    .iter()
+                    .any(|t| token.eq_ignore_ascii_case(t));
+                if !ignored {
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        listed.push(name);
+                    }
                 }
             }
         }
+        headers.remove(header::CONNECTION);
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
+    if has_fixed {
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(header::TE);
+        headers.remove(header::TRAILER);
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        if !upgrade {
+            headers.remove(header::UPGRADE);
+        }
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
+}
+
+/// Hop-by-hop by definition, whatever `Connection` lists.
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 fn access_log(

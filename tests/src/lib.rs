@@ -13,16 +13,21 @@
 //! - [`body::TestBody`]: a body of known chunks, for requests and for upstream responses.
 //! - [`certs`]: a throw-away CA and leaf certificates (rcgen).
 //! - [`metrics`]: encodes the data plane's Prometheus metrics and reads samples back.
+//! - [`weir`]: the whole of weir in-process ([`weir::Weir`]: `weir_control::app::start` on a config
+//!   file in a temporary folder), with helpers to rewrite the file and wait for rollout states.
+//! - [`admin`]: a client for weir's admin API (commands, `/metrics`, the event stream).
 //! - [`assert_eventually!`]: polls a condition until a deadline instead of sleeping.
 
 use std::net::{SocketAddr, TcpListener};
 
+pub mod admin;
 pub mod body;
 pub mod certs;
 pub mod client;
 pub mod metrics;
 pub mod proxy;
 pub mod upstream;
+pub mod weir;
 
 pub use body::TestBody;
 pub use client::Reply;

@@ -1,10 +1,16 @@
-//! End-to-end tests of the data plane, one module per area. Every socket is on `127.0.0.1:0`;
+//! End-to-end tests of the data plane and the control plane, one module per area (the control
+//! plane's: `reload`, `rollout`, `admin`, `prometheus`, `examples`). Every socket is on `127.0.0.1:0`;
 //! every test shuts down what it started.
 
+mod admin;
+mod examples;
 mod forwarding;
 mod hot_swap;
 mod http2;
 mod metrics;
+mod prometheus;
+mod reload;
+mod rollout;
 mod routing;
 mod shutdown;
 mod split;
@@ -40,4 +46,29 @@ fn assert_share(count: usize, len: usize, percent: f64, what: &str) {
         (count as f64 - expected).abs() <= 1.0,
         "{what}: canary got {count} of {len} at {percent}%, expected {expected} ± 1"
     );
+}
+
+/// A small deterministic xorshift generator, so "random" test inputs are the same on every run.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// A generator from a non-zero seed.
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
 }

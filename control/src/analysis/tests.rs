@@ -284,7 +284,10 @@ fn judge_spells_out_conditions_that_are_not_simple_comparisons() {
     let success = compile("result[0] > 0.90 && result[0] < 1.1");
     let (verdict, why) = judge(Some(&success), None, &value(json!([0.5])));
     assert_eq!(verdict, Verdict::Failed);
-    assert_eq!(why, "successCondition `result[0] > 0.90 && result[0] < 1.1` is false for [0.5]");
+    assert_eq!(
+        why,
+        "successCondition `result[0] > 0.90 && result[0] < 1.1` is false for [0.5]"
+    );
 }
 
 #[test]
@@ -297,10 +300,7 @@ fn judge_explains_with_the_window() {
     });
     let (verdict, why) = judge(Some(&success), None, &outcome);
     assert_eq!(verdict, Verdict::Failed);
-    assert_eq!(
-        why,
-        "0.6917 < 0.99 over 30s (1184 requests)"
-    );
+    assert_eq!(why, "0.6917 < 0.99 over 30s (1184 requests)");
 }
 
 #[test]

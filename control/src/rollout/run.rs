@@ -42,6 +42,8 @@ pub enum RunPhase {
     Inconclusive,
     /// A metric exceeded `consecutiveErrorLimit`.
     Error,
+    /// Stopped before it decided, because the rollout ended (promoted, aborted, rolled back).
+    Terminated,
 }
 
 /// One measurement.
@@ -235,6 +237,21 @@ impl AnalysisRun {
         self.update_phase();
     }
 
+    /// Stops a run that has not decided yet; finished runs keep their verdict.
+    pub fn terminate(&mut self, reason: &str) {
+        if self.phase != RunPhase::Running {
+            return;
+        }
+        for metric in &mut self.metrics {
+            if metric.phase == RunPhase::Running {
+                metric.phase = RunPhase::Terminated;
+                metric.in_flight = false;
+            }
+        }
+        self.phase = RunPhase::Terminated;
+        self.message = reason.to_string();
+    }
+
     /// Gives a metric back for re-measurement (its measurement was lost, e.g. across a restart).
     pub fn release(&mut self, idx: usize) {
         if let Some(metric) = self.metrics.get_mut(idx) {
@@ -252,6 +269,7 @@ impl AnalysisRun {
                 (_, RunPhase::Inconclusive) | (RunPhase::Inconclusive, _) => RunPhase::Inconclusive,
                 (_, RunPhase::Running) | (RunPhase::Running, _) => RunPhase::Running,
                 (RunPhase::Successful, RunPhase::Successful) => RunPhase::Successful,
+                (_, RunPhase::Terminated) | (RunPhase::Terminated, _) => RunPhase::Terminated,
             };
         }
         // Dry-run metrics still run to their count, but a run made only of them succeeds at once

@@ -313,6 +313,28 @@ fn background_analysis_aborts_at_any_step() {
 }
 
 #[test]
+fn background_analysis_aborts_during_an_indefinite_pause() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(22));
+    assert_eq!(
+        (sim.rollout.phase, sim.rollout.pause.clone(), sim.weight()),
+        (Phase::Paused, Some(PauseReason::Step), 50.0),
+        "{:?}",
+        sim.log
+    );
+    sim.world.p99 = Some(2.0);
+    // failureLimit 2: the third failed measurement aborts, pause or not.
+    sim.run_for(Duration::from_secs(16));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert_eq!(sim.weight(), 0.0);
+    assert!(
+        sim.logged("p99 failed 3 time(s) (failureLimit 2)"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
 fn too_little_traffic_is_inconclusive_and_pauses_never_fails() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(11));

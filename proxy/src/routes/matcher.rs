@@ -51,14 +51,17 @@ impl HostIndex {
 
     /// Orders suffixes and prefixes longest first; call once after the last insert.
     pub(crate) fn finish(&mut self) {
-        self.suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        self.suffixes
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         let all = self
             .exact
             .values_mut()
             .chain(self.suffixes.iter_mut().map(|(_, r)| r))
             .chain(self.any.iter_mut());
         for routes in all {
-            routes.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            routes
+                .prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         }
     }
 

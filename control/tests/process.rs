@@ -1,0 +1,574 @@
+//! The real `weir` binary as a process: `weir run` killed with SIGKILL and restarted resumes its
+//! rollouts from `stateDir`; a corrupted state file starts paused on stable; `weir validate` and
+//! `weir status` exit codes.
+//!
+//! Every spawned process is owned by a guard that kills it on drop, so a failing assertion leaks
+//! nothing. Ports: weir must be restarted on the same ports, so the test picks free ones by binding
+//! `127.0.0.1:0` and closing the socket before writing the port into the config; another process
+//! could take the port in that short window (weir would then fail to start and the test says so).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use weir_control::backend::Backend;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// A free port on 127.0.0.1 (see the module comment for the race).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct Guard {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Guard {
+    fn spawn(command: &mut Command, what: &str) -> Guard {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Guard {
+            child: Some(child),
+            what: what.to_string(),
+        }
+    }
+
+    /// SIGKILL, then wait until the process is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The exit status if the process has ended.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to end on its own within `timeout` (killing it otherwise).
+    async fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.what
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One test's folder, ports and config for `weir run`.
+struct Setup {
+    dir: tempfile::TempDir,
+    public: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("a temporary folder"),
+            public: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("weir.yaml")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weir.log")
+    }
+
+    /// Writes service `shop` (stable v1, canary v2) with these steps (YAML list items indented by
+    /// 10 spaces).
+    fn write_config(&self, v1: &Backend, v2: &Backend, steps: &str) {
+        let text = format!(
+            r#"listeners:
+  - name: public
+    address: {public}
+admin:
+  address: {admin}
+stateDir: {state}
+services:
+  - name: shop
+    match: {{hosts: ["*"]}}
+    stable: {{version: v1, upstreams: ["{v1}"]}}
+    canary: {{version: v2, upstreams: ["{v2}"]}}
+    strategy:
+      canary:
+        steps:
+{steps}
+"#,
+            public = self.public,
+            admin = self.admin,
+            state = self.state_dir().display(),
+            v1 = v1.addr(),
+            v2 = v2.addr(),
+        );
+        std::fs::write(self.config_path(), text).expect("write the config");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts `weir run` and waits until `/readyz` answers 200.
+    async fn start(&self) -> Guard {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the log");
+        let mut weir = Guard::spawn(
+            Command::new(WEIR)
+                .arg("run")
+                .arg("--config")
+                .arg(self.config_path())
+                .args(["--workers", "1", "--drain-timeout", "1s"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("a log handle"))
+                .stderr(log),
+            "weir run",
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = http(self.admin, "GET", "/readyz").await {
+                return weir;
+            }
+            if let Some(status) = weir.exited() {
+                panic!(
+                    "weir exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir not ready after 20 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET /api/v1/services/shop`.
+    async fn shop(&self) -> Value {
+        let (status, body) = http(self.admin, "GET", "/api/v1/services/shop")
+            .await
+            .expect("the admin API answers");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Polls `shop` until `done` holds; panics with the last answer after `timeout`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let shop = self.shop().await;
+            if done(&shop) {
+                return shop;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {timeout:?}, shop never got to {what}: {}",
+                summary(&shop)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `n` requests through weir; how many v2 answered (each must be a 200 from v1 or v2).
+    async fn count_canary(&self, n: usize) -> usize {
+        let mut canary = 0;
+        for _ in 0..n {
+            let (status, version) = proxied(self.public).await;
+            assert_eq!(status, 200);
+            match version.as_str() {
+                "v2" => canary += 1,
+                "v1" => {}
+                other => panic!("answered by {other:?}"),
+            }
+        }
+        canary
+    }
+
+    /// Runs `weir ARGS... --admin URL` to its end (10 s at most).
+    async fn cli(&self, args: &[&str]) -> (ExitStatus, String) {
+        let out = self.dir.path().join("cli.out");
+        let file = File::create(&out).expect("create the output file");
+        let child = Guard::spawn(
+            Command::new(WEIR)
+                .args(args)
+                .arg("--admin")
+                .arg(format!("http://{}", self.admin))
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("a handle"))
+                .stderr(file),
+            &format!("weir {}", args.join(" ")),
+        );
+        let status = child.wait(Duration::from_secs(10)).await;
+        (status, std::fs::read_to_string(&out).unwrap_or_default())
+    }
+}
+
+fn summary(shop: &Value) -> String {
+    format!(
+        "phase {}, revision {}, step {}, weight {}: {}",
+        shop["phase"], shop["revision"], shop["stepIndex"], shop["canaryWeight"], shop["message"]
+    )
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = exchange(addr, method, path).await?;
+    Ok((status, body))
+}
+
+/// `GET /` through the proxy: the status and the `x-version` that answered.
+async fn proxied(addr: SocketAddr) -> (u16, String) {
+    let (status, head, _) = exchange(addr, "GET", "/").await.expect("weir answers");
+    let version = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-version")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, version)
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, head.to_string(), body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether this weir has the `status` subcommand.
+fn has_status_command() -> bool {
+    let output = Command::new(WEIR)
+        .arg("--help")
+        .output()
+        .expect("weir --help");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|line| line.trim_start().starts_with("status "))
+}
+
+fn backends() -> (Backend, Backend) {
+    (
+        Backend::bind("v1").expect("bind v1"),
+        Backend::bind("v2").expect("bind v2"),
+    )
+}
+
+/// SIGKILL mid-pause and at an indefinite pause: each restart resumes the same revision, step and
+/// weight from `stateDir`, and the rollout goes on to its promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_resume_the_same_step_and_weight() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 10
+          - pause: {duration: 4s}
+          - setWeight: 30
+          - pause: {}
+          - setWeight: 60
+          - pause: {duration: 500ms}",
+    );
+    let status_cli = has_status_command();
+
+    // 1. Killed while pausing 4 s at weight 10.
+    let mut weir = setup.start().await;
+    let before = setup
+        .wait_for("the timed pause", Duration::from_secs(5), |s| {
+            s["stepIndex"] == 1 && s["canaryWeight"] == 10.0
+        })
+        .await;
+    let revision = before["revision"].clone();
+    assert_eq!(revision, 1);
+    weir.kill();
+    let state_file = setup.state_dir().join("services/shop.json");
+    assert!(state_file.is_file(), "the state is on disk");
+
+    let mut weir = setup.start().await;
+    let after = setup.shop().await;
+    assert_eq!(after["revision"], revision, "{}", summary(&after));
+    assert_eq!(after["stepIndex"], 1, "{}", summary(&after));
+    assert_eq!(after["phase"], "Progressing", "{}", summary(&after));
+    let weight = after["canaryWeight"].as_f64().expect("a weight");
+    assert!(
+        weight <= 10.0,
+        "no more canary traffic than before: {weight}"
+    );
+    let canary = setup.count_canary(50).await;
+    assert!(canary.abs_diff(5) <= 1, "{canary} of 50 at 10%");
+
+    // 2. The rollout continues to the indefinite pause; killed there.
+    let paused = setup
+        .wait_for("the indefinite pause", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused"
+        })
+        .await;
+    assert_eq!(
+        (&paused["stepIndex"], &paused["canaryWeight"]),
+        (&Value::from(3), &Value::from(30.0)),
+        "{}",
+        summary(&paused)
+    );
+    if status_cli {
+        let (code, out) = setup.cli(&["status", "shop", "--timeout", "1s"]).await;
+        assert_eq!(code.code(), Some(2), "weir status while paused:\n{out}");
+    }
+    weir.kill();
+
+    let _weir = setup.start().await;
+    let after = setup.shop().await;
+    assert_eq!(after["revision"], revision);
+    assert_eq!(after["phase"], "Paused", "{}", summary(&after));
+    assert_eq!(after["stepIndex"], 3, "{}", summary(&after));
+    assert_eq!(after["canaryWeight"], 30.0, "{}", summary(&after));
+    assert_eq!(after["pauseReason"], "Step", "{}", summary(&after));
+    let canary = setup.count_canary(100).await;
+    assert!(canary.abs_diff(30) <= 1, "{canary} of 100 at 30%");
+
+    // 3. Promote: it goes on from the same step and is promoted.
+    let (status, body) = http(setup.admin, "POST", "/api/v1/services/shop/promote")
+        .await
+        .expect("promote");
+    assert_eq!(status, 200, "{body}");
+    let done = setup
+        .wait_for("promotion", Duration::from_secs(10), |s| {
+            s["phase"] != "Paused" && s["phase"] != "Progressing"
+        })
+        .await;
+    assert_eq!(done["phase"], "Healthy", "{}", summary(&done));
+    assert_eq!(done["canaryWeight"], 100.0);
+    assert_eq!(done["revision"], revision);
+    let history = done["history"].as_array().expect("a history");
+    assert_eq!(
+        history.len(),
+        1,
+        "one revision across three runs: {history:?}"
+    );
+    assert_eq!(history[0]["outcome"], "Promoted");
+    assert_eq!(setup.count_canary(20).await, 20);
+    if status_cli {
+        let (code, out) = setup.cli(&["status", "shop", "--timeout", "1s"]).await;
+        assert_eq!(code.code(), Some(0), "weir status after promotion:\n{out}");
+        assert!(out.contains("Healthy"), "{out}");
+    } else {
+        eprintln!("weir has no `status` subcommand: its exit codes were not checked");
+    }
+}
+
+/// A state file that cannot be read: weir starts anyway, serves stable at 100% and waits for an
+/// operator, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_state_file_starts_paused_on_stable() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 50
+          - pause: {}",
+    );
+    let services = setup.state_dir().join("services");
+    std::fs::create_dir_all(&services).expect("create the state folder");
+    std::fs::write(
+        services.join("shop.json"),
+        "{ this is not rollout state\n\0\u{1}",
+    )
+    .expect("write garbage");
+
+    let _weir = setup.start().await;
+    let shop = setup.shop().await;
+    assert_eq!(shop["phase"], "Paused", "{}", summary(&shop));
+    assert_eq!(shop["canaryWeight"], 0.0, "{}", summary(&shop));
+    assert_eq!(shop["pauseReason"], "StateUnreadable", "{}", summary(&shop));
+    let message = shop["message"].as_str().expect("a message");
+    assert!(message.contains("state file unreadable"), "{message}");
+    assert!(message.contains("shop.json"), "{message}");
+    assert_eq!(setup.count_canary(50).await, 0, "stable serves everything");
+    assert!(
+        services.join("shop.json.corrupt").is_file(),
+        "the unreadable file is kept aside"
+    );
+    if has_status_command() {
+        let (code, out) = setup.cli(&["status", "shop", "--timeout", "1s"]).await;
+        assert_eq!(code.code(), Some(2), "weir status while paused:\n{out}");
+    }
+}
+
+fn validate(files: &[&Path]) -> Output {
+    Command::new(WEIR)
+        .arg("validate")
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run weir validate")
+}
+
+/// `weir validate` names each problem by its field path and exits 64; valid files exit 0.
+#[test]
+fn validate_prints_the_field_path_and_exits_64() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let header = "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nservices:\n";
+    let service = "  - name: shop\n    match: {hosts: [\"shop.example.com\"]}\n    stable: {version: v1, upstreams: [\"127.0.0.1:9001\"]}\n    canary: {version: v2, upstreams: [\"127.0.0.1:9002\"], weight: 10}\n";
+    let valid = format!("{header}{service}");
+    let cases = [
+        (
+            valid.replace("weight: 10", "weight: 101"),
+            "services[0].canary.weight: must be between 0 and 100, got 101",
+        ),
+        (
+            format!("{valid}    colour: blue\n"),
+            "services[0].colour: unknown field \"colour\"",
+        ),
+        (
+            valid.replace("127.0.0.1:9001", "localhost:99999"),
+            "services[0].stable.upstreams[0]: invalid upstream address \"localhost:99999\"",
+        ),
+        (
+            format!("{valid}    upstream: {{connectTimeout: 10 parsecs}}\n"),
+            "services[0].upstream.connectTimeout: invalid duration \"10 parsecs\"",
+        ),
+        (
+            format!(
+                "{valid}{}",
+                service.replace("shop.example.com", "api.example.com")
+            ),
+            "services[1].name: duplicate service name \"shop\"",
+        ),
+        (
+            format!("{header}  - name: shop\n"),
+            "services[0].stable: missing required field",
+        ),
+        (
+            format!("{valid}{}", service.replace("name: shop", "name: other")),
+            "services[1].match: host \"shop.example.com\" with pathPrefix \"/\" is already routed by service \"shop\"",
+        ),
+        (format!("{header}services: [\n"), "invalid YAML"),
+    ];
+    for (i, (text, problem)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&path, text).expect("write");
+        let output = validate(&[&path]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{problem}: {stderr}");
+        assert!(
+            stderr.lines().any(|line| line.starts_with(problem)),
+            "expected a line starting with {problem:?} in:\n{stderr}"
+        );
+    }
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, &valid).expect("write");
+    let output = validate(&[&good]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("good.yaml: ok"));
+
+    // One bad file among good ones fails the whole run.
+    let bad = dir.path().join("bad-0.yaml");
+    assert_eq!(validate(&[&good, &bad]).status.code(), Some(64));
+
+    // The shipped examples are valid.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("deploy/examples")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let output = validate(&refs);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
