@@ -372,6 +372,14 @@ impl Driver {
         }
         self.flush_events();
         self.refresh_status();
+        self.announce_generation();
+    }
+
+    /// Tells watchers a new table is out, once everything it implies (counters, status) is
+    /// visible: whoever waits for a generation then reads a consistent view.
+    fn announce_generation(&self) {
+        self.generation
+            .send_replace(self.publisher.current().generation());
     }
 
     fn persist(&self, service: &str) {
@@ -434,9 +442,7 @@ impl Driver {
     ) -> Result<u64, weir_proxy::routes::BuildError> {
         let current = self.publisher.current();
         let table = RouteTable::build(model, weights, tls, &self.stats, &current)?;
-        let generation = self.publisher.publish(table);
-        self.generation.send_replace(generation);
-        Ok(generation)
+        Ok(self.publisher.publish(table))
     }
 
     /// Applies a reloaded config: reconciles rollouts with it, then builds and publishes its table,
@@ -497,6 +503,7 @@ impl Driver {
                 );
                 self.flush_events();
                 self.refresh_status();
+                self.announce_generation();
             }
             Err(error) => {
                 self.reloads

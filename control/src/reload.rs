@@ -144,6 +144,9 @@ fn watch_dirs(path: &Path, loaded: Option<&Loaded>) -> BTreeSet<PathBuf> {
     dirs
 }
 
+/// How long a file that failed to load is given to finish being written before it counts.
+const SETTLE: Duration = Duration::from_millis(150);
+
 /// Why a reload was attempted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -164,6 +167,7 @@ pub async fn run(
     poll_interval: Duration,
 ) {
     let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
+    let events_tx_retry = events_tx.clone();
     let mut debouncer = match new_debouncer(Duration::from_millis(100), None, move |result| {
         if let Ok(events) = result {
             let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
@@ -222,6 +226,15 @@ pub async fn run(
                 }
             }
             Err(error) => {
+                // An editor writing in place may still be writing: if the files change within a
+                // moment, judge the newer content instead of counting a half-written file.
+                if trigger == Trigger::FileEvent {
+                    tokio::time::sleep(SETTLE).await;
+                    if fingerprint_files(&path, last_attempt.as_deref()) != current {
+                        let _ = events_tx_retry.send(());
+                        continue;
+                    }
+                }
                 last_attempt = Some(current);
                 counter.get_or_create(&vec![("result", "failure")]).inc();
                 let problems = error.problems();
