@@ -5,9 +5,9 @@
 //! temporary folder, starts weir in-process and sends 200 requests a second through it.
 //!
 //! - Act 1 rolls out a healthy v2 over v1: weight 20 → pause → analysis → 50 → pause → 100, with a
-//!   latency analysis in the background; v2 is promoted.
+//!   latency and error-rate analysis in the background; v2 is promoted.
 //! - Act 2 rewrites the config (stable v2, canary v3) while v3 fails every other request: the
-//!   success-rate analysis fails and weir rolls back on its own.
+//!   background error-rate analysis fails within about a second and weir rolls back on its own.
 //!
 //! It prints every rollout event and, every second, the canary weight, the step, the traffic split
 //! the generator saw in the last second and the latest analysis values; then a summary. It exits 0
@@ -257,7 +257,7 @@ impl Show {
                 .collect();
             println!("  steps     {}", steps.join(" → "));
         }
-        println!("            + background analysis from step 2: latency p99 ≤ 500ms, every 1s");
+        println!("            + background analysis from step 2: latency p99 ≤ 500ms and error rate < 5%, every 1s");
     }
 
     async fn acts(
@@ -764,6 +764,16 @@ analysisTemplates:
         provider:
           builtin:
             metric: latency-p99
+            window: 5s
+            minRequests: 10
+      - name: error-rate
+        interval: 1s
+        initialDelay: 1s
+        inconclusiveLimit: 3
+        successCondition: result < 0.05
+        provider:
+          builtin:
+            metric: error-rate
             window: 5s
             minRequests: 10
 "#
