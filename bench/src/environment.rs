@@ -88,21 +88,12 @@ pub struct Environment {
 
 impl Environment {
     pub fn collect(tools: &Tools, clock_ticks: u64) -> Environment {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "unknown".to_string());
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, model)| model.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".to_string());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|r| format!("Linux {}", r.trim()))
-            .unwrap_or_else(|_| "unknown".to_string());
+        let Machine {
+            date,
+            cpus,
+            cpu_model,
+            kernel,
+        } = Machine::collect();
         // `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
         let nginx = first_line(&tools.nginx, &["-v"])
             .map(|l| l.trim_start_matches("nginx version: ").to_string());
@@ -119,25 +110,13 @@ impl Environment {
             Some((version, _)) => version.to_string(),
             None => l,
         });
-        let weir = tools.weir.as_ref().map(|weir| {
-            let rev = success_line(
-                "git",
-                &[
-                    "-C",
-                    workspace_dir(),
-                    "describe",
-                    "--always",
-                    "--dirty",
-                    "--abbrev=12",
-                ],
-            )
-            .unwrap_or_else(|| "unknown git revision".to_string());
-            format!("{rev} ({})", weir.display())
-        });
-        let date = success_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
+        let weir = tools
+            .weir
+            .as_ref()
+            .map(|weir| format!("{} ({})", git_revision(), weir.display()));
         let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".to_string());
         Environment {
-            date: or_unknown(date),
+            date,
             cpus,
             cpu_model,
             kernel,
@@ -176,6 +155,60 @@ impl Environment {
             "clock_ticks": self.clock_ticks,
         })
     }
+}
+
+/// The machine a run used and when: the part of [`Environment`] that needs no external tools.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub date: String,
+    pub cpus: String,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn collect() -> Machine {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "unknown".to_string());
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, model)| model.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| format!("Linux {}", r.trim()))
+            .unwrap_or_else(|_| "unknown".to_string());
+        let date = success_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .unwrap_or_else(|| "unknown".to_string());
+        Machine {
+            date,
+            cpus,
+            cpu_model,
+            kernel,
+        }
+    }
+}
+
+/// weir's git revision (`git describe --always --dirty` of the workspace this harness was built
+/// from; `-dirty` with uncommitted changes).
+pub fn git_revision() -> String {
+    success_line(
+        "git",
+        &[
+            "-C",
+            workspace_dir(),
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=12",
+        ],
+    )
+    .unwrap_or_else(|| "unknown git revision".to_string())
 }
 
 /// The workspace root this harness was built from (for the weir git revision).

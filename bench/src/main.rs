@@ -6,6 +6,10 @@
 //! the proxy's CPU time per request from `/proc/PID/stat`, and the canary share from the upstreams'
 //! `stub_status` counters. The report gives every round, the medians, and weir's ratios to the others.
 //! Normally started through `bench/run`, which installs the tools and builds weir first.
+//!
+//! `weir-bench rollback` is the rollout benchmark instead (see `rollout.rs`): weir in-process, how
+//! fast its builtin analysis rolls back a canary that starts failing, and whether it leaves healthy
+//! canaries alone. `weir-bench proxy` is the same as no subcommand.
 
 mod configs;
 mod environment;
@@ -13,6 +17,8 @@ mod http;
 mod measure;
 mod procstat;
 mod report;
+mod rollout;
+mod rollout_report;
 mod strace;
 mod supervisor;
 mod wrk;
@@ -22,7 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::environment::{Environment, Tools};
 use crate::measure::{Bench, Proxy};
@@ -30,9 +36,29 @@ use crate::report::{Report, Settings};
 use crate::supervisor::{ShutdownGuard, Supervisor};
 use crate::wrk::Load;
 
-/// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
+/// weir's benchmarks. Without a subcommand: weir against nginx and HAProxy (same split, one worker
+/// each, the same CPU pinning), as `weir-bench proxy`.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    proxy: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// weir against nginx and HAProxy (the default): CPU per request, requests/s, latency.
+    Proxy(Args),
+    /// Rollouts: time from a failing canary's first 5xx to canary weight 0, and false rollbacks
+    /// of healthy canaries (weir in-process, no external tools).
+    Rollback(rollout::RollbackArgs),
+}
+
+/// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Length of each measured run: whole seconds, as `10s`, `1m` or `10`.
     #[arg(long, default_value = "10s", value_parser = parse_positive_secs)]
@@ -97,8 +123,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.proxy),
+        Some(Command::Proxy(args)) => run(args),
+        Some(Command::Rollback(args)) => rollout::run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weir-bench: error: {e:#}");
@@ -263,11 +294,52 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;
-        Args::command().debug_assert();
-        let args =
-            Args::try_parse_from(["weir-bench", "--only", "haproxy,nginx", "--duration", "3s"])
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["weir-bench", "--only", "haproxy,nginx", "--duration", "3s"])
                 .unwrap();
-        assert_eq!(args.only, vec![Proxy::Haproxy, Proxy::Nginx]);
-        assert_eq!(args.duration, 3);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.proxy.only, vec![Proxy::Haproxy, Proxy::Nginx]);
+        assert_eq!(cli.proxy.duration, 3);
+
+        let cli = Cli::try_parse_from(["weir-bench", "proxy", "--rounds", "2"]).unwrap();
+        match cli.command {
+            Some(Command::Proxy(args)) => assert_eq!(args.rounds, 2),
+            other => panic!("{other:?}"),
+        }
+
+        let cli = Cli::try_parse_from(["weir-bench", "rollback"]).unwrap();
+        match cli.command {
+            Some(Command::Rollback(args)) => {
+                assert_eq!((args.rate, args.repeats, args.rollouts), (1000, 10, 50));
+                assert!(args.json.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "weir-bench",
+            "rollback",
+            "--rate",
+            "500",
+            "--repeats",
+            "3",
+            "--rollouts",
+            "0",
+            "--json",
+            "r.json",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Rollback(args)) => {
+                assert_eq!((args.rate, args.repeats, args.rollouts), (500, 3, 0));
+                assert_eq!(args.json, Some(PathBuf::from("r.json")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["weir-bench", "--rounds", "2", "rollback"]).is_err(),
+            "proxy options do not mix with a subcommand"
+        );
+        assert!(Cli::try_parse_from(["weir-bench", "rollback", "--rate", "0"]).is_err());
     }
 }

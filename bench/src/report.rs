@@ -428,7 +428,7 @@ impl Report<'_> {
 }
 
 /// The median; the mean of the middle two for an even count. `None` when empty.
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -466,7 +466,7 @@ fn latency(us: f64) -> String {
 }
 
 /// Aligned columns with a two-space indent; `align` has one letter per column, `l` (left) or `r` (right).
-fn table(headers: &[&str], align: &str, rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], align: &str, rows: &[Vec<String>]) -> String {
     let all: Vec<Vec<&str>> = (!headers.is_empty())
         .then(|| headers.to_vec())
         .into_iter()

@@ -576,8 +576,11 @@ impl Rollout {
             return;
         }
         if let Some(background) = &strategy.canary.background {
+            // Not before the canary has traffic: a measurement of a version nobody reached yet
+            // can only be inconclusive.
             if self.background_run.is_none()
                 && self.step_index >= background.starting_step
+                && self.weight_bp > 0
                 && strategy.canary.progression.is_none()
             {
                 let id = self.take_run_id();

@@ -352,20 +352,30 @@ impl Window {
             return (Snapshot::default(), Duration::ZERO);
         };
         let start = now.checked_sub(window).unwrap_or(now);
+        let key = (Arc::<str>::from(service), Arc::<str>::from(version));
         // The oldest sample not older than the window start; fall back to the oldest we have.
-        let base = self
+        let Some(first) = self
             .samples
             .iter()
-            .find(|(at, _)| *at >= start)
-            .or_else(|| self.samples.front());
-        match base {
-            Some((at, sample)) => {
-                let key = (Arc::<str>::from(service), Arc::<str>::from(version));
-                let earlier = sample.get(&key).cloned().unwrap_or_default();
-                (current.since(&earlier), now.saturating_duration_since(*at))
-            }
-            None => (Snapshot::default(), Duration::ZERO),
+            .position(|(at, _)| *at >= start)
+            .or_else(|| (!self.samples.is_empty()).then_some(0))
+        else {
+            return (Snapshot::default(), Duration::ZERO);
+        };
+        let (at, sample) = &self.samples[first];
+        if let Some(earlier) = sample.get(&key) {
+            return (current.since(earlier), now.saturating_duration_since(*at));
         }
+        // The version is younger than the window: every request it has served is in it, and the
+        // window covers only its life (from the first sample that knew it, or the latest sample).
+        let born = self
+            .samples
+            .iter()
+            .skip(first)
+            .find(|(_, sample)| sample.contains_key(&key))
+            .or(self.samples.back())
+            .map_or(now, |(at, _)| *at);
+        (current, now.saturating_duration_since(born))
     }
 }
 

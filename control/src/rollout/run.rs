@@ -217,7 +217,14 @@ impl AnalysisRun {
                 metric.consecutive_errors += 1;
             }
         }
-        metric.next_at_ms = measurement.at_ms + millis(spec.interval);
+        // Keep to the schedule (a measurement taken a tick late does not push the next one back),
+        // unless the schedule is already behind (a restart, a long pause).
+        let interval = millis(spec.interval);
+        metric.next_at_ms = if metric.next_at_ms + interval > measurement.at_ms {
+            metric.next_at_ms + interval
+        } else {
+            measurement.at_ms + interval
+        };
         metric.measurements.push(measurement);
         if metric.measurements.len() > KEPT_MEASUREMENTS {
             metric.measurements.remove(0);

@@ -1,1 +1,107 @@
+//! Counters, snapshots, quantiles and windows.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn records_statuses_errors_and_latency_buckets() {
+    let stats = Stats::new();
+    let v1 = stats.handle("checkout", "v1");
+    v1.record(200, ms(1));
+    v1.record(200, ms(4));
+    v1.record(503, ms(40));
+    v1.record(502, ms(20_000));
+    let snapshot = v1.snapshot();
+    assert_eq!(snapshot.requests, 4);
+    assert_eq!(snapshot.errors_5xx, 2);
+    assert_eq!(snapshot.buckets[0], 1, "1 ms lands in le=0.001");
+    assert_eq!(snapshot.buckets[N_BUCKETS - 1], 1, "20 s lands in +Inf");
+    assert_eq!(v1.status_counts(), vec![(200, 2), (502, 1), (503, 1)]);
+    assert_eq!(snapshot.success_rate(), Some(0.5));
+    assert!(
+        Arc::ptr_eq(&v1, &stats.handle("checkout", "v1")),
+        "one handle per version"
+    );
+}
+
+#[test]
+fn quantiles_interpolate_within_the_bucket_like_prometheus() {
+    let stats = Stats::new();
+    let v1 = stats.handle("s", "v1");
+    for _ in 0..99 {
+        v1.record(200, ms(8)); // (0.0075, 0.01]
+    }
+    v1.record(200, ms(400)); // (0.3, 0.5]
+    let snapshot = v1.snapshot();
+    let p50 = snapshot.latency_quantile(0.5).unwrap();
+    assert!((0.0075..=0.01).contains(&p50), "{p50}");
+    let p99 = snapshot.latency_quantile(0.99).unwrap();
+    assert!((0.0075..=0.01).contains(&p99), "{p99}");
+    let max = snapshot.latency_quantile(1.0).unwrap();
+    assert!((0.3..=0.5).contains(&max), "{max}");
+    assert_eq!(Snapshot::default().latency_quantile(0.99), None);
+}
+
+#[test]
+fn window_answers_for_the_last_seconds_only() {
+    let stats = Stats::new();
+    let v2 = stats.handle("s", "v2");
+    let mut window = Window::new(stats.clone(), Duration::from_secs(60));
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        v2.record(500, ms(1));
+    }
+    window.sample(t0);
+    for second in 1..=10 {
+        for _ in 0..10 {
+            v2.record(200, ms(1));
+        }
+        window.sample(t0 + Duration::from_secs(second));
+    }
+    let now = t0 + Duration::from_secs(10);
+    let (last5, covered) = window.over("s", "v2", Duration::from_secs(5), now);
+    assert_eq!(covered, Duration::from_secs(5));
+    assert_eq!(last5.requests, 50);
+    assert_eq!(last5.errors_5xx, 0, "the old errors are outside the window");
+    let (all, _) = window.over("s", "v2", Duration::from_secs(30), now);
+    assert_eq!(
+        all.requests, 100,
+        "the oldest sample bounds a longer window"
+    );
+}
+
+#[test]
+fn a_version_younger_than_the_window_counts_from_its_birth() {
+    let stats = Stats::new();
+    let mut window = Window::new(stats.clone(), Duration::from_secs(60));
+    let t0 = Instant::now();
+    for second in 0..10 {
+        window.sample(t0 + Duration::from_secs(second));
+    }
+    let v3 = stats.handle("s", "v3");
+    v3.record(200, ms(1));
+    window.sample(t0 + Duration::from_secs(10));
+    v3.record(500, ms(1));
+    let now = t0 + Duration::from_secs(12);
+    let (seen, covered) = window.over("s", "v3", Duration::from_secs(30), now);
+    assert_eq!(seen.requests, 2, "every request it served");
+    assert_eq!(
+        covered,
+        Duration::from_secs(2),
+        "only its own life, not the whole window"
+    );
+    assert_eq!(
+        window
+            .over("s", "nope", Duration::from_secs(30), now)
+            .0
+            .requests,
+        0
+    );
+}
