@@ -245,11 +245,7 @@ fn run(args: Args) -> Result<()> {
     };
     print!("{}", report.render());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.to_json())
-            .context("cannot serialise the results")?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("\nJSON written to {}", path.display());
+        write_json(path, &report.to_json())?;
     }
     Ok(())
 }
@@ -274,6 +270,15 @@ fn parse_positive_secs(text: &str) -> Result<u64, String> {
         0 => Err("must be at least 1s".to_string()),
         n => Ok(n),
     }
+}
+
+/// Writes the results as pretty JSON to `path`.
+pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot serialise the results")?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("\nJSON written to {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -156,11 +156,7 @@ pub fn run(args: &RollbackArgs) -> Result<()> {
     };
     print!("{}", report.render());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report.to_json())
-            .context("cannot serialise the results")?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("\nJSON written to {}", path.display());
+        crate::write_json(path, &report.to_json())?;
     }
     Ok(())
 }

@@ -123,14 +123,8 @@ async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body
             let full = query
                 .split('&')
                 .any(|kv| kv == "full=true" || kv == "full=1" || kv == "full");
-            let command = match *verb {
-                "promote" => Command::Promote { full },
-                "abort" => Command::Abort,
-                "retry" => Command::Retry,
-                "pause" => Command::Pause,
-                "resume" => Command::Resume,
-                "undo" => Command::Undo,
-                _ => return error(StatusCode::NOT_FOUND, &format!("unknown action {verb:?}")),
+            let Some(command) = Command::from_verb(verb, full) else {
+                return error(StatusCode::NOT_FOUND, &format!("unknown action {verb:?}"));
             };
             match state.driver.command(name, command).await {
                 Ok(()) => match state.driver.status().service(name) {

@@ -136,6 +136,35 @@ pub enum Command {
     Undo,
 }
 
+// === impl Command ===
+
+impl Command {
+    /// The admin API's (and the CLI's) verb.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Command::Promote { .. } => "promote",
+            Command::Abort => "abort",
+            Command::Retry => "retry",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Undo => "undo",
+        }
+    }
+
+    /// The command a verb names; `full` applies to `promote`.
+    pub fn from_verb(verb: &str, full: bool) -> Option<Command> {
+        Some(match verb {
+            "promote" => Command::Promote { full },
+            "abort" => Command::Abort,
+            "retry" => Command::Retry,
+            "pause" => Command::Pause,
+            "resume" => Command::Resume,
+            "undo" => Command::Undo,
+            _ => return None,
+        })
+    }
+}
+
 /// A measurement the shell must take from an external provider, then [`Rollout::record`].
 #[derive(Clone, Debug)]
 pub struct Due {

@@ -19,41 +19,8 @@ const SHOWN_EVENTS: usize = 10;
 /// The narrowest a truncated last column gets.
 const MIN_LAST_COLUMN: usize = 20;
 
-/// An operator command, as `weir <verb> SERVICE` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `promote` (`--full`: skip every remaining step).
-    Promote {
-        /// Skip to the end.
-        full: bool,
-    },
-    /// `abort`.
-    Abort,
-    /// `retry`.
-    Retry,
-    /// `pause`.
-    Pause,
-    /// `resume`.
-    Resume,
-    /// `undo`.
-    Undo,
-}
-
-// === impl Action ===
-
-impl Action {
-    /// The admin API's verb.
-    pub fn verb(self) -> &'static str {
-        match self {
-            Action::Promote { .. } => "promote",
-            Action::Abort => "abort",
-            Action::Retry => "retry",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Undo => "undo",
-        }
-    }
-}
+/// An operator command, as `weir <verb> SERVICE` names it (the control plane's own type).
+pub use weir_control::rollout::Command as Action;
 
 /// `20%`, `12.5%`, `33.33%`.
 pub fn percent(weight: f64) -> String {
