@@ -601,7 +601,13 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        if self.phase != Phase::Progressing {
+        // Background analysis keeps watching through `pause: {}` and operator pauses.
+        let watching = match self.phase {
+            Phase::Progressing => true,
+            Phase::Paused => matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator)),
+            _ => false,
+        };
+        if !watching {
             return;
         }
         if let Some(background) = &strategy.canary.background {
@@ -630,6 +636,9 @@ impl Rollout {
                     ),
                 );
             }
+        }
+        if self.phase != Phase::Progressing {
+            return;
         }
         if let Some(Step::Analysis(analysis)) = strategy.canary.steps.get(self.step_index) {
             if self.inline_run.is_none() {

@@ -534,3 +534,20 @@ fn unreadable_state_serves_stable_and_waits() {
     assert_eq!(rollout.phase, Phase::Paused);
     assert!(rollout.message.contains("state file unreadable"));
 }
+
+#[test]
+fn background_analysis_starting_at_a_pause_still_watches() {
+    let text = STEPS
+        .replace(
+            "          - setWeight: 10\n          - pause: { duration: 10s }\n",
+            "          - setWeight: 10\n          - pause: {}\n",
+        )
+        .replace("startingStep: 1", "startingStep: 0");
+    let mut sim = Sim::new(model(&text));
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.rollout.phase, Phase::Paused);
+    assert!(sim.rollout.background_run.is_some(), "{:?}", sim.log);
+    sim.world.p99 = Some(2.0);
+    sim.run_for(Duration::from_secs(16));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+}
