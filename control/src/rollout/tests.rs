@@ -551,3 +551,30 @@ fn background_analysis_starting_at_a_pause_still_watches() {
     sim.run_for(Duration::from_secs(16));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
 }
+
+#[test]
+fn flagger_checks_can_name_an_analysis_template() {
+    let text = FLAGGER.replace(
+        "            - name: request-duration\n              thresholdRange: { max: 500 }\n",
+        "            - name: custom\n              templateRef: { name: errors }\n",
+    ) + r#"
+analysisTemplates:
+  - name: errors
+    metrics:
+      - name: success
+        successCondition: result >= 0.99
+        provider: { builtin: { metric: success-rate, window: 30s } }
+"#;
+    let mut sim = Sim::new(model(&text));
+    sim.run_for(Duration::from_secs(31));
+    assert_eq!(
+        sim.weight(),
+        20.0,
+        "the template check passed: {:?}",
+        sim.log
+    );
+    sim.world.success_rate = Some(0.9);
+    sim.run_for(Duration::from_secs(61));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert!(sim.logged("custom"), "{:?}", sim.log);
+}
