@@ -311,18 +311,26 @@ mod tests {
         // 100/s for 1.05s: 105 ticks, fewer if the machine is busy (missed ticks are skipped),
         // never a burst above that.
         assert!(
-            (80..=106).contains(&total.sent),
+            (50..=106).contains(&total.sent),
             "sent {} in ~1s at 100/s",
             total.sent
         );
         let v7 = total.versions.get("v7").copied().unwrap_or_default();
         assert_eq!(total.failures, 0);
-        assert_eq!(v7.responses, backend.stats().requests);
-        assert_eq!(v7.server_errors, backend.stats().errors);
-        assert_eq!(
+        // Stopping may cut up to one in-flight request per connection that the backend already
+        // answered: the client's counts trail the backend's by at most the concurrency.
+        let served = backend.stats();
+        assert!(
+            (served.requests - v7.responses) <= 4 && v7.responses <= served.requests,
+            "client saw {}, backend answered {}",
+            v7.responses,
+            served.requests
+        );
+        assert!(
+            v7.server_errors.abs_diff(v7.responses / 4) <= 4,
+            "about every fourth answer is a 500: {} of {}",
             v7.server_errors,
-            v7.responses / 4,
-            "every fourth answer is a 500"
+            v7.responses
         );
         assert!(v7.first_error_at.is_some());
         assert_eq!(

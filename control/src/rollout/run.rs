@@ -146,7 +146,7 @@ impl AnalysisRun {
                     inconclusive: 0,
                     errors: 0,
                     consecutive_errors: 0,
-                    next_at_ms: now_ms + millis(metric.initial_delay),
+                    next_at_ms: now_ms + first_delay(&kind, metric),
                     phase: RunPhase::Running,
                     dry_run: metric.dry_run,
                     in_flight: false,
@@ -302,6 +302,16 @@ impl AnalysisRun {
     }
 }
 
+/// When a metric is first measured. Background analysis starts the moment the canary gets traffic,
+/// so without an `initialDelay` its first measurement waits one interval: measured at once, its
+/// window would hold no canary request and the rollout would pause as inconclusive for nothing.
+fn first_delay(kind: &RunKind, metric: &Metric) -> u64 {
+    match kind {
+        RunKind::Background if metric.initial_delay.is_zero() => millis(metric.interval),
+        _ => millis(metric.initial_delay),
+    }
+}
+
 /// A duration in whole milliseconds.
 pub fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -365,20 +375,34 @@ mod tests {
     }
 
     #[test]
+    fn background_runs_first_measure_one_interval_in() {
+        let spec = metric(0, None);
+        let mut run = run_of(&spec, RunKind::Background);
+        assert!(run.take_due(4_999).is_empty());
+        assert_eq!(run.take_due(5_000), vec![0]);
+        let mut inline = run_of(&spec, RunKind::Inline { step: 0 });
+        assert_eq!(
+            inline.take_due(0),
+            vec![0],
+            "inline analysis measures at once"
+        );
+    }
+
+    #[test]
     fn failures_beyond_the_limit_fail_the_run() {
         let spec = metric(1, Some(3));
         let mut run = run_of(&spec, RunKind::Background);
-        measure(&mut run, &spec, 0, Verdict::Failed);
+        measure(&mut run, &spec, 5000, Verdict::Failed);
         assert_eq!(
             run.phase,
             RunPhase::Running,
             "one failure is within failureLimit 1"
         );
         assert!(
-            run.take_due(4_999).is_empty(),
+            run.take_due(9_999).is_empty(),
             "next measurement waits for the interval"
         );
-        measure(&mut run, &spec, 5_000, Verdict::Failed);
+        measure(&mut run, &spec, 10000, Verdict::Failed);
         assert_eq!(run.phase, RunPhase::Failed);
     }
 
@@ -386,18 +410,18 @@ mod tests {
     fn errors_count_toward_the_error_limit_only() {
         let spec = metric(0, Some(2));
         let mut run = run_of(&spec, RunKind::Background);
-        measure(&mut run, &spec, 0, Verdict::Error);
-        measure(&mut run, &spec, 5_000, Verdict::Error);
+        measure(&mut run, &spec, 5000, Verdict::Error);
+        measure(&mut run, &spec, 10000, Verdict::Error);
         assert_eq!(
             run.phase,
             RunPhase::Running,
             "two errors are within consecutiveErrorLimit 2"
         );
-        measure(&mut run, &spec, 10_000, Verdict::Successful);
-        measure(&mut run, &spec, 15_000, Verdict::Error);
-        measure(&mut run, &spec, 20_000, Verdict::Error);
+        measure(&mut run, &spec, 15000, Verdict::Successful);
+        measure(&mut run, &spec, 20000, Verdict::Error);
+        measure(&mut run, &spec, 25000, Verdict::Error);
         assert_eq!(run.phase, RunPhase::Running);
-        measure(&mut run, &spec, 25_000, Verdict::Error);
+        measure(&mut run, &spec, 30000, Verdict::Error);
         assert_eq!(run.phase, RunPhase::Error);
     }
 
@@ -405,12 +429,12 @@ mod tests {
     fn count_successes_complete_the_run_and_inconclusive_stops_it() {
         let spec = metric(0, Some(2));
         let mut run = run_of(&spec, RunKind::Background);
-        measure(&mut run, &spec, 0, Verdict::Successful);
-        measure(&mut run, &spec, 5_000, Verdict::Successful);
+        measure(&mut run, &spec, 5000, Verdict::Successful);
+        measure(&mut run, &spec, 10000, Verdict::Successful);
         assert_eq!(run.phase, RunPhase::Successful);
 
         let mut run = run_of(&spec, RunKind::Background);
-        measure(&mut run, &spec, 0, Verdict::Inconclusive);
+        measure(&mut run, &spec, 5000, Verdict::Inconclusive);
         assert_eq!(run.phase, RunPhase::Inconclusive);
     }
 
