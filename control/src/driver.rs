@@ -429,7 +429,7 @@ impl Driver {
         if same {
             return;
         }
-        if let Err(error) = self.publish(&self.model.clone(), &self.tls.clone(), &weights) {
+        if let Err(error) = self.publish(&self.model, &self.tls, &weights) {
             tracing::error!(%error, "cannot publish a route table");
         }
     }

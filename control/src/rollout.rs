@@ -1334,11 +1334,6 @@ impl Rollout {
     pub fn active(&self) -> bool {
         self.in_rollout()
     }
-
-    /// The step currently executing, for display.
-    pub fn current_step<'a>(&self, service: &'a Service) -> Option<&'a Step> {
-        service.strategy.as_ref()?.canary.steps.get(self.step_index)
-    }
 }
 
 fn promoted_message(canary: &str, config_stable: &str) -> String {

@@ -7,15 +7,6 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::ProxyBody;
 use crate::stats::UpstreamErrorKind;
 
-/// Which side of the proxy a failure came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorSource {
-    /// The client sent something we cannot route.
-    Downstream,
-    /// The upstream failed.
-    Upstream,
-}
-
 /// A request that weir answered itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -51,14 +42,6 @@ impl ProxyError {
                 | UpstreamErrorKind::Protocol
                 | UpstreamErrorKind::Body => StatusCode::BAD_GATEWAY,
             },
-        }
-    }
-
-    /// Which side failed.
-    pub fn source_side(&self) -> ErrorSource {
-        match self {
-            ProxyError::NoRoute | ProxyError::BadHost => ErrorSource::Downstream,
-            ProxyError::Upstream { .. } => ErrorSource::Upstream,
         }
     }
 

@@ -84,34 +84,20 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = worker.table();
-    let method = request.method().clone();
     let response = match route(&table, &request) {
         Err(error) => {
             if worker.access_log {
-                access_log(&request, error.status(), "-", "-", start);
+                AccessLine::of(&request).log(error.status(), "-", "-", start);
             }
             error.to_response()
         }
         Ok(service) => {
             let arm = service.pick();
-            let log_line = worker.access_log.then(|| {
-                (
-                    request.uri().clone(),
-                    request.headers().get(header::HOST).cloned(),
-                )
-            });
+            // Only taken when the access log is on: the request moves upstream.
+            let line = worker.access_log.then(|| AccessLine::of(&request));
             let response = forward(&worker, &conn, service, arm, request, start).await;
-            if let Some((uri, host)) = log_line {
-                tracing::info!(
-                    target: "weir::access",
-                    method = %method,
-                    host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-                    uri = %uri,
-                    status = response.status().as_u16(),
-                    service = service.name(),
-                    version = arm.version(),
-                    duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-                );
+            if let Some(line) = line {
+                line.log(response.status(), service.name(), arm.version(), start);
             }
             response
         }
@@ -409,23 +395,34 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == PROXY_CONNECTION
 }
 
-fn access_log(
-    request: &Request<Incoming>,
-    status: StatusCode,
-    service: &str,
-    version: &str,
-    start: Instant,
-) {
-    tracing::info!(
-        target: "weir::access",
-        method = %request.method(),
-        host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("-"),
-        uri = %request.uri(),
-        status = status.as_u16(),
-        service,
-        version,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-    );
+/// What the access log says about a request, kept before the request moves upstream.
+struct AccessLine {
+    method: http::Method,
+    host: Option<HeaderValue>,
+    uri: Uri,
+}
+
+impl AccessLine {
+    fn of(request: &Request<Incoming>) -> AccessLine {
+        AccessLine {
+            method: request.method().clone(),
+            host: request.headers().get(header::HOST).cloned(),
+            uri: request.uri().clone(),
+        }
+    }
+
+    fn log(&self, status: StatusCode, service: &str, version: &str, start: Instant) {
+        tracing::info!(
+            target: "weir::access",
+            method = %self.method,
+            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            uri = %self.uri,
+            status = status.as_u16(),
+            service,
+            version,
+            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
 }
 
 #[cfg(test)]
