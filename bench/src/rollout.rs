@@ -4,7 +4,7 @@
 //! Everything runs in this process: weir itself (`weir_control::app::start` on a config file in a
 //! temp dir, its control loop on a current-thread runtime of its own thread as under `weir run`,
 //! one data-plane worker thread), and, on a second runtime, the demo backends
-//! (`weir_control::backend`) and the paced traffic generator (`weir_control::traffic`).
+//! (`weir_control::demo::backend`) and the paced traffic generator (`weir_control::demo::traffic`).
 //!
 //! 1. **Detection.** Stable `v1` and a canary at 10% (`setWeight: 10`, then `pause: {}`), with
 //!    background analysis from the first step ([`analysis_template`]). Once the canary has served
@@ -27,14 +27,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use weir_control::analysis::Verdict;
+use weir_control::api::v1::{ServiceStatus, Status};
 use weir_control::app::{self, RunOptions, Running};
-use weir_control::backend::Backend;
-use weir_control::driver::Handle;
-use weir_control::rollout::run::{AnalysisRun, MetricRun, RunKind};
-use weir_control::rollout::Phase;
-use weir_control::status::{ServiceStatus, Status};
-use weir_control::traffic::{Traffic, TrafficSnapshot};
+use weir_control::demo::backend::Backend;
+use weir_control::demo::traffic::{Traffic, TrafficSnapshot};
+use weir_control::engine::analysis::Verdict;
+use weir_control::engine::driver::Handle;
+use weir_control::engine::rollout::run::{AnalysisRun, MetricRun, RunKind};
+use weir_control::engine::rollout::Phase;
 
 use crate::environment::{git_revision, Machine};
 use crate::rollout_report::{Detection, HealthyRollout, Outcome, Report, Scenario, Settings};
@@ -783,7 +783,7 @@ fn running_background_metric(status: &ServiceStatus) -> Option<&MetricRun> {
     runs.iter()
         .find(|r| {
             r.kind == RunKind::Background
-                && r.phase == weir_control::rollout::run::RunPhase::Running
+                && r.phase == weir_control::engine::rollout::run::RunPhase::Running
         })
         .and_then(|r| r.metrics.first())
 }

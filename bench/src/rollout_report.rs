@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weir_control::rollout::Phase;
-use weir_control::traffic::TrafficSnapshot;
+use weir_control::demo::traffic::TrafficSnapshot;
+use weir_control::engine::rollout::Phase;
 
 use crate::environment::Machine;
 use crate::report::{median, table};

@@ -75,6 +75,86 @@ pub struct Service {
     pub upstream: UpstreamOptions,
     /// The rollout strategy; when present the control loop owns the canary weight.
     pub strategy: Option<Strategy>,
+    /// Sticky versions (`sessionAffinity`): a client keeps the version it was given.
+    pub session_affinity: Option<SessionAffinity>,
+}
+
+/// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the
+/// canary iff its bucket is below the canary weight in basis points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionAffinity {
+    /// Where the bucket comes from.
+    pub key: AffinityKey,
+    /// Lifetime of the cookie (`maxAge`, default 24h); ignored for the header form.
+    pub max_age: Duration,
+}
+
+/// Where a client's affinity bucket comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AffinityKey {
+    /// `cookieName`: a random bucket set in this cookie on first sight.
+    Cookie(String),
+    /// `header`: a hash of this (lower-cased) header's value.
+    Header(String),
+}
+
+/// How a request attribute is compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StringMatch {
+    /// Equal, byte for byte.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the whole value (anchored); compiles with the `regex` crate (checked by validation).
+    Regex(String),
+}
+
+/// One condition on a request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestMatch {
+    /// A header (lower-cased name); any of its values may match.
+    Header {
+        /// Header name, lower-cased.
+        name: String,
+        /// The value condition.
+        value: StringMatch,
+    },
+    /// A cookie from the `Cookie` header(s), by exact name.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// The value condition.
+        value: StringMatch,
+    },
+    /// The request method.
+    Method(StringMatch),
+    /// The request path (without the query).
+    Path(StringMatch),
+}
+
+/// A set of request conditions in disjunctive normal form: a request matches when every condition
+/// of at least one entry holds. Argo's `match` lists are one entry (AND); Flagger's `match` lists
+/// are one entry each (OR).
+pub type AnyOf = Vec<Vec<RequestMatch>>;
+
+/// `setHeaderRoute` (Argo): requests matching `any_of` go to the canary whatever the weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRoute {
+    /// The route's name; a later step with the same name and no match removes it.
+    pub name: String,
+    /// The conditions; empty means "remove the route named `name`".
+    pub any_of: AnyOf,
+}
+
+/// `setMirrorRoute` (Argo): a copy of `percentage` of the matching requests goes to the canary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorRoute {
+    /// The route's name; a later step with the same name and no match removes it.
+    pub name: String,
+    /// Share of the matching requests copied (exact, like the split); default 100%.
+    pub percentage: Weight,
+    /// The conditions; empty means "remove the route named `name`".
+    pub any_of: AnyOf,
 }
 
 /// Request matching for a service.
@@ -278,21 +358,138 @@ impl fmt::Display for Weight {
 /// A service's rollout strategy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Strategy {
-    /// The canary strategy; the only kind so far.
-    pub canary: CanaryStrategy,
+    /// Which strategy, with its own settings.
+    pub kind: StrategyKind,
+    /// A step (other than a wait for an operator) that takes longer aborts (`progressDeadline`,
+    /// default 10m).
+    pub progress_deadline: Duration,
 }
 
-/// `strategy.canary`: either an explicit step plan (Argo) or a Flagger-style progression.
+/// The four strategies, each with its own settings.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CanaryStrategy {
-    /// Argo-style steps; empty when `progression` is set.
+pub enum StrategyKind {
+    /// `strategy.canary.steps` (Argo): an explicit step plan with optional background analysis.
+    Steps(CanarySteps),
+    /// `strategy.canary.analysis.stepWeight` (Flagger): raise the weight every interval while the
+    /// checks pass.
+    Progression(Progression),
+    /// `strategy.canary.analysis.iterations` (Flagger A/B testing, with `match`): matching requests
+    /// (and/or mirrored copies) go to the canary for N passing checks, then it is promoted.
+    Iterations(Iterations),
+    /// `strategy.blueGreen` (Argo): a preview, analysis, one switch, and the old version kept
+    /// routable for an instant way back.
+    BlueGreen(BlueGreen),
+}
+
+/// Argo-style canary steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanarySteps {
+    /// The steps; never empty.
     pub steps: Vec<Step>,
     /// Strategy-level background analysis (`analysis.templates` + `startingStep`).
     pub background: Option<BackgroundAnalysis>,
-    /// Flagger-style progression (`analysis.interval/threshold/stepWeight/maxWeight/metrics`).
-    pub progression: Option<Progression>,
-    /// A step (other than an indefinite pause) that takes longer aborts (`progressDeadline`, default 10m).
-    pub progress_deadline: Duration,
+}
+
+impl Strategy {
+    /// The Argo steps (empty for the other strategies).
+    pub fn steps(&self) -> &[Step] {
+        match &self.kind {
+            StrategyKind::Steps(s) => &s.steps,
+            _ => &[],
+        }
+    }
+
+    /// The background analysis of a step plan.
+    pub fn background(&self) -> Option<&BackgroundAnalysis> {
+        match &self.kind {
+            StrategyKind::Steps(s) => s.background.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The Flagger progression.
+    pub fn progression(&self) -> Option<&Progression> {
+        match &self.kind {
+            StrategyKind::Progression(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The Flagger iterations (A/B).
+    pub fn iterations(&self) -> Option<&Iterations> {
+        match &self.kind {
+            StrategyKind::Iterations(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The blue-green settings.
+    pub fn blue_green(&self) -> Option<&BlueGreen> {
+        match &self.kind {
+            StrategyKind::BlueGreen(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// `steps`, `progression`, `iterations` or `blueGreen`.
+    pub fn name(&self) -> &'static str {
+        match &self.kind {
+            StrategyKind::Steps(_) => "steps",
+            StrategyKind::Progression(_) => "progression",
+            StrategyKind::Iterations(_) => "iterations",
+            StrategyKind::BlueGreen(_) => "blueGreen",
+        }
+    }
+}
+
+/// Flagger A/B testing (`iterations` with `match`) or Flagger blue/green (`iterations` alone,
+/// usually with `mirror`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Iterations {
+    /// How often checks run.
+    pub interval: Duration,
+    /// Failed checks that roll back.
+    pub threshold: u32,
+    /// Passing checks needed before promotion (`iterations`, at least 1).
+    pub iterations: u32,
+    /// Requests that go to the canary while checks run (`match`); may be empty with `mirror`.
+    pub any_of: AnyOf,
+    /// `mirror: true` (+ `mirrorWeight`, default 100): copies of this share of all requests go to
+    /// the canary while checks run.
+    pub mirror: Option<Weight>,
+    /// Checks run every interval.
+    pub checks: Vec<Check>,
+}
+
+/// `strategy.blueGreen` (Argo).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlueGreen {
+    /// How the new version is reached before it is active.
+    pub preview: Preview,
+    /// Promote without an operator once the preview is up and pre-promotion analysis passed
+    /// (`autoPromotionEnabled`, default true).
+    pub auto_promotion_enabled: bool,
+    /// Promote this long after the preview is up (`autoPromotionSeconds`); `None` promotes as soon
+    /// as pre-promotion analysis passed.
+    pub auto_promotion_after: Option<Duration>,
+    /// Run before the switch; a failure aborts with nothing switched.
+    pub pre_promotion_analysis: Option<AnalysisRef>,
+    /// Run after the switch; a failure switches back at once.
+    pub post_promotion_analysis: Option<AnalysisRef>,
+    /// How long the old version stays routable after the switch (`scaleDownDelay`, or
+    /// `scaleDownDelaySeconds`; default 30s as in Argo).
+    pub scale_down_delay: Duration,
+}
+
+/// How a blue-green preview is reached: any one of these sends a request to the new version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preview {
+    /// Extra hosts routed to this service; their requests go to the preview.
+    pub hosts: Vec<HostPattern>,
+    /// Every request on this listener (by name) that matches the service goes to the preview.
+    pub listener: Option<String>,
+    /// Requests with all these headers go to the preview (empty: no header form).
+    pub headers: Vec<RequestMatch>,
 }
 
 /// One Argo-style step.
@@ -304,6 +501,10 @@ pub enum Step {
     Pause(Option<Duration>),
     /// `analysis: {templates, args}`: run inline; the rollout waits for the verdict.
     Analysis(AnalysisRef),
+    /// `setHeaderRoute`: add (or, without `match`, remove) a header route to the canary.
+    SetHeaderRoute(HeaderRoute),
+    /// `setMirrorRoute`: add (or, without `match`, remove) a mirror route to the canary.
+    SetMirrorRoute(MirrorRoute),
 }
 
 /// A reference to one or more templates with arguments.
@@ -425,6 +626,18 @@ pub struct BuiltinProvider {
     pub arm: Arm,
     /// Fewer requests than this in the window is inconclusive (`minRequests`, default 20).
     pub min_requests: u64,
+    /// Which traffic to measure (`traffic`, default primary).
+    pub traffic: Traffic,
+}
+
+/// Which of a version's traffic a builtin metric measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Traffic {
+    /// Requests clients sent (`primary`): the responses they got.
+    #[default]
+    Primary,
+    /// Mirrored copies (`mirror`): the shadow exchanges, whose responses are discarded.
+    Mirror,
 }
 
 /// A builtin metric.

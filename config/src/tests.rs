@@ -208,9 +208,9 @@ fn rollout_example_parses() {
     let checkout = &model.services[0];
     assert_eq!(checkout.matcher.hosts, vec![HostPattern::Any]);
     assert_eq!(checkout.canary.as_ref().unwrap().weight, None);
-    let strategy = &checkout.strategy.as_ref().unwrap().canary;
+    let strategy = checkout.strategy.as_ref().unwrap();
     assert_eq!(
-        strategy.steps,
+        strategy.steps(),
         vec![
             Step::SetWeight(Weight::from_basis_points(1000).unwrap()),
             Step::Pause(Some(Duration::from_secs(10))),
@@ -224,8 +224,8 @@ fn rollout_example_parses() {
         ]
     );
     assert_eq!(
-        strategy.background,
-        Some(BackgroundAnalysis {
+        strategy.background(),
+        Some(&BackgroundAnalysis {
             analysis: AnalysisRef {
                 templates: vec!["latency".into()],
                 args: Default::default()
@@ -233,7 +233,7 @@ fn rollout_example_parses() {
             starting_step: 1,
         })
     );
-    assert_eq!(strategy.progression, None);
+    assert_eq!(strategy.progression(), None);
     assert_eq!(strategy.progress_deadline, Duration::from_secs(600));
 
     let search = &model.services[1];
@@ -243,10 +243,10 @@ fn rollout_example_parses() {
         search.matcher.hosts,
         vec![HostPattern::Exact("search.example.com".into())]
     );
-    let strategy = &search.strategy.as_ref().unwrap().canary;
-    assert!(strategy.steps.is_empty());
-    assert_eq!(strategy.background, None);
-    let progression = strategy.progression.as_ref().unwrap();
+    let strategy = search.strategy.as_ref().unwrap();
+    assert!(strategy.steps().is_empty());
+    assert_eq!(strategy.background(), None);
+    let progression = strategy.progression().unwrap();
     assert_eq!(progression.interval, Duration::from_secs(30));
     assert_eq!(progression.threshold, 5);
     let weights: Vec<u16> = progression
@@ -301,6 +301,7 @@ fn rollout_example_parses() {
                 window: Duration::from_secs(30),
                 arm: Arm::Canary,
                 min_requests: 50,
+                traffic: crate::model::Traffic::Primary,
             }),
         }]
     );
@@ -314,6 +315,7 @@ fn rollout_example_parses() {
             window: Duration::from_secs(30),
             arm: Arm::Canary,
             min_requests: 20,
+            traffic: crate::model::Traffic::Primary,
         })
     );
 }
@@ -498,8 +500,8 @@ fn weight_and_strategy_together_and_strategy_without_canary() {
         model.services[0].canary.as_ref().unwrap().weight,
         Weight::from_basis_points(500)
     );
-    let b = &model.services[1].strategy.as_ref().unwrap().canary;
-    assert_eq!(b.steps[1], Step::Pause(None));
+    let b = model.services[1].strategy.as_ref().unwrap();
+    assert_eq!(b.steps()[1], Step::Pause(None));
 }
 
 #[test]
@@ -509,9 +511,9 @@ fn flagger_forms() {
             &format!("      canary:\n        progressDeadline: 1h\n        analysis:\n{analysis}"),
             templates,
         ));
-        let canary = &model.services[0].strategy.as_ref().unwrap().canary;
+        let canary = model.services[0].strategy.as_ref().unwrap();
         assert_eq!(canary.progress_deadline, Duration::from_secs(3600));
-        canary.progression.clone().unwrap()
+        canary.progression().cloned().unwrap()
     };
     let bp =
         |p: &Progression| -> Vec<u16> { p.step_weights.iter().map(|w| w.basis_points()).collect() };
@@ -609,7 +611,7 @@ fn templates_and_providers() {
 "
         ),
     ));
-    let step = &model.services[0].strategy.as_ref().unwrap().canary.steps[0];
+    let step = &model.services[0].strategy.as_ref().unwrap().steps()[0];
     let Step::Analysis(r) = step else {
         panic!("{step:?}")
     };
@@ -651,6 +653,7 @@ fn templates_and_providers() {
             window: Duration::from_secs(30),
             arm: Arm::Stable,
             min_requests: 20,
+            traffic: crate::model::Traffic::Primary,
         })
     );
 }

@@ -300,6 +300,7 @@ fn service(
         canary: canary?,
         upstream: upstream?,
         strategy: strategy?,
+        session_affinity: None,
     })
 }
 

@@ -11,8 +11,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use weir_proxy::{ServeConfig, Stats};
 
-use crate::admin::{self, AdminState};
-use crate::driver::{Driver, DriverError, Handle};
+use crate::api::server::{self as admin, AdminState};
+use crate::engine::driver::{Driver, DriverError, Handle};
 use crate::reload::{self, ReloadError, Trigger};
 
 /// How `weir run` runs.

@@ -3,24 +3,20 @@
 //! # Layout
 //! - [`app`]: wiring — loads the config, binds listeners, starts the data plane, the driver, the
 //!   admin API and the reload watcher; drains on shutdown.
-//! - [`driver`]: the single owner of the route table's `Publisher`: applies configs, ticks
-//!   rollouts, takes measurements, runs operator commands, persists state.
-//! - [`rollout`]: the pure rollout state machine (steps, analysis runs, Flagger progression).
-//! - [`analysis`]: conditions (CEL) and metric providers (builtin, Prometheus, web).
-//! - [`state`]: atomic persistence of rollout state in `stateDir`.
-//! - [`status`]: the serializable view the admin API and CLI show.
-//! - [`reload`]: file watching (notify + debouncer), SIGHUP, loading and certificate reading.
-//! - [`admin`]: the admin HTTP API.
+//! - [`engine`]: the rollout engine — the pure per-strategy state machines, analysis (conditions and
+//!   providers), persistence, and the driver that is the only writer of the route table.
+//! - [`api`]: the admin HTTP server and the versioned types it serves (`/api/v1`), which are not
+//!   the persisted state.
+//! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
+//! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
+//!
+//! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
+//! (`src/main.rs`, `src/cli/`): they only talk to the admin API.
 
-pub mod admin;
-pub mod analysis;
+pub mod api;
 pub mod app;
-pub mod backend;
-pub mod driver;
+pub mod demo;
+pub mod engine;
 pub mod reload;
-pub mod rollout;
-pub mod state;
-pub mod status;
 pub mod telemetry;
-pub mod traffic;

@@ -15,7 +15,6 @@ use weir_control::app::{self, RunOptions, StartError};
 use weir_control::telemetry::{self, LogFormat};
 
 mod cli;
-mod demo;
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_INVALID_CONFIG: u8 = 64;
@@ -106,7 +105,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Validate { files } => return validate(&files),
-        Command::Demo { keep } => demo::run(keep),
+        Command::Demo { keep } => cli::demo::run(keep),
         Command::Operator(command) => {
             cli::run(command, &cli.admin.admin, cli.admin.token_file.as_deref())
         }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use weir_control::backend::Backend;
+use weir_control::demo::backend::Backend;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 

@@ -14,12 +14,36 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use weir_config::{UpstreamOptions, Weight};
+use weir_config::{HeaderRoute, MirrorRoute, UpstreamOptions, Weight};
 
 pub use self::build::{file_weight, BuildError, TlsMaterial};
 use self::matcher::HostIndex;
 use self::split::{Pick, Split};
 use crate::stats::VersionStats;
+
+/// What the control plane decides for one service beyond the file: compiled into the table by
+/// [`RouteTable::build`]. The data plane never decides any of it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// The canary weight of the weighted split.
+    pub weight: Weight,
+    /// Header and cookie routes in force, in order: a matching request goes to the canary.
+    pub header_routes: Vec<HeaderRoute>,
+    /// Mirror routes in force: copies of matching requests go to the canary.
+    pub mirror_routes: Vec<MirrorRoute>,
+    /// A blue-green preview is up: the strategy's preview hosts, listener and headers reach the
+    /// canary (otherwise they reach stable, like Argo's preview service without a new version).
+    pub preview: bool,
+}
+
+impl From<Weight> for Policy {
+    fn from(weight: Weight) -> Policy {
+        Policy {
+            weight,
+            ..Policy::default()
+        }
+    }
+}
 
 /// One immutable snapshot of routes, weights, upstreams and certificates.
 #[derive(Debug)]

@@ -92,8 +92,14 @@ impl Builder {
             config,
         } = self;
         let stats = Stats::new();
-        let table = RouteTable::build(&model, &weights, &tls, &stats, &RouteTable::empty())
-            .expect("build the initial route table");
+        let table = RouteTable::build(
+            &model,
+            &policies(&weights),
+            &tls,
+            &stats,
+            &RouteTable::empty(),
+        )
+        .expect("build the initial route table");
         let (publisher, routes) = weir_proxy::channel(table);
         let listeners = model
             .listeners
@@ -198,7 +204,7 @@ impl Proxy {
         tls: &BTreeMap<String, TlsMaterial>,
     ) -> u64 {
         let previous = self.publisher.current();
-        let table = RouteTable::build(model, weights, tls, &self.stats, &previous)
+        let table = RouteTable::build(model, &policies(weights), tls, &self.stats, &previous)
             .expect("build the route table");
         self.publisher.publish(table)
     }
@@ -236,4 +242,12 @@ impl Drop for Proxy {
             server.shutdown();
         }
     }
+}
+
+/// Weights as policies with no routes.
+fn policies(weights: &BTreeMap<String, Weight>) -> BTreeMap<String, weir_proxy::routes::Policy> {
+    weights
+        .iter()
+        .map(|(s, w)| (s.clone(), (*w).into()))
+        .collect()
 }

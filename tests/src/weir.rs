@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tokio::time::Instant;
+use weir_control::api::v1::{ServiceStatus, Status};
 use weir_control::app::{self, RunOptions, Running};
-use weir_control::status::{ServiceStatus, Status};
 
 /// The listener and admin blocks most tests use: everything on `127.0.0.1:0`.
 pub const HEADER: &str =

@@ -8,8 +8,8 @@ use serde_yaml_ng::Value;
 use super::template::{check_reference, Known};
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AnalysisRef, BackgroundAnalysis, CanaryStrategy, Check, CheckKind, Progression, Step, Strategy,
-    Weight,
+    AnalysisRef, BackgroundAnalysis, CanarySteps, Check, CheckKind, Progression, Step, Strategy,
+    StrategyKind, Weight,
 };
 
 /// Keys of the background-analysis form of `strategy.canary.analysis`.
@@ -32,8 +32,7 @@ const MIN_CHECK_WINDOW: Duration = Duration::from_secs(10);
 /// `strategy`.
 pub(crate) fn strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
     let o = Obj::open(cx, value, at, &["canary"])?;
-    let canary = o.req(cx, "canary", |cx, v, at| canary_strategy(cx, v, at, known));
-    Some(Strategy { canary: canary? })
+    o.req(cx, "canary", |cx, v, at| canary_strategy(cx, v, at, known))
 }
 
 /// The parsed `strategy.canary.analysis`, by form; the inner `None` means it had problems.
@@ -42,7 +41,7 @@ enum AnalysisForm {
     Flagger(Option<Progression>),
 }
 
-fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<CanaryStrategy> {
+fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
     let o = Obj::open(cx, value, at, &["steps", "analysis", "progressDeadline"])?;
     let steps_len = o
         .get("steps")
@@ -87,10 +86,15 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
             (Some(None), Some(None))
         }
     };
-    Some(CanaryStrategy {
-        steps: steps?,
-        background: background?,
-        progression: progression?,
+    let kind = match progression? {
+        Some(progression) => StrategyKind::Progression(progression),
+        None => StrategyKind::Steps(CanarySteps {
+            steps: steps?,
+            background: background?,
+        }),
+    };
+    Some(Strategy {
+        kind,
         progress_deadline: progress_deadline?,
     })
 }

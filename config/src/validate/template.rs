@@ -283,6 +283,7 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         window: window?,
         arm: arm?,
         min_requests: min_requests?,
+        traffic: crate::model::Traffic::Primary,
     })
 }
 

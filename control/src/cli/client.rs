@@ -13,8 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
-use weir_control::rollout::Revision;
-use weir_control::status::ServiceStatus;
+use weir_control::api::v1::ServiceStatus;
+use weir_control::engine::rollout::Revision;
 
 /// How long one call may take (for the event stream: until the response headers arrive).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
-use weir_control::rollout::run::{AnalysisRun, MetricRun, RunKind, RunPhase};
-use weir_control::rollout::{Event, Phase, Revision};
-use weir_control::status::ServiceStatus;
+use weir_control::api::v1::ServiceStatus;
+use weir_control::engine::rollout::run::{AnalysisRun, MetricRun, RunKind, RunPhase};
+use weir_control::engine::rollout::{Event, Phase, Revision};
 
 /// Cells in a weight bar.
 const BAR_CELLS: usize = 10;
@@ -20,7 +20,7 @@ const SHOWN_EVENTS: usize = 10;
 const MIN_LAST_COLUMN: usize = 20;
 
 /// An operator command, as `weir <verb> SERVICE` names it (the control plane's own type).
-pub use weir_control::rollout::Command as Action;
+pub use weir_control::engine::rollout::Command as Action;
 
 /// `20%`, `12.5%`, `33.33%`.
 pub fn percent(weight: f64) -> String {
@@ -127,7 +127,7 @@ pub fn value(value: Option<&serde_json::Value>) -> String {
 
 /// `10m`, `1m30s`, `500ms`.
 pub fn duration(duration: std::time::Duration) -> String {
-    weir_control::rollout::humantime(duration)
+    weir_control::engine::rollout::humantime(duration)
 }
 
 /// Columns separated by two spaces; the last one is cut to what is left of `width`.
@@ -494,10 +494,10 @@ pub fn progress_key(status: &ServiceStatus) -> (u64, usize, u64, Phase) {
 mod tests {
     use std::collections::BTreeMap;
 
-    use weir_control::analysis::Verdict;
-    use weir_control::rollout::run::Measurement;
-    use weir_control::rollout::RevisionOutcome;
-    use weir_control::status::{Details, StepStatus};
+    use weir_control::api::v1::{Details, StepStatus};
+    use weir_control::engine::analysis::Verdict;
+    use weir_control::engine::rollout::run::Measurement;
+    use weir_control::engine::rollout::RevisionOutcome;
 
     use super::*;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
-use weir_control::rollout::Event;
+use weir_control::engine::rollout::Event;
 
 use super::client::Api;
 

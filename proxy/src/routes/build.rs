@@ -8,7 +8,7 @@ use weir_config::{Model, Service, Weight};
 
 use super::matcher::HostIndex;
 use super::split::Split;
-use super::{ArmRoute, ListenerTls, RouteTable, ServiceRoute, UpstreamRoute};
+use super::{ArmRoute, ListenerTls, Policy, RouteTable, ServiceRoute, UpstreamRoute};
 use crate::stats::Stats;
 use crate::tls::{self, CertificatePem};
 
@@ -45,15 +45,16 @@ pub enum BuildError {
 impl RouteTable {
     /// Compiles `model` into a table.
     ///
-    /// - `weights` gives the canary weight per service name; a service not in it gets its file
-    ///   weight (`canary.weight`, or 0).
+    /// - `policies` gives the control plane's decisions per service name (weight, header and
+    ///   mirror routes, preview); a service not in it gets its file weight (`canary.weight`, or 0)
+    ///   and no routes.
     /// - `tls` gives each TLS listener's PEM material by listener name.
     /// - `previous` is the table being replaced: split sequences carry over (so splits stay exact
     ///   across swaps) and TLS configs built from identical material are reused.
     /// - Stats handles come from `stats`; versions no longer configured are dropped from it.
     pub fn build(
         model: &Model,
-        weights: &BTreeMap<String, Weight>,
+        policies: &BTreeMap<String, Policy>,
         tls: &BTreeMap<String, TlsMaterial>,
         stats: &Stats,
         previous: &RouteTable,
@@ -73,10 +74,9 @@ impl RouteTable {
             for pattern in &service.matcher.hosts {
                 hosts.insert(pattern, &service.matcher.path_prefix, idx);
             }
-            let weight = weights
+            let weight = policies
                 .get(&service.name)
-                .copied()
-                .unwrap_or_else(|| file_weight(service));
+                .map_or_else(|| file_weight(service), |p| p.weight);
             let sequence = previous_sequences
                 .get(service.name.as_str())
                 .map(|s| Arc::clone(s))

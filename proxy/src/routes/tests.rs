@@ -24,9 +24,14 @@ fn model() -> weir_config::Model {
 }
 
 fn build(weights: &[(&str, u16)], stats: &Stats, previous: &RouteTable) -> RouteTable {
-    let weights: BTreeMap<String, Weight> = weights
+    let weights: BTreeMap<String, Policy> = weights
         .iter()
-        .map(|(s, bp)| (s.to_string(), Weight::from_basis_points(*bp).unwrap()))
+        .map(|(s, bp)| {
+            (
+                s.to_string(),
+                Weight::from_basis_points(*bp).unwrap().into(),
+            )
+        })
         .collect();
     RouteTable::build(&model(), &weights, &BTreeMap::new(), stats, previous).expect("builds")
 }

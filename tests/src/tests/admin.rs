@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use weir_control::backend::Backend;
-use weir_control::rollout::Phase;
+use weir_control::demo::backend::Backend;
+use weir_control::engine::rollout::Phase;
 
 use crate::admin::{self, Events};
 use crate::client::Http1;

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::time::Instant;
 use weir_config::PrometheusProvider;
-use weir_control::analysis::provider::prometheus;
-use weir_control::analysis::{Outcome, Verdict};
-use weir_control::backend::Backend;
-use weir_control::rollout::run::RunKind;
-use weir_control::rollout::Phase;
-use weir_control::traffic::Traffic;
+use weir_control::demo::backend::Backend;
+use weir_control::demo::traffic::Traffic;
+use weir_control::engine::analysis::provider::prometheus;
+use weir_control::engine::analysis::{Outcome, Verdict};
+use weir_control::engine::rollout::run::RunKind;
+use weir_control::engine::rollout::Phase;
 
 use crate::client::{self, Http1};
 use crate::weir::{describe, Weir, HEADER};
@@ -318,7 +318,7 @@ async fn prometheus_analysis_against_a_real_prometheus() {
                 s.canary_version.as_deref() == Some("v3")
                     && s.details.as_ref().is_some_and(|d| {
                         d.analysis_runs.iter().any(|r| {
-                            r.phase == weir_control::rollout::run::RunPhase::Running
+                            r.phase == weir_control::engine::rollout::run::RunPhase::Running
                                 && r.metrics[0].successful >= 1
                         })
                     })
@@ -332,7 +332,7 @@ async fn prometheus_analysis_against_a_real_prometheus() {
         .and_then(|d| {
             d.analysis_runs
                 .iter()
-                .find(|r| r.phase == weir_control::rollout::run::RunPhase::Running)
+                .find(|r| r.phase == weir_control::engine::rollout::run::RunPhase::Running)
         })
         .expect("the running analysis")
         .id;

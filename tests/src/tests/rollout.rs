@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weir_control::backend::Backend;
-use weir_control::rollout::{Phase, RevisionOutcome};
-use weir_control::status::ServiceStatus;
-use weir_control::traffic::Traffic;
+use weir_control::api::v1::ServiceStatus;
+use weir_control::demo::backend::Backend;
+use weir_control::demo::traffic::Traffic;
+use weir_control::engine::rollout::{Phase, RevisionOutcome};
 
 use super::assert_share;
 use crate::admin;
@@ -144,7 +144,7 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
         .find(|r| {
             matches!(
                 r.kind,
-                weir_control::rollout::run::RunKind::Inline { step: 2 }
+                weir_control::engine::rollout::run::RunKind::Inline { step: 2 }
             )
         })
         .expect("the analysis step's run");

@@ -23,7 +23,7 @@ use weir_proxy::stats::Window;
 use weir_proxy::Stats;
 
 use super::{builtin, prometheus, web};
-use crate::analysis::{Measured, Outcome};
+use crate::engine::analysis::{Measured, Outcome};
 
 // === builtin ===
 
@@ -33,6 +33,7 @@ fn provider(metric: BuiltinMetric, window: u64, min_requests: u64) -> BuiltinPro
         window: Duration::from_secs(window),
         arm: Arm::Canary,
         min_requests,
+        traffic: weir_config::Traffic::Primary,
     }
 }
 

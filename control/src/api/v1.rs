@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Model, Step};
 use weir_proxy::RouteTable;
 
-use crate::rollout::{humantime, run::AnalysisRun, Event, Phase, Revision, Rollout};
+use crate::engine::rollout::{humantime, run::AnalysisRun, Event, Phase, Revision, Rollout};
 
 /// Every service's status.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -144,8 +144,8 @@ pub fn build(
                     }
                 }
                 Some(rollout) => {
-                    let canary = service.strategy.as_ref().map(|s| &s.canary);
-                    let progression = canary.and_then(|c| c.progression.as_ref());
+                    let canary = service.strategy.as_ref();
+                    let progression = canary.and_then(|c| c.progression());
                     let descriptions: Vec<String> = match (canary, progression) {
                         (_, Some(progression)) => progression
                             .step_weights
@@ -157,7 +157,7 @@ pub fn build(
                                 )
                             })
                             .collect(),
-                        (Some(canary), None) => canary.steps.iter().map(describe_step).collect(),
+                        (Some(canary), None) => canary.steps().iter().map(describe_step).collect(),
                         _ => Vec::new(),
                     };
                     let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
@@ -227,5 +227,15 @@ fn describe_step(step: &Step) -> String {
         Step::Pause(Some(duration)) => format!("pause {}", humantime(*duration)),
         Step::Pause(None) => "pause (until promoted)".into(),
         Step::Analysis(analysis) => format!("analysis {}", analysis.templates.join(", ")),
+        Step::SetHeaderRoute(route) if route.any_of.is_empty() => {
+            format!("remove header route {}", route.name)
+        }
+        Step::SetHeaderRoute(route) => format!("header route {}", route.name),
+        Step::SetMirrorRoute(route) if route.any_of.is_empty() => {
+            format!("remove mirror route {}", route.name)
+        }
+        Step::SetMirrorRoute(route) => {
+            format!("mirror route {} ({}%)", route.name, route.percentage)
+        }
     }
 }

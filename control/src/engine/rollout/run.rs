@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use weir_config::{AnalysisRef, AnalysisTemplate, Metric};
 
-use crate::analysis::Verdict;
+use crate::engine::analysis::Verdict;
 
 /// Measurements kept per metric (older ones are counted, not stored).
 const KEPT_MEASUREMENTS: usize = 30;
@@ -342,6 +342,7 @@ mod tests {
                 window: Duration::from_secs(30),
                 arm: weir_config::Arm::Canary,
                 min_requests: 20,
+                traffic: weir_config::Traffic::Primary,
             }),
         }
     }

@@ -9,6 +9,7 @@
 //! `status`) the rollout ends Degraded; 2 when `status --timeout` passes first.
 
 mod client;
+pub(crate) mod demo;
 mod render;
 mod sse;
 
@@ -21,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use weir_control::rollout::Phase;
-use weir_control::status::ServiceStatus;
+use weir_control::api::v1::ServiceStatus;
+use weir_control::engine::rollout::Phase;
 
 use self::client::{Api, ApiError};
 use self::render::Action;

@@ -9,15 +9,15 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weir_config::{Model, Provider, Service, Weight};
-use weir_proxy::routes::TlsMaterial;
+use weir_proxy::routes::{Policy, TlsMaterial};
 use weir_proxy::stats::Window;
 use weir_proxy::{Publisher, RouteTable, Stats};
 
-use crate::analysis::{self, Outcome};
+use crate::api::v1::{self as status, Status};
+use crate::engine::analysis::{self, Outcome};
+use crate::engine::rollout::{Command, Ctx, Due, Event, Rollout};
+use crate::engine::state::{StateError, Store};
 use crate::reload::{Loaded, ReloadCounter};
-use crate::rollout::{Command, Ctx, Due, Event, Rollout};
-use crate::state::{StateError, Store};
-use crate::status::{self, Status};
 
 /// How often rollouts are evaluated.
 const TICK: Duration = Duration::from_millis(100);
@@ -90,7 +90,7 @@ impl Clock {
     }
 
     fn now_ms(&self) -> u64 {
-        self.base_ms + crate::rollout::run::millis(self.base.elapsed())
+        self.base_ms + crate::engine::rollout::run::millis(self.base.elapsed())
     }
 }
 
@@ -421,7 +421,7 @@ impl Driver {
         let current = self.publisher.current();
         let same = self.model.services.iter().all(|s| {
             let wanted = match s.canary {
-                Some(_) => weights.get(&s.name).copied().unwrap_or(Weight::ZERO),
+                Some(_) => weights.get(&s.name).map_or(Weight::ZERO, |p| p.weight),
                 None => Weight::ZERO,
             };
             current.service(&s.name).map(|r| r.canary_weight()) == Some(wanted)
@@ -438,7 +438,7 @@ impl Driver {
         &self,
         model: &Model,
         tls: &BTreeMap<String, TlsMaterial>,
-        weights: &BTreeMap<String, Weight>,
+        weights: &BTreeMap<String, Policy>,
     ) -> Result<u64, weir_proxy::routes::BuildError> {
         let current = self.publisher.current();
         let table = RouteTable::build(model, weights, tls, &self.stats, &current)?;
@@ -541,8 +541,8 @@ fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Roll
     }
 }
 
-/// The canary weight of every service: the rollout's when it has a strategy, else the file's.
-fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<String, Weight> {
+/// The policy of every service: the rollout's when it has a strategy, else the file's weight.
+fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<String, Policy> {
     model
         .services
         .iter()
@@ -551,7 +551,7 @@ fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<Stri
                 Some(rollout) => rollout.weight(),
                 None => weir_proxy::routes::file_weight(s),
             };
-            (s.name.clone(), weight)
+            (s.name.clone(), Policy::from(weight))
         })
         .collect()
 }
@@ -569,7 +569,7 @@ fn max_window(model: &Model) -> Duration {
     let checks = model
         .services
         .iter()
-        .filter_map(|s| s.strategy.as_ref()?.canary.progression.as_ref())
+        .filter_map(|s| s.strategy.as_ref()?.progression())
         .flat_map(|p| p.checks.iter().map(|c| c.window));
     templates.chain(checks).max().unwrap_or(Duration::ZERO)
 }

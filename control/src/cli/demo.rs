@@ -1,7 +1,7 @@
 //! `weir demo`: README's first command — a canary rollout with analysis and an automatic
 //! rollback, all on this machine, with no setup and no arguments.
 //!
-//! It starts three demo backends (v1, v2, v3; see `weir_control::backend`), writes a config into a
+//! It starts three demo backends (v1, v2, v3; see `weir_control::demo::backend`), writes a config into a
 //! temporary folder, starts weir in-process and sends 200 requests a second through it.
 //!
 //! - Act 1 rolls out a healthy v2 over v1: weight 20 → pause → analysis → 50 → pause → 100, with a
@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use tokio::time::{Instant, MissedTickBehavior};
-use weir_control::analysis::Verdict;
+use weir_control::api::v1::{Details, ServiceStatus};
 use weir_control::app::{self, RunOptions, Running};
-use weir_control::backend::Backend;
-use weir_control::driver::Handle;
-use weir_control::rollout::run::{AnalysisRun, RunKind, RunPhase};
-use weir_control::rollout::{Event, Phase};
-use weir_control::status::{Details, ServiceStatus};
-use weir_control::traffic::{Traffic, TrafficSnapshot, NO_VERSION};
+use weir_control::demo::backend::Backend;
+use weir_control::demo::traffic::{Traffic, TrafficSnapshot, NO_VERSION};
+use weir_control::engine::analysis::Verdict;
+use weir_control::engine::driver::Handle;
+use weir_control::engine::rollout::run::{AnalysisRun, RunKind, RunPhase};
+use weir_control::engine::rollout::{Event, Phase};
 
 /// The demo's service.
 const SERVICE: &str = "demo";

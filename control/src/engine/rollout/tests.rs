@@ -7,7 +7,7 @@ use serde_json::json;
 use weir_config::{Model, Weight};
 
 use super::*;
-use crate::analysis::Measured;
+use crate::engine::analysis::Measured;
 
 const STEPS: &str = r#"
 listeners: [{ name: public, address: "127.0.0.1:0" }]

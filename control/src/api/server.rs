@@ -23,8 +23,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::driver::{CommandError, Handle};
-use crate::rollout::Command;
+use crate::engine::driver::{CommandError, Handle};
+use crate::engine::rollout::Command;
 
 /// What the admin handlers read.
 #[derive(Clone)]

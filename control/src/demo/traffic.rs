@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backend::VERSION_HEADER;
+use crate::demo::backend::VERSION_HEADER;
 
 /// The version key for answers without an `x-version` header (e.g. weir's own `502`).
 pub const NO_VERSION: &str = "-";
@@ -299,7 +299,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
+    use crate::demo::backend::Backend;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn paces_evenly_and_counts_by_version() {

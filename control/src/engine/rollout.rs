@@ -23,7 +23,7 @@ use weir_config::{
 };
 
 use self::run::{millis, AnalysisRun, Measurement, RunKind, RunPhase};
-use crate::analysis::{Outcome, Verdict};
+use crate::engine::analysis::{Outcome, Verdict};
 
 /// Events kept per service.
 const KEPT_EVENTS: usize = 100;
@@ -347,9 +347,9 @@ impl Rollout {
     /// Steps in the plan (Argo steps, or Flagger weights plus the promotion).
     pub fn step_count(service: &Service) -> usize {
         match service.strategy.as_ref() {
-            Some(strategy) => match &strategy.canary.progression {
+            Some(strategy) => match &strategy.progression() {
                 Some(progression) => progression.step_weights.len(),
-                None => strategy.canary.steps.len(),
+                None => strategy.steps().len(),
             },
             None => 0,
         }
@@ -481,12 +481,7 @@ impl Rollout {
         self.step_started_ms = now_ms;
         self.weight_bp = 0;
         self.progress = Progress::default();
-        if let Some(progression) = ctx
-            .service
-            .strategy
-            .as_ref()
-            .and_then(|s| s.canary.progression.as_ref())
-        {
+        if let Some(progression) = ctx.service.strategy.as_ref().and_then(|s| s.progression()) {
             self.progress.next_check_ms = now_ms + millis(progression.interval);
             if let Some(first) = progression.step_weights.first() {
                 self.weight_bp = first.basis_points();
@@ -610,13 +605,13 @@ impl Rollout {
         if !watching {
             return;
         }
-        if let Some(background) = &strategy.canary.background {
+        if let Some(background) = &strategy.background() {
             // Not before the canary has traffic: a measurement of a version nobody reached yet
             // can only be inconclusive.
             if self.background_run.is_none()
                 && self.step_index >= background.starting_step
                 && self.weight_bp > 0
-                && strategy.canary.progression.is_none()
+                && strategy.progression().is_none()
             {
                 let id = self.take_run_id();
                 self.background_run = Some(AnalysisRun::new(
@@ -640,7 +635,7 @@ impl Rollout {
         if self.phase != Phase::Progressing {
             return;
         }
-        if let Some(Step::Analysis(analysis)) = strategy.canary.steps.get(self.step_index) {
+        if let Some(Step::Analysis(analysis)) = strategy.steps().get(self.step_index) {
             if self.inline_run.is_none() {
                 let id = self.take_run_id();
                 self.inline_run = Some(AnalysisRun::new(
@@ -816,10 +811,10 @@ impl Rollout {
         if self.phase != Phase::Progressing {
             return;
         }
-        if let Some(progression) = &strategy.canary.progression {
+        if let Some(progression) = &strategy.progression() {
             return self.evaluate_progression(ctx, progression, now_ms, builtin);
         }
-        let steps = &strategy.canary.steps;
+        let steps = &strategy.steps();
         let n_steps = steps.len();
         loop {
             if self.phase != Phase::Progressing {
@@ -830,6 +825,8 @@ impl Rollout {
             };
             let display = self.step_index + 1;
             match step {
+                // Routes are applied by the engine's strategy state (not yet): move on.
+                Step::SetHeaderRoute(_) | Step::SetMirrorRoute(_) => self.next_step(now_ms),
                 Step::SetWeight(weight) => {
                     self.weight_bp = weight.basis_points();
                     self.message = format!("canary weight {weight} (step {display}/{n_steps})");
@@ -896,12 +893,12 @@ impl Rollout {
         }
         // The deadline: any step but an indefinite pause must finish in time.
         if self.phase == Phase::Progressing
-            && now_ms > self.step_started_ms + millis(strategy.canary.progress_deadline)
+            && now_ms > self.step_started_ms + millis(strategy.progress_deadline)
         {
             let reason = format!(
                 "step {}/{n_steps} did not finish within progressDeadline {}",
                 self.step_index + 1,
-                humantime(strategy.canary.progress_deadline)
+                humantime(strategy.progress_deadline)
             );
             self.abort(now_ms, reason);
         }
@@ -940,6 +937,7 @@ impl Rollout {
                             window: check.window,
                             arm: weir_config::Arm::Canary,
                             min_requests: CHECK_MIN_REQUESTS,
+                            traffic: weir_config::Traffic::Primary,
                         };
                         let outcome = builtin(BuiltinQuery {
                             provider: &provider,
@@ -1147,11 +1145,7 @@ impl Rollout {
                 self.phase = Phase::Progressing;
                 self.pause = None;
                 self.paused_at_ms = None;
-                let progression = ctx
-                    .service
-                    .strategy
-                    .as_ref()
-                    .and_then(|s| s.canary.progression.as_ref());
+                let progression = ctx.service.strategy.as_ref().and_then(|s| s.progression());
                 match progression {
                     Some(progression) => {
                         self.check_runs.clear();
@@ -1361,7 +1355,7 @@ fn find_metric<'a>(
 
 /// Judges an outcome with the metric's conditions.
 fn judge(metric: &Metric, outcome: &Outcome) -> (Verdict, String) {
-    use crate::analysis::condition::Condition;
+    use crate::engine::analysis::condition::Condition;
     let compile = |text: &Option<String>| -> Result<Option<Condition>, String> {
         match text {
             Some(text) => Condition::compile(text)
@@ -1378,7 +1372,7 @@ fn judge(metric: &Metric, outcome: &Outcome) -> (Verdict, String) {
         Ok(c) => c,
         Err(message) => return (Verdict::Error, message),
     };
-    crate::analysis::judge(success.as_ref(), failure.as_ref(), outcome)
+    crate::engine::analysis::judge(success.as_ref(), failure.as_ref(), outcome)
 }
 
 /// A Flagger builtin check's verdict: success rate in percent, duration in milliseconds.

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::rollout::Rollout;
+use crate::engine::rollout::Rollout;
 
 /// Format version written into every file.
 const FORMAT: u32 = 1;

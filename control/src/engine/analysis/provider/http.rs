@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::analysis::show_duration;
+use crate::engine::analysis::show_duration;
 
 /// The largest response body read.
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
