@@ -63,6 +63,8 @@ pub struct ServiceRoute {
     pub(crate) stable: ArmRoute,
     pub(crate) canary: Option<ArmRoute>,
     pub(crate) options: UpstreamOptions,
+    /// The control plane's decisions this route was built from.
+    pub(crate) policy: Policy,
 }
 
 /// One version of a service: its upstreams and stats handle.
@@ -169,6 +171,12 @@ impl ServiceRoute {
     /// The canary weight this table serves (0 without a canary).
     pub fn canary_weight(&self) -> Weight {
         self.weight
+    }
+
+    /// The policy (weight, header and mirror routes, preview) this route was built from; the
+    /// weight in it is the one asked for, [`ServiceRoute::canary_weight`] the one served.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The stable arm.

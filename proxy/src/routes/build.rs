@@ -74,9 +74,11 @@ impl RouteTable {
             for pattern in &service.matcher.hosts {
                 hosts.insert(pattern, &service.matcher.path_prefix, idx);
             }
-            let weight = policies
+            let policy = policies
                 .get(&service.name)
-                .map_or_else(|| file_weight(service), |p| p.weight);
+                .cloned()
+                .unwrap_or_else(|| Policy::from(file_weight(service)));
+            let weight = policy.weight;
             let sequence = previous_sequences
                 .get(service.name.as_str())
                 .map(|s| Arc::clone(s))
@@ -97,6 +99,7 @@ impl RouteTable {
                 stable: arm(stats, service, &service.stable),
                 canary,
                 options: service.upstream.clone(),
+                policy,
             });
         }
         hosts.finish();
