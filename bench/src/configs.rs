@@ -156,6 +156,45 @@ services:
     )
 }
 
+/// weir with the same 90/10 split plus traffic-policy rules that no benchmark request matches: a
+/// header route (set by the rollout's first step, held by an indefinite pause at weight 10) and
+/// header-form session affinity on a header wrk never sends, so every request still reaches the
+/// weighted split after the rules were evaluated.
+pub fn weir_policies(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"listeners:
+  - name: bench
+    address: 127.0.0.1:{listen}
+admin:
+  address: 127.0.0.1:{admin}
+services:
+  - name: bench
+    match:
+      hosts: ["*"]
+    stable:
+      version: stable
+      upstreams: ["127.0.0.1:{stable}"]
+    canary:
+      version: canary
+      upstreams: ["127.0.0.1:{canary}"]
+    sessionAffinity:
+      header: x-bench-user
+    strategy:
+      canary:
+        steps:
+          - setHeaderRoute:
+              name: beta
+              match:
+                - headerName: x-beta
+                  headerValue: {{exact: "yes"}}
+          - setWeight: {CANARY_PERCENT}
+          - pause: {{}}
+"#,
+        stable = split.stable,
+        canary = split.canary,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
