@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
     AnalysisTemplate, Arm, BuiltinMetric, BuiltinProvider, LatencyQuantile, Metric,
-    PrometheusProvider, Provider, WebProvider,
+    PrometheusProvider, Provider, Traffic, WebProvider,
 };
 
 /// What references need to know about a template.
@@ -230,7 +230,7 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         cx,
         value,
         at,
-        &["metric", "window", "version", "minRequests"],
+        &["metric", "window", "version", "minRequests", "traffic"],
     )?;
     let metric = o.req(cx, "metric", |cx, v, at| {
         let name = walk::string(cx, v, at)?;
@@ -278,12 +278,28 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         },
     );
     let min_requests = o.or(cx, "minRequests", 20, walk::uint);
+    let traffic = o.or(
+        cx,
+        "traffic",
+        Traffic::Primary,
+        |cx, v, at| match walk::string(cx, v, at)?.as_str() {
+            "primary" => Some(Traffic::Primary),
+            "mirror" => Some(Traffic::Mirror),
+            other => {
+                cx.err(
+                    at,
+                    format!("expected \"primary\" or \"mirror\", got \"{other}\""),
+                );
+                None
+            }
+        },
+    );
     Some(BuiltinProvider {
         metric: metric?,
         window: window?,
         arm: arm?,
         min_requests: min_requests?,
-        traffic: crate::model::Traffic::Primary,
+        traffic: traffic?,
     })
 }
 
