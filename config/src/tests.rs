@@ -1258,3 +1258,5 @@ fn never_panics_on_odd_input() {
     }
     let _ = parse(&deep, base());
 }
+
+mod policies;

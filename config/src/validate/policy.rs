@@ -305,12 +305,13 @@ pub(crate) fn mirror_route(cx: &mut Cx, value: &Value, at: &str) -> Option<Mirro
 
 /// A percentage from 1 to 100 with at most two decimals (`percentage`, `mirrorWeight`).
 pub(crate) fn one_to_hundred(cx: &mut Cx, value: &Value, at: &str) -> Option<Weight> {
-    let weight = walk::weight(cx, value, at)?;
-    if weight.basis_points() < 100 {
-        cx.err(at, format!("must be between 1 and 100, got {weight}"));
-        return None;
+    if let Value::Number(n) = value {
+        if !n.as_f64().is_some_and(|p| (1.0..=100.0).contains(&p)) {
+            cx.err(at, format!("must be between 1 and 100, got {n}"));
+            return None;
+        }
     }
-    Some(weight)
+    walk::weight(cx, value, at)
 }
 
 /// `services[].sessionAffinity`: `cookieName` or `header`, and `maxAge`.

@@ -197,26 +197,23 @@ fn step(
             return None;
         }
     };
-    let route_set = |cx: &mut Cx,
-                     set: &mut BTreeSet<String>,
-                     what: &str,
-                     name: &str,
-                     removal: bool| {
-        if !removal {
-            set.insert(name.to_string());
-            return Some(());
-        }
-        if set.contains(name) {
-            return Some(());
-        }
-        cx.err(
-            &walk::field_path(&o.at(kind), "name"),
-            format!(
+    let route_set =
+        |cx: &mut Cx, set: &mut BTreeSet<String>, what: &str, name: &str, removal: bool| {
+            if !removal {
+                set.insert(name.to_string());
+                return Some(());
+            }
+            if set.contains(name) {
+                return Some(());
+            }
+            cx.err(
+                &walk::field_path(&o.at(kind), "name"),
+                format!(
                 "removes {what} route \"{name}\", which no earlier step sets (add match to set it)"
             ),
-        );
-        None
-    };
+            );
+            None
+        };
     match kind {
         "setHeaderRoute" => {
             let value = o.raw(kind).unwrap_or(&Value::Null);

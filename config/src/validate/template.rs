@@ -408,7 +408,8 @@ fn web(
     })
 }
 
-/// An `http://` or `https://` URL (placeholders allowed).
+/// An `http://` or `https://` URL (placeholders allowed). A URL that starts with a placeholder
+/// (`{{args.url}}/health`, the argument set to `{{preview.url}}`) is checked once substituted.
 fn http_url(
     cx: &mut Cx,
     value: &Value,
@@ -418,7 +419,8 @@ fn http_url(
     let url = walk::string(cx, value, at)?;
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| url.starts_with("{{").then_some(url.as_str()));
     match rest {
         Some(rest) if !rest.is_empty() => {
             check_placeholders(cx, at, &url, args);
