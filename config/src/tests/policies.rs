@@ -749,3 +749,45 @@ fn never_panics_on_odd_policy_input() {
         let _ = parse(input, super::base());
     }
 }
+
+#[test]
+fn policy_examples_use_their_feature() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let example =
+        |name: &str| -> Model { load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}:\n{e}")) };
+    let strategy = |model: &Model, i: usize| model.services[i].strategy.clone().unwrap();
+
+    let header = example("header-route.yaml");
+    assert!(strategy(&header, 0)
+        .steps()
+        .iter()
+        .any(|s| matches!(s, Step::SetHeaderRoute(r) if !r.any_of.is_empty())));
+
+    let ab = example("ab-test.yaml");
+    let a = strategy(&ab, 0);
+    assert_eq!(a.iterations().map(|i| i.any_of.len()), Some(2));
+    let b = strategy(&ab, 1);
+    assert_eq!(b.iterations().and_then(|i| i.mirror), Some(percent(50.0)));
+
+    let sticky = example("sticky.yaml");
+    assert!(sticky.services.iter().all(|s| s.session_affinity.is_some()));
+
+    let mirror = example("mirror.yaml");
+    assert!(strategy(&mirror, 0)
+        .steps()
+        .iter()
+        .any(|s| matches!(s, Step::SetMirrorRoute(r) if r.percentage == percent(50.0))));
+
+    let blue_green = example("blue-green.yaml");
+    let orders = strategy(&blue_green, 0);
+    let orders = orders.blue_green().unwrap();
+    assert_eq!(orders.preview.listener.as_deref(), Some("preview"));
+    assert!(!orders.auto_promotion_enabled);
+    assert_eq!(
+        strategy(&blue_green, 1)
+            .blue_green()
+            .unwrap()
+            .scale_down_delay,
+        Duration::from_secs(600)
+    );
+}
