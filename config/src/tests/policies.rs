@@ -632,6 +632,7 @@ services:
       blueGreen:
         preview: {{ hosts: [preview.cart.example.com, \"*\"] }}
         scaleDownDelay: 10
+        autoPromotionSeconds: 18446744073709551615
   - name: accounts
     stable: {{ version: v1, upstreams: [\"127.0.0.1:9006\"] }}
     strategy:
@@ -653,6 +654,7 @@ services:
             "services[1].strategy.blueGreen.prePromotionAnalysis: missing argument \"url\" required by template \"smoke\"",
             "services[1].strategy.blueGreen.postPromotionAnalysis.templates[0].templateName: unknown analysis template \"nope\", defined: shadow, smoke",
             "services[1].strategy.blueGreen.scaleDownDelaySeconds: use either scaleDownDelay or scaleDownDelaySeconds, not both",
+            "services[2].strategy.blueGreen.autoPromotionSeconds: too large: 18446744073709551615 seconds",
             "services[2].strategy.blueGreen.scaleDownDelay: expected a duration like \"10s\", got the plain number 10 (add a unit: ms, s, m or h)",
             "services[3].strategy.blueGreen.preview: needs at least one of hosts, listener or headers",
         ],

@@ -708,9 +708,7 @@ fn blue_green(
             None
         }
         (Some(v), None) => walk::duration(cx, v, &o.at("scaleDownDelay")),
-        (None, Some(v)) => {
-            walk::uint(cx, v, &o.at("scaleDownDelaySeconds")).map(Duration::from_secs)
-        }
+        (None, Some(v)) => seconds(cx, v, &o.at("scaleDownDelaySeconds")),
         (None, None) => Some(DEFAULT_SCALE_DOWN_DELAY),
     };
     let progress_deadline = o.or(
@@ -735,7 +733,17 @@ fn blue_green(
 /// A whole number of seconds, or a duration string (`autoPromotionSeconds`).
 fn seconds_or_duration(cx: &mut Cx, value: &Value, at: &str) -> Option<Duration> {
     match value {
-        Value::Number(_) => walk::uint(cx, value, at).map(Duration::from_secs),
+        Value::Number(_) => seconds(cx, value, at),
         _ => walk::duration(cx, value, at),
     }
+}
+
+/// A whole number of seconds, bounded like duration strings (milliseconds fit in `u64`).
+fn seconds(cx: &mut Cx, value: &Value, at: &str) -> Option<Duration> {
+    let n = walk::uint(cx, value, at)?;
+    if n.checked_mul(1000).is_none() {
+        cx.err(at, format!("too large: {n} seconds"));
+        return None;
+    }
+    Some(Duration::from_secs(n))
 }
