@@ -214,4 +214,21 @@ mod tests {
         let weir = weir(8080, 3100, split);
         assert!(weir.contains("upstreams: [\"127.0.0.1:9002\"]\n      weight: 10\n"));
     }
+
+    #[test]
+    fn weir_configs_are_valid() {
+        let split = Split {
+            stable: 9001,
+            canary: 9002,
+        };
+        for yaml in [weir(8080, 3100, split), weir_policies(8080, 3100, split)] {
+            let model =
+                weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(model.services.len(), 1);
+        }
+        let policies =
+            weir_config::parse(&weir_policies(8080, 3100, split), Path::new("/")).expect("valid");
+        assert!(policies.services[0].session_affinity.is_some());
+        assert!(policies.services[0].strategy.is_some());
+    }
 }
