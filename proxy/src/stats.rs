@@ -453,13 +453,16 @@ impl Stats {
     }
 }
 
+/// One sample: a cumulative snapshot of every (traffic, service, version).
+type Sample = HashMap<(TrafficKind, VersionKey), Snapshot>;
+
 /// A ring of cumulative snapshots of every version, taken by [`Window::sample`] (the control loop
 /// calls it about once a second), answering questions about sliding windows.
 #[derive(Debug)]
 pub struct Window {
     stats: Stats,
     retention: Duration,
-    samples: VecDeque<(Instant, HashMap<(TrafficKind, VersionKey), Snapshot>)>,
+    samples: VecDeque<(Instant, Sample)>,
 }
 
 // === impl Window ===
