@@ -1,8 +1,10 @@
 //! The route table: one immutable snapshot of everything the data plane serves, and the channel that
 //! publishes it.
 //!
-//! A [`RouteTable`] holds compiled host/path matchers, each service's split and arms, per-version stats
-//! handles and the listeners' TLS configs. [`channel`] creates one `ArcSwap` and hands out its only
+//! A [`RouteTable`] holds compiled host/path matchers, each service's arms (stable, and the canary,
+//! which is also the blue-green preview), its ordered per-request rules ([`rules`]: header/cookie
+//! routes → blue-green preview → sticky assignment → the exact weighted split, plus mirror routes),
+//! per-version stats handles and the listeners' TLS configs. [`channel`] creates one `ArcSwap` and hands out its only
 //! writer ([`Publisher`], not `Clone`) and any number of readers ([`Routes`]). A request loads the table
 //! once and finishes on that snapshot whatever is published meanwhile.
 
