@@ -97,7 +97,14 @@ pub(crate) struct PreviewRule {
     pub(crate) headers: Box<[Cond]>,
 }
 
-/// Sticky versions.
+/// Sticky versions: each client has a bucket in `0..10 000` and is on the canary iff its bucket is
+/// below the canary weight in basis points, so a rising weight only moves clients from stable to
+/// canary, weight 0 puts everyone on stable and 100% everyone on the canary.
+///
+/// The cookie form gives a client without a valid cookie a random bucket and sets it on that
+/// response only: `Set-Cookie: NAME=BUCKET; Path=/; Max-Age=SECS; HttpOnly; SameSite=Lax`, plus
+/// `; Secure` on TLS listeners. The header form hashes the header's value (FNV-1a 64 mod 10 000);
+/// a request without the header goes to the weighted split.
 #[derive(Debug)]
 pub(crate) enum Affinity {
     /// A random bucket kept in this cookie.
