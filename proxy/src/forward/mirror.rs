@@ -91,8 +91,11 @@ impl Mirror {
     /// The queue and its sender task (on the current `LocalSet`); the task ends when the queue's
     /// last sender is dropped.
     pub(crate) fn spawn(limits: &MirrorLimits) -> Mirror {
-        let (tx, rx) = mpsc::channel(limits.queue.max(1));
-        tokio::task::spawn_local(run(rx, Arc::new(Semaphore::new(limits.concurrency.max(1)))));
+        // Both bounds are clamped to what tokio's semaphores accept, so no setting can panic.
+        let bound = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::channel(bound(limits.queue));
+        let concurrency = Arc::new(Semaphore::new(bound(limits.concurrency)));
+        tokio::task::spawn_local(run(rx, concurrency));
         Mirror {
             tx,
             max_body: limits.max_body,
