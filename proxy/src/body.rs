@@ -9,8 +9,92 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::forward::mirror::Tee;
 use crate::stats::{UpstreamErrorKind, VersionStats};
 use crate::upstream::Lease;
+
+/// The request body sent upstream: the client's body, streamed; when the request is mirrored,
+/// its frames are also kept (by reference count, never copied) for the mirror's copy, which is
+/// queued once the body is complete. The primary never waits for the copy.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    tee: Option<Box<Tee>>,
+}
+
+impl RequestBody {
+    /// The client's body, not mirrored.
+    pub(crate) fn plain(inner: Incoming) -> Self {
+        RequestBody { inner, tee: None }
+    }
+
+    /// The client's body, its frames also collected into `tee`.
+    pub(crate) fn teed(inner: Incoming, tee: Box<Tee>) -> Self {
+        let mut body = RequestBody {
+            inner,
+            tee: Some(tee),
+        };
+        body.complete_if_done();
+        body
+    }
+
+    fn complete_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(tee) = self.tee.take() {
+                tee.complete();
+            }
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(tee) = &mut this.tee {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if !tee.push(data) {
+                            this.tee = None;
+                        }
+                    }
+                    this.complete_if_done();
+                }
+                Poll::Ready(None) => {
+                    if let Some(tee) = this.tee.take() {
+                        tee.complete();
+                    }
+                }
+                // A broken body: no complete copy (the tee counts it when dropped).
+                Poll::Ready(Some(Err(_))) => this.tee = None,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so: the copy is complete then.
+        self.complete_if_done();
+    }
+}
 
 /// A response body.
 #[derive(Debug)]
@@ -24,7 +108,7 @@ enum Kind {
     Upstream {
         inner: Incoming,
         /// The upstream connection, returned to the pool when the body has ended.
-        lease: Option<Lease>,
+        lease: Option<Lease<RequestBody>>,
         stats: Arc<VersionStats>,
     },
 }
@@ -49,7 +133,7 @@ impl ProxyBody {
     /// The upstream's body; `lease` goes back to its pool when the body ends cleanly.
     pub(crate) fn upstream(
         inner: Incoming,
-        lease: Option<Lease>,
+        lease: Option<Lease<RequestBody>>,
         stats: Arc<VersionStats>,
     ) -> Self {
         let mut body = ProxyBody {

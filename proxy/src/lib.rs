@@ -3,12 +3,13 @@
 //!
 //! # Layout
 //! - [`routes`]: the immutable [`routes::RouteTable`] snapshot and its channel ([`routes::channel`]
-//!   → one [`routes::Publisher`], many [`routes::Routes`]); compiled host/path matching and the
-//!   exact weighted split.
+//!   → one [`routes::Publisher`], many [`routes::Routes`]); compiled host/path matching, the
+//!   per-request rules ([`routes::rules`]) and the exact weighted split.
 //! - [`server`]: worker threads, listeners, TLS termination, HTTP/1.1 + HTTP/2, graceful drain.
-//! - `forward`: the request path (load table → match → pick arm → upstream → record).
+//! - `forward`: the request path in stages (route → policy → mirror → upstream → record).
 //! - `upstream`: per-worker keep-alive pools to upstreams.
-//! - [`stats`]: per-version atomic counters and latency histograms, snapshots and sliding windows.
+//! - [`stats`]: per-version atomic counters and latency histograms (primary and mirrored traffic,
+//!   mirror drops), snapshots and sliding windows.
 //! - [`metrics`]: Prometheus export of the stats.
 //! - [`tls`]: rustls configs with SNI certificate selection.
 //! - [`error`]: the failures weir answers itself, mapped to responses in one place.
@@ -24,6 +25,7 @@ pub mod tls;
 mod upstream;
 
 pub use body::ProxyBody;
+pub use forward::MirrorLimits;
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};
 pub use stats::Stats;

@@ -4,6 +4,12 @@
 //! Names follow the queries Argo Rollouts analysis templates use, so they run unchanged:
 //! `http_requests_total{service,version,status}`, `http_request_duration_seconds{service,version}`,
 //! plus `weir_canary_weight{service}` and `weir_upstream_errors_total{service,version,kind}`.
+//!
+//! Traffic policies: `weir_route_rules{service,kind}` (rules in force in the current table, kind ∈
+//! header, mirror, preview, affinity), and the mirror's own series, which never move the primary
+//! ones: `weir_mirror_requests_total{service,version,status}`,
+//! `weir_mirror_request_duration_seconds{service,version}` and
+//! `weir_mirror_dropped_total{service,reason}`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -13,7 +19,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::routes::Routes;
-use crate::stats::{Stats, UpstreamErrorKind, LATENCY_BUCKETS, N_BUCKETS};
+use crate::stats::{
+    MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats, LATENCY_BUCKETS,
+    N_BUCKETS,
+};
 
 /// Encodes the data plane's metrics on every scrape.
 #[derive(Debug)]
@@ -32,50 +41,34 @@ impl Collector for DataPlaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let all = self.stats.all();
 
-        let mut requests = encoder.encode_descriptor(
+        encode_exchanges(
+            &mut encoder,
+            &all,
             "http_requests",
             "Responses sent to clients, by service, version and status code",
+            "http_request_duration",
+            "Time from receiving a request to sending the response head, by service and version",
+        )?;
+        let mirrored = self.stats.all_of(TrafficKind::Mirror);
+        encode_exchanges(
+            &mut encoder,
+            &mirrored,
+            "weir_mirror_requests",
+            "Mirrored copies answered (responses discarded), by service, version and status code",
+            "weir_mirror_request_duration",
+            "Time from sending a mirrored copy to its response head, by service and version",
+        )?;
+        let mut dropped = encoder.encode_descriptor(
+            "weir_mirror_dropped",
+            "Mirror copies not sent, by service and reason",
             None,
             MetricType::Counter,
         )?;
-        for version in &all {
-            for (status, count) in version.status_counts() {
-                let status = status.to_string();
-                let labels = [
-                    ("service", version.service()),
-                    ("version", version.version()),
-                    ("status", status.as_str()),
-                ];
-                ConstCounter::new(count).encode(requests.encode_family(&labels)?)?;
+        for drops in self.stats.all_mirror_drops() {
+            for reason in MirrorDropReason::ALL {
+                let labels = [("service", drops.service()), ("reason", reason.as_str())];
+                ConstCounter::new(drops.count(reason)).encode(dropped.encode_family(&labels)?)?;
             }
-        }
-
-        let mut duration = encoder.encode_descriptor(
-            "http_request_duration",
-            "Time from receiving a request to sending the response head, by service and version",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for version in &all {
-            let snapshot = version.snapshot();
-            let mut buckets = [(0.0, 0u64); N_BUCKETS];
-            for (idx, slot) in buckets.iter_mut().enumerate() {
-                let bound = LATENCY_BUCKETS.get(idx).copied().unwrap_or(f64::MAX);
-                *slot = (bound, snapshot.buckets[idx]);
-            }
-            let count = snapshot.buckets.iter().sum();
-            let labels = [
-                ("service", version.service()),
-                ("version", version.version()),
-            ];
-            duration
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    snapshot.latency_sum_seconds,
-                    count,
-                    &buckets,
-                    None,
-                )?;
         }
 
         let mut errors = encoder.encode_descriptor(
@@ -111,6 +104,24 @@ impl Collector for DataPlaneCollector {
             ConstGauge::new(service.canary_weight().percent())
                 .encode(weight.encode_family(&labels)?)?;
         }
+        let mut rules = encoder.encode_descriptor(
+            "weir_route_rules",
+            "Traffic-policy rules in force in the current route table, by service and kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for service in table.services() {
+            let counts = service.rule_counts();
+            for (kind, count) in [
+                ("header", counts.header),
+                ("mirror", counts.mirror),
+                ("preview", counts.preview),
+                ("affinity", counts.affinity),
+            ] {
+                let labels = [("service", service.name()), ("kind", kind)];
+                ConstGauge::new(count as i64).encode(rules.encode_family(&labels)?)?;
+            }
+        }
         let mut generation = encoder.encode_descriptor(
             "weir_route_table_generation",
             "Number of route tables published since start",
@@ -121,4 +132,57 @@ impl Collector for DataPlaneCollector {
             .encode(generation.encode_family(&[("table", "routes")])?)?;
         Ok(())
     }
+}
+
+/// A counter of exchanges by status and a latency histogram, for `versions`.
+fn encode_exchanges(
+    encoder: &mut DescriptorEncoder<'_>,
+    versions: &[std::sync::Arc<VersionStats>],
+    counter: &str,
+    counter_help: &str,
+    histogram: &str,
+    histogram_help: &str,
+) -> Result<(), std::fmt::Error> {
+    let mut requests =
+        encoder.encode_descriptor(counter, counter_help, None, MetricType::Counter)?;
+    for version in versions {
+        for (status, count) in version.status_counts() {
+            let status = status.to_string();
+            let labels = [
+                ("service", version.service()),
+                ("version", version.version()),
+                ("status", status.as_str()),
+            ];
+            ConstCounter::new(count).encode(requests.encode_family(&labels)?)?;
+        }
+    }
+
+    let mut duration = encoder.encode_descriptor(
+        histogram,
+        histogram_help,
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for version in versions {
+        let snapshot = version.snapshot();
+        let mut buckets = [(0.0, 0u64); N_BUCKETS];
+        for (idx, slot) in buckets.iter_mut().enumerate() {
+            let bound = LATENCY_BUCKETS.get(idx).copied().unwrap_or(f64::MAX);
+            *slot = (bound, snapshot.buckets[idx]);
+        }
+        let count = snapshot.buckets.iter().sum();
+        let labels = [
+            ("service", version.service()),
+            ("version", version.version()),
+        ];
+        duration
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                snapshot.latency_sum_seconds,
+                count,
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }

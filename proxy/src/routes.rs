@@ -1,25 +1,31 @@
 //! The route table: one immutable snapshot of everything the data plane serves, and the channel that
 //! publishes it.
 //!
-//! A [`RouteTable`] holds compiled host/path matchers, each service's split and arms, per-version stats
-//! handles and the listeners' TLS configs. [`channel`] creates one `ArcSwap` and hands out its only
+//! A [`RouteTable`] holds compiled host/path matchers, each service's arms (stable, and the canary,
+//! which is also the blue-green preview), its ordered per-request rules ([`rules`]: header/cookie
+//! routes → blue-green preview → sticky assignment → the exact weighted split, plus mirror routes),
+//! per-version stats handles and the listeners' TLS configs. [`channel`] creates one `ArcSwap` and hands out its only
 //! writer ([`Publisher`], not `Clone`) and any number of readers ([`Routes`]). A request loads the table
 //! once and finishes on that snapshot whatever is published meanwhile.
 
 mod build;
 pub(crate) mod matcher;
+pub mod rules;
 pub mod split;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use weir_config::{HeaderRoute, MirrorRoute, UpstreamOptions, Weight};
 
 pub use self::build::{file_weight, BuildError, TlsMaterial};
 use self::matcher::HostIndex;
+use self::rules::{Affinity, HeaderRule, MirrorRule, PreviewRule};
+pub use self::rules::{DecidedBy, RequestHead, RuleError};
 use self::split::{Pick, Split};
-use crate::stats::VersionStats;
+use crate::stats::{MirrorDrops, VersionStats};
 
 /// What the control plane decides for one service beyond the file: compiled into the table by
 /// [`RouteTable::build`]. The data plane never decides any of it.
@@ -65,6 +71,51 @@ pub struct ServiceRoute {
     pub(crate) options: UpstreamOptions,
     /// The control plane's decisions this route was built from.
     pub(crate) policy: Policy,
+    /// Header/cookie routes in force, in order (empty without a canary arm).
+    pub(crate) header_rules: Box<[HeaderRule]>,
+    /// The blue-green preview, for a `blueGreen` service.
+    pub(crate) preview: Option<PreviewRule>,
+    /// Sticky versions, if configured.
+    pub(crate) affinity: Option<Affinity>,
+    /// Mirror routes in force (empty without a canary arm).
+    pub(crate) mirror_rules: Box<[MirrorRule]>,
+    /// Where mirrored exchanges and dropped copies are counted (with mirror routes in force).
+    pub(crate) mirror_stats: Option<MirrorStatsHandles>,
+}
+
+/// The stats handles of a service's mirror traffic, resolved when the table is built.
+#[derive(Debug, Clone)]
+pub(crate) struct MirrorStatsHandles {
+    /// Mirrored exchanges with the canary version.
+    pub(crate) exchanges: Arc<VersionStats>,
+    /// Copies not sent, by reason.
+    pub(crate) drops: Arc<MirrorDrops>,
+}
+
+/// The arm a request goes to and how that was decided.
+#[derive(Debug)]
+pub struct Decision<'t> {
+    /// The arm serving the request.
+    pub arm: &'t ArmRoute,
+    /// Whether that arm is the canary.
+    pub canary: bool,
+    /// The rule that decided.
+    pub by: DecidedBy,
+    /// A `Set-Cookie` value to add to the response (a sticky client seen for the first time).
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// How many rules of each kind a route has in force (the `weir_route_rules` gauge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Header/cookie routes.
+    pub header: usize,
+    /// Mirror routes.
+    pub mirror: usize,
+    /// 1 while a blue-green preview is up.
+    pub preview: usize,
+    /// 1 with session affinity configured.
+    pub affinity: usize,
 }
 
 /// One version of a service: its upstreams and stats handle.
@@ -136,9 +187,16 @@ impl RouteTable {
     /// The service routed for `host` (no port, any case) and `path`.
     #[inline]
     pub fn route(&self, host: &str, path: &str) -> Option<&ServiceRoute> {
+        self.route_target(host, path).map(|(service, _)| service)
+    }
+
+    /// The service routed for `host` and `path`, and whether `host` is one of its blue-green
+    /// preview hosts.
+    #[inline]
+    pub fn route_target(&self, host: &str, path: &str) -> Option<(&ServiceRoute, bool)> {
         self.hosts
-            .lookup(host, path)
-            .and_then(|idx| self.services.get(idx))
+            .lookup_target(host, path)
+            .and_then(|(idx, preview)| self.services.get(idx).map(|s| (s, preview)))
     }
 
     /// Every compiled service, in file order.
@@ -189,12 +247,76 @@ impl ServiceRoute {
         self.canary.as_ref()
     }
 
-    /// Picks the arm for the next request.
+    /// Picks the arm for a request by the rules, in order: header/cookie routes → blue-green
+    /// preview → sticky assignment → the exact weighted split. Only requests that reach the split
+    /// advance its sequence. Without a canary arm every request goes to stable.
     #[inline]
-    pub(crate) fn pick(&self) -> &ArmRoute {
-        match (self.split.pick(), &self.canary) {
-            (Pick::Canary, Some(canary)) => canary,
-            _ => &self.stable,
+    pub fn pick(&self, head: &RequestHead<'_>) -> Decision<'_> {
+        let Some(canary) = &self.canary else {
+            return self.decide(false, DecidedBy::Split);
+        };
+        if self.header_rules.iter().any(|r| r.any_of.matches(head)) {
+            return self.decide(true, DecidedBy::HeaderRoute);
+        }
+        if let Some(preview) = &self.preview {
+            if preview.matches(head) {
+                return self.decide(preview.active, DecidedBy::Preview);
+            }
+        }
+        if let Some(affinity) = &self.affinity {
+            if let Some((bucket, new)) = affinity.bucket(head.headers) {
+                let mut decision =
+                    self.decide(rules::sticky_canary(bucket, self.weight), DecidedBy::Sticky);
+                if new {
+                    decision.set_cookie = affinity.set_cookie(bucket, head.tls);
+                }
+                return decision;
+            }
+        }
+        match self.split.pick() {
+            Pick::Canary => Decision {
+                arm: canary,
+                canary: true,
+                by: DecidedBy::Split,
+                set_cookie: None,
+            },
+            Pick::Stable => self.decide(false, DecidedBy::Split),
+        }
+    }
+
+    #[inline]
+    fn decide(&self, canary: bool, by: DecidedBy) -> Decision<'_> {
+        let (arm, canary) = match (&self.canary, canary) {
+            (Some(arm), true) => (arm, true),
+            _ => (&self.stable, false),
+        };
+        Decision {
+            arm,
+            canary,
+            by,
+            set_cookie: None,
+        }
+    }
+
+    /// The first mirror route matching `head` whose percentage takes this request: a copy of it
+    /// goes to the canary. Requests served by the canary are never mirrored.
+    #[inline]
+    pub(crate) fn mirror(&self, head: &RequestHead<'_>, primary_canary: bool) -> Option<&ArmRoute> {
+        if primary_canary || self.mirror_rules.is_empty() {
+            return None;
+        }
+        let canary = self.canary.as_ref()?;
+        let rule = self.mirror_rules.iter().find(|r| r.any_of.matches(head))?;
+        rule.take().then_some(canary)
+    }
+
+    /// The rules in force, by kind.
+    pub fn rule_counts(&self) -> RuleCounts {
+        RuleCounts {
+            header: self.header_rules.len(),
+            mirror: self.mirror_rules.len(),
+            preview: usize::from(self.preview.as_ref().is_some_and(|p| p.active)),
+            affinity: usize::from(self.affinity.is_some()),
         }
     }
 }

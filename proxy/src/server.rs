@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use crate::forward::{self, ConnInfo, Worker};
+use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::routes::Routes;
 
 /// How the server runs.
@@ -34,16 +34,20 @@ pub struct ServeConfig {
     pub access_log: bool,
     /// Time allowed for a client to send a request head (slow-loris protection) and a TLS handshake.
     pub header_timeout: Duration,
+    /// Bounds of traffic mirroring, per worker.
+    pub mirror: MirrorLimits,
 }
 
 impl ServeConfig {
-    /// Defaults: one worker per core, 30 s drain, no access log, 30 s header timeout.
+    /// Defaults: one worker per core, 30 s drain, no access log, 30 s header timeout, default
+    /// mirror limits.
     pub fn new(workers: usize) -> ServeConfig {
         ServeConfig {
             workers: workers.max(1),
             drain_timeout: Duration::from_secs(30),
             access_log: false,
             header_timeout: Duration::from_secs(30),
+            mirror: MirrorLimits::default(),
         }
     }
 }
@@ -173,7 +177,7 @@ async fn run_worker(
     config: ServeConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let worker = Worker::new(&routes, config.access_log);
+    let worker = Worker::new(&routes, config.access_log, &config.mirror);
     let tracker = Rc::new(Tracker::default());
     let mut builder = auto::Builder::new(LocalExec);
     builder
@@ -283,7 +287,7 @@ async fn serve_connection(
     let tls = worker.table().tls(&listener).cloned();
     match tls {
         None => {
-            let conn = Rc::new(ConnInfo::new(peer.ip(), false));
+            let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), false));
             drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
         }
         Some(config) => {
@@ -298,7 +302,7 @@ async fn serve_connection(
             };
             match accepted {
                 Ok(Ok(tls_stream)) => {
-                    let conn = Rc::new(ConnInfo::new(peer.ip(), true));
+                    let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), true));
                     drive(TokioIo::new(tls_stream), worker, conn, &builder, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

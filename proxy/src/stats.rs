@@ -75,6 +75,97 @@ impl UpstreamErrorKind {
 /// (service, version).
 type VersionKey = (Arc<str>, Arc<str>);
 
+/// Why a mirror copy was not sent (the `reason` label of `weir_mirror_dropped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MirrorDropReason {
+    /// The worker's mirror queue was full (the canary is slower than the load).
+    QueueFull,
+    /// The request body is longer than the mirror body limit.
+    BodyTooLarge,
+    /// The request body's length is not known up front (chunked, or HTTP/2 without
+    /// `content-length`).
+    BodyUnknownLength,
+    /// The client's body ended early or broke, so there is no complete copy.
+    BodyIncomplete,
+}
+
+impl MirrorDropReason {
+    /// All reasons, in label order.
+    pub const ALL: [MirrorDropReason; 4] = [
+        MirrorDropReason::QueueFull,
+        MirrorDropReason::BodyTooLarge,
+        MirrorDropReason::BodyUnknownLength,
+        MirrorDropReason::BodyIncomplete,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorDropReason::QueueFull => "queue_full",
+            MirrorDropReason::BodyTooLarge => "body_too_large",
+            MirrorDropReason::BodyUnknownLength => "body_unknown_length",
+            MirrorDropReason::BodyIncomplete => "body_incomplete",
+        }
+    }
+}
+
+/// Mirror copies of one service that were not sent, by reason.
+#[derive(Debug)]
+pub struct MirrorDrops {
+    service: Arc<str>,
+    counts: [AtomicU64; MirrorDropReason::ALL.len()],
+}
+
+impl MirrorDrops {
+    /// The service label.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Counts one dropped copy.
+    #[inline]
+    pub fn record(&self, reason: MirrorDropReason) {
+        self.counts[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Copies dropped for `reason` so far.
+    pub fn count(&self, reason: MirrorDropReason) -> u64 {
+        self.counts[reason as usize].load(Relaxed)
+    }
+}
+
+/// Which traffic a stats handle counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TrafficKind {
+    /// Requests served to clients.
+    Primary,
+    /// Mirrored copies (their responses are discarded).
+    Mirror,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    primary: HashMap<VersionKey, Arc<VersionStats>>,
+    mirror: HashMap<VersionKey, Arc<VersionStats>>,
+    drops: HashMap<Arc<str>, Arc<MirrorDrops>>,
+}
+
+impl Registry {
+    fn map(&self, traffic: TrafficKind) -> &HashMap<VersionKey, Arc<VersionStats>> {
+        match traffic {
+            TrafficKind::Primary => &self.primary,
+            TrafficKind::Mirror => &self.mirror,
+        }
+    }
+
+    fn map_mut(&mut self, traffic: TrafficKind) -> &mut HashMap<VersionKey, Arc<VersionStats>> {
+        match traffic {
+            TrafficKind::Primary => &mut self.primary,
+            TrafficKind::Mirror => &mut self.mirror,
+        }
+    }
+}
+
 /// Counters of one (service, version) pair. Cheap to update from any thread.
 pub struct VersionStats {
     service: Arc<str>,
@@ -253,13 +344,14 @@ impl Snapshot {
     }
 }
 
-/// The registry of every version's stats. Cloning shares it.
+/// The registry of every version's stats (primary and mirrored traffic, and mirror drops).
+/// Cloning shares it.
 ///
-/// The map behind the mutex is touched only when a route table is built and when readers enumerate
-/// versions; the request path holds `Arc<VersionStats>` handles and never sees it.
+/// The maps behind the mutex are touched only when a route table is built and when readers
+/// enumerate versions; the request path holds `Arc` handles and never sees them.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    inner: Arc<Mutex<HashMap<VersionKey, Arc<VersionStats>>>>,
+    inner: Arc<Mutex<Registry>>,
 }
 
 // === impl Stats ===
@@ -272,33 +364,97 @@ impl Stats {
 
     /// The handle for (service, version), created on first use.
     pub fn handle(&self, service: &str, version: &str) -> Arc<VersionStats> {
-        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.handle_of(TrafficKind::Primary, service, version)
+    }
+
+    /// The handle counting mirrored exchanges with (service, version), created on first use.
+    pub fn mirror_handle(&self, service: &str, version: &str) -> Arc<VersionStats> {
+        self.handle_of(TrafficKind::Mirror, service, version)
+    }
+
+    fn handle_of(&self, traffic: TrafficKind, service: &str, version: &str) -> Arc<VersionStats> {
+        let mut registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let key: (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(version));
-        map.entry(key.clone())
+        registry
+            .map_mut(traffic)
+            .entry(key.clone())
             .or_insert_with(|| Arc::new(VersionStats::new(key.0, key.1)))
+            .clone()
+    }
+
+    /// The mirror drop counters of `service`, created on first use.
+    pub fn mirror_drops(&self, service: &str) -> Arc<MirrorDrops> {
+        let mut registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let service: Arc<str> = Arc::from(service);
+        registry
+            .drops
+            .entry(service.clone())
+            .or_insert_with(|| {
+                Arc::new(MirrorDrops {
+                    service,
+                    counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+            })
             .clone()
     }
 
     /// The handle for (service, version), if it was ever created.
     pub fn get(&self, service: &str, version: &str) -> Option<Arc<VersionStats>> {
-        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(Arc::from(service), Arc::from(version))).cloned()
+        self.get_of(TrafficKind::Primary, service, version)
     }
 
-    /// Drops every handle for which `keep` is false (versions no longer configured).
+    /// The handle of `traffic` for (service, version), if it was ever created.
+    pub fn get_of(
+        &self,
+        traffic: TrafficKind,
+        service: &str,
+        version: &str,
+    ) -> Option<Arc<VersionStats>> {
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        registry
+            .map(traffic)
+            .get(&(Arc::from(service), Arc::from(version)))
+            .cloned()
+    }
+
+    /// Drops every handle (primary and mirror) for which `keep` is false (versions no longer
+    /// configured), and the drop counters of services left with no version.
     pub fn retain(&self, mut keep: impl FnMut(&str, &str) -> bool) {
-        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|(service, version), _| keep(service, version));
+        let mut registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        registry
+            .primary
+            .retain(|(service, version), _| keep(service, version));
+        registry
+            .mirror
+            .retain(|(service, version), _| keep(service, version));
+        let Registry { primary, drops, .. } = &mut *registry;
+        drops.retain(|service, _| primary.keys().any(|(s, _)| s == service));
     }
 
     /// Every handle, sorted by (service, version) for stable output.
     pub fn all(&self) -> Vec<Arc<VersionStats>> {
-        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<_> = map.values().cloned().collect();
+        self.all_of(TrafficKind::Primary)
+    }
+
+    /// Every handle of `traffic`, sorted by (service, version).
+    pub fn all_of(&self, traffic: TrafficKind) -> Vec<Arc<VersionStats>> {
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = registry.map(traffic).values().cloned().collect();
         all.sort_by(|a, b| (&a.service, &a.version).cmp(&(&b.service, &b.version)));
         all
     }
+
+    /// Every service's mirror drop counters, sorted by service.
+    pub fn all_mirror_drops(&self) -> Vec<Arc<MirrorDrops>> {
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = registry.drops.values().cloned().collect();
+        all.sort_by(|a, b| a.service.cmp(&b.service));
+        all
+    }
 }
+
+/// One sample: a cumulative snapshot of every (traffic, service, version).
+type Sample = HashMap<(TrafficKind, VersionKey), Snapshot>;
 
 /// A ring of cumulative snapshots of every version, taken by [`Window::sample`] (the control loop
 /// calls it about once a second), answering questions about sliding windows.
@@ -306,7 +462,7 @@ impl Stats {
 pub struct Window {
     stats: Stats,
     retention: Duration,
-    samples: VecDeque<(Instant, HashMap<VersionKey, Snapshot>)>,
+    samples: VecDeque<(Instant, Sample)>,
 }
 
 // === impl Window ===
@@ -323,12 +479,15 @@ impl Window {
 
     /// Takes a sample of every version now and forgets samples older than the retention.
     pub fn sample(&mut self, now: Instant) {
-        let sample = self
-            .stats
-            .all()
-            .iter()
-            .map(|v| ((v.service.clone(), v.version.clone()), v.snapshot()))
-            .collect();
+        let mut sample = HashMap::new();
+        for traffic in [TrafficKind::Primary, TrafficKind::Mirror] {
+            for v in self.stats.all_of(traffic) {
+                sample.insert(
+                    (traffic, (v.service.clone(), v.version.clone())),
+                    v.snapshot(),
+                );
+            }
+        }
         self.samples.push_back((now, sample));
         while let Some((at, _)) = self.samples.front() {
             if now.saturating_duration_since(*at) > self.retention + Duration::from_secs(1) {
@@ -348,11 +507,31 @@ impl Window {
         window: Duration,
         now: Instant,
     ) -> (Snapshot, Duration) {
-        let Some(current) = self.stats.get(service, version).map(|v| v.snapshot()) else {
+        self.over_traffic(TrafficKind::Primary, service, version, window, now)
+    }
+
+    /// Like [`Window::over`], over the primary traffic or the mirrored copies of (service,
+    /// version).
+    pub fn over_traffic(
+        &self,
+        traffic: TrafficKind,
+        service: &str,
+        version: &str,
+        window: Duration,
+        now: Instant,
+    ) -> (Snapshot, Duration) {
+        let Some(current) = self
+            .stats
+            .get_of(traffic, service, version)
+            .map(|v| v.snapshot())
+        else {
             return (Snapshot::default(), Duration::ZERO);
         };
         let start = now.checked_sub(window).unwrap_or(now);
-        let key = (Arc::<str>::from(service), Arc::<str>::from(version));
+        let key = (
+            traffic,
+            (Arc::<str>::from(service), Arc::<str>::from(version)),
+        );
         // The oldest sample not older than the window start; fall back to the oldest we have.
         let Some(first) = self
             .samples

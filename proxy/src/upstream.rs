@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -23,38 +25,43 @@ use weir_config::UpstreamOptions;
 
 use crate::stats::UpstreamErrorKind;
 
-/// A worker's idle upstream connections, by address.
-pub(crate) struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+/// A worker's idle upstream connections, by address, for request bodies of type `B` (the
+/// client's streamed body for primary requests, a complete copy for mirrored ones).
+pub(crate) struct Pool<B> {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>>>,
     builder: http1::Builder,
 }
 
-struct Idle {
-    sender: http1::SendRequest<Incoming>,
+struct Idle<B> {
+    sender: http1::SendRequest<B>,
     since: Instant,
 }
 
 /// A connection lent to one exchange; [`Lease::release`] returns it to its pool.
-pub(crate) struct Lease {
-    pool: Rc<Pool>,
+pub(crate) struct Lease<B> {
+    pool: Rc<Pool<B>>,
     addr: SocketAddr,
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<B>,
     max_idle: usize,
 }
 
 /// A failed exchange, before any response head arrived.
 #[derive(Debug)]
-pub(crate) struct SendError {
+pub(crate) struct SendError<B> {
     pub(crate) kind: UpstreamErrorKind,
     pub(crate) message: String,
     /// The request, when it was never written, so another upstream may take it.
-    pub(crate) request: Option<Request<Incoming>>,
+    pub(crate) request: Option<Request<B>>,
 }
 
 // === impl Pool ===
 
-impl Pool {
-    pub(crate) fn new() -> Rc<Pool> {
+impl<B> Pool<B>
+where
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(crate) fn new() -> Rc<Pool<B>> {
         let mut builder = http1::Builder::new();
         builder.max_buf_size(256 * 1024);
         Rc::new(Pool {
@@ -68,8 +75,8 @@ impl Pool {
         self: &Rc<Self>,
         addr: SocketAddr,
         options: &UpstreamOptions,
-        mut request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        mut request: Request<B>,
+    ) -> Result<(Response<Incoming>, Lease<B>), SendError<B>> {
         loop {
             let (mut sender, reused) = match self.checkout(addr, options.idle_timeout).await {
                 Some(sender) => (sender, true),
@@ -116,8 +123,8 @@ impl Pool {
         self: &Rc<Self>,
         addr: SocketAddr,
         options: &UpstreamOptions,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
+        request: Request<B>,
+    ) -> Result<Response<Incoming>, SendError<B>> {
         let mut sender = match self.connect(addr, options.connect_timeout, true).await {
             Ok(sender) => sender,
             Err((kind, message)) => {
@@ -144,7 +151,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<Incoming>> {
+    ) -> Option<http1::SendRequest<B>> {
         loop {
             let Idle { mut sender, since } = {
                 let mut idle = self.idle.borrow_mut();
@@ -159,7 +166,7 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<B>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
@@ -180,7 +187,7 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<Incoming>, (UpstreamErrorKind, String)> {
+    ) -> Result<http1::SendRequest<B>, (UpstreamErrorKind, String)> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err((
@@ -223,7 +230,11 @@ impl Pool {
 
 // === impl Lease ===
 
-impl Lease {
+impl<B> Lease<B>
+where
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Returns the connection to its pool (dropped instead if it closed).
     pub(crate) fn release(self) {
         let Lease {
@@ -236,7 +247,7 @@ impl Lease {
     }
 }
 
-impl fmt::Debug for Lease {
+impl<B> fmt::Debug for Lease<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease").field("addr", &self.addr).finish()
     }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_config::{Model, Weight};
-use weir_proxy::routes::TlsMaterial;
+use weir_proxy::routes::{Policy, TlsMaterial};
 use weir_proxy::stats::VersionStats;
-use weir_proxy::{Publisher, RouteTable, Routes, ServeConfig, Stats};
+use weir_proxy::{MirrorLimits, Publisher, RouteTable, Routes, ServeConfig, Stats};
 
 /// The listeners block [`model`] adds when the YAML has none: one plain listener named `public`.
 /// Listener addresses in the model are never bound by the harness (it binds `127.0.0.1:0`).
@@ -52,6 +52,7 @@ pub fn model_in(base_dir: &Path, template: &str, vars: &[(&str, SocketAddr)]) ->
 pub struct Builder {
     model: Model,
     weights: BTreeMap<String, Weight>,
+    policies: BTreeMap<String, Policy>,
     tls: BTreeMap<String, TlsMaterial>,
     config: ServeConfig,
 }
@@ -60,6 +61,19 @@ impl Builder {
     /// Serves `weight` for `service`'s canary instead of the file weight.
     pub fn weight(mut self, service: &str, weight: Weight) -> Self {
         self.weights.insert(service.to_string(), weight);
+        self
+    }
+
+    /// Serves `policy` (weight, header and mirror routes, preview) for `service`; it wins over
+    /// [`Builder::weight`].
+    pub fn policy(mut self, service: &str, policy: Policy) -> Self {
+        self.policies.insert(service.to_string(), policy);
+        self
+    }
+
+    /// Bounds the mirror queue, concurrency and body size per worker.
+    pub fn mirror_limits(mut self, limits: MirrorLimits) -> Self {
+        self.config.mirror = limits;
         self
     }
 
@@ -88,18 +102,15 @@ impl Builder {
         let Builder {
             model,
             weights,
+            policies: explicit,
             tls,
             config,
         } = self;
         let stats = Stats::new();
-        let table = RouteTable::build(
-            &model,
-            &policies(&weights),
-            &tls,
-            &stats,
-            &RouteTable::empty(),
-        )
-        .expect("build the initial route table");
+        let mut all = policies(&weights);
+        all.extend(explicit);
+        let table = RouteTable::build(&model, &all, &tls, &stats, &RouteTable::empty())
+            .expect("build the initial route table");
         let (publisher, routes) = weir_proxy::channel(table);
         let listeners = model
             .listeners
@@ -144,6 +155,7 @@ impl Proxy {
         Builder {
             model,
             weights: BTreeMap::new(),
+            policies: BTreeMap::new(),
             tls: BTreeMap::new(),
             config,
         }
@@ -207,6 +219,21 @@ impl Proxy {
         let table = RouteTable::build(model, &policies(weights), tls, &self.stats, &previous)
             .expect("build the route table");
         self.publisher.publish(table)
+    }
+
+    /// Publishes `model` with these policies (services not named get their file weight and no
+    /// routes) and the start TLS material; returns the generation.
+    pub fn publish_policies(&self, model: &Model, policies: &BTreeMap<String, Policy>) -> u64 {
+        let previous = self.publisher.current();
+        let table = RouteTable::build(model, policies, &self.tls, &self.stats, &previous)
+            .expect("build the route table");
+        self.publisher.publish(table)
+    }
+
+    /// Publishes the start model with `policy` for `service`.
+    pub fn set_policy(&self, service: &str, policy: Policy) -> u64 {
+        let policies = BTreeMap::from([(service.to_string(), policy)]);
+        self.publish_policies(&self.model, &policies)
     }
 
     /// Publishes the start model and TLS material with `service`'s canary at `weight`.

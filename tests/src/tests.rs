@@ -8,6 +8,8 @@ mod forwarding;
 mod hot_swap;
 mod http2;
 mod metrics;
+mod mirror;
+mod policies;
 mod prometheus;
 mod reload;
 mod rollout;

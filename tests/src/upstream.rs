@@ -63,6 +63,7 @@ pub struct Builder {
     answer: Answer,
     headers: Vec<(HeaderName, HeaderValue)>,
     upgrades: bool,
+    status: StatusCode,
 }
 
 impl Builder {
@@ -89,6 +90,12 @@ impl Builder {
     /// Answers with these chunks (no `Content-Length`, so HTTP/1.1 chunked encoding).
     pub fn chunked_body(mut self, chunks: Vec<Bytes>) -> Self {
         self.answer = Answer::Chunks(chunks);
+        self
+    }
+
+    /// Answers every request with this status (default 200).
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
         self
     }
 
@@ -163,6 +170,7 @@ impl Server {
             answer: Answer::Version,
             headers: Vec::new(),
             upgrades: false,
+            status: StatusCode::OK,
         }
     }
 
@@ -336,6 +344,7 @@ async fn answer(
         Answer::EchoRequest => TestBody::full(echo(request).await),
     };
     let mut response = Response::builder()
+        .status(config.status)
         .header("x-version", config.version.as_str())
         .body(body)
         .expect("valid response");

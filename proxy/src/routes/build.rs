@@ -7,8 +7,11 @@ use std::sync::Arc;
 use weir_config::{Model, Service, Weight};
 
 use super::matcher::HostIndex;
+use super::rules::{Affinity, Cond, HeaderRule, MirrorRule, PreviewRule, RuleError};
 use super::split::Split;
-use super::{ArmRoute, ListenerTls, Policy, RouteTable, ServiceRoute, UpstreamRoute};
+use super::{
+    ArmRoute, ListenerTls, MirrorStatsHandles, Policy, RouteTable, ServiceRoute, UpstreamRoute,
+};
 use crate::stats::Stats;
 use crate::tls::{self, CertificatePem};
 
@@ -31,6 +34,16 @@ pub enum BuildError {
         /// What went wrong.
         #[source]
         source: tls::TlsError,
+    },
+    /// A header route, mirror route, preview or affinity rule does not compile (validation rejects
+    /// these configs first).
+    #[error("service {service:?}: {source}")]
+    Rule {
+        /// The service name.
+        service: String,
+        /// What went wrong.
+        #[source]
+        source: RuleError,
     },
     /// A TLS listener was given no certificate material.
     #[error("listener {listener:?}: no certificate material was loaded")]
@@ -67,12 +80,27 @@ impl RouteTable {
                 _ => None,
             })
             .collect();
+        let previous_mirrors: HashMap<(&str, &str), &Arc<AtomicU64>> = previous
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.mirror_rules
+                    .iter()
+                    .filter_map(move |r| r.sequence().map(|seq| ((&*s.name, &*r.name), seq)))
+            })
+            .collect();
 
         let mut hosts = HostIndex::default();
         let mut services = Vec::with_capacity(model.services.len());
         for (idx, service) in model.services.iter().enumerate() {
             for pattern in &service.matcher.hosts {
                 hosts.insert(pattern, &service.matcher.path_prefix, idx);
+            }
+            let blue_green = service.strategy.as_ref().and_then(|s| s.blue_green());
+            if let Some(blue_green) = blue_green {
+                for pattern in &blue_green.preview.hosts {
+                    hosts.insert_target(pattern, &service.matcher.path_prefix, idx, true);
+                }
             }
             let policy = policies
                 .get(&service.name)
@@ -92,14 +120,80 @@ impl RouteTable {
             } else {
                 Weight::ZERO
             };
+            let rule_error = |source| BuildError::Rule {
+                service: service.name.clone(),
+                source,
+            };
+            let has_canary = canary.is_some();
+            let header_rules = if has_canary {
+                policy
+                    .header_routes
+                    .iter()
+                    .filter(|r| !r.any_of.is_empty())
+                    .map(HeaderRule::compile)
+                    .collect::<Result<Box<_>, _>>()
+                    .map_err(rule_error)?
+            } else {
+                Box::default()
+            };
+            let mirror_rules = if has_canary {
+                policy
+                    .mirror_routes
+                    .iter()
+                    .filter(|r| !r.any_of.is_empty())
+                    .map(|r| {
+                        let sequence = previous_mirrors
+                            .get(&(service.name.as_str(), r.name.as_str()))
+                            .map(|s| Arc::clone(s))
+                            .unwrap_or_default();
+                        MirrorRule::compile(r, sequence)
+                    })
+                    .collect::<Result<Box<_>, _>>()
+                    .map_err(rule_error)?
+            } else {
+                Box::default()
+            };
+            let preview = blue_green
+                .map(|bg| -> Result<PreviewRule, RuleError> {
+                    Ok(PreviewRule {
+                        active: policy.preview,
+                        listener: bg.preview.listener.as_deref().map(Into::into),
+                        headers: bg
+                            .preview
+                            .headers
+                            .iter()
+                            .map(Cond::compile)
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .transpose()
+                .map_err(rule_error)?;
+            let affinity = service
+                .session_affinity
+                .as_ref()
+                .map(|a| Affinity::compile(&a.key, a.max_age))
+                .transpose()
+                .map_err(rule_error)?;
+            let mirror_stats = match (&service.canary, mirror_rules.is_empty()) {
+                (Some(c), false) => Some(MirrorStatsHandles {
+                    exchanges: stats.mirror_handle(&service.name, &c.version.version),
+                    drops: stats.mirror_drops(&service.name),
+                }),
+                _ => None,
+            };
             services.push(ServiceRoute {
                 name: Arc::from(service.name.as_str()),
-                split: Split::new(weight, canary.is_some(), sequence),
+                split: Split::new(weight, has_canary, sequence),
                 weight,
                 stable: arm(stats, service, &service.stable),
                 canary,
                 options: service.upstream.clone(),
                 policy,
+                header_rules,
+                preview,
+                affinity,
+                mirror_rules,
+                mirror_stats,
             });
         }
         hosts.finish();

@@ -14,7 +14,8 @@ const MAX_HOST: usize = 255;
 /// Path prefixes of one host pattern, longest first.
 #[derive(Debug, Default)]
 struct PathRoutes {
-    prefixes: Vec<(Box<str>, usize)>,
+    /// `(prefix, service index, reached through a blue-green preview host)`.
+    prefixes: Vec<(Box<str>, usize, bool)>,
 }
 
 /// The compiled host index.
@@ -31,6 +32,17 @@ pub(crate) struct HostIndex {
 impl HostIndex {
     /// Adds `service` for `pattern` and `prefix`.
     pub(crate) fn insert(&mut self, pattern: &HostPattern, prefix: &str, service: usize) {
+        self.insert_target(pattern, prefix, service, false);
+    }
+
+    /// Adds `service` for `pattern` and `prefix`; `preview` marks a blue-green preview host.
+    pub(crate) fn insert_target(
+        &mut self,
+        pattern: &HostPattern,
+        prefix: &str,
+        service: usize,
+        preview: bool,
+    ) {
         let routes = match pattern {
             HostPattern::Exact(host) => self.exact.entry(host.as_str().into()).or_default(),
             HostPattern::Suffix(suffix) => {
@@ -46,7 +58,7 @@ impl HostIndex {
             }
             HostPattern::Any => self.any.get_or_insert_with(PathRoutes::default),
         };
-        routes.prefixes.push((prefix.into(), service));
+        routes.prefixes.push((prefix.into(), service, preview));
     }
 
     /// Orders suffixes and prefixes longest first; call once after the last insert.
@@ -61,13 +73,20 @@ impl HostIndex {
         for routes in all {
             routes
                 .prefixes
-                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+                .sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         }
     }
 
     /// The service index for a host (port already stripped, any case) and path.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<usize> {
+        self.lookup_target(host, path).map(|(service, _)| service)
+    }
+
+    /// The service index for a host (port already stripped, any case) and path, and whether the
+    /// host is one of the service's preview hosts.
+    #[inline]
+    pub(crate) fn lookup_target(&self, host: &str, path: &str) -> Option<(usize, bool)> {
         let mut buf = [0u8; MAX_HOST];
         let host = lowercase(host, &mut buf);
         if let Some(host) = host {
@@ -86,11 +105,11 @@ impl HostIndex {
 
 impl PathRoutes {
     #[inline]
-    fn lookup(&self, path: &str) -> Option<usize> {
+    fn lookup(&self, path: &str) -> Option<(usize, bool)> {
         self.prefixes
             .iter()
-            .find(|(prefix, _)| path.starts_with(&**prefix))
-            .map(|(_, service)| *service)
+            .find(|(prefix, _, _)| path.starts_with(&**prefix))
+            .map(|(_, service, preview)| (*service, *preview))
     }
 }
 

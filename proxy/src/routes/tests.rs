@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use weir_config::Weight;
+use http::{HeaderMap, Method};
+use weir_config::{
+    AffinityKey, HeaderRoute, MirrorRoute, RequestMatch, SessionAffinity, StringMatch, Weight,
+};
 
 use super::*;
 use crate::stats::Stats;
@@ -86,8 +89,9 @@ fn routing_and_stats_handles_are_resolved_at_build_time() {
 fn split_sequences_survive_swaps_and_versions_gone_lose_their_stats() {
     let stats = Stats::new();
     let first = build(&[("shop", 5000)], &stats, &RouteTable::empty());
+    let headers = HeaderMap::new();
     for _ in 0..3 {
-        first.service("shop").unwrap().pick();
+        first.service("shop").unwrap().pick(&head(&headers));
     }
     let second = build(&[("shop", 5000)], &stats, &first);
     match (
@@ -106,4 +110,398 @@ fn split_sequences_survive_swaps_and_versions_gone_lose_their_stats() {
         "unconfigured versions are dropped"
     );
     assert!(stats.get("shop", "v2").is_some());
+}
+
+static GET: Method = Method::GET;
+
+fn head(headers: &HeaderMap) -> RequestHead<'_> {
+    RequestHead {
+        method: &GET,
+        path: "/",
+        headers,
+        listener: "public",
+        tls: false,
+        preview_host: false,
+    }
+}
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(*name, http::HeaderValue::from_static(value));
+    }
+    map
+}
+
+fn header_route(name: &str, value: StringMatch) -> HeaderRoute {
+    HeaderRoute {
+        name: "r".into(),
+        any_of: vec![vec![RequestMatch::Header {
+            name: name.into(),
+            value,
+        }]],
+    }
+}
+
+fn with_policy(model: &weir_config::Model, policy: Policy, stats: &Stats) -> RouteTable {
+    let policies = BTreeMap::from([("shop".to_string(), policy)]);
+    RouteTable::build(
+        model,
+        &policies,
+        &BTreeMap::new(),
+        stats,
+        &RouteTable::empty(),
+    )
+    .expect("builds")
+}
+
+fn sequence(table: &RouteTable) -> u64 {
+    match &table.service("shop").unwrap().split {
+        Split::Weighted { sequence, .. } => sequence.load(std::sync::atomic::Ordering::Relaxed),
+        _ => panic!("weighted split expected"),
+    }
+}
+
+#[test]
+fn header_routes_match_exact_prefix_and_anchored_regex() {
+    let stats = Stats::new();
+    let policy = Policy {
+        weight: Weight::from_basis_points(5000).unwrap(),
+        header_routes: vec![
+            header_route("x-exact", StringMatch::Exact("yes".into())),
+            header_route("x-prefix", StringMatch::Prefix("be".into())),
+            header_route("x-re", StringMatch::Regex("v[0-9]+".into())),
+        ],
+        ..Policy::default()
+    };
+    let table = with_policy(&model(), policy, &stats);
+    let shop = table.service("shop").unwrap();
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("x-exact", "yes")], true),
+        (&[("x-exact", "yes!")], false),
+        (&[("x-exact", "no"), ("x-exact", "yes")], true),
+        (&[("x-prefix", "beta")], true),
+        (&[("x-prefix", "alpha")], false),
+        (&[("x-re", "v12")], true),
+        (&[("x-re", "xv12")], false),
+        (&[("x-re", "v12x")], false),
+        (&[("X-EXACT", "yes")], true),
+    ];
+    for (pairs, routed) in cases {
+        let h = headers(pairs);
+        let d = shop.pick(&head(&h));
+        assert_eq!(d.by == DecidedBy::HeaderRoute, *routed, "{pairs:?}");
+        if *routed {
+            assert!(d.canary);
+        }
+    }
+}
+
+#[test]
+fn cookies_are_parsed_across_lines_and_entries_are_and_ed() {
+    let stats = Stats::new();
+    let route = HeaderRoute {
+        name: "beta".into(),
+        any_of: vec![
+            vec![
+                RequestMatch::Cookie {
+                    name: "beta".into(),
+                    value: StringMatch::Exact("yes".into()),
+                },
+                RequestMatch::Method(StringMatch::Exact("GET".into())),
+            ],
+            vec![RequestMatch::Header {
+                name: "cookie".into(),
+                value: StringMatch::Regex("^(.*?;)?(flag=on)(;.*)?$".into()),
+            }],
+        ],
+    };
+    let policy = Policy {
+        weight: Weight::from_basis_points(5000).unwrap(),
+        header_routes: vec![route],
+        ..Policy::default()
+    };
+    let table = with_policy(&model(), policy, &stats);
+    let shop = table.service("shop").unwrap();
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("cookie", "beta=yes")], true),
+        (&[("cookie", "a=1; beta=yes; c=3")], true),
+        (&[("cookie", "a=1;beta=yes")], true),
+        (&[("cookie", "a=1"), ("cookie", "beta=yes")], true),
+        (&[("cookie", "beta=\"yes\"")], true),
+        (&[("cookie", "xbeta=yes")], false),
+        (&[("cookie", "beta=yesno")], false),
+        (&[("cookie", "beta")], false),
+        (&[("cookie", "a=1;flag=on")], true),
+        (&[], false),
+    ];
+    for (pairs, routed) in cases {
+        let h = headers(pairs);
+        assert_eq!(
+            shop.pick(&head(&h)).by == DecidedBy::HeaderRoute,
+            *routed,
+            "{pairs:?}"
+        );
+    }
+}
+
+#[test]
+fn rule_decided_requests_do_not_advance_the_split() {
+    let stats = Stats::new();
+    let policy = Policy {
+        weight: Weight::from_basis_points(5000).unwrap(),
+        header_routes: vec![header_route("x-beta", StringMatch::Exact("1".into()))],
+        ..Policy::default()
+    };
+    let table = with_policy(&model(), policy, &stats);
+    let shop = table.service("shop").unwrap();
+    let beta = headers(&[("x-beta", "1")]);
+    let plain = HeaderMap::new();
+    for _ in 0..100 {
+        assert!(shop.pick(&head(&beta)).canary);
+    }
+    assert_eq!(sequence(&table), 0);
+    let canary = (0..100).filter(|_| shop.pick(&head(&plain)).canary).count();
+    assert_eq!(canary, 50, "the split stays exact");
+    assert_eq!(sequence(&table), 100);
+}
+
+#[test]
+fn rules_are_evaluated_header_routes_then_preview_then_sticky_then_split() {
+    let mut model = model();
+    let shop = &mut model.services[0];
+    shop.session_affinity = Some(SessionAffinity {
+        key: AffinityKey::Header("x-user".into()),
+        max_age: std::time::Duration::from_secs(60),
+    });
+    shop.strategy = Some(weir_config::Strategy {
+        kind: weir_config::StrategyKind::BlueGreen(weir_config::BlueGreen {
+            preview: weir_config::Preview {
+                hosts: vec![],
+                listener: Some("preview".into()),
+                headers: vec![RequestMatch::Header {
+                    name: "x-preview".into(),
+                    value: StringMatch::Exact("1".into()),
+                }],
+            },
+            auto_promotion_enabled: true,
+            auto_promotion_after: None,
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
+            scale_down_delay: std::time::Duration::from_secs(30),
+        }),
+        progress_deadline: std::time::Duration::from_secs(600),
+    });
+    let stats = Stats::new();
+    // Weight 0: nothing reaches the canary by the split or by stickiness.
+    let policy = Policy {
+        weight: Weight::ZERO,
+        header_routes: vec![header_route("x-beta", StringMatch::Exact("1".into()))],
+        preview: false,
+        ..Policy::default()
+    };
+    let table = with_policy(&model, policy.clone(), &stats);
+    let shop = table.service("shop").unwrap();
+    let both = headers(&[("x-beta", "1"), ("x-preview", "1"), ("x-user", "u")]);
+    let d = shop.pick(&head(&both));
+    assert_eq!((d.by, d.canary), (DecidedBy::HeaderRoute, true));
+    let preview = headers(&[("x-preview", "1"), ("x-user", "u")]);
+    let d = shop.pick(&head(&preview));
+    assert_eq!((d.by, d.canary), (DecidedBy::Preview, false), "preview off");
+    let user = headers(&[("x-user", "u")]);
+    let d = shop.pick(&head(&user));
+    assert_eq!((d.by, d.canary), (DecidedBy::Sticky, false));
+    let d = shop.pick(&head(&HeaderMap::new()));
+    assert_eq!((d.by, d.canary), (DecidedBy::Split, false));
+
+    let table = with_policy(
+        &model,
+        Policy {
+            preview: true,
+            ..policy
+        },
+        &stats,
+    );
+    let shop = table.service("shop").unwrap();
+    let d = shop.pick(&head(&preview));
+    assert_eq!((d.by, d.canary), (DecidedBy::Preview, true), "preview on");
+    let plain = HeaderMap::new();
+    let mut on_listener = head(&plain);
+    on_listener.listener = "preview";
+    assert!(shop.pick(&on_listener).canary);
+    let mut by_host = head(&plain);
+    by_host.preview_host = true;
+    assert!(shop.pick(&by_host).canary);
+    assert!(!shop.pick(&head(&plain)).canary);
+    assert_eq!(
+        shop.rule_counts(),
+        RuleCounts {
+            header: 1,
+            mirror: 0,
+            preview: 1,
+            affinity: 1
+        }
+    );
+}
+
+#[test]
+fn without_a_canary_every_rule_match_goes_to_stable() {
+    let stats = Stats::new();
+    let policies = BTreeMap::from([(
+        "rest".to_string(),
+        Policy {
+            weight: Weight::FULL,
+            header_routes: vec![header_route("x-beta", StringMatch::Exact("1".into()))],
+            ..Policy::default()
+        },
+    )]);
+    let table = RouteTable::build(
+        &model(),
+        &policies,
+        &BTreeMap::new(),
+        &stats,
+        &RouteTable::empty(),
+    )
+    .unwrap();
+    let rest = table.service("rest").unwrap();
+    let beta = headers(&[("x-beta", "1")]);
+    let d = rest.pick(&head(&beta));
+    assert!(!d.canary);
+    assert_eq!(d.arm.version(), "v1");
+}
+
+#[test]
+fn sticky_buckets_only_move_from_stable_to_canary_as_the_weight_rises() {
+    let weights = [0u16, 1, 100, 1000, 2000, 5000, 9999, 10_000];
+    for bucket in 0..rules::BUCKETS {
+        let mut was_canary = false;
+        for bp in weights {
+            let canary = rules::sticky_canary(bucket, Weight::from_basis_points(bp).unwrap());
+            assert!(
+                canary || !was_canary,
+                "bucket {bucket} left the canary at {bp}"
+            );
+            was_canary = canary;
+        }
+        assert!(!rules::sticky_canary(bucket, Weight::ZERO));
+        assert!(rules::sticky_canary(bucket, Weight::FULL));
+    }
+}
+
+#[test]
+fn sticky_cookie_is_issued_once_and_then_honoured() {
+    let mut model = model();
+    model.services[0].session_affinity = Some(SessionAffinity {
+        key: AffinityKey::Cookie("weir-shop".into()),
+        max_age: std::time::Duration::from_secs(3600),
+    });
+    let stats = Stats::new();
+    let table = with_policy(
+        &model,
+        Weight::from_basis_points(2000).unwrap().into(),
+        &stats,
+    );
+    let shop = table.service("shop").unwrap();
+    let none = HeaderMap::new();
+    let d = shop.pick(&head(&none));
+    assert_eq!(d.by, DecidedBy::Sticky);
+    let cookie = d.set_cookie.expect("a new client gets a cookie");
+    let cookie = cookie.to_str().unwrap();
+    assert!(
+        cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"),
+        "{cookie}"
+    );
+    let mut tls = head(&none);
+    tls.tls = true;
+    let secure = shop.pick(&tls).set_cookie.unwrap();
+    assert!(secure.to_str().unwrap().ends_with("; Secure"));
+    for (value, canary) in [
+        ("weir-shop=0", true),
+        ("weir-shop=1999", true),
+        ("weir-shop=2000", false),
+    ] {
+        let h = headers(&[("cookie", value)]);
+        let d = shop.pick(&head(&h));
+        assert!(d.set_cookie.is_none(), "{value}");
+        assert_eq!(d.canary, canary, "{value}");
+    }
+    for invalid in [
+        "weir-shop=10000",
+        "weir-shop=-1",
+        "weir-shop=x",
+        "weir-shop=",
+    ] {
+        let h = headers(&[("cookie", invalid)]);
+        assert!(
+            shop.pick(&head(&h)).set_cookie.is_some(),
+            "{invalid} is replaced"
+        );
+    }
+    assert_eq!(sequence(&table), 0, "sticky requests never reach the split");
+}
+
+#[test]
+fn header_hash_is_stable_and_a_missing_header_falls_through_to_the_split() {
+    assert_eq!(rules::fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(rules::fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    let mut model = model();
+    model.services[0].session_affinity = Some(SessionAffinity {
+        key: AffinityKey::Header("x-user".into()),
+        max_age: std::time::Duration::from_secs(3600),
+    });
+    let stats = Stats::new();
+    let table = with_policy(
+        &model,
+        Weight::from_basis_points(5000).unwrap().into(),
+        &stats,
+    );
+    let shop = table.service("shop").unwrap();
+    let user = headers(&[("x-user", "alice")]);
+    let first = shop.pick(&head(&user)).canary;
+    for _ in 0..10 {
+        let d = shop.pick(&head(&user));
+        assert_eq!((d.by, d.canary), (DecidedBy::Sticky, first));
+        assert!(d.set_cookie.is_none());
+    }
+    let expected = (rules::fnv1a64(b"alice") % 10_000) < 5000;
+    assert_eq!(first, expected);
+    assert_eq!(shop.pick(&head(&HeaderMap::new())).by, DecidedBy::Split);
+}
+
+#[test]
+fn mirror_routes_take_an_exact_share_of_matching_requests_and_survive_swaps() {
+    let stats = Stats::new();
+    let route = MirrorRoute {
+        name: "shadow".into(),
+        percentage: Weight::from_basis_points(5000).unwrap(),
+        any_of: vec![vec![RequestMatch::Method(StringMatch::Exact("GET".into()))]],
+    };
+    let policy = Policy {
+        weight: Weight::ZERO,
+        mirror_routes: vec![route],
+        ..Policy::default()
+    };
+    let first = with_policy(&model(), policy.clone(), &stats);
+    let plain = HeaderMap::new();
+    let shop = first.service("shop").unwrap();
+    let copies = (0..7)
+        .filter(|_| shop.mirror(&head(&plain), false).is_some())
+        .count();
+    assert!((3..=4).contains(&copies));
+    assert!(
+        shop.mirror(&head(&plain), true).is_none(),
+        "canary requests are not mirrored"
+    );
+    let policies = BTreeMap::from([("shop".to_string(), policy)]);
+    let second = RouteTable::build(&model(), &policies, &BTreeMap::new(), &stats, &first).unwrap();
+    let shop = second.service("shop").unwrap();
+    let copies2 = (0..93)
+        .filter(|_| shop.mirror(&head(&plain), false).is_some())
+        .count();
+    assert_eq!(copies + copies2, 50, "one sequence across tables");
+    let post = Method::POST;
+    let mut posted = head(&plain);
+    posted.method = &post;
+    assert!(shop.mirror(&posted, false).is_none());
+    assert_eq!(shop.rule_counts().mirror, 1);
 }

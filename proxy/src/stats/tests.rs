@@ -105,3 +105,41 @@ fn a_version_younger_than_the_window_counts_from_its_birth() {
         0
     );
 }
+
+#[test]
+fn mirror_traffic_has_its_own_handles_and_windows() {
+    let stats = Stats::new();
+    let primary = stats.handle("shop", "v2");
+    let mirror = stats.mirror_handle("shop", "v2");
+    assert!(!Arc::ptr_eq(&primary, &mirror));
+    let mut window = Window::new(stats.clone(), Duration::from_secs(60));
+    let t0 = Instant::now();
+    window.sample(t0);
+    for _ in 0..7 {
+        mirror.record(500, ms(3));
+    }
+    primary.record(200, ms(1));
+    let now = t0 + Duration::from_secs(10);
+    let (m, covered) = window.over_traffic(TrafficKind::Mirror, "shop", "v2", ms(30_000), now);
+    assert_eq!((m.requests, m.errors_5xx), (7, 7));
+    assert_eq!(covered, Duration::from_secs(10));
+    let (p, _) = window.over("shop", "v2", ms(30_000), now);
+    assert_eq!((p.requests, p.errors_5xx), (1, 0));
+    assert_eq!(
+        stats.all().len(),
+        1,
+        "mirror handles are not primary versions"
+    );
+
+    let drops = stats.mirror_drops("shop");
+    drops.record(MirrorDropReason::QueueFull);
+    assert_eq!(
+        stats
+            .mirror_drops("shop")
+            .count(MirrorDropReason::QueueFull),
+        1
+    );
+    stats.retain(|_, _| false);
+    assert!(stats.get_of(TrafficKind::Mirror, "shop", "v2").is_none());
+    assert!(stats.all_mirror_drops().is_empty());
+}

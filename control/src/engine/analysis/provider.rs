@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tokio::time::Instant;
-use weir_config::{BuiltinMetric, BuiltinProvider, PrometheusProvider, WebProvider};
-use weir_proxy::stats::Window;
+use weir_config::{BuiltinMetric, BuiltinProvider, PrometheusProvider, Traffic, WebProvider};
+use weir_proxy::stats::{TrafficKind, Window};
 
 use super::jsonpath::JsonPath;
 use super::{show_duration, substitute, Measured, Outcome};
@@ -22,6 +22,9 @@ mod http;
 /// `success-rate` / `error-rate` as fractions (0..=1) of non-5xx / 5xx responses, `request-rate`
 /// in requests per second over the covered window, `latency-pNN` in seconds.
 ///
+/// With `traffic: mirror` the same measures are taken over the mirrored copies the version
+/// answered (responses discarded), so a canary can be judged on shadow traffic alone.
+///
 /// A window not yet fully covered by samples is measured over the part that is; with no covered
 /// time at all, or fewer than `minRequests` requests, the outcome is [`Outcome::NoData`].
 pub fn builtin(
@@ -31,7 +34,11 @@ pub fn builtin(
     version: &str,
     now: Instant,
 ) -> Outcome {
-    let (snapshot, covered) = window.over(service, version, p.window, now);
+    let traffic = match p.traffic {
+        Traffic::Primary => TrafficKind::Primary,
+        Traffic::Mirror => TrafficKind::Mirror,
+    };
+    let (snapshot, covered) = window.over_traffic(traffic, service, version, p.window, now);
     if covered.is_zero() {
         return Outcome::NoData(format!("no stats for {service} version {version} yet"));
     }

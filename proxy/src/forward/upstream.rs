@@ -1,29 +1,21 @@
-//! The request path: load the table once → match host and path → pick the arm → call an upstream
-//! → record → stream the response back.
-//!
-//! Everything here runs on a worker's single-threaded runtime: the route cache and the upstream pool
-//! are worker-local, so the only shared writes per request are a few relaxed atomic adds (the split
-//! sequence, round robin, and the version's counters).
+//! The upstream stage: turn the client's request into an upstream request, send it over the
+//! worker's pool (trying the arm's other upstreams when a connection cannot be made), tunnel
+//! upgrades, and record the outcome in the arm's stats.
 
-use std::cell::RefCell;
-use std::convert::Infallible;
-use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Cache};
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use super::{mirror, ConnInfo, Worker};
+use crate::body::{ProxyBody, RequestBody};
 use crate::error::ProxyError;
-use crate::routes::matcher::strip_port;
-use crate::routes::{ArmRoute, RouteTable, ServiceRoute};
+use crate::routes::{ArmRoute, ServiceRoute};
 use crate::stats::UpstreamErrorKind;
-use crate::upstream::{Pool, SendError};
+use crate::upstream::SendError;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -31,109 +23,13 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// State shared by every connection of one worker thread.
-pub(crate) struct Worker {
-    routes: RefCell<Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>>,
-    pool: Rc<Pool>,
-    access_log: bool,
-}
-
-/// Per-connection facts added to every request.
-pub(crate) struct ConnInfo {
-    /// The client's IP, preformatted for `X-Forwarded-For`.
-    client_ip: HeaderValue,
-    /// `http` or `https`.
-    proto: HeaderValue,
-}
-
-// === impl Worker ===
-
-impl Worker {
-    pub(crate) fn new(routes: &crate::routes::Routes, access_log: bool) -> Rc<Worker> {
-        Rc::new(Worker {
-            routes: RefCell::new(routes.cache()),
-            pool: Pool::new(),
-            access_log,
-        })
-    }
-
-    /// The current table (one atomic read when unchanged).
-    pub(crate) fn table(&self) -> Arc<RouteTable> {
-        self.routes.borrow_mut().load().clone()
-    }
-}
-
-// === impl ConnInfo ===
-
-impl ConnInfo {
-    pub(crate) fn new(client: IpAddr, tls: bool) -> ConnInfo {
-        let client_ip = HeaderValue::from_str(&client.to_string())
-            .expect("an IP address is always a valid header value");
-        ConnInfo {
-            client_ip,
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-        }
-    }
-}
-
-/// Serves one request. Never fails: every error becomes a response.
-pub(crate) async fn handle(
-    worker: Rc<Worker>,
-    conn: Rc<ConnInfo>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
-    let table = worker.table();
-    let response = match route(&table, &request) {
-        Err(error) => {
-            if worker.access_log {
-                AccessLine::of(&request).log(error.status(), "-", "-", start);
-            }
-            error.to_response()
-        }
-        Ok(service) => {
-            let arm = service.pick();
-            // Only taken when the access log is on: the request moves upstream.
-            let line = worker.access_log.then(|| AccessLine::of(&request));
-            let response = forward(&worker, &conn, service, arm, request, start).await;
-            if let Some(line) = line {
-                line.log(response.status(), service.name(), arm.version(), start);
-            }
-            response
-        }
-    };
-    Ok(response)
-}
-
-/// Finds the service for a request, or why there is none.
-fn route<'t>(
-    table: &'t RouteTable,
-    request: &Request<Incoming>,
-) -> Result<&'t ServiceRoute, ProxyError> {
-    let host = match request.uri().authority() {
-        // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
-        Some(authority) => authority.host(),
-        None => match request.headers().get(header::HOST) {
-            Some(value) => strip_port(value.to_str().map_err(|_| ProxyError::BadHost)?),
-            // HTTP/1.1 requires Host; HTTP/1.0 clients only reach a `*` service.
-            None if request.version() == Version::HTTP_11 => return Err(ProxyError::BadHost),
-            None => "",
-        },
-    };
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    table
-        .route(host, request.uri().path())
-        .ok_or(ProxyError::NoRoute)
-}
-
-async fn forward(
+/// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome.
+pub(super) async fn forward(
     worker: &Rc<Worker>,
     conn: &ConnInfo,
     service: &ServiceRoute,
     arm: &ArmRoute,
+    mirror_to: Option<&ArmRoute>,
     mut request: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
@@ -142,6 +38,11 @@ async fn forward(
     let outcome = if upgrade {
         forward_upgrade(worker, service, arm, request).await
     } else {
+        let request = match mirror_to {
+            // Upgrades are never mirrored: a tunnel cannot be copied.
+            Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
+            None => request.map(RequestBody::plain),
+        };
         send(worker, service, arm, request, start).await
     };
     match outcome {
@@ -164,7 +65,7 @@ async fn send(
     worker: &Rc<Worker>,
     service: &ServiceRoute,
     arm: &ArmRoute,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let options = &service.options;
@@ -227,7 +128,9 @@ async fn forward_upgrade(
     let options = &service.options;
     let sent = tokio::time::timeout(
         options.response_timeout,
-        worker.pool.send_upgrade(addr, options, request),
+        worker
+            .pool
+            .send_upgrade(addr, options, request.map(RequestBody::plain)),
     )
     .await;
     let mut response = match sent {
@@ -291,7 +194,7 @@ fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 
 /// Turns a client request into an upstream request: origin-form URI, HTTP/1.1, a Host header, no
 /// hop-by-hop headers, `X-Forwarded-*` added.
-fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
+pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
     let original_host = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(header::HOST).cloned(),
@@ -393,36 +296,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
         || *name == KEEP_ALIVE
         || *name == PROXY_CONNECTION
-}
-
-/// What the access log says about a request, kept before the request moves upstream.
-struct AccessLine {
-    method: http::Method,
-    host: Option<HeaderValue>,
-    uri: Uri,
-}
-
-impl AccessLine {
-    fn of(request: &Request<Incoming>) -> AccessLine {
-        AccessLine {
-            method: request.method().clone(),
-            host: request.headers().get(header::HOST).cloned(),
-            uri: request.uri().clone(),
-        }
-    }
-
-    fn log(&self, status: StatusCode, service: &str, version: &str, start: Instant) {
-        tracing::info!(
-            target: "weir::access",
-            method = %self.method,
-            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            uri = %self.uri,
-            status = status.as_u16(),
-            service,
-            version,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        );
-    }
 }
 
 #[cfg(test)]

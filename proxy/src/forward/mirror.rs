@@ -1,0 +1,255 @@
+//! The mirror stage: a copy of a request goes to the canary, its response is read and discarded.
+//!
+//! - The client's response never waits for the copy: copies go through a bounded per-worker queue
+//!   to a per-worker sender task that runs at most [`MirrorLimits::concurrency`] exchanges at once;
+//!   when the queue is full the copy is dropped and counted (`queue_full`).
+//! - Request bodies are mirrored only when their length is known up front and at most
+//!   [`MirrorLimits::max_body`] bytes (64 KiB by default): their frames are kept (shared, not
+//!   copied) as they stream to the primary, and the copy is queued when the body is complete.
+//!   Longer bodies, bodies of unknown length, and bodies that never complete are not mirrored
+//!   (counted as `body_too_large`, `body_unknown_length`, `body_incomplete`).
+//! - A copy carries the primary request's head as sent upstream (same method, path, `Host` and
+//!   `X-Forwarded-*` headers) and uses the service's `responseTimeout`.
+//! - Mirrored exchanges are counted in their own stats (`weir_mirror_requests_total`,
+//!   `weir_mirror_request_duration_seconds`), never in the primary series.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use weir_config::UpstreamOptions;
+
+use crate::body::RequestBody;
+use crate::routes::{ArmRoute, MirrorStatsHandles, ServiceRoute};
+use crate::stats::{MirrorDropReason, UpstreamErrorKind};
+use crate::upstream::Pool;
+
+/// Bounds of the mirror path, per worker thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorLimits {
+    /// Copies waiting to be sent; a copy that finds the queue full is dropped (default 1024).
+    pub queue: usize,
+    /// Mirrored exchanges in flight at once (default 64).
+    pub concurrency: usize,
+    /// Longest request body mirrored, in bytes (default 64 KiB).
+    pub max_body: u64,
+}
+
+impl Default for MirrorLimits {
+    fn default() -> Self {
+        MirrorLimits {
+            queue: 1024,
+            concurrency: 64,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// One worker's mirror queue.
+pub(crate) struct Mirror {
+    tx: mpsc::Sender<Job>,
+    max_body: u64,
+}
+
+/// A copy ready to send.
+struct Job {
+    request: Request<Full<Bytes>>,
+    addr: SocketAddr,
+    options: UpstreamOptions,
+    stats: MirrorStatsHandles,
+}
+
+/// A copy waiting for its body: what [`RequestBody`] fills as the primary body streams.
+#[derive(Debug)]
+pub(crate) struct Tee {
+    head: Option<http::request::Parts>,
+    chunks: Vec<Bytes>,
+    len: u64,
+    max_body: u64,
+    addr: SocketAddr,
+    options: UpstreamOptions,
+    stats: MirrorStatsHandles,
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("addr", &self.addr).finish()
+    }
+}
+
+// === impl Mirror ===
+
+impl Mirror {
+    /// The queue and its sender task (on the current `LocalSet`); the task ends when the queue's
+    /// last sender is dropped.
+    pub(crate) fn spawn(limits: &MirrorLimits) -> Mirror {
+        // Both bounds are clamped to what tokio's semaphores accept, so no setting can panic.
+        let bound = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::channel(bound(limits.queue));
+        let concurrency = Arc::new(Semaphore::new(bound(limits.concurrency)));
+        tokio::task::spawn_local(run(rx, concurrency));
+        Mirror {
+            tx,
+            max_body: limits.max_body,
+        }
+    }
+}
+
+/// Starts mirroring `request` to `canary`: returns the primary request, whose body also fills the
+/// copy. Called after the request head was prepared for upstream.
+pub(crate) fn tee(
+    mirror: &Mirror,
+    service: &ServiceRoute,
+    canary: &ArmRoute,
+    request: Request<Incoming>,
+) -> Request<RequestBody> {
+    let Some(stats) = service.mirror_stats.clone() else {
+        return request.map(RequestBody::plain);
+    };
+    let (parts, body) = request.into_parts();
+    if !body.is_end_stream() {
+        let reason = match body.size_hint().exact() {
+            Some(len) if len <= mirror.max_body => None,
+            Some(_) => Some(MirrorDropReason::BodyTooLarge),
+            None => Some(MirrorDropReason::BodyUnknownLength),
+        };
+        if let Some(reason) = reason {
+            stats.drops.record(reason);
+            return Request::from_parts(parts, RequestBody::plain(body));
+        }
+    }
+    let head = copy_head(&parts);
+    let tee = Box::new(Tee {
+        head: Some(head),
+        chunks: Vec::new(),
+        len: 0,
+        max_body: mirror.max_body,
+        addr: canary.upstreams[canary.next_index()].addr,
+        options: service.options.clone(),
+        stats,
+        tx: mirror.tx.clone(),
+    });
+    Request::from_parts(parts, RequestBody::teed(body, tee))
+}
+
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy.into_parts().0
+}
+
+// === impl Tee ===
+
+impl Tee {
+    /// Keeps a data frame; false when the body outgrew the limit (the copy is abandoned).
+    pub(crate) fn push(&mut self, data: &Bytes) -> bool {
+        self.len += data.len() as u64;
+        if self.len > self.max_body {
+            if self.head.take().is_some() {
+                self.stats.drops.record(MirrorDropReason::BodyTooLarge);
+            }
+            return false;
+        }
+        if !data.is_empty() {
+            self.chunks.push(data.clone());
+        }
+        true
+    }
+
+    /// The body is complete: queue the copy, or drop it when the queue is full.
+    pub(crate) fn complete(mut self: Box<Self>) {
+        let Some(head) = self.head.take() else { return };
+        let body = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.len as usize);
+                for chunk in &self.chunks {
+                    all.extend_from_slice(chunk);
+                }
+                all.freeze()
+            }
+        };
+        let job = Job {
+            request: Request::from_parts(head, Full::new(body)),
+            addr: self.addr,
+            options: self.options.clone(),
+            stats: self.stats.clone(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(job) {
+            self.stats.drops.record(MirrorDropReason::QueueFull);
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if self.head.is_some() {
+            self.stats.drops.record(MirrorDropReason::BodyIncomplete);
+        }
+    }
+}
+
+// === the sender task ===
+
+async fn run(mut rx: mpsc::Receiver<Job>, limit: Arc<Semaphore>) {
+    let pool: Rc<Pool<Full<Bytes>>> = Pool::new();
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let pool = pool.clone();
+        tokio::task::spawn_local(async move {
+            exchange(&pool, job).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one copy, reads its response to the end, and records status and time to the head in the
+/// mirror stats.
+async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
+    let Job {
+        request,
+        addr,
+        options,
+        stats,
+    } = job;
+    let start = Instant::now();
+    let deadline = start + options.response_timeout;
+    let sent = tokio::time::timeout_at(deadline, pool.send(addr, &options, request)).await;
+    let (status, kind) = match sent {
+        Ok(Ok((response, lease))) => {
+            let status = response.status();
+            stats.exchanges.record(status.as_u16(), start.elapsed());
+            // Read and discard the body; the connection goes back to the pool only when it ended.
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(options.response_timeout, response.into_body().collect()).await
+            {
+                lease.release();
+            }
+            return;
+        }
+        Ok(Err(error)) => (
+            match error.kind {
+                UpstreamErrorKind::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            error.kind,
+        ),
+        Err(_elapsed) => (StatusCode::GATEWAY_TIMEOUT, UpstreamErrorKind::Timeout),
+    };
+    stats.exchanges.record_upstream_error(kind);
+    stats.exchanges.record(status.as_u16(), start.elapsed());
+}

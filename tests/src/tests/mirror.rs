@@ -1,0 +1,255 @@
+//! Traffic mirroring over real sockets: an exact share of the matching requests is copied to the
+//! canary; copies never change the client's response, its latency or the primary metrics; copies
+//! that cannot be sent are counted.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use weir_config::{MirrorRoute, RequestMatch, StringMatch, Weight};
+use weir_proxy::routes::Policy;
+use weir_proxy::stats::{MirrorDropReason, TrafficKind};
+use weir_proxy::MirrorLimits;
+
+use super::shop;
+use crate::body::{pattern, TestBody};
+use crate::client::{self, Http1};
+use crate::proxy::Proxy;
+use crate::upstream::Server;
+
+/// Mirrors `percent`% of GETs under `/api` (Argo's `setMirrorRoute` example), weight 0.
+fn mirror_policy(percent: f64, method: &str) -> Policy {
+    Policy {
+        weight: Weight::ZERO,
+        mirror_routes: vec![MirrorRoute {
+            name: "shadow".into(),
+            percentage: Weight::from_percent(percent).expect("a valid percentage"),
+            any_of: vec![vec![
+                RequestMatch::Method(StringMatch::Exact(method.into())),
+                RequestMatch::Path(StringMatch::Prefix("/api".into())),
+            ]],
+        }],
+        ..Policy::default()
+    }
+}
+
+/// Mirrored exchanges the canary answered (or failed) so far.
+fn mirrored(proxy: &Proxy) -> u64 {
+    proxy
+        .stats()
+        .get_of(TrafficKind::Mirror, "shop", "v2")
+        .map_or(0, |s| s.snapshot().requests)
+}
+
+fn dropped(proxy: &Proxy, reason: MirrorDropReason) -> u64 {
+    proxy.stats().mirror_drops("shop").count(reason)
+}
+
+/// Waits (up to 10 s) until `done` holds.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn half_of_the_matching_requests_are_copied_to_the_canary() {
+    const N: usize = 301;
+    let v1 = Server::spawn("v1");
+    let v2 = Server::spawn("v2");
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(50.0, "GET"))
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..N {
+        let reply = client.get("shop.example.com", "/api/items").await;
+        assert_eq!((reply.status, reply.served_by()), (StatusCode::OK, "v1"));
+        // Not matching: another method, another path.
+        let post = client
+            .fetch(client::request(
+                Method::POST,
+                "shop.example.com",
+                "/api/items",
+                TestBody::full("x"),
+            ))
+            .await;
+        assert_eq!(post.served_by(), "v1");
+        let other = client.get("shop.example.com", "/static").await;
+        assert_eq!(other.served_by(), "v1");
+    }
+    // Drain: every copy sent has been answered and counted.
+    wait_for("the mirror to drain", || {
+        let m = mirrored(&proxy);
+        m as f64 >= N as f64 / 2.0 - 1.0 && v2.requests() as u64 == m
+    })
+    .await;
+    let copies = v2.requests();
+    assert!(
+        (copies as f64 - N as f64 / 2.0).abs() <= 1.0,
+        "{copies} copies of {N} matching requests at 50%"
+    );
+    assert_eq!(v1.requests(), 3 * N);
+    assert_eq!(
+        proxy.version_stats("shop", "v2").snapshot().requests,
+        0,
+        "copies never move the primary stats"
+    );
+    assert_eq!(
+        proxy.version_stats("shop", "v1").snapshot().requests,
+        3 * N as u64
+    );
+    let text = crate::metrics::encode(proxy.stats(), &proxy.routes());
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            r#"weir_mirror_requests_total{service="shop",version="v2",status="200"}"#
+        ),
+        Some(copies as f64),
+        "{text}"
+    );
+    assert_eq!(
+        crate::metrics::sample(&text, r#"weir_route_rules{service="shop",kind="mirror"}"#),
+        Some(1.0)
+    );
+    assert!(crate::metrics::sample(
+        &text,
+        r#"http_requests_total{service="shop",version="v2",status="200"}"#
+    )
+    .is_none());
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+/// The median of `n` sequential request latencies through `proxy`, every response checked.
+async fn median_latency(proxy: &Proxy, n: usize) -> Duration {
+    let mut client = Http1::connect(proxy.addr()).await;
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = tokio::time::Instant::now();
+        let reply = client.get("shop.example.com", "/api/x").await;
+        latencies.push(start.elapsed());
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "v1"));
+    }
+    latencies.sort();
+    latencies[n / 2]
+}
+
+#[tokio::test]
+async fn a_hanging_or_failing_canary_changes_neither_responses_nor_latency_nor_primary_metrics() {
+    const N: usize = 200;
+    let v1 = Server::spawn("v1");
+    let baseline_canary = Server::spawn("v2");
+    let baseline = Proxy::builder(shop(&v1, &baseline_canary)).start();
+    let without = median_latency(&baseline, N).await;
+    baseline.shutdown().await;
+
+    for canary in [
+        Server::builder("v2").delay(Duration::from_secs(30)).spawn(),
+        Server::builder("v2")
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .spawn(),
+    ] {
+        let mut model = shop(&v1, &canary);
+        model.services[0].upstream.response_timeout = Duration::from_millis(500);
+        let proxy = Proxy::builder(model)
+            .policy("shop", mirror_policy(100.0, "GET"))
+            .start();
+        let with = median_latency(&proxy, N).await;
+        // A robust statistic with slack for a noisy shared machine: the median may not grow by
+        // more than 20% plus 2 ms.
+        assert!(
+            with <= without.mul_f64(1.2) + Duration::from_millis(2),
+            "median with mirroring {with:?}, without {without:?}"
+        );
+        let primary = proxy.version_stats("shop", "v1").snapshot();
+        assert_eq!((primary.requests, primary.errors_5xx), (N as u64, 0));
+        assert_eq!(proxy.version_stats("shop", "v2").snapshot().requests, 0);
+        wait_for("copies to reach the canary", || canary.requests() > 0).await;
+        proxy.shutdown().await;
+        canary.shutdown().await;
+    }
+    v1.shutdown().await;
+    baseline_canary.shutdown().await;
+}
+
+#[tokio::test]
+async fn copies_are_dropped_and_counted_when_the_canary_is_slower_than_the_load() {
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").delay(Duration::from_secs(1)).spawn();
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(100.0, "GET"))
+        .mirror_limits(MirrorLimits {
+            queue: 2,
+            concurrency: 1,
+            max_body: 64 * 1024,
+        })
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..20 {
+        let reply = client.get("shop.example.com", "/api/x").await;
+        assert_eq!(reply.served_by(), "v1");
+    }
+    let full = dropped(&proxy, MirrorDropReason::QueueFull);
+    assert!(full >= 10, "{full} copies dropped for a full queue");
+    let text = crate::metrics::encode(proxy.stats(), &proxy.routes());
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            r#"weir_mirror_dropped_total{service="shop",reason="queue_full"}"#
+        ),
+        Some(full as f64)
+    );
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_up_to_the_limit_are_mirrored_and_larger_ones_are_not() {
+    let v1 = Server::builder("v1").echo_request().spawn();
+    let v2 = Server::builder("v2").echo_request().spawn();
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(100.0, "POST"))
+        .mirror_limits(MirrorLimits {
+            max_body: 1024,
+            ..MirrorLimits::default()
+        })
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for (len, chunked) in [(1024, false), (10, true), (1025, false), (0, false)] {
+        let body = pattern(len);
+        let test_body = if chunked {
+            TestBody::chunked([body.clone()])
+        } else {
+            TestBody::full(body.clone())
+        };
+        let reply = client
+            .fetch(client::request(
+                Method::POST,
+                "shop.example.com",
+                "/api/upload",
+                test_body,
+            ))
+            .await;
+        assert_eq!(
+            reply.json()["body_len"],
+            len,
+            "the primary gets the whole body"
+        );
+    }
+    wait_for("two copies", || mirrored(&proxy) == 2).await;
+    assert_eq!(v2.requests(), 2, "1024 and 0 bytes are mirrored");
+    assert_eq!(dropped(&proxy, MirrorDropReason::BodyTooLarge), 1);
+    assert_eq!(dropped(&proxy, MirrorDropReason::BodyUnknownLength), 1);
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
