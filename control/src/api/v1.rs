@@ -165,9 +165,9 @@ pub fn build(
                         .into_iter()
                         .enumerate()
                         .map(|(index, description)| {
-                            let state = if rollout.promoted || (index < rollout.step_index) {
+                            let state = if rollout.promoted || (index < rollout.step_index()) {
                                 "completed"
-                            } else if index == rollout.step_index && in_rollout {
+                            } else if index == rollout.step_index() && in_rollout {
                                 "current"
                             } else {
                                 "pending"
@@ -179,13 +179,8 @@ pub fn build(
                             }
                         })
                         .collect();
-                    let mut runs: Vec<AnalysisRun> = rollout
-                        .inline_run
-                        .iter()
-                        .chain(rollout.background_run.iter())
-                        .chain(rollout.check_runs.iter())
-                        .cloned()
-                        .collect();
+                    let mut runs: Vec<AnalysisRun> =
+                        rollout.strategy.runs().into_iter().cloned().collect();
                     runs.extend(rollout.finished_runs.iter().rev().cloned());
                     ServiceStatus {
                         name: service.name.clone(),
@@ -195,7 +190,7 @@ pub fn build(
                         stable_version: rollout.stable_version.clone(),
                         canary_version: rollout.canary_version.clone(),
                         canary_weight: served,
-                        step_index: rollout.step_index,
+                        step_index: rollout.step_index(),
                         step_count: Rollout::step_count(service),
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
@@ -208,7 +203,7 @@ pub fn build(
                             steps,
                             pause_reason: rollout.pause.as_ref().map(|p| format!("{p:?}")),
                             failed_checks: progression
-                                .map(|p| (rollout.progress.failed_checks, p.threshold)),
+                                .map(|p| (rollout.strategy.failed_checks(), p.threshold)),
                             analysis_runs: runs,
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use weir_config::{Model, Weight};
+use weir_config::{BuiltinMetric, Model, Weight};
 
 use super::*;
 use crate::engine::analysis::Measured;
@@ -134,13 +134,13 @@ impl Sim {
             service: &model.services[0],
             templates: &model.analysis_templates,
         };
-        rollout.reconcile(ctx, now_ms);
+        let effects = rollout.reconcile(ctx, now_ms);
         let mut sim = Sim {
             model,
             rollout,
             now_ms,
             world: World::healthy(),
-            log: Vec::new(),
+            log: effects.events.into_iter().map(|e| e.message).collect(),
         };
         sim.drain();
         sim
@@ -161,10 +161,15 @@ impl Sim {
                 service: &self.model.services[0],
                 templates: &self.model.analysis_templates,
             };
-            let external = self
+            let effects = self
                 .rollout
                 .tick(ctx, self.now_ms, &mut |q| world.answer(q));
-            assert!(external.is_empty(), "builtin metrics only in these tests");
+            assert!(
+                effects.due.is_empty(),
+                "builtin metrics only in these tests"
+            );
+            self.log
+                .extend(effects.events.into_iter().map(|e| e.message));
             self.drain();
         }
     }
@@ -176,7 +181,10 @@ impl Sim {
         };
         let result = self.rollout.command(ctx, command, self.now_ms);
         self.drain();
-        result
+        let effects = result?;
+        self.log
+            .extend(effects.events.into_iter().map(|e| e.message));
+        Ok(())
     }
 
     fn reconfigure(&mut self, model: Model) {
@@ -185,7 +193,9 @@ impl Sim {
             service: &self.model.services[0],
             templates: &self.model.analysis_templates,
         };
-        self.rollout.reconcile(ctx, self.now_ms);
+        let effects = self.rollout.reconcile(ctx, self.now_ms);
+        self.log
+            .extend(effects.events.into_iter().map(|e| e.message));
         self.drain();
     }
 
@@ -195,6 +205,13 @@ impl Sim {
 
     fn logged(&self, needle: &str) -> bool {
         self.log.iter().any(|line| line.contains(needle))
+    }
+}
+
+fn background_run(rollout: &Rollout) -> Option<&AnalysisRun> {
+    match &rollout.strategy {
+        StrategyState::Steps(steps) => steps.background_run.as_ref(),
+        _ => None,
     }
 }
 
@@ -210,9 +227,9 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
         sim.log
     );
     sim.run_for(Duration::from_secs(9));
-    assert_eq!(sim.rollout.step_index, 1, "still pausing");
+    assert_eq!(sim.rollout.step_index(), 1, "still pausing");
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.rollout.step_index, 2, "analysis step");
+    assert_eq!(sim.rollout.step_index(), 2, "analysis step");
     // count 3 at interval 5s: the third measurement is taken 10s after the first.
     sim.run_for(Duration::from_secs(11));
     assert_eq!(sim.weight(), 50.0);
@@ -250,7 +267,7 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
 fn failing_analysis_aborts_with_the_numbers() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(11));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
     sim.world.success_rate = Some(0.6917);
     sim.world.requests = 1184;
     // The first measurement (at the start of the step) passed; failureLimit 1: the second failure
@@ -294,7 +311,7 @@ fn failing_analysis_aborts_with_the_numbers() {
 fn background_analysis_aborts_at_any_step() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(1));
-    assert!(sim.rollout.background_run.is_some() || sim.rollout.step_index >= 1);
+    assert!(background_run(&sim.rollout).is_some() || sim.rollout.step_index() >= 1);
     sim.world.p99 = Some(2.0);
     // failureLimit 2: the third failed measurement (at 5 s, 10 s, 15 s) aborts.
     sim.run_for(Duration::from_secs(10));
@@ -384,10 +401,10 @@ fn removing_the_canary_mid_rollout_rolls_back_at_once() {
 fn a_new_canary_version_restarts_from_step_one() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(12));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
     sim.reconfigure(with_canary(STEPS, Some("v3")));
     assert_eq!(sim.rollout.revision, 2);
-    assert_eq!(sim.rollout.step_index, 0);
+    assert_eq!(sim.rollout.step_index(), 0);
     assert_eq!(sim.rollout.canary_version.as_deref(), Some("v3"));
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.weight(), 10.0);
@@ -442,12 +459,12 @@ fn operator_pause_holds_the_clock() {
     sim.run_for(Duration::from_secs(5));
     sim.command(Command::Pause).unwrap();
     sim.run_for(Duration::from_secs(60));
-    assert_eq!(sim.rollout.step_index, 1, "paused time does not count");
+    assert_eq!(sim.rollout.step_index(), 1, "paused time does not count");
     sim.command(Command::Resume).unwrap();
     sim.run_for(Duration::from_secs(4));
-    assert_eq!(sim.rollout.step_index, 1);
+    assert_eq!(sim.rollout.step_index(), 1);
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
 }
 
 #[test]
@@ -487,14 +504,14 @@ fn flagger_counts_failed_checks_to_the_threshold_and_ignores_no_data() {
         Phase::Progressing,
         "no data halts, never fails"
     );
-    assert_eq!(sim.rollout.progress.failed_checks, 0);
+    assert_eq!(sim.rollout.strategy.failed_checks(), 0);
     assert_eq!(sim.weight(), 10.0);
     sim.world = World {
         success_rate: Some(0.6917),
         ..World::healthy()
     };
     sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.rollout.progress.failed_checks, 1);
+    assert_eq!(sim.rollout.strategy.failed_checks(), 1);
     assert!(
         sim.logged("request-success-rate 69.17% < 99%"),
         "{:?}",
@@ -519,9 +536,9 @@ fn persisted_state_resumes_the_same_step_and_weight() {
         service: &sim.model.services[0],
         templates: &sim.model.analysis_templates,
     };
-    restored.reconcile(ctx, sim.now_ms + 50);
+    let _ = restored.reconcile(ctx, sim.now_ms + 50);
     assert_eq!(restored.revision, sim.rollout.revision);
-    assert_eq!(restored.step_index, sim.rollout.step_index);
+    assert_eq!(restored.step_index(), sim.rollout.step_index());
     assert_eq!(restored.weight(), Weight::from_percent(10.0).unwrap());
     assert_eq!(restored.phase, Phase::Progressing);
 }
@@ -546,7 +563,7 @@ fn background_analysis_starting_at_a_pause_still_watches() {
     let mut sim = Sim::new(model(&text));
     sim.run_for(Duration::from_millis(200));
     assert_eq!(sim.rollout.phase, Phase::Paused);
-    assert!(sim.rollout.background_run.is_some(), "{:?}", sim.log);
+    assert!(background_run(&sim.rollout).is_some(), "{:?}", sim.log);
     sim.world.p99 = Some(2.0);
     sim.run_for(Duration::from_secs(16));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);

@@ -1,0 +1,165 @@
+//! The state of a service's strategy: one type per strategy, one variant each.
+//!
+//! Adding a strategy: a module with its state type and its `impl Rollout` (evaluation, operator
+//! promotion), a variant here, and an arm in each method below (the compiler lists them), plus
+//! its dispatch in `Rollout::evaluate` and `Rollout::command_inner`.
+
+use serde::{Deserialize, Serialize};
+use weir_config::{Strategy, StrategyKind};
+use weir_proxy::routes::Policy;
+
+use super::progression::ProgressionState;
+use super::run::AnalysisRun;
+use super::steps::StepsState;
+
+/// One state type per strategy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum StrategyState {
+    /// Argo canary steps (`strategy.canary.steps`).
+    Steps(StepsState),
+    /// Flagger progression (`stepWeight`/`maxWeight`).
+    Progression(ProgressionState),
+    // BlueGreen(BlueGreenState): Argo blue-green (`strategy.blueGreen`) goes here.
+}
+
+// === impl StrategyState ===
+
+impl StrategyState {
+    /// The state of `strategy` before any revision started: nothing routed to the canary.
+    pub fn initial(strategy: Option<&Strategy>) -> StrategyState {
+        match strategy.map(|s| &s.kind) {
+            Some(StrategyKind::Progression(_)) => {
+                StrategyState::Progression(ProgressionState::default())
+            }
+            _ => StrategyState::Steps(StepsState::default()),
+        }
+    }
+
+    /// The state of `strategy` at the first step of a revision.
+    pub fn start(strategy: Option<&Strategy>, now_ms: u64) -> StrategyState {
+        match strategy.map(|s| &s.kind) {
+            Some(StrategyKind::Progression(progression)) => {
+                StrategyState::Progression(ProgressionState::start(progression, now_ms))
+            }
+            _ => StrategyState::Steps(StepsState::start(now_ms)),
+        }
+    }
+
+    /// Whether this state belongs to `strategy`.
+    pub fn fits(&self, strategy: Option<&Strategy>) -> bool {
+        matches!(
+            (self, strategy.map(|s| &s.kind)),
+            (
+                StrategyState::Progression(_),
+                Some(StrategyKind::Progression(_))
+            ) | (
+                StrategyState::Steps(_),
+                None | Some(
+                    StrategyKind::Steps(_)
+                        | StrategyKind::Iterations(_)
+                        | StrategyKind::BlueGreen(_)
+                )
+            )
+        )
+    }
+
+    /// The canary weight while progressing or paused, in basis points.
+    pub fn weight_bp(&self) -> u16 {
+        match self {
+            StrategyState::Steps(s) => s.weight_bp,
+            StrategyState::Progression(p) => p.weight_bp,
+        }
+    }
+
+    /// Sends no weighted traffic to the canary (abort, undo, removal).
+    pub fn reset_weight(&mut self) {
+        match self {
+            StrategyState::Steps(s) => s.weight_bp = 0,
+            StrategyState::Progression(p) => p.weight_bp = 0,
+        }
+    }
+
+    /// The current step (Argo steps) or weight (Flagger), counted from 0.
+    pub fn step_index(&self) -> usize {
+        match self {
+            StrategyState::Steps(s) => s.step_index,
+            StrategyState::Progression(p) => p.step_index,
+        }
+    }
+
+    /// Failed interval checks so far in this revision (0 for strategies without checks).
+    pub fn failed_checks(&self) -> u32 {
+        match self {
+            StrategyState::Steps(_) => 0,
+            StrategyState::Progression(p) => p.checks.failed_checks,
+        }
+    }
+
+    /// What moves when the strategy advances: a tick repeats while it does.
+    pub(super) fn cursor(&self) -> (usize, u16) {
+        (self.step_index(), self.weight_bp())
+    }
+
+    /// Adds the rules in force (header and mirror routes, preview) to `policy`.
+    pub(super) fn add_routes(&self, policy: &mut Policy) {
+        let _ = policy;
+    }
+
+    /// The runs measuring now.
+    pub fn runs(&self) -> Vec<&AnalysisRun> {
+        match self {
+            StrategyState::Steps(s) => s.inline_run.iter().chain(&s.background_run).collect(),
+            StrategyState::Progression(p) => p.checks.runs.iter().collect(),
+        }
+    }
+
+    /// The runs measuring now, to measure and record.
+    pub(super) fn runs_mut(&mut self) -> Vec<&mut AnalysisRun> {
+        match self {
+            StrategyState::Steps(s) => s
+                .inline_run
+                .iter_mut()
+                .chain(s.background_run.iter_mut())
+                .collect(),
+            StrategyState::Progression(p) => p.checks.runs.iter_mut().collect(),
+        }
+    }
+
+    /// Ends the strategy's runs: returns those to keep as finished (to be terminated), and
+    /// forgets interval checks in progress.
+    pub(super) fn end_runs(&mut self) -> Vec<AnalysisRun> {
+        match self {
+            StrategyState::Steps(s) => s
+                .inline_run
+                .take()
+                .into_iter()
+                .chain(s.background_run.take())
+                .collect(),
+            StrategyState::Progression(p) => {
+                p.checks.clear();
+                Vec::new()
+            }
+        }
+    }
+
+    /// Forgets every run so that the next tick measures from scratch (resume after an
+    /// inconclusive analysis).
+    pub(super) fn drop_runs(&mut self) {
+        match self {
+            StrategyState::Steps(s) => {
+                s.inline_run = None;
+                s.background_run = None;
+            }
+            StrategyState::Progression(p) => p.checks.clear(),
+        }
+    }
+
+    /// Moves the current step's start later by `by_ms` (time spent in an operator pause).
+    pub(super) fn shift_start(&mut self, by_ms: u64) {
+        match self {
+            StrategyState::Steps(s) => s.step_started_ms += by_ms,
+            StrategyState::Progression(p) => p.step_started_ms += by_ms,
+        }
+    }
+}
