@@ -14,6 +14,7 @@
 
 mod checks;
 mod progression;
+pub mod routes;
 pub mod run;
 mod steps;
 mod strategy;
@@ -22,7 +23,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use weir_config::{
-    AnalysisTemplate, BuiltinProvider, CheckKind, Metric, Provider, Service, StrategyKind, Weight,
+    AnalysisTemplate, BuiltinProvider, CheckKind, HeaderRoute, Metric, MirrorRoute, Provider,
+    Service, StrategyKind, Weight,
 };
 
 pub use self::checks::{CheckResult, Checks};
@@ -30,6 +32,7 @@ pub use self::progression::ProgressionState;
 pub use self::steps::StepsState;
 pub use self::strategy::StrategyState;
 
+use self::routes::{HeaderRouteState, MirrorRouteState, RouteChange, Routes};
 use self::run::{millis, AnalysisRun, Measurement, RunPhase};
 use crate::engine::analysis::{Outcome, Verdict};
 use weir_proxy::routes::Policy;
@@ -237,10 +240,13 @@ pub struct Rollout {
     /// Persisted state changed since the current operation began.
     #[serde(skip)]
     dirty: bool,
-    /// Canary traffic was widened other than by the weight (a route added or replaced) since the
-    /// current operation began.
+    /// Whether routes were in force when the current operation began.
     #[serde(skip)]
-    widened: bool,
+    begin_routes_active: bool,
+    /// The routes in force when the current operation began, taken before the first change to
+    /// them (not taken when they did not change).
+    #[serde(skip)]
+    routes_before: Option<Routes>,
     /// Bumped whenever a route in force changes (not persisted: it only tells operations apart).
     #[serde(skip)]
     routes_epoch: u64,
@@ -305,7 +311,8 @@ impl Rollout {
             events: VecDeque::new(),
             new_events: Vec::new(),
             dirty: false,
-            widened: false,
+            begin_routes_active: false,
+            routes_before: None,
             routes_epoch: 0,
         }
     }
@@ -374,7 +381,8 @@ impl Rollout {
     /// Starts an operation: returns what the policy depends on now.
     fn begin(&mut self) -> PolicyKey {
         self.dirty = false;
-        self.widened = false;
+        self.begin_routes_active = self.routes_active();
+        self.routes_before = None;
         self.policy_key()
     }
 
@@ -383,18 +391,125 @@ impl Rollout {
         let after = self.policy_key();
         let events = std::mem::take(&mut self.new_events);
         let policy_changed = after != before;
+        let routes_before = self.routes_before.take();
+        let widened = policy_changed
+            && (after.weight > before.weight || {
+                let before_routes = routes_before.unwrap_or_else(|| self.routes_in_force());
+                self.routes_in_force().adds_to(&before_routes)
+            });
         Effects {
             due,
             changed: self.dirty || !events.is_empty() || policy_changed,
             policy_changed,
-            widened: policy_changed && (after.weight > before.weight || self.widened),
+            widened,
             events,
+        }
+    }
+
+    /// The routes in the policy now.
+    fn routes_in_force(&self) -> Routes {
+        match self.strategy.routes() {
+            Some(routes) if self.routes_active() => routes.clone(),
+            _ => Routes::default(),
+        }
+    }
+
+    /// Keeps the routes in force at the beginning of the operation before the first change to
+    /// them, so that [`Effects::widened`] compares the net change.
+    fn snapshot_routes(&mut self) {
+        if self.routes_before.is_none() {
+            let routes = match self.strategy.routes() {
+                Some(routes) if self.begin_routes_active => routes.clone(),
+                _ => Routes::default(),
+            };
+            self.routes_before = Some(routes);
         }
     }
 
     /// Marks persisted state as changed.
     fn touch(&mut self) {
         self.dirty = true;
+    }
+
+    /// A route in force was added or replaced (after [`Rollout::snapshot_routes`]).
+    fn routes_widened(&mut self) {
+        self.routes_epoch += 1;
+        self.dirty = true;
+    }
+
+    /// Records what a `setHeaderRoute` did, with one event naming the route and its conditions.
+    fn header_route_set(
+        &mut self,
+        route: &HeaderRoute,
+        change: RouteChange,
+        at: &str,
+        now_ms: u64,
+    ) {
+        let service = self.service.clone();
+        let name = &route.name;
+        let conditions = || HeaderRouteState::from_config(route).conditions();
+        let line = match change {
+            RouteChange::Added | RouteChange::Replaced | RouteChange::Unchanged => {
+                if change != RouteChange::Unchanged {
+                    self.routes_widened();
+                }
+                let verb = if change == RouteChange::Added {
+                    "Set"
+                } else {
+                    "Replaced"
+                };
+                format!(
+                    "{verb} header route {name} on {service}: requests matching {} go to the canary ({at})",
+                    conditions()
+                )
+            }
+            RouteChange::Removed => {
+                self.routes_narrowed();
+                format!("Removed header route {name} from {service} ({at})")
+            }
+            RouteChange::Absent => {
+                format!("Header route {name} of {service} is not set: nothing to remove ({at})")
+            }
+        };
+        self.emit(now_ms, "HeaderRoute", line);
+    }
+
+    /// Records what a `setMirrorRoute` did, with one event naming the route and its conditions.
+    fn mirror_route_set(
+        &mut self,
+        route: &MirrorRoute,
+        change: RouteChange,
+        at: &str,
+        now_ms: u64,
+    ) {
+        let service = self.service.clone();
+        let name = &route.name;
+        let line = match change {
+            RouteChange::Added | RouteChange::Replaced | RouteChange::Unchanged => {
+                if change != RouteChange::Unchanged {
+                    self.routes_widened();
+                }
+                let verb = if change == RouteChange::Added {
+                    "Set"
+                } else {
+                    "Replaced"
+                };
+                let state = MirrorRouteState::from_config(route);
+                format!(
+                    "{verb} mirror route {name} on {service}: {}% of requests matching {} are copied to the canary ({at})",
+                    route.percentage,
+                    state.conditions()
+                )
+            }
+            RouteChange::Removed => {
+                self.routes_narrowed();
+                format!("Removed mirror route {name} from {service} ({at})")
+            }
+            RouteChange::Absent => {
+                format!("Mirror route {name} of {service} is not set: nothing to remove ({at})")
+            }
+        };
+        self.emit(now_ms, "MirrorRoute", line);
     }
 
     /// A route in force was removed: canary traffic narrows.
@@ -523,6 +638,7 @@ impl Rollout {
                 self.restart_steps(ctx, now_ms);
                 self.emit(now_ms, "StrategyChanged", line);
             } else {
+                self.snapshot_routes();
                 self.strategy = StrategyState::initial(service.strategy.as_ref());
                 self.routes_narrowed();
             }
@@ -574,15 +690,20 @@ impl Rollout {
         self.phase = Phase::Progressing;
         self.pause = None;
         self.paused_at_ms = None;
+        self.snapshot_routes();
         self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
         // Routes of the previous state are gone; the new state's come with it.
         self.routes_epoch += 1;
-        self.widened = true;
         self.set_message("progressing");
     }
 
-    /// Ends the current runs; one still measuring is marked terminated with `reason`.
+    /// Ends the current runs and routes (the rollout ended or starts over); a run still
+    /// measuring is marked terminated with `reason`.
     fn clear_runs(&mut self, reason: &str) {
+        self.snapshot_routes();
+        if self.strategy.end_routes() {
+            self.routes_narrowed();
+        }
         for mut run in self.strategy.end_runs() {
             run.terminate(reason);
             self.finished_runs.push(run);

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use weir_config::{CanarySteps, Step, Strategy};
 
+use super::routes::Routes;
 use super::run::{millis, AnalysisRun, RunKind, RunPhase};
 use super::{humantime, run_failure, run_summary, Ctx, PauseReason, Phase, Rollout, StrategyState};
 
@@ -21,6 +22,9 @@ pub struct StepsState {
     pub inline_run: Option<AnalysisRun>,
     /// The background analysis.
     pub background_run: Option<AnalysisRun>,
+    /// Header and mirror routes set by steps (in force while the rollout progresses or pauses).
+    #[serde(default)]
+    pub routes: Routes,
 }
 
 // === impl StepsState ===
@@ -165,8 +169,26 @@ impl Rollout {
             };
             let display = index + 1;
             match step {
-                // Routes are applied by the engine's strategy state (not yet): move on.
-                Step::SetHeaderRoute(_) | Step::SetMirrorRoute(_) => self.next_step(now_ms),
+                Step::SetHeaderRoute(route) => {
+                    self.snapshot_routes();
+                    let change = match self.steps_state() {
+                        Some(state) => state.routes.set_header(route),
+                        None => return,
+                    };
+                    let at = format!("step {display}/{n_steps}");
+                    self.header_route_set(route, change, &at, now_ms);
+                    self.next_step(now_ms);
+                }
+                Step::SetMirrorRoute(route) => {
+                    self.snapshot_routes();
+                    let change = match self.steps_state() {
+                        Some(state) => state.routes.set_mirror(route),
+                        None => return,
+                    };
+                    let at = format!("step {display}/{n_steps}");
+                    self.mirror_route_set(route, change, &at, now_ms);
+                    self.next_step(now_ms);
+                }
                 Step::SetWeight(weight) => {
                     if let Some(state) = self.steps_state() {
                         state.weight_bp = weight.basis_points();

@@ -9,6 +9,7 @@ use weir_config::{Strategy, StrategyKind};
 use weir_proxy::routes::Policy;
 
 use super::progression::ProgressionState;
+use super::routes::Routes;
 use super::run::AnalysisRun;
 use super::steps::StepsState;
 
@@ -103,7 +104,25 @@ impl StrategyState {
 
     /// Adds the rules in force (header and mirror routes, preview) to `policy`.
     pub(super) fn add_routes(&self, policy: &mut Policy) {
-        let _ = policy;
+        if let Some(routes) = self.routes() {
+            routes.add_to(policy);
+        }
+    }
+
+    /// The header and mirror routes the strategy keeps, if it has any.
+    pub fn routes(&self) -> Option<&Routes> {
+        match self {
+            StrategyState::Steps(s) => Some(&s.routes),
+            StrategyState::Progression(_) => None,
+        }
+    }
+
+    /// Removes every route (the rollout ended); returns whether there was any.
+    pub(super) fn end_routes(&mut self) -> bool {
+        match self {
+            StrategyState::Steps(s) => s.routes.clear(),
+            StrategyState::Progression(_) => false,
+        }
     }
 
     /// The runs measuring now.

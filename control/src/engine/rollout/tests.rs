@@ -4,7 +4,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use weir_config::{BuiltinMetric, Model, Weight};
+use weir_config::{
+    AnyOf, BuiltinMetric, CanarySteps, HeaderRoute, MirrorRoute, Model, RequestMatch, Step,
+    StrategyKind, StringMatch, Weight,
+};
+use weir_proxy::routes::Policy;
 
 use super::*;
 use crate::engine::analysis::Measured;
@@ -594,4 +598,257 @@ analysisTemplates:
     sim.run_for(Duration::from_secs(61));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
     assert!(sim.logged("custom"), "{:?}", sim.log);
+}
+
+// --- header and mirror routes -------------------------------------------------------------------
+
+fn header_route(name: &str, any_of: AnyOf) -> Step {
+    Step::SetHeaderRoute(HeaderRoute {
+        name: name.into(),
+        any_of,
+    })
+}
+
+fn mirror_route(name: &str, percent: f64, any_of: AnyOf) -> Step {
+    Step::SetMirrorRoute(MirrorRoute {
+        name: name.into(),
+        percentage: Weight::from_percent(percent).unwrap(),
+        any_of,
+    })
+}
+
+fn beta() -> AnyOf {
+    vec![vec![RequestMatch::Header {
+        name: "x-beta".into(),
+        value: StringMatch::Exact("yes".into()),
+    }]]
+}
+
+fn get_api() -> AnyOf {
+    vec![vec![
+        RequestMatch::Method(StringMatch::Exact("GET".into())),
+        RequestMatch::Path(StringMatch::Prefix("/api".into())),
+    ]]
+}
+
+/// The STEPS service with its plan replaced by `steps` (the config crate parses the route steps
+/// separately; the engine only sees the model).
+fn with_steps(steps: Vec<Step>) -> Model {
+    let mut model = model(STEPS);
+    let strategy = model.services[0].strategy.as_mut().unwrap();
+    strategy.kind = StrategyKind::Steps(CanarySteps {
+        steps,
+        background: None,
+    });
+    model
+}
+
+/// Routes set, replaced and removed by steps: 1 header, 2 mirror, 3 weight, 4 pause 10s,
+/// 5 replace header, 6 remove header, 7 remove mirror, 8 pause until promoted, 9 weight 50.
+fn routes_plan() -> Model {
+    let beta_or_cookie = vec![
+        beta()[0].clone(),
+        vec![RequestMatch::Cookie {
+            name: "beta".into(),
+            value: StringMatch::Regex("yes|on".into()),
+        }],
+    ];
+    with_steps(vec![
+        header_route("beta", beta()),
+        mirror_route("shadow", 50.0, get_api()),
+        Step::SetWeight(Weight::from_percent(10.0).unwrap()),
+        Step::Pause(Some(Duration::from_secs(10))),
+        header_route("beta", beta_or_cookie),
+        header_route("beta", Vec::new()),
+        mirror_route("shadow", 50.0, Vec::new()),
+        Step::Pause(None),
+        Step::SetWeight(Weight::from_percent(50.0).unwrap()),
+    ])
+}
+
+#[test]
+fn header_and_mirror_routes_are_set_replaced_and_removed_by_steps() {
+    let mut sim = Sim::new(routes_plan());
+    sim.run_for(Duration::from_millis(100));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight.percent(), 10.0);
+    assert_eq!(
+        policy.header_routes,
+        vec![HeaderRoute {
+            name: "beta".into(),
+            any_of: beta()
+        }]
+    );
+    assert_eq!(policy.mirror_routes.len(), 1);
+    assert_eq!(policy.mirror_routes[0].name, "shadow");
+    assert_eq!(policy.mirror_routes[0].percentage.percent(), 50.0);
+    assert_eq!(policy.mirror_routes[0].any_of, get_api());
+    assert!(
+        sim.logged(r#"Set header route beta on checkout: requests matching header x-beta: exact "yes" go to the canary (step 1/9)"#),
+        "{:?}",
+        sim.log
+    );
+    assert!(
+        sim.logged(r#"Set mirror route shadow on checkout: 50% of requests matching method: exact "GET" and path: prefix "/api" are copied to the canary (step 2/9)"#),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.rollout.phase, Phase::Paused, "{:?}", sim.log);
+    assert!(
+        sim.logged(r#"Replaced header route beta on checkout: requests matching header x-beta: exact "yes" or cookie beta: regex "yes|on" go to the canary (step 5/9)"#),
+        "{:?}",
+        sim.log
+    );
+    assert!(sim.logged("Removed header route beta from checkout (step 6/9)"));
+    assert!(sim.logged("Removed mirror route shadow from checkout (step 7/9)"));
+    let policy = sim.rollout.policy();
+    assert!(policy.header_routes.is_empty() && policy.mirror_routes.is_empty());
+    assert_eq!(
+        policy.weight.percent(),
+        10.0,
+        "removing routes keeps the weight"
+    );
+}
+
+#[test]
+fn routes_end_with_promotion_abort_rollback_and_supersede() {
+    let plan = || {
+        with_steps(vec![
+            header_route("beta", beta()),
+            mirror_route("shadow", 100.0, get_api()),
+            Step::Pause(None),
+        ])
+    };
+    let in_force = |sim: &Sim| {
+        let policy = sim.rollout.policy();
+        (policy.header_routes.len(), policy.mirror_routes.len())
+    };
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1));
+    assert_eq!(sim.weight(), 0.0, "routes alone send no weighted traffic");
+    sim.command(Command::Promote { full: false }).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert_eq!(in_force(&sim), (0, 0), "gone after promotion");
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::FULL));
+    assert!(sim.rollout.strategy.routes().unwrap().is_empty());
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Abort).unwrap();
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::ZERO),
+        "gone after abort"
+    );
+    sim.command(Command::Retry).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1), "retry sets them again");
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    let mut removed = plan();
+    removed.services[0].canary = None;
+    sim.reconfigure(removed);
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::ZERO),
+        "gone after rollback"
+    );
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    let mut next = plan();
+    next.services[0].canary.as_mut().unwrap().version.version = "v3".into();
+    sim.reconfigure(next);
+    assert_eq!(
+        in_force(&sim),
+        (0, 0),
+        "a new revision starts without the old routes"
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1), "and sets its own");
+}
+
+/// Over whole rollouts, tick by tick: effects report a policy change exactly when the policy
+/// changed, a state change exactly when the persisted state changed, and call a change widening
+/// exactly when it adds canary traffic.
+#[test]
+fn effects_report_exactly_what_changed() {
+    for model in [routes_plan(), model(STEPS), model(FLAGGER)] {
+        let mut sim = Sim::new(model);
+        let mut changes = 0;
+        let mut publishes = 0;
+        for tick in 0..400 {
+            if tick == 250 && sim.rollout.phase == Phase::Paused {
+                let _ = sim.command(Command::Promote { full: false });
+            }
+            let before_policy = sim.rollout.policy();
+            let before_state = serde_json::to_value(&sim.rollout).unwrap();
+            sim.now_ms += 100;
+            let world = sim.world;
+            let ctx = Ctx {
+                service: &sim.model.services[0],
+                templates: &sim.model.analysis_templates,
+            };
+            let effects = sim.rollout.tick(ctx, sim.now_ms, &mut |q| world.answer(q));
+            let after_policy = sim.rollout.policy();
+            let after_state = serde_json::to_value(&sim.rollout).unwrap();
+            assert_eq!(
+                effects.policy_changed,
+                before_policy != after_policy,
+                "tick {tick}: {before_policy:?} -> {after_policy:?}"
+            );
+            assert_eq!(
+                effects.changed,
+                before_state != after_state,
+                "tick {tick}: {:?}",
+                effects.events
+            );
+            if effects.policy_changed {
+                let wider = after_policy.weight > before_policy.weight
+                    || after_policy
+                        .header_routes
+                        .iter()
+                        .any(|r| !before_policy.header_routes.contains(r))
+                    || after_policy
+                        .mirror_routes
+                        .iter()
+                        .any(|r| !before_policy.mirror_routes.contains(r));
+                assert_eq!(effects.widened, wider, "tick {tick}: {after_policy:?}");
+                publishes += 1;
+            }
+            changes += usize::from(effects.changed);
+        }
+        assert!(publishes >= 1, "{publishes}");
+        assert!(
+            changes < 200,
+            "a quiet tick changes nothing: {changes} of 400 did"
+        );
+    }
+}
+
+#[test]
+fn quiet_ticks_change_nothing() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(22));
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step), "{:?}", sim.log);
+    sim.world.p99 = Some(0.01);
+    // Background analysis measures every 5 s; the ticks between measure nothing.
+    let mut quiet = 0;
+    for _ in 0..40 {
+        sim.now_ms += 100;
+        let world = sim.world;
+        let ctx = Ctx {
+            service: &sim.model.services[0],
+            templates: &sim.model.analysis_templates,
+        };
+        let effects = sim.rollout.tick(ctx, sim.now_ms, &mut |q| world.answer(q));
+        assert!(!effects.policy_changed);
+        quiet += usize::from(!effects.changed && effects.events.is_empty());
+    }
+    assert!(quiet >= 38, "{quiet} of 40 ticks were quiet");
 }
