@@ -13,6 +13,7 @@
 //! the value, the condition and the window.
 
 mod checks;
+mod iterations;
 mod progression;
 pub mod routes;
 pub mod run;
@@ -28,6 +29,7 @@ use weir_config::{
 };
 
 pub use self::checks::{CheckResult, Checks};
+pub use self::iterations::{checked_traffic, IterationsState, AB_HEADER_ROUTE, AB_MIRROR_ROUTE};
 pub use self::progression::ProgressionState;
 pub use self::steps::StepsState;
 pub use self::strategy::StrategyState;
@@ -531,6 +533,7 @@ impl Rollout {
         match service.strategy.as_ref().map(|s| &s.kind) {
             Some(StrategyKind::Progression(progression)) => progression.step_weights.len(),
             Some(StrategyKind::Steps(plan)) => plan.steps.len(),
+            Some(StrategyKind::Iterations(iterations)) => iterations.iterations as usize,
             _ => 0,
         }
     }
@@ -694,6 +697,14 @@ impl Rollout {
         self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
         // Routes of the previous state are gone; the new state's come with it.
         self.routes_epoch += 1;
+        if let Some(routes) = self.strategy.routes().cloned() {
+            for route in &routes.header_routes {
+                self.header_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
+            }
+            for route in &routes.mirror_routes {
+                self.mirror_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
+            }
+        }
         self.set_message("progressing");
     }
 
@@ -952,8 +963,13 @@ impl Rollout {
                     self.evaluate_progression(ctx, progression, now_ms, builtin);
                 }
             }
-            // Not yet given their own state: an empty step plan (promoted at once).
-            StrategyKind::Iterations(_) | StrategyKind::BlueGreen(_) => {
+            StrategyKind::Iterations(iterations) => {
+                if self.phase == Phase::Progressing {
+                    self.evaluate_iterations(ctx, iterations, now_ms, builtin);
+                }
+            }
+            // Not yet given its own state: an empty step plan (promoted at once).
+            StrategyKind::BlueGreen(_) => {
                 let plan = weir_config::CanarySteps {
                     steps: Vec::new(),
                     background: None,
@@ -1048,6 +1064,9 @@ impl Rollout {
                 let promoted = match ctx.service.strategy.as_ref().map(|s| &s.kind) {
                     Some(StrategyKind::Progression(progression)) => {
                         self.skip_progression_step(progression, now_ms)
+                    }
+                    Some(StrategyKind::Iterations(iterations)) => {
+                        self.skip_iteration(iterations, now_ms)
                     }
                     _ => {
                         self.skip_step(now_ms);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Strategy, StrategyKind};
 use weir_proxy::routes::Policy;
 
+use super::iterations::IterationsState;
 use super::progression::ProgressionState;
 use super::routes::Routes;
 use super::run::AnalysisRun;
@@ -21,6 +22,8 @@ pub enum StrategyState {
     Steps(StepsState),
     /// Flagger progression (`stepWeight`/`maxWeight`).
     Progression(ProgressionState),
+    /// Flagger A/B testing (`iterations` with `match` and/or `mirror`).
+    Iterations(IterationsState),
     // BlueGreen(BlueGreenState): Argo blue-green (`strategy.blueGreen`) goes here.
 }
 
@@ -33,6 +36,9 @@ impl StrategyState {
             Some(StrategyKind::Progression(_)) => {
                 StrategyState::Progression(ProgressionState::default())
             }
+            Some(StrategyKind::Iterations(_)) => {
+                StrategyState::Iterations(IterationsState::default())
+            }
             _ => StrategyState::Steps(StepsState::default()),
         }
     }
@@ -42,6 +48,9 @@ impl StrategyState {
         match strategy.map(|s| &s.kind) {
             Some(StrategyKind::Progression(progression)) => {
                 StrategyState::Progression(ProgressionState::start(progression, now_ms))
+            }
+            Some(StrategyKind::Iterations(iterations)) => {
+                StrategyState::Iterations(IterationsState::start(iterations, now_ms))
             }
             _ => StrategyState::Steps(StepsState::start(now_ms)),
         }
@@ -55,13 +64,13 @@ impl StrategyState {
                 StrategyState::Progression(_),
                 Some(StrategyKind::Progression(_))
             ) | (
-                StrategyState::Steps(_),
-                None | Some(
-                    StrategyKind::Steps(_)
-                        | StrategyKind::Iterations(_)
-                        | StrategyKind::BlueGreen(_)
+                StrategyState::Iterations(_),
+                Some(StrategyKind::Iterations(_))
+            ) | (StrategyState::Steps(_), None)
+                | (
+                    StrategyState::Steps(_),
+                    Some(StrategyKind::Steps(_) | StrategyKind::BlueGreen(_))
                 )
-            )
         )
     }
 
@@ -70,6 +79,8 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.weight_bp,
             StrategyState::Progression(p) => p.weight_bp,
+            // Requests reach the canary through its routes only.
+            StrategyState::Iterations(_) => 0,
         }
     }
 
@@ -78,14 +89,17 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.weight_bp = 0,
             StrategyState::Progression(p) => p.weight_bp = 0,
+            StrategyState::Iterations(_) => {}
         }
     }
 
-    /// The current step (Argo steps) or weight (Flagger), counted from 0.
+    /// The current step (Argo steps) or weight (Flagger), counted from 0; for A/B testing the
+    /// iterations passed.
     pub fn step_index(&self) -> usize {
         match self {
             StrategyState::Steps(s) => s.step_index,
             StrategyState::Progression(p) => p.step_index,
+            StrategyState::Iterations(i) => i.passed as usize,
         }
     }
 
@@ -94,6 +108,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(_) => 0,
             StrategyState::Progression(p) => p.checks.failed_checks,
+            StrategyState::Iterations(i) => i.checks.failed_checks,
         }
     }
 
@@ -114,6 +129,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => Some(&s.routes),
             StrategyState::Progression(_) => None,
+            StrategyState::Iterations(i) => Some(&i.routes),
         }
     }
 
@@ -122,6 +138,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.routes.clear(),
             StrategyState::Progression(_) => false,
+            StrategyState::Iterations(i) => i.routes.clear(),
         }
     }
 
@@ -130,6 +147,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.inline_run.iter().chain(&s.background_run).collect(),
             StrategyState::Progression(p) => p.checks.runs.iter().collect(),
+            StrategyState::Iterations(i) => i.checks.runs.iter().collect(),
         }
     }
 
@@ -142,6 +160,7 @@ impl StrategyState {
                 .chain(s.background_run.iter_mut())
                 .collect(),
             StrategyState::Progression(p) => p.checks.runs.iter_mut().collect(),
+            StrategyState::Iterations(i) => i.checks.runs.iter_mut().collect(),
         }
     }
 
@@ -159,6 +178,10 @@ impl StrategyState {
                 p.checks.clear();
                 Vec::new()
             }
+            StrategyState::Iterations(i) => {
+                i.checks.clear();
+                Vec::new()
+            }
         }
     }
 
@@ -171,6 +194,7 @@ impl StrategyState {
                 s.background_run = None;
             }
             StrategyState::Progression(p) => p.checks.clear(),
+            StrategyState::Iterations(i) => i.checks.clear(),
         }
     }
 
@@ -179,6 +203,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.step_started_ms += by_ms,
             StrategyState::Progression(p) => p.step_started_ms += by_ms,
+            StrategyState::Iterations(i) => i.started_ms += by_ms,
         }
     }
 }

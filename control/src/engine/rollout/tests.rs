@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use weir_config::{
-    AnyOf, BuiltinMetric, CanarySteps, HeaderRoute, MirrorRoute, Model, RequestMatch, Step,
-    StrategyKind, StringMatch, Weight,
+    AnyOf, BuiltinMetric, CanarySteps, HeaderRoute, Iterations, MirrorRoute, Model, RequestMatch,
+    Step, StrategyKind, StringMatch, Weight,
 };
 use weir_proxy::routes::Policy;
 
@@ -778,11 +778,16 @@ fn routes_end_with_promotion_abort_rollback_and_supersede() {
 /// exactly when it adds canary traffic.
 #[test]
 fn effects_report_exactly_what_changed() {
-    for model in [routes_plan(), model(STEPS), model(FLAGGER)] {
+    for model in [
+        routes_plan(),
+        model(STEPS),
+        model(FLAGGER),
+        ab_test(beta(), Some(10.0)),
+    ] {
         let mut sim = Sim::new(model);
         let mut changes = 0;
         let mut publishes = 0;
-        for tick in 0..400 {
+        for tick in 0..1000 {
             if tick == 250 && sim.rollout.phase == Phase::Paused {
                 let _ = sim.command(Command::Promote { full: false });
             }
@@ -851,4 +856,198 @@ fn quiet_ticks_change_nothing() {
         quiet += usize::from(!effects.changed && effects.events.is_empty());
     }
     assert!(quiet >= 38, "{quiet} of 40 ticks were quiet");
+}
+
+// --- Flagger A/B testing (iterations) -------------------------------------------------------
+
+/// The FLAGGER service as an A/B test: `iterations: 3`, `threshold: 2`, every 30 s, requests
+/// with `x-beta: yes` to the canary (and/or mirroring).
+fn ab_test(any_of: AnyOf, mirror: Option<f64>) -> Model {
+    let mut model = model(FLAGGER);
+    let strategy = model.services[0].strategy.as_mut().unwrap();
+    let StrategyKind::Progression(progression) = &strategy.kind else {
+        unreachable!("FLAGGER is a progression")
+    };
+    strategy.kind = StrategyKind::Iterations(Iterations {
+        interval: progression.interval,
+        threshold: progression.threshold,
+        iterations: 3,
+        any_of,
+        mirror: mirror.map(|p| Weight::from_percent(p).unwrap()),
+        checks: progression.checks.clone(),
+    });
+    model
+}
+
+impl Sim {
+    /// Ticks for `duration`, asserting after every tick.
+    fn run_checking(&mut self, duration: Duration, check: impl Fn(&Sim)) {
+        let end = self.now_ms + duration.as_millis() as u64;
+        while self.now_ms < end {
+            self.run_for(Duration::from_millis(100));
+            check(self);
+        }
+    }
+}
+
+#[test]
+fn ab_test_routes_matching_requests_then_promotes_after_n_passing_checks() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight, Weight::ZERO);
+    assert_eq!(
+        policy.header_routes,
+        vec![HeaderRoute {
+            name: AB_HEADER_ROUTE.into(),
+            any_of: beta()
+        }]
+    );
+    assert!(policy.mirror_routes.is_empty());
+    assert!(
+        sim.logged(r#"Set header route ab-test on search: requests matching header x-beta: exact "yes" go to the canary"#),
+        "{:?}",
+        sim.log
+    );
+    let never_weighted = |sim: &Sim| {
+        if sim.rollout.phase == Phase::Progressing {
+            let policy = sim.rollout.policy();
+            assert_eq!(policy.weight, Weight::ZERO, "no weighted traffic, ever");
+            assert_eq!(policy.header_routes.len(), 1);
+        }
+    };
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 1/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.step_index(), 1);
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 2/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 3/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.rollout.promoted);
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::FULL),
+        "routes gone"
+    );
+}
+
+#[test]
+fn ab_test_rolls_back_when_failed_checks_reach_the_threshold() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.world.success_rate = Some(0.6917);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Progressing,
+        "one failure is tolerated"
+    );
+    assert_eq!(sim.rollout.strategy.failed_checks(), 1);
+    assert!(
+        sim.logged("request-success-rate 69.17% < 99%"),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    assert!(
+        sim.logged("failed checks threshold reached 2"),
+        "{:?}",
+        sim.log
+    );
+    assert_eq!(
+        sim.rollout.history.last().unwrap().outcome,
+        RevisionOutcome::Aborted
+    );
+}
+
+#[test]
+fn ab_test_without_data_halts_and_never_fails() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.world.requests = 3;
+    sim.run_for(Duration::from_secs(95));
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert_eq!(sim.rollout.step_index(), 0, "no iteration counted");
+    assert_eq!(sim.rollout.strategy.failed_checks(), 0);
+    assert_eq!(sim.rollout.policy().header_routes.len(), 1);
+}
+
+#[test]
+fn ab_test_that_only_mirrors_judges_the_mirrored_traffic() {
+    let mut sim = Sim::new(ab_test(Vec::new(), Some(50.0)));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight, Weight::ZERO);
+    assert!(policy.header_routes.is_empty());
+    assert_eq!(
+        policy.mirror_routes,
+        vec![MirrorRoute {
+            name: AB_MIRROR_ROUTE.into(),
+            percentage: Weight::from_percent(50.0).unwrap(),
+            any_of: vec![Vec::new()],
+        }],
+        "one entry without conditions: every request"
+    );
+    assert!(
+        sim.logged("50% of requests matching every request are copied to the canary"),
+        "{:?}",
+        sim.log
+    );
+    let traffic = std::cell::RefCell::new(Vec::new());
+    for _ in 0..301 {
+        sim.now_ms += 100;
+        let world = sim.world;
+        let ctx = Ctx {
+            service: &sim.model.services[0],
+            templates: &sim.model.analysis_templates,
+        };
+        let _ = sim.rollout.tick(ctx, sim.now_ms, &mut |q| {
+            traffic.borrow_mut().push(q.provider.traffic);
+            world.answer(q)
+        });
+    }
+    let traffic = traffic.into_inner();
+    assert!(!traffic.is_empty());
+    assert!(traffic.iter().all(|t| *t == weir_config::Traffic::Mirror));
+
+    // With a match as well, the checks judge what the matching clients got.
+    let mut sim = Sim::new(ab_test(beta(), Some(100.0)));
+    assert_eq!(sim.rollout.policy().header_routes.len(), 1);
+    assert_eq!(sim.rollout.policy().mirror_routes.len(), 1);
+    let ctx = Ctx {
+        service: &sim.model.services[0],
+        templates: &sim.model.analysis_templates,
+    };
+    let mut seen = Vec::new();
+    let world = sim.world;
+    let _ = sim.rollout.tick(ctx, sim.now_ms + 30_000, &mut |q| {
+        seen.push(q.provider.traffic);
+        world.answer(q)
+    });
+    assert!(
+        seen.iter().all(|t| *t == weir_config::Traffic::Primary),
+        "{seen:?}"
+    );
+    assert!(!seen.is_empty());
+}
+
+#[test]
+fn ab_test_state_survives_a_restart_and_promote_counts_an_iteration() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.run_for(Duration::from_secs(31));
+    let saved = serde_json::to_string(&sim.rollout).unwrap();
+    let mut restored: Rollout = serde_json::from_str(&saved).unwrap();
+    let ctx = Ctx {
+        service: &sim.model.services[0],
+        templates: &sim.model.analysis_templates,
+    };
+    let _ = restored.reconcile(ctx, sim.now_ms);
+    assert_eq!(restored.strategy, sim.rollout.strategy);
+    assert_eq!(restored.policy(), sim.rollout.policy());
+    assert_eq!(restored.step_index(), 1);
+    sim.command(Command::Promote { full: false }).unwrap();
+    assert_eq!(sim.rollout.step_index(), 2);
+    sim.command(Command::Promote { full: false }).unwrap();
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::FULL));
 }
