@@ -625,3 +625,95 @@ impl Handle {
         self.generation.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use weir_config::{
+        CanarySteps, HeaderRoute, RequestMatch, Step, StrategyKind, StringMatch, Weight,
+    };
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: checkout
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      canary:
+        steps:
+          - setWeight: 10
+"#;
+
+    /// Waits (up to 5 s) until the served table satisfies `ready`.
+    async fn served(routes: &weir_proxy::Routes, ready: impl Fn(&Policy) -> bool) -> Policy {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let table = routes.current();
+            let policy = table
+                .service("checkout")
+                .map(|s| s.policy().clone())
+                .unwrap_or_default();
+            if ready(&policy) {
+                return policy;
+            }
+            assert!(Instant::now() < deadline, "never served: {policy:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn route_steps_are_published_and_saved_and_end_with_the_rollout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weir.yaml");
+        let state = dir.path().join("state");
+        std::fs::write(&path, format!("stateDir: {}\n{CONFIG}", state.display())).expect("write");
+        let mut loaded = crate::reload::load(&path).expect("loads");
+        let beta = HeaderRoute {
+            name: "beta".into(),
+            any_of: vec![vec![RequestMatch::Header {
+                name: "x-beta".into(),
+                value: StringMatch::Exact("yes".into()),
+            }]],
+        };
+        loaded.model.services[0]
+            .strategy
+            .as_mut()
+            .expect("strategy")
+            .kind = StrategyKind::Steps(CanarySteps {
+            steps: vec![Step::SetHeaderRoute(beta.clone()), Step::Pause(None)],
+            background: None,
+        });
+        let (driver, routes, handle) =
+            Driver::new(loaded, Stats::new(), ReloadCounter::default()).expect("driver");
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+
+        let policy = served(&routes, |p| !p.header_routes.is_empty()).await;
+        assert_eq!(policy.header_routes, vec![beta]);
+        assert_eq!(policy.weight, Weight::ZERO);
+        let file = state.join("services/checkout.json");
+        let saved = std::fs::read_to_string(&file).expect("state saved");
+        assert!(
+            saved.contains(r#""headerRoutes""#) && saved.contains("x-beta"),
+            "{saved}"
+        );
+
+        handle
+            .command("checkout", Command::Abort)
+            .await
+            .expect("aborted");
+        let policy = served(&routes, |p| p.header_routes.is_empty()).await;
+        assert_eq!(policy, Policy::from(Weight::ZERO));
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("state saved")).expect("json");
+        let in_state = &saved["rollout"]["strategy"]["routes"]["headerRoutes"];
+        assert_eq!(
+            in_state,
+            &serde_json::json!([]),
+            "routes end with the rollout"
+        );
+        task.abort();
+    }
+}

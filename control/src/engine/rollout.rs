@@ -676,11 +676,15 @@ impl Rollout {
         self.finished_runs.clear();
         self.restart_steps(ctx, now_ms);
         let steps = Self::step_count(ctx.service);
+        let unit = match ctx.service.strategy.as_ref().map(|s| &s.kind) {
+            Some(StrategyKind::Iterations(_)) => "passing iterations (A/B test)",
+            _ => "steps",
+        };
         self.emit(
             now_ms,
             "Started",
             format!(
-                "New revision {}: rolling out {} {canary} over {steps} steps (stable {})",
+                "New revision {}: rolling out {} {canary} over {steps} {unit} (stable {})",
                 self.revision, self.service, self.stable_version
             ),
         );
