@@ -1,10 +1,16 @@
 //! The rollout state machine: pure, driven by the config (desired state), measurements, operator
 //! commands and the time, given as milliseconds since the Unix epoch.
 //!
-//! One [`Rollout`] per service with a strategy. It decides the canary weight the route table
-//! serves ([`Rollout::weight`]), records every decision as an event with its numbers, and is
-//! persisted whole after every change (see `state.rs`), so a restart resumes the same revision,
-//! step and weight.
+//! One [`Rollout`] per service with a strategy: the fields every strategy shares (revision,
+//! versions, phase, pause, history, events, finished runs) and one [`StrategyState`] for the
+//! service's strategy (`steps.rs`, `progression.rs`, `iterations.rs`; `strategy.rs` says how to add
+//! one). It decides what the route table serves ([`Rollout::policy`]: the canary weight and the
+//! header and mirror routes in force) and records every decision as an event with its numbers.
+//! Every operation ([`Rollout::tick`], [`Rollout::record`], [`Rollout::command`],
+//! [`Rollout::reconcile`]) returns its [`Effects`]: the measurements now due, whether the
+//! persisted state changed (save it, see `state.rs`), whether the policy changed (publish) and
+//! whether that widened canary traffic (save after publishing, else before), so a restart resumes
+//! the same revision, step, weight and routes.
 //!
 //! Semantics follow Argo Rollouts (steps, background analysis, promote/abort/retry/undo) and
 //! Flagger (stepWeight/maxWeight/threshold progression). Where they differ from the users'

@@ -70,13 +70,15 @@ impl Rollout {
         let Some(state) = self.steps_state() else {
             return;
         };
-        let (step_index, weight_bp) = (state.step_index, state.weight_bp);
+        let step_index = state.step_index;
+        // Header-routed requests count as the canary's too.
+        let has_traffic = state.weight_bp > 0 || !state.routes.header_routes.is_empty();
         let needs_background = state.background_run.is_none();
         let needs_inline = state.inline_run.is_none();
         if let Some(background) = &plan.background {
             // Not before the canary has traffic: a measurement of a version nobody reached yet
             // can only be inconclusive.
-            if needs_background && step_index >= background.starting_step && weight_bp > 0 {
+            if needs_background && step_index >= background.starting_step && has_traffic {
                 let id = self.take_run_id();
                 let run = AnalysisRun::new(
                     id,

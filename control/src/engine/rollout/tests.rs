@@ -1051,3 +1051,39 @@ fn ab_test_state_survives_a_restart_and_promote_counts_an_iteration() {
     assert_eq!(sim.rollout.phase, Phase::Healthy);
     assert_eq!(sim.rollout.policy(), Policy::from(Weight::FULL));
 }
+
+#[test]
+fn background_analysis_watches_header_routed_traffic_at_weight_zero() {
+    let mut model = with_steps(vec![header_route("beta", beta()), Step::Pause(None)]);
+    let background = fixtures::background_of(STEPS);
+    if let Some(strategy) = model.services[0].strategy.as_mut() {
+        if let StrategyKind::Steps(plan) = &mut strategy.kind {
+            plan.background = Some(background);
+        }
+    }
+    let mut sim = Sim::new(model);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(background_run(&sim.rollout).is_some(), "{:?}", sim.log);
+    sim.world.p99 = Some(2.0);
+    sim.run_for(Duration::from_secs(16));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert!(sim.rollout.policy().header_routes.is_empty());
+}
+
+mod fixtures {
+    use weir_config::{BackgroundAnalysis, StrategyKind};
+
+    /// The background analysis of a config with a step plan, starting at step 0.
+    pub fn background_of(yaml: &str) -> BackgroundAnalysis {
+        let model = super::model(yaml);
+        let strategy = model.services[0].strategy.clone().unwrap();
+        let StrategyKind::Steps(plan) = strategy.kind else {
+            unreachable!("a step plan")
+        };
+        BackgroundAnalysis {
+            starting_step: 0,
+            ..plan.background.unwrap()
+        }
+    }
+}
