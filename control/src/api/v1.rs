@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use weir_config::{Model, Step};
+use weir_config::{AffinityKey, HeaderRoute, Model, Service, Step, StrategyKind};
 use weir_proxy::RouteTable;
 
-use crate::engine::rollout::{humantime, run::AnalysisRun, Event, Phase, Revision, Rollout};
+use crate::engine::rollout::routes::{HeaderRouteState, MirrorRouteState};
+use crate::engine::rollout::{
+    humantime, run::AnalysisRun, Event, Phase, Revision, Rollout, StrategyState,
+};
 
 /// Every service's status.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -38,6 +41,10 @@ pub struct ServiceStatus {
     pub step_index: usize,
     /// Steps in the plan.
     pub step_count: usize,
+    /// Where the strategy is, in its own unit (`step 3/6`, `iteration 2/3`); absent before the
+    /// first rollout and without a strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     /// Details (left out of the list view).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
@@ -49,8 +56,15 @@ pub struct ServiceStatus {
 pub struct Details {
     /// The version the config names as stable.
     pub config_stable_version: String,
-    /// `steps`, `progression` (Flagger) or `manual` (no strategy: the file's weight).
+    /// `steps`, `progression` (Flagger), `iterations` (Flagger A/B), `blueGreen`, or `manual`
+    /// (no strategy: the file's weight).
     pub strategy: String,
+    /// The strategy's own phase, where it has one beyond [`ServiceStatus::phase`] (blue-green).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy_phase: Option<String>,
+    /// The rules in force besides the weight.
+    #[serde(default)]
+    pub rules: Rules,
     /// The plan, with each step's state.
     pub steps: Vec<StepStatus>,
     /// Why the rollout is paused, if it is.
@@ -63,6 +77,90 @@ pub struct Details {
     pub events: Vec<Event>,
     /// Revisions, oldest first.
     pub history: Vec<Revision>,
+}
+
+/// Where a strategy is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// `step` (Argo steps, Flagger weights) or `iteration` (Flagger A/B).
+    pub unit: String,
+    /// Steps: the current step, from 1. Iterations: the iterations passed.
+    pub current: usize,
+    /// Steps in the plan, or iterations needed.
+    pub total: usize,
+    /// `step 3/6`, `iteration 2/3`.
+    pub text: String,
+}
+
+/// The rules a service's route applies before (or besides) the weighted split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rules {
+    /// Header and cookie routes to the canary, in order.
+    #[serde(default)]
+    pub header_routes: Vec<HeaderRouteStatus>,
+    /// Mirror routes to the canary.
+    #[serde(default)]
+    pub mirror_routes: Vec<MirrorRouteStatus>,
+    /// Sticky versions, from the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<AffinityStatus>,
+    /// The blue-green preview, from the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewStatus>,
+}
+
+/// A header route in force.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRouteStatus {
+    /// The route's name.
+    pub name: String,
+    /// `header x-beta: exact "yes" or cookie beta: regex "yes|on"`.
+    pub conditions: String,
+}
+
+/// A mirror route in force.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorRouteStatus {
+    /// The route's name.
+    pub name: String,
+    /// Percent of the matching requests copied to the canary.
+    pub percentage: f64,
+    /// `method: exact "GET" and path: prefix "/api"`, or `every request`.
+    pub conditions: String,
+}
+
+/// A service's session affinity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AffinityStatus {
+    /// `cookie` or `header`.
+    pub kind: String,
+    /// The cookie's or header's name.
+    pub name: String,
+    /// The cookie's lifetime (`24h`); absent for the header form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// A blue-green preview.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewStatus {
+    /// Whether the preview reaches the new version now.
+    pub active: bool,
+    /// Preview hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The preview listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// Header conditions, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
 }
 
 /// One step of the plan.
@@ -131,9 +229,12 @@ pub fn build(
                         canary_weight: served,
                         step_index: 0,
                         step_count: 0,
+                        progress: None,
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
                             strategy: "manual".into(),
+                            strategy_phase: None,
+                            rules: rules(service, None),
                             steps: Vec::new(),
                             pause_reason: None,
                             failed_checks: None,
@@ -144,10 +245,11 @@ pub fn build(
                     }
                 }
                 Some(rollout) => {
-                    let canary = service.strategy.as_ref();
-                    let progression = canary.and_then(|c| c.progression());
-                    let descriptions: Vec<String> = match (canary, progression) {
-                        (_, Some(progression)) => progression
+                    let strategy = service.strategy.as_ref();
+                    let progression = strategy.and_then(|c| c.progression());
+                    let iterations = strategy.and_then(|c| c.iterations());
+                    let descriptions: Vec<String> = match strategy.map(|s| &s.kind) {
+                        Some(StrategyKind::Progression(progression)) => progression
                             .step_weights
                             .iter()
                             .map(|w| {
@@ -157,7 +259,17 @@ pub fn build(
                                 )
                             })
                             .collect(),
-                        (Some(canary), None) => canary.steps().iter().map(describe_step).collect(),
+                        Some(StrategyKind::Iterations(iterations)) => (1..=iterations.iterations)
+                            .map(|k| {
+                                format!(
+                                    "iteration {k}: checks pass over {}",
+                                    humantime(iterations.interval)
+                                )
+                            })
+                            .collect(),
+                        Some(StrategyKind::Steps(plan)) => {
+                            plan.steps.iter().map(describe_step).collect()
+                        }
                         _ => Vec::new(),
                     };
                     let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
@@ -165,9 +277,9 @@ pub fn build(
                         .into_iter()
                         .enumerate()
                         .map(|(index, description)| {
-                            let state = if rollout.promoted || (index < rollout.step_index) {
+                            let state = if rollout.promoted || (index < rollout.step_index()) {
                                 "completed"
-                            } else if index == rollout.step_index && in_rollout {
+                            } else if index == rollout.step_index() && in_rollout {
                                 "current"
                             } else {
                                 "pending"
@@ -179,13 +291,8 @@ pub fn build(
                             }
                         })
                         .collect();
-                    let mut runs: Vec<AnalysisRun> = rollout
-                        .inline_run
-                        .iter()
-                        .chain(rollout.background_run.iter())
-                        .chain(rollout.check_runs.iter())
-                        .cloned()
-                        .collect();
+                    let mut runs: Vec<AnalysisRun> =
+                        rollout.strategy.runs().into_iter().cloned().collect();
                     runs.extend(rollout.finished_runs.iter().rev().cloned());
                     ServiceStatus {
                         name: service.name.clone(),
@@ -195,20 +302,20 @@ pub fn build(
                         stable_version: rollout.stable_version.clone(),
                         canary_version: rollout.canary_version.clone(),
                         canary_weight: served,
-                        step_index: rollout.step_index,
+                        step_index: rollout.step_index(),
                         step_count: Rollout::step_count(service),
+                        progress: progress(rollout, service),
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
-                            strategy: if progression.is_some() {
-                                "progression"
-                            } else {
-                                "steps"
-                            }
-                            .into(),
+                            strategy: strategy.map_or("steps", |s| s.name()).into(),
+                            strategy_phase: None,
+                            rules: rules(service, Some(rollout)),
                             steps,
                             pause_reason: rollout.pause.as_ref().map(|p| format!("{p:?}")),
                             failed_checks: progression
-                                .map(|p| (rollout.progress.failed_checks, p.threshold)),
+                                .map(|p| p.threshold)
+                                .or(iterations.map(|i| i.threshold))
+                                .map(|threshold| (rollout.strategy.failed_checks(), threshold)),
                             analysis_runs: runs,
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),
@@ -221,6 +328,79 @@ pub fn build(
     Status { services }
 }
 
+/// Where the rollout is, in its strategy's unit.
+fn progress(rollout: &Rollout, service: &Service) -> Option<Progress> {
+    let total = Rollout::step_count(service);
+    if rollout.revision == 0 || total == 0 {
+        return None;
+    }
+    let (unit, current) = match rollout.strategy {
+        StrategyState::Iterations(_) => ("iteration", rollout.step_index().min(total)),
+        _ => ("step", (rollout.step_index() + 1).min(total)),
+    };
+    Some(Progress {
+        unit: unit.into(),
+        current,
+        total,
+        text: format!("{unit} {current}/{total}"),
+    })
+}
+
+/// The rules in force: the rollout's routes (from the policy it asks the route table for), and
+/// the config's affinity and preview.
+fn rules(service: &Service, rollout: Option<&Rollout>) -> Rules {
+    let policy = rollout.map(Rollout::policy).unwrap_or_default();
+    let session_affinity = service.session_affinity.as_ref().map(|a| match &a.key {
+        AffinityKey::Cookie(name) => AffinityStatus {
+            kind: "cookie".into(),
+            name: name.clone(),
+            max_age: Some(humantime(a.max_age)),
+        },
+        AffinityKey::Header(name) => AffinityStatus {
+            kind: "header".into(),
+            name: name.clone(),
+            max_age: None,
+        },
+    });
+    let preview = service
+        .strategy
+        .as_ref()
+        .and_then(|s| s.blue_green())
+        .map(|b| PreviewStatus {
+            active: policy.preview,
+            hosts: b.preview.hosts.iter().map(|h| h.to_string()).collect(),
+            listener: b.preview.listener.clone(),
+            headers: (!b.preview.headers.is_empty()).then(|| {
+                HeaderRouteState::from_config(&HeaderRoute {
+                    name: String::new(),
+                    any_of: vec![b.preview.headers.clone()],
+                })
+                .conditions()
+            }),
+        });
+    Rules {
+        header_routes: policy
+            .header_routes
+            .iter()
+            .map(|r| HeaderRouteStatus {
+                name: r.name.clone(),
+                conditions: HeaderRouteState::from_config(r).conditions(),
+            })
+            .collect(),
+        mirror_routes: policy
+            .mirror_routes
+            .iter()
+            .map(|r| MirrorRouteStatus {
+                name: r.name.clone(),
+                percentage: r.percentage.percent(),
+                conditions: MirrorRouteState::from_config(r).conditions(),
+            })
+            .collect(),
+        session_affinity,
+        preview,
+    }
+}
+
 fn describe_step(step: &Step) -> String {
     match step {
         Step::SetWeight(weight) => format!("setWeight {weight}"),
@@ -230,12 +410,106 @@ fn describe_step(step: &Step) -> String {
         Step::SetHeaderRoute(route) if route.any_of.is_empty() => {
             format!("remove header route {}", route.name)
         }
-        Step::SetHeaderRoute(route) => format!("header route {}", route.name),
+        Step::SetHeaderRoute(route) => format!(
+            "header route {}: {}",
+            route.name,
+            HeaderRouteState::from_config(route).conditions()
+        ),
         Step::SetMirrorRoute(route) if route.any_of.is_empty() => {
             format!("remove mirror route {}", route.name)
         }
-        Step::SetMirrorRoute(route) => {
-            format!("mirror route {} ({}%)", route.name, route.percentage)
-        }
+        Step::SetMirrorRoute(route) => format!(
+            "mirror route {}: {}% of {}",
+            route.name,
+            route.percentage,
+            MirrorRouteState::from_config(route).conditions()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use weir_config::{CanarySteps, RequestMatch, SessionAffinity, StringMatch};
+
+    use super::*;
+    use crate::engine::analysis::Outcome;
+    use crate::engine::rollout::Ctx;
+
+    const CONFIG: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: checkout
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      canary:
+        steps:
+          - setWeight: 10
+"#;
+
+    #[test]
+    fn the_status_shows_the_strategy_its_progress_and_the_rules_in_force() {
+        let mut model = weir_config::parse(CONFIG, Path::new("/")).expect("valid");
+        let service = &mut model.services[0];
+        service.strategy.as_mut().expect("strategy").kind = StrategyKind::Steps(CanarySteps {
+            steps: vec![
+                Step::SetHeaderRoute(HeaderRoute {
+                    name: "beta".into(),
+                    any_of: vec![vec![RequestMatch::Header {
+                        name: "x-beta".into(),
+                        value: StringMatch::Exact("yes".into()),
+                    }]],
+                }),
+                Step::Pause(None),
+            ],
+            background: None,
+        });
+        service.session_affinity = Some(SessionAffinity {
+            key: AffinityKey::Cookie("weir-checkout".into()),
+            max_age: Duration::from_secs(86_400),
+        });
+        let service = &model.services[0];
+        let mut rollout = Rollout::new(service);
+        let ctx = Ctx {
+            service,
+            templates: &model.analysis_templates,
+        };
+        let _ = rollout.reconcile(ctx, 1_000);
+        let _ = rollout.tick(ctx, 1_100, &mut |_| Outcome::NoData("none".into()));
+        let rollouts = BTreeMap::from([("checkout".to_string(), rollout)]);
+        let status = build(&model, &rollouts, &RouteTable::empty(), 1_100);
+        let checkout = status.service("checkout").expect("listed");
+        assert_eq!(
+            checkout.progress.as_ref().map(|p| p.text.as_str()),
+            Some("step 2/2")
+        );
+        let details = checkout.details.as_ref().expect("details");
+        assert_eq!(details.strategy, "steps");
+        assert_eq!(
+            details.rules.header_routes,
+            vec![HeaderRouteStatus {
+                name: "beta".into(),
+                conditions: r#"header x-beta: exact "yes""#.into(),
+            }]
+        );
+        assert_eq!(
+            details.rules.session_affinity,
+            Some(AffinityStatus {
+                kind: "cookie".into(),
+                name: "weir-checkout".into(),
+                max_age: Some("24h".into()),
+            })
+        );
+        assert_eq!(
+            details.steps[0].description,
+            r#"header route beta: header x-beta: exact "yes""#
+        );
+        let json = serde_json::to_value(checkout).expect("serializes");
+        assert_eq!(json["rules"]["headerRoutes"][0]["name"], "beta");
+        assert_eq!(json["progress"]["unit"], "step");
+        assert_eq!(json["stepIndex"], 1, "the existing fields stay");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use weir_control::api::v1::ServiceStatus;
+use weir_control::api::v1::{Rules, ServiceStatus};
 use weir_control::engine::rollout::run::{AnalysisRun, MetricRun, RunKind, RunPhase};
 use weir_control::engine::rollout::{Event, Phase, Revision};
 
@@ -53,10 +53,14 @@ pub fn weight_bar(weight: f64) -> String {
     )
 }
 
-/// `3/6` (1-based, the current step), or `-` before the first rollout and without steps.
+/// `3/6` (1-based, the current step), `it 2/3` (iterations passed, Flagger A/B), or `-` before
+/// the first rollout and without steps.
 pub fn step_label(status: &ServiceStatus) -> String {
     if status.step_count == 0 || status.revision == 0 {
         return "-".into();
+    }
+    if let Some(progress) = status.progress.as_ref().filter(|p| p.unit == "iteration") {
+        return format!("it {}/{}", progress.current, progress.total);
     }
     let current = (status.step_index + 1).min(status.step_count);
     format!("{current}/{}", status.step_count)
@@ -240,8 +244,13 @@ pub fn render_detail(status: &ServiceStatus) -> String {
     }
     field("Canary", status.canary_version.as_deref().unwrap_or("-"));
     field("Weight", &weight_bar(status.canary_weight));
-    if status.step_count > 0 {
-        field("Step", &step_label(status));
+    match &status.progress {
+        Some(progress) if progress.unit == "iteration" => field(
+            "Passed",
+            &format!("{}/{} iterations", progress.current, progress.total),
+        ),
+        _ if status.step_count > 0 => field("Step", &step_label(status)),
+        _ => {}
     }
     field("Message", &status.message);
     if let Some(d) = details {
@@ -258,6 +267,7 @@ pub fn render_detail(status: &ServiceStatus) -> String {
     let Some(details) = details else {
         return out;
     };
+    render_rules(&mut out, &details.rules);
 
     if !details.steps.is_empty() {
         out.push_str("\nSteps:\n");
@@ -321,6 +331,64 @@ pub fn render_detail(status: &ServiceStatus) -> String {
         }
     }
     out
+}
+
+/// The rules in force besides the weight, one per line.
+fn render_rules(out: &mut String, rules: &Rules) {
+    let mut lines: Vec<(String, String)> = Vec::new();
+    for route in &rules.header_routes {
+        lines.push((
+            format!("header route {}", route.name),
+            format!("{} → canary", route.conditions),
+        ));
+    }
+    for route in &rules.mirror_routes {
+        lines.push((
+            format!("mirror route {}", route.name),
+            format!(
+                "{} of {} copied to the canary",
+                percent(route.percentage),
+                route.conditions
+            ),
+        ));
+    }
+    if let Some(affinity) = &rules.session_affinity {
+        let text = match &affinity.max_age {
+            Some(max_age) => format!("{} {} (Max-Age {max_age})", affinity.kind, affinity.name),
+            None => format!("{} {} (hashed)", affinity.kind, affinity.name),
+        };
+        lines.push(("sticky versions".into(), text));
+    }
+    if let Some(preview) = &rules.preview {
+        let mut parts = Vec::new();
+        if !preview.hosts.is_empty() {
+            parts.push(format!("hosts {}", preview.hosts.join(", ")));
+        }
+        if let Some(listener) = &preview.listener {
+            parts.push(format!("listener {listener}"));
+        }
+        if let Some(headers) = &preview.headers {
+            parts.push(headers.clone());
+        }
+        let state = if preview.active {
+            "reaches the new version"
+        } else {
+            "reaches stable (no preview up)"
+        };
+        lines.push(("preview".into(), format!("{} — {state}", parts.join("; "))));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    out.push_str("\nRules:\n");
+    let width = lines
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (label, text) in lines {
+        let _ = writeln!(out, "  {label:<width$}  {text}");
+    }
 }
 
 fn render_run(out: &mut String, run: &AnalysisRun) {
@@ -515,6 +583,7 @@ mod tests {
             canary_weight: weight,
             step_index: 2,
             step_count: 6,
+            progress: None,
             details: None,
         }
     }
@@ -588,6 +657,8 @@ mod tests {
             details: Some(Details {
                 config_stable_version: "v1".into(),
                 strategy: "steps".into(),
+                strategy_phase: None,
+                rules: Rules::default(),
                 steps: steps
                     .iter()
                     .enumerate()
@@ -829,5 +900,58 @@ mod tests {
         let mut other = status.clone();
         other.canary_weight = 20.0;
         assert_ne!(progress_key(&status), progress_key(&other));
+    }
+
+    #[test]
+    fn the_detail_view_lists_the_rules_in_force_and_iterations() {
+        use weir_control::api::v1::{
+            AffinityStatus, HeaderRouteStatus, MirrorRouteStatus, PreviewStatus, Progress,
+        };
+        let mut status = detailed();
+        status.progress = Some(Progress {
+            unit: "iteration".into(),
+            current: 2,
+            total: 3,
+            text: "iteration 2/3".into(),
+        });
+        status.step_count = 3;
+        if let Some(details) = status.details.as_mut() {
+            details.strategy = "iterations".into();
+            details.rules = Rules {
+                header_routes: vec![HeaderRouteStatus {
+                    name: "ab-test".into(),
+                    conditions: r#"header x-beta: exact "yes""#.into(),
+                }],
+                mirror_routes: vec![MirrorRouteStatus {
+                    name: "shadow".into(),
+                    percentage: 50.0,
+                    conditions: r#"method: exact "GET""#.into(),
+                }],
+                session_affinity: Some(AffinityStatus {
+                    kind: "cookie".into(),
+                    name: "weir-checkout".into(),
+                    max_age: Some("24h".into()),
+                }),
+                preview: Some(PreviewStatus {
+                    active: false,
+                    hosts: vec!["preview.orders.example.com".into()],
+                    listener: None,
+                    headers: None,
+                }),
+            };
+        }
+        let text = render_detail(&status);
+        for needle in [
+            "(revision 3, iterations)",
+            "Passed:  2/3 iterations",
+            "Rules:",
+            r#"header route ab-test  header x-beta: exact "yes" → canary"#,
+            r#"mirror route shadow   50% of method: exact "GET" copied to the canary"#,
+            "sticky versions       cookie weir-checkout (Max-Age 24h)",
+            "preview               hosts preview.orders.example.com — reaches stable (no preview up)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+        }
+        assert_eq!(step_label(&status), "it 2/3");
     }
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use weir_config::{Model, Provider, Service, Weight};
+use weir_config::{Model, Provider, Service};
 use weir_proxy::routes::{Policy, TlsMaterial};
 use weir_proxy::stats::Window;
 use weir_proxy::{Publisher, RouteTable, Stats};
 
 use crate::api::v1::{self as status, Status};
 use crate::engine::analysis::{self, Outcome};
-use crate::engine::rollout::{Command, Ctx, Due, Event, Rollout};
+use crate::engine::rollout::{Command, Ctx, Due, Effects, Event, Rollout};
 use crate::engine::state::{StateError, Store};
 use crate::reload::{Loaded, ReloadCounter};
 
@@ -158,10 +158,10 @@ impl Driver {
             let rollout = restore(&store, service, &loaded.model, now_ms);
             rollouts.insert(service.name.clone(), rollout);
         }
-        let weights = weights(&loaded.model, &rollouts);
+        let policies = policies(&loaded.model, &rollouts);
         let table = RouteTable::build(
             &loaded.model,
-            &weights,
+            &policies,
             &loaded.tls,
             &stats,
             &RouteTable::empty(),
@@ -246,16 +246,12 @@ impl Driver {
                 if rollout.revision != revision {
                     return;
                 }
-                let before = rollout.clone();
                 let ctx = Ctx {
                     service: config,
                     templates: &self.model.analysis_templates,
                 };
-                rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
-                let changed = *rollout != before;
-                if changed {
-                    self.commit(&[(service, before.weight())]);
-                }
+                let effects = rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
+                self.commit(vec![(service, effects)]);
             }
         }
     }
@@ -268,16 +264,15 @@ impl Driver {
         let Some(rollout) = self.rollouts.get_mut(service) else {
             return Err(CommandError::NoStrategy(service.to_string()));
         };
-        let before = rollout.weight();
         let ctx = Ctx {
             service: config,
             templates: &self.model.analysis_templates,
         };
-        rollout
+        let effects = rollout
             .command(ctx, command, now_ms)
             .map_err(CommandError::Refused)?;
         tracing::info!(service, ?command, "operator command");
-        self.commit(&[(service.to_string(), before)]);
+        self.commit(vec![(service.to_string(), effects)]);
         // Let the new step start at once rather than at the next tick.
         self.on_tick();
         Ok(())
@@ -302,28 +297,24 @@ impl Driver {
             if !rollout.active() {
                 continue;
             }
-            let before = rollout.clone();
             let ctx = Ctx {
                 service,
                 templates: &self.model.analysis_templates,
             };
             let window = &self.window;
             let name = service.name.as_str();
-            let due = rollout.tick(ctx, now_ms, &mut |query| {
+            let mut effects = rollout.tick(ctx, now_ms, &mut |query| {
                 analysis::provider::builtin(query.provider, window, name, query.version, now)
             });
             let revision = rollout.revision;
+            let due = std::mem::take(&mut effects.due);
             external.extend(due.into_iter().map(|due| (name.to_string(), revision, due)));
-            if *rollout != before {
-                changed.push((service.name.clone(), before.weight()));
-            }
+            changed.push((service.name.clone(), effects));
         }
         for (service, revision, due) in external {
             self.spawn_measurement(service, revision, due);
         }
-        if !changed.is_empty() {
-            self.commit(&changed);
-        }
+        self.commit(changed);
     }
 
     fn spawn_measurement(&self, service: String, revision: u64, due: Due) {
@@ -350,27 +341,37 @@ impl Driver {
         });
     }
 
-    /// Persists and publishes after rollouts changed. `changed` pairs each service with the weight
-    /// it served before: a service whose weight went down is saved before the table is published,
-    /// one whose weight went up after, so a crash in between never leaves more canary traffic on
-    /// disk than was served.
-    fn commit(&mut self, changed: &[(String, Weight)]) {
-        let mut raised = Vec::new();
-        for (service, before) in changed {
-            let Some(rollout) = self.rollouts.get(service) else {
-                continue;
-            };
-            if rollout.weight() > *before {
-                raised.push(service.clone());
-            } else {
-                self.persist(service);
+    /// Acts on what rollout operations did: saves the services whose state changed and publishes
+    /// a table when a policy changed. A change that narrows canary traffic (a lower weight, a
+    /// route removed) is saved before the table is published, one that widens it after, so a
+    /// crash in between never leaves more canary traffic on disk than was served.
+    fn commit(&mut self, changes: Vec<(String, Effects)>) {
+        let mut widened = Vec::new();
+        let mut events = Vec::new();
+        let mut publish = false;
+        let mut any = false;
+        for (service, effects) in changes {
+            any |= effects.changed || effects.policy_changed || !effects.events.is_empty();
+            if effects.changed {
+                if effects.widened {
+                    widened.push(service);
+                } else {
+                    self.persist(&service);
+                }
             }
+            publish |= effects.policy_changed;
+            events.extend(effects.events);
         }
-        self.publish_current();
-        for service in raised {
+        if !any {
+            return;
+        }
+        if publish {
+            self.publish_current();
+        }
+        for service in widened {
             self.persist(&service);
         }
-        self.flush_events();
+        self.send_events(events);
         self.refresh_status();
         self.announce_generation();
     }
@@ -396,12 +397,20 @@ impl Driver {
         }
     }
 
+    /// Sends events not yet returned in effects (those of a restore at start-up).
     fn flush_events(&mut self) {
-        for rollout in self.rollouts.values_mut() {
-            for event in rollout.take_events() {
-                tracing::info!(target: "weir::rollout", service = %event.service, revision = event.revision, kind = %event.kind, "{}", event.message);
-                let _ = self.events.send(event);
-            }
+        let events: Vec<Event> = self
+            .rollouts
+            .values_mut()
+            .flat_map(|rollout| rollout.take_events())
+            .collect();
+        self.send_events(events);
+    }
+
+    fn send_events(&self, events: Vec<Event>) {
+        for event in events {
+            tracing::info!(target: "weir::rollout", service = %event.service, revision = event.revision, kind = %event.kind, "{}", event.message);
+            let _ = self.events.send(event);
         }
     }
 
@@ -415,21 +424,19 @@ impl Driver {
         self.status.send_replace(Arc::new(status));
     }
 
-    /// Publishes a table with the current weights if any differs from what is served.
+    /// Publishes a table with the current policies if any differs from what is served.
     fn publish_current(&mut self) {
-        let weights = weights(&self.model, &self.rollouts);
+        let policies = policies(&self.model, &self.rollouts);
         let current = self.publisher.current();
-        let same = self.model.services.iter().all(|s| {
-            let wanted = match s.canary {
-                Some(_) => weights.get(&s.name).map_or(Weight::ZERO, |p| p.weight),
-                None => Weight::ZERO,
-            };
-            current.service(&s.name).map(|r| r.canary_weight()) == Some(wanted)
-        });
+        let same = self
+            .model
+            .services
+            .iter()
+            .all(|s| current.service(&s.name).map(|r| r.policy()) == policies.get(&s.name));
         if same {
             return;
         }
-        if let Err(error) = self.publish(&self.model, &self.tls, &weights) {
+        if let Err(error) = self.publish(&self.model, &self.tls, &policies) {
             tracing::error!(%error, "cannot publish a route table");
         }
     }
@@ -438,10 +445,10 @@ impl Driver {
         &self,
         model: &Model,
         tls: &BTreeMap<String, TlsMaterial>,
-        weights: &BTreeMap<String, Policy>,
+        policies: &BTreeMap<String, Policy>,
     ) -> Result<u64, weir_proxy::routes::BuildError> {
         let current = self.publisher.current();
-        let table = RouteTable::build(model, weights, tls, &self.stats, &current)?;
+        let table = RouteTable::build(model, policies, tls, &self.stats, &current)?;
         Ok(self.publisher.publish(table))
     }
 
@@ -457,7 +464,8 @@ impl Driver {
         }
         let now_ms = self.clock.now_ms();
         let mut rollouts = BTreeMap::new();
-        let mut before = Vec::new();
+        let mut narrowed = Vec::new();
+        let mut events = Vec::new();
         for service in loaded
             .model
             .services
@@ -468,26 +476,29 @@ impl Driver {
                 Some(existing) => existing.clone(),
                 None => restore(&self.store, service, &loaded.model, now_ms),
             };
-            before.push((service.name.clone(), rollout.weight()));
             let ctx = Ctx {
                 service,
                 templates: &loaded.model.analysis_templates,
             };
-            rollout.reconcile(ctx, now_ms);
+            let effects = rollout.reconcile(ctx, now_ms);
+            if !effects.widened {
+                narrowed.push(service.name.clone());
+            }
+            events.extend(rollout.take_events());
+            events.extend(effects.events);
             rollouts.insert(service.name.clone(), rollout);
         }
-        let weights = weights(&loaded.model, &rollouts);
-        // Decreases are saved before the table goes out (see `commit`).
-        for (service, weight) in &before {
+        let policies = policies(&loaded.model, &rollouts);
+        // Narrowing changes are saved before the table goes out (see `commit`).
+        for service in &narrowed {
             if let Some(rollout) = rollouts.get(service) {
-                if rollout.weight() <= *weight {
-                    let _ = self.store.save(rollout).map_err(
-                        |error| tracing::error!(service, %error, "cannot save rollout state"),
-                    );
-                }
+                let _ = self
+                    .store
+                    .save(rollout)
+                    .map_err(|error| tracing::error!(service, %error, "cannot save rollout state"));
             }
         }
-        match self.publish(&loaded.model, &loaded.tls, &weights) {
+        match self.publish(&loaded.model, &loaded.tls, &policies) {
             Ok(generation) => {
                 self.model = loaded.model;
                 self.tls = loaded.tls;
@@ -501,7 +512,7 @@ impl Driver {
                     services = self.model.services.len(),
                     "config applied"
                 );
-                self.flush_events();
+                self.send_events(events);
                 self.refresh_status();
                 self.announce_generation();
             }
@@ -524,13 +535,16 @@ fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Roll
     };
     match store.load(&service.name) {
         Ok(Some(mut rollout)) => {
-            tracing::info!(service = %service.name, revision = rollout.revision, step = rollout.step_index + 1, weight = %rollout.weight(), phase = ?rollout.phase, "restored rollout state");
-            rollout.reconcile(ctx, now_ms);
+            tracing::info!(service = %service.name, revision = rollout.revision, step = rollout.step_index() + 1, weight = %rollout.weight(), phase = ?rollout.phase, "restored rollout state");
+            let effects = rollout.reconcile(ctx, now_ms);
+            // Handed out by the caller's `flush_events`.
+            rollout.new_events.extend(effects.events);
             rollout
         }
         Ok(None) => {
             let mut rollout = Rollout::new(service);
-            rollout.reconcile(ctx, now_ms);
+            let effects = rollout.reconcile(ctx, now_ms);
+            rollout.new_events.extend(effects.events);
             rollout
         }
         Err(error) => {
@@ -542,16 +556,16 @@ fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Roll
 }
 
 /// The policy of every service: the rollout's when it has a strategy, else the file's weight.
-fn weights(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<String, Policy> {
+fn policies(model: &Model, rollouts: &BTreeMap<String, Rollout>) -> BTreeMap<String, Policy> {
     model
         .services
         .iter()
         .map(|s| {
-            let weight = match rollouts.get(&s.name) {
-                Some(rollout) => rollout.weight(),
-                None => weir_proxy::routes::file_weight(s),
+            let policy = match rollouts.get(&s.name) {
+                Some(rollout) => rollout.policy(),
+                None => Policy::from(weir_proxy::routes::file_weight(s)),
             };
-            (s.name.clone(), Policy::from(weight))
+            (s.name.clone(), policy)
         })
         .collect()
 }
@@ -609,5 +623,97 @@ impl Handle {
     /// The published table's generation, updated on every publish.
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_config::{
+        CanarySteps, HeaderRoute, RequestMatch, Step, StrategyKind, StringMatch, Weight,
+    };
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: checkout
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      canary:
+        steps:
+          - setWeight: 10
+"#;
+
+    /// Waits (up to 5 s) until the served table satisfies `ready`.
+    async fn served(routes: &weir_proxy::Routes, ready: impl Fn(&Policy) -> bool) -> Policy {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let table = routes.current();
+            let policy = table
+                .service("checkout")
+                .map(|s| s.policy().clone())
+                .unwrap_or_default();
+            if ready(&policy) {
+                return policy;
+            }
+            assert!(Instant::now() < deadline, "never served: {policy:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn route_steps_are_published_and_saved_and_end_with_the_rollout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weir.yaml");
+        let state = dir.path().join("state");
+        std::fs::write(&path, format!("stateDir: {}\n{CONFIG}", state.display())).expect("write");
+        let mut loaded = crate::reload::load(&path).expect("loads");
+        let beta = HeaderRoute {
+            name: "beta".into(),
+            any_of: vec![vec![RequestMatch::Header {
+                name: "x-beta".into(),
+                value: StringMatch::Exact("yes".into()),
+            }]],
+        };
+        loaded.model.services[0]
+            .strategy
+            .as_mut()
+            .expect("strategy")
+            .kind = StrategyKind::Steps(CanarySteps {
+            steps: vec![Step::SetHeaderRoute(beta.clone()), Step::Pause(None)],
+            background: None,
+        });
+        let (driver, routes, handle) =
+            Driver::new(loaded, Stats::new(), ReloadCounter::default()).expect("driver");
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+
+        let policy = served(&routes, |p| !p.header_routes.is_empty()).await;
+        assert_eq!(policy.header_routes, vec![beta]);
+        assert_eq!(policy.weight, Weight::ZERO);
+        let file = state.join("services/checkout.json");
+        let saved = std::fs::read_to_string(&file).expect("state saved");
+        assert!(
+            saved.contains(r#""headerRoutes""#) && saved.contains("x-beta"),
+            "{saved}"
+        );
+
+        handle
+            .command("checkout", Command::Abort)
+            .await
+            .expect("aborted");
+        let policy = served(&routes, |p| p.header_routes.is_empty()).await;
+        assert_eq!(policy, Policy::from(Weight::ZERO));
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("state saved")).expect("json");
+        let in_state = &saved["rollout"]["strategy"]["routes"]["headerRoutes"];
+        assert_eq!(
+            in_state,
+            &serde_json::json!([]),
+            "routes end with the rollout"
+        );
+        task.abort();
     }
 }

@@ -1,10 +1,16 @@
 //! The rollout state machine: pure, driven by the config (desired state), measurements, operator
 //! commands and the time, given as milliseconds since the Unix epoch.
 //!
-//! One [`Rollout`] per service with a strategy. It decides the canary weight the route table
-//! serves ([`Rollout::weight`]), records every decision as an event with its numbers, and is
-//! persisted whole after every change (see `state.rs`), so a restart resumes the same revision,
-//! step and weight.
+//! One [`Rollout`] per service with a strategy: the fields every strategy shares (revision,
+//! versions, phase, pause, history, events, finished runs) and one [`StrategyState`] for the
+//! service's strategy (`steps.rs`, `progression.rs`, `iterations.rs`; `strategy.rs` says how to add
+//! one). It decides what the route table serves ([`Rollout::policy`]: the canary weight and the
+//! header and mirror routes in force) and records every decision as an event with its numbers.
+//! Every operation ([`Rollout::tick`], [`Rollout::record`], [`Rollout::command`],
+//! [`Rollout::reconcile`]) returns its [`Effects`]: the measurements now due, whether the
+//! persisted state changed (save it, see `state.rs`), whether the policy changed (publish) and
+//! whether that widened canary traffic (save after publishing, else before), so a restart resumes
+//! the same revision, step, weight and routes.
 //!
 //! Semantics follow Argo Rollouts (steps, background analysis, promote/abort/retry/undo) and
 //! Flagger (stepWeight/maxWeight/threshold progression). Where they differ from the users'
@@ -12,18 +18,32 @@
 //! a provider outage is an error measurement, never a failed one; every abort names the metric,
 //! the value, the condition and the window.
 
+mod checks;
+mod iterations;
+mod progression;
+pub mod routes;
 pub mod run;
+mod steps;
+mod strategy;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use weir_config::{
-    AnalysisTemplate, BuiltinMetric, BuiltinProvider, CheckKind, LatencyQuantile, Metric, Provider,
-    Service, Step, Weight,
+    AnalysisTemplate, BuiltinProvider, CheckKind, HeaderRoute, Metric, MirrorRoute, Provider,
+    Service, StrategyKind, Weight,
 };
 
-use self::run::{millis, AnalysisRun, Measurement, RunKind, RunPhase};
+pub use self::checks::{CheckResult, Checks};
+pub use self::iterations::{checked_traffic, IterationsState, AB_HEADER_ROUTE, AB_MIRROR_ROUTE};
+pub use self::progression::ProgressionState;
+pub use self::steps::StepsState;
+pub use self::strategy::StrategyState;
+
+use self::routes::{HeaderRouteState, MirrorRouteState, RouteChange, Routes};
+use self::run::{millis, AnalysisRun, Measurement, RunPhase};
 use crate::engine::analysis::{Outcome, Verdict};
+use weir_proxy::routes::Policy;
 
 /// Events kept per service.
 const KEPT_EVENTS: usize = 100;
@@ -187,34 +207,9 @@ pub struct BuiltinQuery<'a> {
     pub version: &'a str,
 }
 
-/// Flagger progression state.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    /// Failed checks so far in this revision.
-    pub failed_checks: u32,
-    /// When checks run next.
-    pub next_check_ms: u64,
-    /// Template checks still measuring for the current interval: run ids.
-    pub pending_runs: Vec<u64>,
-    /// Builtin check results already taken for the current interval: (passed, message).
-    pub pending_results: Vec<CheckResult>,
-}
-
-/// One Flagger check's result for an interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckResult {
-    /// The check's name.
-    pub name: String,
-    /// Successful, Failed, Inconclusive or Error.
-    pub verdict: Verdict,
-    /// The numbers.
-    pub message: String,
-}
-
-/// A service's rollout, persisted whole.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A service's rollout, persisted whole: the fields every strategy shares, and the state of the
+/// service's strategy ([`StrategyState`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// The service.
@@ -231,28 +226,16 @@ pub struct Rollout {
     pub phase: Phase,
     /// Why the rollout is where it is, with numbers.
     pub message: String,
-    /// The current step (Argo steps) or weight index (Flagger).
-    pub step_index: usize,
-    /// When the current step started (ms since the Unix epoch).
-    pub step_started_ms: u64,
-    /// The canary weight while progressing or paused, in basis points.
-    pub weight_bp: u16,
     /// The canary is promoted: its arm serves everything as weir's stable.
     pub promoted: bool,
     /// Why paused, when paused.
     pub pause: Option<PauseReason>,
     /// When an operator pause began (its time does not count toward the step).
     pub paused_at_ms: Option<u64>,
-    /// The current inline analysis (an `analysis` step).
-    pub inline_run: Option<AnalysisRun>,
-    /// The background analysis.
-    pub background_run: Option<AnalysisRun>,
+    /// The strategy's own state.
+    pub strategy: StrategyState,
     /// Finished runs of this revision, newest last.
     pub finished_runs: Vec<AnalysisRun>,
-    /// Template check runs of the Flagger progression.
-    pub check_runs: Vec<AnalysisRun>,
-    /// Flagger progression state.
-    pub progress: Progress,
     /// Next run id.
     pub next_run_id: u64,
     /// Revisions, newest last.
@@ -262,6 +245,46 @@ pub struct Rollout {
     /// Events not yet handed to the shell.
     #[serde(skip)]
     pub new_events: Vec<Event>,
+    /// Persisted state changed since the current operation began.
+    #[serde(skip)]
+    dirty: bool,
+    /// Whether routes were in force when the current operation began.
+    #[serde(skip)]
+    begin_routes_active: bool,
+    /// The routes in force when the current operation began, taken before the first change to
+    /// them (not taken when they did not change).
+    #[serde(skip)]
+    routes_before: Option<Routes>,
+    /// Bumped whenever a route in force changes (not persisted: it only tells operations apart).
+    #[serde(skip)]
+    routes_epoch: u64,
+}
+
+/// What one operation on a [`Rollout`] ([`Rollout::tick`], [`Rollout::record`],
+/// [`Rollout::command`], [`Rollout::reconcile`]) did, for the shell to act on.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Effects {
+    /// External measurements now due: take them, then [`Rollout::record`].
+    pub due: Vec<Due>,
+    /// Persisted state changed: save it.
+    pub changed: bool,
+    /// [`Rollout::policy`] changed: publish a route table.
+    pub policy_changed: bool,
+    /// Canary traffic widened (a higher weight, a route added or replaced): save after
+    /// publishing. Otherwise a policy change narrows canary traffic and is saved first, so a
+    /// crash in between never leaves more canary traffic on disk than was served.
+    pub widened: bool,
+    /// Decisions made, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// What [`Rollout::policy`] depends on, compared before and after an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PolicyKey {
+    weight: Weight,
+    routes_active: bool,
+    routes_epoch: u64,
 }
 
 /// What a tick needs from the config.
@@ -286,21 +309,19 @@ impl Rollout {
             canary_version: None,
             phase: Phase::Healthy,
             message: format!("{} is stable", service.stable.version),
-            step_index: 0,
-            step_started_ms: 0,
-            weight_bp: 0,
             promoted: false,
             pause: None,
             paused_at_ms: None,
-            inline_run: None,
-            background_run: None,
+            strategy: StrategyState::initial(service.strategy.as_ref()),
             finished_runs: Vec::new(),
-            check_runs: Vec::new(),
-            progress: Progress::default(),
             next_run_id: 1,
             history: Vec::new(),
             events: VecDeque::new(),
             new_events: Vec::new(),
+            dirty: false,
+            begin_routes_active: false,
+            routes_before: None,
+            routes_epoch: 0,
         }
     }
 
@@ -313,7 +334,6 @@ impl Rollout {
             rollout.revision = 1;
             rollout.phase = Phase::Paused;
             rollout.pause = Some(PauseReason::StateUnreadable);
-            rollout.step_started_ms = now_ms;
             rollout.history.push(Revision {
                 revision: 1,
                 version: canary.version.version.clone(),
@@ -338,21 +358,195 @@ impl Rollout {
         match self.phase {
             Phase::Healthy if self.promoted => Weight::FULL,
             Phase::Progressing | Phase::Paused => {
-                Weight::from_basis_points(self.weight_bp).unwrap_or(Weight::ZERO)
+                Weight::from_basis_points(self.strategy.weight_bp()).unwrap_or(Weight::ZERO)
             }
             _ => Weight::ZERO,
         }
     }
 
-    /// Steps in the plan (Argo steps, or Flagger weights plus the promotion).
-    pub fn step_count(service: &Service) -> usize {
-        match service.strategy.as_ref() {
-            Some(strategy) => match &strategy.progression() {
-                Some(progression) => progression.step_weights.len(),
-                None => strategy.steps().len(),
-            },
-            None => 0,
+    /// What the route table must serve for this service: the weight, and the rules in force.
+    /// Rules exist only while a rollout is progressing or paused; they end with it.
+    pub fn policy(&self) -> Policy {
+        let mut policy = Policy::from(self.weight());
+        if self.routes_active() {
+            self.strategy.add_routes(&mut policy);
         }
+        policy
+    }
+
+    fn routes_active(&self) -> bool {
+        self.in_rollout()
+    }
+
+    fn policy_key(&self) -> PolicyKey {
+        PolicyKey {
+            weight: self.weight(),
+            routes_active: self.routes_active(),
+            routes_epoch: self.routes_epoch,
+        }
+    }
+
+    /// Starts an operation: returns what the policy depends on now.
+    fn begin(&mut self) -> PolicyKey {
+        self.dirty = false;
+        self.begin_routes_active = self.routes_active();
+        self.routes_before = None;
+        self.policy_key()
+    }
+
+    /// Ends an operation begun with [`Rollout::begin`].
+    fn finish(&mut self, before: PolicyKey, due: Vec<Due>) -> Effects {
+        let after = self.policy_key();
+        let events = std::mem::take(&mut self.new_events);
+        let policy_changed = after != before;
+        let routes_before = self.routes_before.take();
+        let widened = policy_changed
+            && (after.weight > before.weight || {
+                let before_routes = routes_before.unwrap_or_else(|| self.routes_in_force());
+                self.routes_in_force().adds_to(&before_routes)
+            });
+        Effects {
+            due,
+            changed: self.dirty || !events.is_empty() || policy_changed,
+            policy_changed,
+            widened,
+            events,
+        }
+    }
+
+    /// The routes in the policy now.
+    fn routes_in_force(&self) -> Routes {
+        match self.strategy.routes() {
+            Some(routes) if self.routes_active() => routes.clone(),
+            _ => Routes::default(),
+        }
+    }
+
+    /// Keeps the routes in force at the beginning of the operation before the first change to
+    /// them, so that [`Effects::widened`] compares the net change.
+    fn snapshot_routes(&mut self) {
+        if self.routes_before.is_none() {
+            let routes = match self.strategy.routes() {
+                Some(routes) if self.begin_routes_active => routes.clone(),
+                _ => Routes::default(),
+            };
+            self.routes_before = Some(routes);
+        }
+    }
+
+    /// Marks persisted state as changed.
+    fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A route in force was added or replaced (after [`Rollout::snapshot_routes`]).
+    fn routes_widened(&mut self) {
+        self.routes_epoch += 1;
+        self.dirty = true;
+    }
+
+    /// Records what a `setHeaderRoute` did, with one event naming the route and its conditions.
+    fn header_route_set(
+        &mut self,
+        route: &HeaderRoute,
+        change: RouteChange,
+        at: &str,
+        now_ms: u64,
+    ) {
+        let service = self.service.clone();
+        let name = &route.name;
+        let conditions = || HeaderRouteState::from_config(route).conditions();
+        let line = match change {
+            RouteChange::Added | RouteChange::Replaced | RouteChange::Unchanged => {
+                if change != RouteChange::Unchanged {
+                    self.routes_widened();
+                }
+                let verb = if change == RouteChange::Added {
+                    "Set"
+                } else {
+                    "Replaced"
+                };
+                format!(
+                    "{verb} header route {name} on {service}: requests matching {} go to the canary ({at})",
+                    conditions()
+                )
+            }
+            RouteChange::Removed => {
+                self.routes_narrowed();
+                format!("Removed header route {name} from {service} ({at})")
+            }
+            RouteChange::Absent => {
+                format!("Header route {name} of {service} is not set: nothing to remove ({at})")
+            }
+        };
+        self.emit(now_ms, "HeaderRoute", line);
+    }
+
+    /// Records what a `setMirrorRoute` did, with one event naming the route and its conditions.
+    fn mirror_route_set(
+        &mut self,
+        route: &MirrorRoute,
+        change: RouteChange,
+        at: &str,
+        now_ms: u64,
+    ) {
+        let service = self.service.clone();
+        let name = &route.name;
+        let line = match change {
+            RouteChange::Added | RouteChange::Replaced | RouteChange::Unchanged => {
+                if change != RouteChange::Unchanged {
+                    self.routes_widened();
+                }
+                let verb = if change == RouteChange::Added {
+                    "Set"
+                } else {
+                    "Replaced"
+                };
+                let state = MirrorRouteState::from_config(route);
+                format!(
+                    "{verb} mirror route {name} on {service}: {}% of requests matching {} are copied to the canary ({at})",
+                    route.percentage,
+                    state.conditions()
+                )
+            }
+            RouteChange::Removed => {
+                self.routes_narrowed();
+                format!("Removed mirror route {name} from {service} ({at})")
+            }
+            RouteChange::Absent => {
+                format!("Mirror route {name} of {service} is not set: nothing to remove ({at})")
+            }
+        };
+        self.emit(now_ms, "MirrorRoute", line);
+    }
+
+    /// A route in force was removed: canary traffic narrows.
+    fn routes_narrowed(&mut self) {
+        self.routes_epoch += 1;
+        self.dirty = true;
+    }
+
+    fn set_message(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        if self.message != message {
+            self.message = message;
+            self.dirty = true;
+        }
+    }
+
+    /// Steps in the plan (Argo steps, Flagger weights, or Flagger iterations).
+    pub fn step_count(service: &Service) -> usize {
+        match service.strategy.as_ref().map(|s| &s.kind) {
+            Some(StrategyKind::Progression(progression)) => progression.step_weights.len(),
+            Some(StrategyKind::Steps(plan)) => plan.steps.len(),
+            Some(StrategyKind::Iterations(iterations)) => iterations.iterations as usize,
+            _ => 0,
+        }
+    }
+
+    /// Where the rollout is in its plan, counted from 0 (the step, or the Flagger weight).
+    pub fn step_index(&self) -> usize {
+        self.strategy.step_index()
     }
 
     fn in_rollout(&self) -> bool {
@@ -360,7 +554,16 @@ impl Rollout {
     }
 
     /// Brings the state in line with the config (the desired state).
-    pub fn reconcile(&mut self, ctx: Ctx<'_>, now_ms: u64) {
+    pub fn reconcile(&mut self, ctx: Ctx<'_>, now_ms: u64) -> Effects {
+        let before = self.begin();
+        self.reconcile_inner(ctx, now_ms);
+        let mut effects = self.finish(before, Vec::new());
+        // Rare (a reload or a restart): always saved.
+        effects.changed = true;
+        effects
+    }
+
+    fn reconcile_inner(&mut self, ctx: Ctx<'_>, now_ms: u64) {
         let service = ctx.service;
         let config_stable = service.stable.version.clone();
         let config_canary = service.canary.as_ref().map(|c| c.version.version.clone());
@@ -398,7 +601,7 @@ impl Rollout {
                 self.clear_runs("terminated: the config changed the canary");
                 self.phase = Phase::Healthy;
                 self.pause = None;
-                self.weight_bp = 0;
+                self.strategy.reset_weight();
                 self.message = format!("{config_stable} is stable");
             }
             Some(canary) if Some(&canary) == self.canary_version.as_ref() => {
@@ -432,6 +635,23 @@ impl Rollout {
             }
             Some(canary) => self.start_revision(ctx, canary, now_ms),
         }
+        // The config switched strategies: a rollout in progress starts over under the new one.
+        if !self.strategy.fits(service.strategy.as_ref()) {
+            if self.in_rollout() {
+                let line = format!(
+                    "{}: the strategy changed to {}; the rollout of revision {} starts over",
+                    self.service,
+                    service.strategy.as_ref().map_or("none", |s| s.name()),
+                    self.revision
+                );
+                self.restart_steps(ctx, now_ms);
+                self.emit(now_ms, "StrategyChanged", line);
+            } else {
+                self.snapshot_routes();
+                self.strategy = StrategyState::initial(service.strategy.as_ref());
+                self.routes_narrowed();
+            }
+        }
     }
 
     fn start_revision(&mut self, ctx: Ctx<'_>, canary: String, now_ms: u64) {
@@ -462,51 +682,59 @@ impl Rollout {
         self.finished_runs.clear();
         self.restart_steps(ctx, now_ms);
         let steps = Self::step_count(ctx.service);
+        let unit = match ctx.service.strategy.as_ref().map(|s| &s.kind) {
+            Some(StrategyKind::Iterations(_)) => "passing iterations (A/B test)",
+            _ => "steps",
+        };
         self.emit(
             now_ms,
             "Started",
             format!(
-                "New revision {}: rolling out {} {canary} over {steps} steps (stable {})",
+                "New revision {}: rolling out {} {canary} over {steps} {unit} (stable {})",
                 self.revision, self.service, self.stable_version
             ),
         );
     }
 
+    /// Starts the strategy over from its first step (a new revision, retry, a restart after an
+    /// unreadable state file).
     fn restart_steps(&mut self, ctx: Ctx<'_>, now_ms: u64) {
         self.clear_runs("terminated: the rollout started over");
         self.phase = Phase::Progressing;
         self.pause = None;
         self.paused_at_ms = None;
-        self.step_index = 0;
-        self.step_started_ms = now_ms;
-        self.weight_bp = 0;
-        self.progress = Progress::default();
-        if let Some(progression) = ctx.service.strategy.as_ref().and_then(|s| s.progression()) {
-            self.progress.next_check_ms = now_ms + millis(progression.interval);
-            if let Some(first) = progression.step_weights.first() {
-                self.weight_bp = first.basis_points();
+        self.snapshot_routes();
+        self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
+        // Routes of the previous state are gone; the new state's come with it.
+        self.routes_epoch += 1;
+        if let Some(routes) = self.strategy.routes().cloned() {
+            for route in &routes.header_routes {
+                self.header_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
+            }
+            for route in &routes.mirror_routes {
+                self.mirror_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
             }
         }
-        self.message = "progressing".into();
+        self.set_message("progressing");
     }
 
-    /// Ends the current runs; one still measuring is marked terminated with `reason`.
+    /// Ends the current runs and routes (the rollout ended or starts over); a run still
+    /// measuring is marked terminated with `reason`.
     fn clear_runs(&mut self, reason: &str) {
-        for mut run in [self.inline_run.take(), self.background_run.take()]
-            .into_iter()
-            .flatten()
-        {
+        self.snapshot_routes();
+        if self.strategy.end_routes() {
+            self.routes_narrowed();
+        }
+        for mut run in self.strategy.end_runs() {
             run.terminate(reason);
             self.finished_runs.push(run);
         }
-        self.check_runs.clear();
-        self.progress.pending_runs.clear();
-        self.progress.pending_results.clear();
         let keep = 10;
         if self.finished_runs.len() > keep {
             let drop = self.finished_runs.len() - keep;
             self.finished_runs.drain(..drop);
         }
+        self.touch();
     }
 
     fn end_revision(&mut self, now_ms: u64, outcome: RevisionOutcome, message: &str) {
@@ -539,37 +767,39 @@ impl Rollout {
             self.events.pop_front();
         }
         self.new_events.push(event);
+        self.touch();
     }
 
-    /// Events since the last call.
+    /// Events not yet returned in [`Effects`] (those of [`Rollout::unreadable`]).
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.new_events)
     }
 
-    /// Advances time: measures due builtin metrics through `builtin`, moves through steps, and
-    /// returns the external measurements now due.
+    /// Advances time: measures due builtin metrics through `builtin`, moves through the
+    /// strategy, and returns what changed and the external measurements now due.
     pub fn tick(
         &mut self,
         ctx: Ctx<'_>,
         now_ms: u64,
         builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
-    ) -> Vec<Due> {
+    ) -> Effects {
+        let before = self.begin();
         if !self.in_rollout() {
-            return Vec::new();
+            return self.finish(before, Vec::new());
         }
         let mut external = Vec::new();
         // Measure, then decide, until nothing moves: a step that completes may start an analysis
         // whose first measurement is due at once.
         for _ in 0..32 {
-            let before = (self.step_index, self.phase, self.weight_bp);
+            let cursor = (self.strategy.cursor(), self.phase);
             self.ensure_runs(ctx, now_ms);
             external.extend(self.measure_due(ctx, now_ms, builtin));
             self.evaluate(ctx, now_ms, builtin);
-            if (self.step_index, self.phase, self.weight_bp) == before {
+            if (self.strategy.cursor(), self.phase) == cursor {
                 break;
             }
         }
-        external
+        self.finish(before, external)
     }
 
     /// Records an external measurement.
@@ -580,80 +810,26 @@ impl Rollout {
         metric_idx: usize,
         outcome: &Outcome,
         now_ms: u64,
-    ) {
+    ) -> Effects {
+        let before = self.begin();
         self.record_outcome(ctx, run_id, metric_idx, outcome, now_ms);
         self.evaluate(ctx, now_ms, &mut |_| Outcome::NoData("not measured".into()));
-    }
-
-    fn runs_mut(&mut self) -> impl Iterator<Item = &mut AnalysisRun> {
-        self.inline_run
-            .iter_mut()
-            .chain(self.background_run.iter_mut())
-            .chain(self.check_runs.iter_mut())
+        self.finish(before, Vec::new())
     }
 
     fn ensure_runs(&mut self, ctx: Ctx<'_>, now_ms: u64) {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        // Background analysis keeps watching through `pause: {}` and operator pauses.
-        let watching = match self.phase {
-            Phase::Progressing => true,
-            Phase::Paused => matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator)),
-            _ => false,
-        };
-        if !watching {
-            return;
-        }
-        if let Some(background) = &strategy.background() {
-            // Not before the canary has traffic: a measurement of a version nobody reached yet
-            // can only be inconclusive.
-            if self.background_run.is_none()
-                && self.step_index >= background.starting_step
-                && self.weight_bp > 0
-                && strategy.progression().is_none()
-            {
-                let id = self.take_run_id();
-                self.background_run = Some(AnalysisRun::new(
-                    id,
-                    RunKind::Background,
-                    &background.analysis,
-                    ctx.templates,
-                    now_ms,
-                ));
-                self.emit(
-                    now_ms,
-                    "AnalysisStarted",
-                    format!(
-                        "{}: background analysis started at step {}",
-                        self.service,
-                        self.step_index + 1
-                    ),
-                );
-            }
-        }
-        if self.phase != Phase::Progressing {
-            return;
-        }
-        if let Some(Step::Analysis(analysis)) = strategy.steps().get(self.step_index) {
-            if self.inline_run.is_none() {
-                let id = self.take_run_id();
-                self.inline_run = Some(AnalysisRun::new(
-                    id,
-                    RunKind::Inline {
-                        step: self.step_index,
-                    },
-                    analysis,
-                    ctx.templates,
-                    now_ms,
-                ));
-            }
+        if let StrategyKind::Steps(plan) = &strategy.kind {
+            self.ensure_step_runs(ctx, plan, now_ms);
         }
     }
 
     fn take_run_id(&mut self) -> u64 {
         let id = self.next_run_id;
         self.next_run_id += 1;
+        self.touch();
         id
     }
 
@@ -665,7 +841,7 @@ impl Rollout {
         builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
     ) -> Vec<Due> {
         let mut due = Vec::new();
-        for run in self.runs_mut() {
+        for run in self.strategy.runs_mut() {
             for idx in run.take_due(now_ms) {
                 due.push((
                     run.id,
@@ -722,7 +898,8 @@ impl Rollout {
         now_ms: u64,
     ) {
         let service = self.service.clone();
-        let Some(run) = self.runs_mut().find(|r| r.id == run_id) else {
+        let mut runs = self.strategy.runs_mut();
+        let Some(run) = runs.iter_mut().find(|r| r.id == run_id) else {
             return;
         };
         let Some(metric_run) = run.metrics.get(metric_idx) else {
@@ -751,6 +928,8 @@ impl Rollout {
                 message: message.clone(),
             },
         );
+        drop(runs);
+        self.touch();
         let line = match verdict {
             Verdict::Successful => None,
             Verdict::Failed => Some((
@@ -777,7 +956,7 @@ impl Rollout {
         }
     }
 
-    /// Moves through steps as far as the state allows.
+    /// Moves through the strategy as far as the state allows.
     fn evaluate(
         &mut self,
         ctx: Ctx<'_>,
@@ -787,293 +966,27 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        // Background analysis decides at any time, also while the rollout waits at a `pause: {}`
-        // step or an operator's pause: a canary that fails while waiting keeps its weight only
-        // until the failure is measured, as in Argo Rollouts.
-        let waiting = self.phase == Phase::Paused
-            && matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator));
-        if self.phase != Phase::Progressing && !waiting {
-            return;
-        }
-        if let Some(run) = &self.background_run {
-            match run.phase {
-                RunPhase::Failed | RunPhase::Error => {
-                    let reason = run_failure(run, ctx.templates);
-                    return self.abort(now_ms, reason);
-                }
-                RunPhase::Inconclusive if !waiting => {
-                    let reason = run_failure(run, ctx.templates);
-                    return self.pause_inconclusive(now_ms, reason);
-                }
-                _ => {}
-            }
-        }
-        if self.phase != Phase::Progressing {
-            return;
-        }
-        if let Some(progression) = &strategy.progression() {
-            return self.evaluate_progression(ctx, progression, now_ms, builtin);
-        }
-        let steps = &strategy.steps();
-        let n_steps = steps.len();
-        loop {
-            if self.phase != Phase::Progressing {
-                return;
-            }
-            let Some(step) = steps.get(self.step_index) else {
-                return self.promote(now_ms);
-            };
-            let display = self.step_index + 1;
-            match step {
-                // Routes are applied by the engine's strategy state (not yet): move on.
-                Step::SetHeaderRoute(_) | Step::SetMirrorRoute(_) => self.next_step(now_ms),
-                Step::SetWeight(weight) => {
-                    self.weight_bp = weight.basis_points();
-                    self.message = format!("canary weight {weight} (step {display}/{n_steps})");
-                    let line = format!(
-                        "Advance {} canary weight {weight} (step {display}/{n_steps})",
-                        self.service
-                    );
-                    self.emit(now_ms, "Advance", line);
-                    self.next_step(now_ms);
-                }
-                Step::Pause(Some(duration)) => {
-                    if now_ms >= self.step_started_ms + millis(*duration) {
-                        self.next_step(now_ms);
-                    } else {
-                        self.message = format!(
-                            "pausing {} at weight {} (step {display}/{n_steps})",
-                            humantime(*duration),
-                            self.weight()
-                        );
-                        break;
-                    }
-                }
-                Step::Pause(None) => {
-                    self.phase = Phase::Paused;
-                    self.pause = Some(PauseReason::Step);
-                    self.message = format!(
-                        "paused at weight {} (step {display}/{n_steps}) until promoted",
-                        self.weight()
-                    );
-                    let line = format!("Paused {} at canary weight {} (step {display}/{n_steps}): waiting for promote", self.service, self.weight());
-                    self.emit(now_ms, "Paused", line);
-                    return;
-                }
-                Step::Analysis(_) => {
-                    let Some(run) = &self.inline_run else { break };
-                    match run.phase {
-                        RunPhase::Successful => {
-                            let line = format!(
-                                "Analysis passed {} (step {display}/{n_steps}): {}",
-                                self.service,
-                                run_summary(run)
-                            );
-                            self.emit(now_ms, "AnalysisPassed", line);
-                            self.next_step(now_ms);
-                        }
-                        RunPhase::Failed | RunPhase::Error => {
-                            let reason = run_failure(run, ctx.templates);
-                            return self.abort(now_ms, reason);
-                        }
-                        RunPhase::Inconclusive => {
-                            let reason = run_failure(run, ctx.templates);
-                            return self.pause_inconclusive(now_ms, reason);
-                        }
-                        RunPhase::Running | RunPhase::Terminated => {
-                            self.message = format!(
-                                "analysis running at weight {} (step {display}/{n_steps})",
-                                self.weight()
-                            );
-                            break;
-                        }
-                    }
+        match &strategy.kind {
+            StrategyKind::Steps(plan) => self.evaluate_steps(ctx, strategy, plan, now_ms),
+            StrategyKind::Progression(progression) => {
+                if self.phase == Phase::Progressing {
+                    self.evaluate_progression(ctx, progression, now_ms, builtin);
                 }
             }
-        }
-        // The deadline: any step but an indefinite pause must finish in time.
-        if self.phase == Phase::Progressing
-            && now_ms > self.step_started_ms + millis(strategy.progress_deadline)
-        {
-            let reason = format!(
-                "step {}/{n_steps} did not finish within progressDeadline {}",
-                self.step_index + 1,
-                humantime(strategy.progress_deadline)
-            );
-            self.abort(now_ms, reason);
-        }
-    }
-
-    fn evaluate_progression(
-        &mut self,
-        ctx: Ctx<'_>,
-        progression: &weir_config::Progression,
-        now_ms: u64,
-        builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
-    ) {
-        let n_steps = progression.step_weights.len();
-        if self.progress.pending_runs.is_empty() && self.progress.pending_results.is_empty() {
-            if now_ms < self.progress.next_check_ms {
-                self.message = format!(
-                    "canary weight {} (step {}/{n_steps}); next check in {}s",
-                    self.weight(),
-                    self.step_index + 1,
-                    (self.progress.next_check_ms - now_ms).div_ceil(1000)
-                );
-                return;
-            }
-            // Start this interval's checks.
-            self.progress.next_check_ms = now_ms + millis(progression.interval);
-            let canary = self.canary_version.clone().unwrap_or_default();
-            for check in &progression.checks {
-                match &check.kind {
-                    CheckKind::RequestSuccessRate | CheckKind::RequestDuration => {
-                        let metric = match check.kind {
-                            CheckKind::RequestSuccessRate => BuiltinMetric::SuccessRate,
-                            _ => BuiltinMetric::LatencyQuantile(LatencyQuantile::P99),
-                        };
-                        let provider = BuiltinProvider {
-                            metric,
-                            window: check.window,
-                            arm: weir_config::Arm::Canary,
-                            min_requests: CHECK_MIN_REQUESTS,
-                            traffic: weir_config::Traffic::Primary,
-                        };
-                        let outcome = builtin(BuiltinQuery {
-                            provider: &provider,
-                            version: &canary,
-                        });
-                        self.progress
-                            .pending_results
-                            .push(judge_check(check, &outcome));
-                    }
-                    CheckKind::Template(analysis) => {
-                        let id = self.take_run_id();
-                        let run = AnalysisRun::new(
-                            id,
-                            RunKind::Check {
-                                check: check.name.clone(),
-                            },
-                            analysis,
-                            ctx.templates,
-                            now_ms,
-                        );
-                        self.check_runs.push(run);
-                        self.progress.pending_runs.push(id);
-                    }
+            StrategyKind::Iterations(iterations) => {
+                if self.phase == Phase::Progressing {
+                    self.evaluate_iterations(ctx, iterations, now_ms, builtin);
                 }
             }
-            if !self.progress.pending_runs.is_empty() {
-                // Template checks are measured by the next measure pass.
-                return;
+            // Not yet given its own state: an empty step plan (promoted at once).
+            StrategyKind::BlueGreen(_) => {
+                let plan = weir_config::CanarySteps {
+                    steps: Vec::new(),
+                    background: None,
+                };
+                self.evaluate_steps(ctx, strategy, &plan, now_ms);
             }
         }
-        // Collect finished template checks.
-        let mut still_pending = Vec::new();
-        for id in std::mem::take(&mut self.progress.pending_runs) {
-            let Some(pos) = self.check_runs.iter().position(|r| r.id == id) else {
-                continue;
-            };
-            let run = &self.check_runs[pos];
-            if run.phase == RunPhase::Running {
-                still_pending.push(id);
-                continue;
-            }
-            let run = self.check_runs.remove(pos);
-            let RunKind::Check { check } = &run.kind else {
-                continue;
-            };
-            let verdict = match run.phase {
-                RunPhase::Successful => Verdict::Successful,
-                RunPhase::Failed => Verdict::Failed,
-                RunPhase::Inconclusive => Verdict::Inconclusive,
-                _ => Verdict::Error,
-            };
-            self.progress.pending_results.push(CheckResult {
-                name: check.clone(),
-                verdict,
-                message: run_summary(&run),
-            });
-            self.finished_runs.push(run);
-        }
-        self.progress.pending_runs = still_pending;
-        if !self.progress.pending_runs.is_empty() {
-            return;
-        }
-        let results = std::mem::take(&mut self.progress.pending_results);
-        let failed: Vec<&CheckResult> = results
-            .iter()
-            .filter(|r| r.verdict == Verdict::Failed)
-            .collect();
-        let undecided: Vec<&CheckResult> = results
-            .iter()
-            .filter(|r| matches!(r.verdict, Verdict::Inconclusive | Verdict::Error))
-            .collect();
-        if !failed.is_empty() {
-            self.progress.failed_checks += 1;
-            let what = failed
-                .iter()
-                .map(|r| format!("{} {}", r.name, r.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let line = format!(
-                "Halt {} advancement: {what} (failed checks {}/{})",
-                self.service, self.progress.failed_checks, progression.threshold
-            );
-            self.emit(now_ms, "Halt", line);
-            if self.progress.failed_checks >= progression.threshold {
-                let reason = format!(
-                    "failed checks threshold reached {}: {what}",
-                    progression.threshold
-                );
-                self.abort(now_ms, reason);
-            } else {
-                self.message = format!("halted at weight {}: {what}", self.weight());
-            }
-            return;
-        }
-        if !undecided.is_empty() {
-            let what = undecided
-                .iter()
-                .map(|r| format!("{} {}", r.name, r.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let line = format!(
-                "Halt {} advancement: {what} (not counted as a failure)",
-                self.service
-            );
-            self.message = format!("halted at weight {}: {what}", self.weight());
-            self.emit(now_ms, "Halt", line);
-            return;
-        }
-        // Every check passed: the next weight, or promotion after the last.
-        if self.step_index + 1 < n_steps {
-            self.step_index += 1;
-            self.step_started_ms = now_ms;
-            self.weight_bp = progression.step_weights[self.step_index].basis_points();
-            let line = format!(
-                "Advance {} canary weight {} (step {}/{n_steps})",
-                self.service,
-                self.weight(),
-                self.step_index + 1
-            );
-            self.message = format!(
-                "canary weight {} (step {}/{n_steps})",
-                self.weight(),
-                self.step_index + 1
-            );
-            self.emit(now_ms, "Advance", line);
-        } else {
-            self.promote(now_ms);
-        }
-    }
-
-    fn next_step(&mut self, now_ms: u64) {
-        if let Some(run) = self.inline_run.take() {
-            self.finished_runs.push(run);
-        }
-        self.step_index += 1;
-        self.step_started_ms = now_ms;
     }
 
     fn promote(&mut self, now_ms: u64) {
@@ -1093,7 +1006,7 @@ impl Rollout {
         self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
-        self.weight_bp = 0;
+        self.strategy.reset_weight();
         let canary = self.canary_version.clone().unwrap_or_default();
         self.message = format!(
             "{canary} aborted: {reason}; {} serves 100% until the config names another canary or an operator runs retry",
@@ -1117,7 +1030,20 @@ impl Rollout {
     }
 
     /// Applies an operator command.
-    pub fn command(&mut self, ctx: Ctx<'_>, command: Command, now_ms: u64) -> Result<(), String> {
+    pub fn command(
+        &mut self,
+        ctx: Ctx<'_>,
+        command: Command,
+        now_ms: u64,
+    ) -> Result<Effects, String> {
+        let before = self.begin();
+        self.command_inner(ctx, command, now_ms)?;
+        let mut effects = self.finish(before, Vec::new());
+        effects.changed = true;
+        Ok(effects)
+    }
+
+    fn command_inner(&mut self, ctx: Ctx<'_>, command: Command, now_ms: u64) -> Result<(), String> {
         let service = self.service.clone();
         match command {
             Command::Promote { full } => {
@@ -1141,36 +1067,24 @@ impl Rollout {
                     self.restart_steps(ctx, now_ms);
                     return Ok(());
                 }
-                let skipped = self.step_index + 1;
+                let skipped = self.strategy.step_index() + 1;
                 self.phase = Phase::Progressing;
                 self.pause = None;
                 self.paused_at_ms = None;
-                let progression = ctx.service.strategy.as_ref().and_then(|s| s.progression());
-                match progression {
-                    Some(progression) => {
-                        self.check_runs.clear();
-                        self.progress.pending_runs.clear();
-                        self.progress.pending_results.clear();
-                        if self.step_index + 1 < progression.step_weights.len() {
-                            self.step_index += 1;
-                            self.weight_bp =
-                                progression.step_weights[self.step_index].basis_points();
-                            self.progress.next_check_ms = now_ms + millis(progression.interval);
-                        } else {
-                            self.promote(now_ms);
-                            return Ok(());
-                        }
+                let promoted = match ctx.service.strategy.as_ref().map(|s| &s.kind) {
+                    Some(StrategyKind::Progression(progression)) => {
+                        self.skip_progression_step(progression, now_ms)
                     }
-                    None => {
-                        if let Some(run) = &self.background_run {
-                            if run.phase != RunPhase::Running {
-                                // An inconclusive background run starts over.
-                                let run = self.background_run.take();
-                                self.finished_runs.extend(run);
-                            }
-                        }
-                        self.next_step(now_ms);
+                    Some(StrategyKind::Iterations(iterations)) => {
+                        self.skip_iteration(iterations, now_ms)
                     }
+                    _ => {
+                        self.skip_step(now_ms);
+                        false
+                    }
+                };
+                if promoted {
+                    return Ok(());
                 }
                 self.emit(
                     now_ms,
@@ -1253,7 +1167,7 @@ impl Rollout {
                 }
                 match self.pause {
                     Some(PauseReason::Step) => {
-                        return self.command(ctx, Command::Promote { full: false }, now_ms)
+                        return self.command_inner(ctx, Command::Promote { full: false }, now_ms)
                     }
                     Some(PauseReason::StateUnreadable) => {
                         self.emit(
@@ -1268,15 +1182,11 @@ impl Rollout {
                 }
                 // The paused time does not count toward the step's duration or deadline.
                 if let Some(paused_at) = self.paused_at_ms.take() {
-                    self.step_started_ms += now_ms.saturating_sub(paused_at);
+                    self.strategy.shift_start(now_ms.saturating_sub(paused_at));
                 }
                 if self.pause == Some(PauseReason::Inconclusive) {
                     // Measure again from scratch.
-                    self.inline_run = None;
-                    self.background_run = None;
-                    self.check_runs.clear();
-                    self.progress.pending_runs.clear();
-                    self.progress.pending_results.clear();
+                    self.strategy.drop_runs();
                 }
                 self.phase = Phase::Progressing;
                 self.pause = None;
@@ -1300,7 +1210,7 @@ impl Rollout {
                 self.promoted = false;
                 self.stable_version = previous.clone();
                 self.phase = Phase::Degraded;
-                self.weight_bp = 0;
+                self.strategy.reset_weight();
                 self.message = format!(
                     "undone: {previous} is stable again and {canary} is rolled back; update the config (or run retry) to roll {canary} out again"
                 );

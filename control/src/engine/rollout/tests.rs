@@ -4,7 +4,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use weir_config::{Model, Weight};
+use weir_config::{
+    AnyOf, BuiltinMetric, CanarySteps, HeaderRoute, Iterations, MirrorRoute, Model, RequestMatch,
+    Step, StrategyKind, StringMatch, Weight,
+};
+use weir_proxy::routes::Policy;
 
 use super::*;
 use crate::engine::analysis::Measured;
@@ -134,13 +138,13 @@ impl Sim {
             service: &model.services[0],
             templates: &model.analysis_templates,
         };
-        rollout.reconcile(ctx, now_ms);
+        let effects = rollout.reconcile(ctx, now_ms);
         let mut sim = Sim {
             model,
             rollout,
             now_ms,
             world: World::healthy(),
-            log: Vec::new(),
+            log: effects.events.into_iter().map(|e| e.message).collect(),
         };
         sim.drain();
         sim
@@ -161,10 +165,15 @@ impl Sim {
                 service: &self.model.services[0],
                 templates: &self.model.analysis_templates,
             };
-            let external = self
+            let effects = self
                 .rollout
                 .tick(ctx, self.now_ms, &mut |q| world.answer(q));
-            assert!(external.is_empty(), "builtin metrics only in these tests");
+            assert!(
+                effects.due.is_empty(),
+                "builtin metrics only in these tests"
+            );
+            self.log
+                .extend(effects.events.into_iter().map(|e| e.message));
             self.drain();
         }
     }
@@ -176,7 +185,10 @@ impl Sim {
         };
         let result = self.rollout.command(ctx, command, self.now_ms);
         self.drain();
-        result
+        let effects = result?;
+        self.log
+            .extend(effects.events.into_iter().map(|e| e.message));
+        Ok(())
     }
 
     fn reconfigure(&mut self, model: Model) {
@@ -185,7 +197,9 @@ impl Sim {
             service: &self.model.services[0],
             templates: &self.model.analysis_templates,
         };
-        self.rollout.reconcile(ctx, self.now_ms);
+        let effects = self.rollout.reconcile(ctx, self.now_ms);
+        self.log
+            .extend(effects.events.into_iter().map(|e| e.message));
         self.drain();
     }
 
@@ -195,6 +209,13 @@ impl Sim {
 
     fn logged(&self, needle: &str) -> bool {
         self.log.iter().any(|line| line.contains(needle))
+    }
+}
+
+fn background_run(rollout: &Rollout) -> Option<&AnalysisRun> {
+    match &rollout.strategy {
+        StrategyState::Steps(steps) => steps.background_run.as_ref(),
+        _ => None,
     }
 }
 
@@ -210,9 +231,9 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
         sim.log
     );
     sim.run_for(Duration::from_secs(9));
-    assert_eq!(sim.rollout.step_index, 1, "still pausing");
+    assert_eq!(sim.rollout.step_index(), 1, "still pausing");
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.rollout.step_index, 2, "analysis step");
+    assert_eq!(sim.rollout.step_index(), 2, "analysis step");
     // count 3 at interval 5s: the third measurement is taken 10s after the first.
     sim.run_for(Duration::from_secs(11));
     assert_eq!(sim.weight(), 50.0);
@@ -250,7 +271,7 @@ fn healthy_canary_walks_every_step_and_is_promoted() {
 fn failing_analysis_aborts_with_the_numbers() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(11));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
     sim.world.success_rate = Some(0.6917);
     sim.world.requests = 1184;
     // The first measurement (at the start of the step) passed; failureLimit 1: the second failure
@@ -294,7 +315,7 @@ fn failing_analysis_aborts_with_the_numbers() {
 fn background_analysis_aborts_at_any_step() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(1));
-    assert!(sim.rollout.background_run.is_some() || sim.rollout.step_index >= 1);
+    assert!(background_run(&sim.rollout).is_some() || sim.rollout.step_index() >= 1);
     sim.world.p99 = Some(2.0);
     // failureLimit 2: the third failed measurement (at 5 s, 10 s, 15 s) aborts.
     sim.run_for(Duration::from_secs(10));
@@ -384,10 +405,10 @@ fn removing_the_canary_mid_rollout_rolls_back_at_once() {
 fn a_new_canary_version_restarts_from_step_one() {
     let mut sim = Sim::new(model(STEPS));
     sim.run_for(Duration::from_secs(12));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
     sim.reconfigure(with_canary(STEPS, Some("v3")));
     assert_eq!(sim.rollout.revision, 2);
-    assert_eq!(sim.rollout.step_index, 0);
+    assert_eq!(sim.rollout.step_index(), 0);
     assert_eq!(sim.rollout.canary_version.as_deref(), Some("v3"));
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.weight(), 10.0);
@@ -442,12 +463,12 @@ fn operator_pause_holds_the_clock() {
     sim.run_for(Duration::from_secs(5));
     sim.command(Command::Pause).unwrap();
     sim.run_for(Duration::from_secs(60));
-    assert_eq!(sim.rollout.step_index, 1, "paused time does not count");
+    assert_eq!(sim.rollout.step_index(), 1, "paused time does not count");
     sim.command(Command::Resume).unwrap();
     sim.run_for(Duration::from_secs(4));
-    assert_eq!(sim.rollout.step_index, 1);
+    assert_eq!(sim.rollout.step_index(), 1);
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.rollout.step_index, 2);
+    assert_eq!(sim.rollout.step_index(), 2);
 }
 
 #[test]
@@ -487,14 +508,14 @@ fn flagger_counts_failed_checks_to_the_threshold_and_ignores_no_data() {
         Phase::Progressing,
         "no data halts, never fails"
     );
-    assert_eq!(sim.rollout.progress.failed_checks, 0);
+    assert_eq!(sim.rollout.strategy.failed_checks(), 0);
     assert_eq!(sim.weight(), 10.0);
     sim.world = World {
         success_rate: Some(0.6917),
         ..World::healthy()
     };
     sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.rollout.progress.failed_checks, 1);
+    assert_eq!(sim.rollout.strategy.failed_checks(), 1);
     assert!(
         sim.logged("request-success-rate 69.17% < 99%"),
         "{:?}",
@@ -519,9 +540,9 @@ fn persisted_state_resumes_the_same_step_and_weight() {
         service: &sim.model.services[0],
         templates: &sim.model.analysis_templates,
     };
-    restored.reconcile(ctx, sim.now_ms + 50);
+    let _ = restored.reconcile(ctx, sim.now_ms + 50);
     assert_eq!(restored.revision, sim.rollout.revision);
-    assert_eq!(restored.step_index, sim.rollout.step_index);
+    assert_eq!(restored.step_index(), sim.rollout.step_index());
     assert_eq!(restored.weight(), Weight::from_percent(10.0).unwrap());
     assert_eq!(restored.phase, Phase::Progressing);
 }
@@ -546,7 +567,7 @@ fn background_analysis_starting_at_a_pause_still_watches() {
     let mut sim = Sim::new(model(&text));
     sim.run_for(Duration::from_millis(200));
     assert_eq!(sim.rollout.phase, Phase::Paused);
-    assert!(sim.rollout.background_run.is_some(), "{:?}", sim.log);
+    assert!(background_run(&sim.rollout).is_some(), "{:?}", sim.log);
     sim.world.p99 = Some(2.0);
     sim.run_for(Duration::from_secs(16));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
@@ -577,4 +598,492 @@ analysisTemplates:
     sim.run_for(Duration::from_secs(61));
     assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
     assert!(sim.logged("custom"), "{:?}", sim.log);
+}
+
+// --- header and mirror routes -------------------------------------------------------------------
+
+fn header_route(name: &str, any_of: AnyOf) -> Step {
+    Step::SetHeaderRoute(HeaderRoute {
+        name: name.into(),
+        any_of,
+    })
+}
+
+fn mirror_route(name: &str, percent: f64, any_of: AnyOf) -> Step {
+    Step::SetMirrorRoute(MirrorRoute {
+        name: name.into(),
+        percentage: Weight::from_percent(percent).unwrap(),
+        any_of,
+    })
+}
+
+fn beta() -> AnyOf {
+    vec![vec![RequestMatch::Header {
+        name: "x-beta".into(),
+        value: StringMatch::Exact("yes".into()),
+    }]]
+}
+
+fn get_api() -> AnyOf {
+    vec![vec![
+        RequestMatch::Method(StringMatch::Exact("GET".into())),
+        RequestMatch::Path(StringMatch::Prefix("/api".into())),
+    ]]
+}
+
+/// The STEPS service with its plan replaced by `steps` (the config crate parses the route steps
+/// separately; the engine only sees the model).
+fn with_steps(steps: Vec<Step>) -> Model {
+    let mut model = model(STEPS);
+    let strategy = model.services[0].strategy.as_mut().unwrap();
+    strategy.kind = StrategyKind::Steps(CanarySteps {
+        steps,
+        background: None,
+    });
+    model
+}
+
+/// Routes set, replaced and removed by steps: 1 header, 2 mirror, 3 weight, 4 pause 10s,
+/// 5 replace header, 6 remove header, 7 remove mirror, 8 pause until promoted, 9 weight 50.
+fn routes_plan() -> Model {
+    let beta_or_cookie = vec![
+        beta()[0].clone(),
+        vec![RequestMatch::Cookie {
+            name: "beta".into(),
+            value: StringMatch::Regex("yes|on".into()),
+        }],
+    ];
+    with_steps(vec![
+        header_route("beta", beta()),
+        mirror_route("shadow", 50.0, get_api()),
+        Step::SetWeight(Weight::from_percent(10.0).unwrap()),
+        Step::Pause(Some(Duration::from_secs(10))),
+        header_route("beta", beta_or_cookie),
+        header_route("beta", Vec::new()),
+        mirror_route("shadow", 50.0, Vec::new()),
+        Step::Pause(None),
+        Step::SetWeight(Weight::from_percent(50.0).unwrap()),
+    ])
+}
+
+#[test]
+fn header_and_mirror_routes_are_set_replaced_and_removed_by_steps() {
+    let mut sim = Sim::new(routes_plan());
+    sim.run_for(Duration::from_millis(100));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight.percent(), 10.0);
+    assert_eq!(
+        policy.header_routes,
+        vec![HeaderRoute {
+            name: "beta".into(),
+            any_of: beta()
+        }]
+    );
+    assert_eq!(policy.mirror_routes.len(), 1);
+    assert_eq!(policy.mirror_routes[0].name, "shadow");
+    assert_eq!(policy.mirror_routes[0].percentage.percent(), 50.0);
+    assert_eq!(policy.mirror_routes[0].any_of, get_api());
+    assert!(
+        sim.logged(r#"Set header route beta on checkout: requests matching header x-beta: exact "yes" go to the canary (step 1/9)"#),
+        "{:?}",
+        sim.log
+    );
+    assert!(
+        sim.logged(r#"Set mirror route shadow on checkout: 50% of requests matching method: exact "GET" and path: prefix "/api" are copied to the canary (step 2/9)"#),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.rollout.phase, Phase::Paused, "{:?}", sim.log);
+    assert!(
+        sim.logged(r#"Replaced header route beta on checkout: requests matching header x-beta: exact "yes" or cookie beta: regex "yes|on" go to the canary (step 5/9)"#),
+        "{:?}",
+        sim.log
+    );
+    assert!(sim.logged("Removed header route beta from checkout (step 6/9)"));
+    assert!(sim.logged("Removed mirror route shadow from checkout (step 7/9)"));
+    let policy = sim.rollout.policy();
+    assert!(policy.header_routes.is_empty() && policy.mirror_routes.is_empty());
+    assert_eq!(
+        policy.weight.percent(),
+        10.0,
+        "removing routes keeps the weight"
+    );
+}
+
+#[test]
+fn routes_end_with_promotion_abort_rollback_and_supersede() {
+    let plan = || {
+        with_steps(vec![
+            header_route("beta", beta()),
+            mirror_route("shadow", 100.0, get_api()),
+            Step::Pause(None),
+        ])
+    };
+    let in_force = |sim: &Sim| {
+        let policy = sim.rollout.policy();
+        (policy.header_routes.len(), policy.mirror_routes.len())
+    };
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1));
+    assert_eq!(sim.weight(), 0.0, "routes alone send no weighted traffic");
+    sim.command(Command::Promote { full: false }).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert_eq!(in_force(&sim), (0, 0), "gone after promotion");
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::FULL));
+    assert!(sim.rollout.strategy.routes().unwrap().is_empty());
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Abort).unwrap();
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::ZERO),
+        "gone after abort"
+    );
+    sim.command(Command::Retry).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1), "retry sets them again");
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    let mut removed = plan();
+    removed.services[0].canary = None;
+    sim.reconfigure(removed);
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::ZERO),
+        "gone after rollback"
+    );
+
+    let mut sim = Sim::new(plan());
+    sim.run_for(Duration::from_millis(100));
+    let mut next = plan();
+    next.services[0].canary.as_mut().unwrap().version.version = "v3".into();
+    sim.reconfigure(next);
+    assert_eq!(
+        in_force(&sim),
+        (0, 0),
+        "a new revision starts without the old routes"
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(in_force(&sim), (1, 1), "and sets its own");
+}
+
+/// Over whole rollouts, tick by tick: effects report a policy change exactly when the policy
+/// changed, a state change exactly when the persisted state changed, and call a change widening
+/// exactly when it adds canary traffic.
+#[test]
+fn effects_report_exactly_what_changed() {
+    for model in [
+        routes_plan(),
+        model(STEPS),
+        model(FLAGGER),
+        ab_test(beta(), Some(10.0)),
+    ] {
+        let mut sim = Sim::new(model);
+        let mut changes = 0;
+        let mut publishes = 0;
+        for tick in 0..1000 {
+            if tick == 250 && sim.rollout.phase == Phase::Paused {
+                let _ = sim.command(Command::Promote { full: false });
+            }
+            let before_policy = sim.rollout.policy();
+            let before_state = serde_json::to_value(&sim.rollout).unwrap();
+            sim.now_ms += 100;
+            let world = sim.world;
+            let ctx = Ctx {
+                service: &sim.model.services[0],
+                templates: &sim.model.analysis_templates,
+            };
+            let effects = sim.rollout.tick(ctx, sim.now_ms, &mut |q| world.answer(q));
+            let after_policy = sim.rollout.policy();
+            let after_state = serde_json::to_value(&sim.rollout).unwrap();
+            assert_eq!(
+                effects.policy_changed,
+                before_policy != after_policy,
+                "tick {tick}: {before_policy:?} -> {after_policy:?}"
+            );
+            assert_eq!(
+                effects.changed,
+                before_state != after_state,
+                "tick {tick}: {:?}",
+                effects.events
+            );
+            if effects.policy_changed {
+                let wider = after_policy.weight > before_policy.weight
+                    || after_policy
+                        .header_routes
+                        .iter()
+                        .any(|r| !before_policy.header_routes.contains(r))
+                    || after_policy
+                        .mirror_routes
+                        .iter()
+                        .any(|r| !before_policy.mirror_routes.contains(r));
+                assert_eq!(effects.widened, wider, "tick {tick}: {after_policy:?}");
+                publishes += 1;
+            }
+            changes += usize::from(effects.changed);
+        }
+        assert!(publishes >= 1, "{publishes}");
+        assert!(
+            changes < 200,
+            "a quiet tick changes nothing: {changes} of 400 did"
+        );
+    }
+}
+
+#[test]
+fn quiet_ticks_change_nothing() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(22));
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step), "{:?}", sim.log);
+    sim.world.p99 = Some(0.01);
+    // Background analysis measures every 5 s; the ticks between measure nothing.
+    let mut quiet = 0;
+    for _ in 0..40 {
+        sim.now_ms += 100;
+        let world = sim.world;
+        let ctx = Ctx {
+            service: &sim.model.services[0],
+            templates: &sim.model.analysis_templates,
+        };
+        let effects = sim.rollout.tick(ctx, sim.now_ms, &mut |q| world.answer(q));
+        assert!(!effects.policy_changed);
+        quiet += usize::from(!effects.changed && effects.events.is_empty());
+    }
+    assert!(quiet >= 38, "{quiet} of 40 ticks were quiet");
+}
+
+// --- Flagger A/B testing (iterations) -------------------------------------------------------
+
+/// The FLAGGER service as an A/B test: `iterations: 3`, `threshold: 2`, every 30 s, requests
+/// with `x-beta: yes` to the canary (and/or mirroring).
+fn ab_test(any_of: AnyOf, mirror: Option<f64>) -> Model {
+    let mut model = model(FLAGGER);
+    let strategy = model.services[0].strategy.as_mut().unwrap();
+    let StrategyKind::Progression(progression) = &strategy.kind else {
+        unreachable!("FLAGGER is a progression")
+    };
+    strategy.kind = StrategyKind::Iterations(Iterations {
+        interval: progression.interval,
+        threshold: progression.threshold,
+        iterations: 3,
+        any_of,
+        mirror: mirror.map(|p| Weight::from_percent(p).unwrap()),
+        checks: progression.checks.clone(),
+    });
+    model
+}
+
+impl Sim {
+    /// Ticks for `duration`, asserting after every tick.
+    fn run_checking(&mut self, duration: Duration, check: impl Fn(&Sim)) {
+        let end = self.now_ms + duration.as_millis() as u64;
+        while self.now_ms < end {
+            self.run_for(Duration::from_millis(100));
+            check(self);
+        }
+    }
+}
+
+#[test]
+fn ab_test_routes_matching_requests_then_promotes_after_n_passing_checks() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight, Weight::ZERO);
+    assert_eq!(
+        policy.header_routes,
+        vec![HeaderRoute {
+            name: AB_HEADER_ROUTE.into(),
+            any_of: beta()
+        }]
+    );
+    assert!(policy.mirror_routes.is_empty());
+    assert!(
+        sim.logged(r#"Set header route ab-test on search: requests matching header x-beta: exact "yes" go to the canary"#),
+        "{:?}",
+        sim.log
+    );
+    let never_weighted = |sim: &Sim| {
+        if sim.rollout.phase == Phase::Progressing {
+            let policy = sim.rollout.policy();
+            assert_eq!(policy.weight, Weight::ZERO, "no weighted traffic, ever");
+            assert_eq!(policy.header_routes.len(), 1);
+        }
+    };
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 1/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.step_index(), 1);
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 2/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    sim.run_checking(Duration::from_secs(30), never_weighted);
+    assert!(sim.logged("Advance search iteration 3/3"), "{:?}", sim.log);
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.rollout.promoted);
+    assert_eq!(
+        sim.rollout.policy(),
+        Policy::from(Weight::FULL),
+        "routes gone"
+    );
+}
+
+#[test]
+fn ab_test_rolls_back_when_failed_checks_reach_the_threshold() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.world.success_rate = Some(0.6917);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        sim.rollout.phase,
+        Phase::Progressing,
+        "one failure is tolerated"
+    );
+    assert_eq!(sim.rollout.strategy.failed_checks(), 1);
+    assert!(
+        sim.logged("request-success-rate 69.17% < 99%"),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    assert!(
+        sim.logged("failed checks threshold reached 2"),
+        "{:?}",
+        sim.log
+    );
+    assert_eq!(
+        sim.rollout.history.last().unwrap().outcome,
+        RevisionOutcome::Aborted
+    );
+}
+
+#[test]
+fn ab_test_without_data_halts_and_never_fails() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.world.requests = 3;
+    sim.run_for(Duration::from_secs(95));
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert_eq!(sim.rollout.step_index(), 0, "no iteration counted");
+    assert_eq!(sim.rollout.strategy.failed_checks(), 0);
+    assert_eq!(sim.rollout.policy().header_routes.len(), 1);
+}
+
+#[test]
+fn ab_test_that_only_mirrors_judges_the_mirrored_traffic() {
+    let mut sim = Sim::new(ab_test(Vec::new(), Some(50.0)));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.weight, Weight::ZERO);
+    assert!(policy.header_routes.is_empty());
+    assert_eq!(
+        policy.mirror_routes,
+        vec![MirrorRoute {
+            name: AB_MIRROR_ROUTE.into(),
+            percentage: Weight::from_percent(50.0).unwrap(),
+            any_of: vec![Vec::new()],
+        }],
+        "one entry without conditions: every request"
+    );
+    assert!(
+        sim.logged("50% of requests matching every request are copied to the canary"),
+        "{:?}",
+        sim.log
+    );
+    let traffic = std::cell::RefCell::new(Vec::new());
+    for _ in 0..301 {
+        sim.now_ms += 100;
+        let world = sim.world;
+        let ctx = Ctx {
+            service: &sim.model.services[0],
+            templates: &sim.model.analysis_templates,
+        };
+        let _ = sim.rollout.tick(ctx, sim.now_ms, &mut |q| {
+            traffic.borrow_mut().push(q.provider.traffic);
+            world.answer(q)
+        });
+    }
+    let traffic = traffic.into_inner();
+    assert!(!traffic.is_empty());
+    assert!(traffic.iter().all(|t| *t == weir_config::Traffic::Mirror));
+
+    // With a match as well, the checks judge what the matching clients got.
+    let mut sim = Sim::new(ab_test(beta(), Some(100.0)));
+    assert_eq!(sim.rollout.policy().header_routes.len(), 1);
+    assert_eq!(sim.rollout.policy().mirror_routes.len(), 1);
+    let ctx = Ctx {
+        service: &sim.model.services[0],
+        templates: &sim.model.analysis_templates,
+    };
+    let mut seen = Vec::new();
+    let world = sim.world;
+    let _ = sim.rollout.tick(ctx, sim.now_ms + 30_000, &mut |q| {
+        seen.push(q.provider.traffic);
+        world.answer(q)
+    });
+    assert!(
+        seen.iter().all(|t| *t == weir_config::Traffic::Primary),
+        "{seen:?}"
+    );
+    assert!(!seen.is_empty());
+}
+
+#[test]
+fn ab_test_state_survives_a_restart_and_promote_counts_an_iteration() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.run_for(Duration::from_secs(31));
+    let saved = serde_json::to_string(&sim.rollout).unwrap();
+    let mut restored: Rollout = serde_json::from_str(&saved).unwrap();
+    let ctx = Ctx {
+        service: &sim.model.services[0],
+        templates: &sim.model.analysis_templates,
+    };
+    let _ = restored.reconcile(ctx, sim.now_ms);
+    assert_eq!(restored.strategy, sim.rollout.strategy);
+    assert_eq!(restored.policy(), sim.rollout.policy());
+    assert_eq!(restored.step_index(), 1);
+    sim.command(Command::Promote { full: false }).unwrap();
+    assert_eq!(sim.rollout.step_index(), 2);
+    sim.command(Command::Promote { full: false }).unwrap();
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::FULL));
+}
+
+#[test]
+fn background_analysis_watches_header_routed_traffic_at_weight_zero() {
+    let mut model = with_steps(vec![header_route("beta", beta()), Step::Pause(None)]);
+    let background = fixtures::background_of(STEPS);
+    if let Some(strategy) = model.services[0].strategy.as_mut() {
+        if let StrategyKind::Steps(plan) = &mut strategy.kind {
+            plan.background = Some(background);
+        }
+    }
+    let mut sim = Sim::new(model);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(background_run(&sim.rollout).is_some(), "{:?}", sim.log);
+    sim.world.p99 = Some(2.0);
+    sim.run_for(Duration::from_secs(16));
+    assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+    assert!(sim.rollout.policy().header_routes.is_empty());
+}
+
+mod fixtures {
+    use weir_config::{BackgroundAnalysis, StrategyKind};
+
+    /// The background analysis of a config with a step plan, starting at step 0.
+    pub fn background_of(yaml: &str) -> BackgroundAnalysis {
+        let model = super::model(yaml);
+        let strategy = model.services[0].strategy.clone().unwrap();
+        let StrategyKind::Steps(plan) = strategy.kind else {
+            unreachable!("a step plan")
+        };
+        BackgroundAnalysis {
+            starting_step: 0,
+            ..plan.background.unwrap()
+        }
+    }
 }

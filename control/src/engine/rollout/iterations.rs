@@ -1,0 +1,175 @@
+//! Flagger A/B testing (`analysis.iterations` with `match`, optionally `mirror`): from the start
+//! of a revision the requests matching the strategy's conditions go to the canary (a header
+//! route), and/or copies of a share of every request (a mirror route); no weighted traffic ever
+//! does. Every interval the checks run; `iterations` passing intervals promote, `threshold`
+//! failed ones roll back.
+
+use serde::{Deserialize, Serialize};
+use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic};
+
+use super::checks::{Checks, Interval};
+use super::routes::Routes;
+use super::run::millis;
+use super::{BuiltinQuery, Ctx, Outcome, Rollout, StrategyState};
+
+/// The header route an A/B test's `match` becomes.
+pub const AB_HEADER_ROUTE: &str = "ab-test";
+/// The mirror route an A/B test's `mirror` becomes.
+pub const AB_MIRROR_ROUTE: &str = "ab-mirror";
+
+/// The state of a Flagger A/B test.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IterationsState {
+    /// Passing intervals so far.
+    pub passed: u32,
+    /// When the test (or the current iteration, after a pause) started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// The interval checks.
+    pub checks: Checks,
+    /// The routes to the canary while the test runs.
+    #[serde(default)]
+    pub routes: Routes,
+}
+
+// === impl IterationsState ===
+
+impl IterationsState {
+    /// The start of a test: the strategy's routes in force, the first checks one interval later.
+    pub fn start(iterations: &Iterations, now_ms: u64) -> IterationsState {
+        let mut routes = Routes::default();
+        if !iterations.any_of.is_empty() {
+            routes.set_header(&HeaderRoute {
+                name: AB_HEADER_ROUTE.into(),
+                any_of: iterations.any_of.clone(),
+            });
+        }
+        if let Some(percentage) = iterations.mirror {
+            // One entry without conditions: every request matches.
+            routes.set_mirror(&MirrorRoute {
+                name: AB_MIRROR_ROUTE.into(),
+                percentage,
+                any_of: vec![Vec::new()],
+            });
+        }
+        IterationsState {
+            passed: 0,
+            started_ms: now_ms,
+            checks: Checks::start(now_ms, iterations.interval),
+            routes,
+        }
+    }
+}
+
+/// Which traffic an A/B test's builtin checks measure: the mirrored copies when the test only
+/// mirrors (the canary then serves no client), else what clients got.
+pub fn checked_traffic(iterations: &Iterations) -> Traffic {
+    if iterations.any_of.is_empty() && iterations.mirror.is_some() {
+        Traffic::Mirror
+    } else {
+        Traffic::Primary
+    }
+}
+
+// === impl Rollout (iterations) ===
+
+impl Rollout {
+    /// Runs the interval's checks when due, then counts an iteration, halts or rolls back.
+    pub(super) fn evaluate_iterations(
+        &mut self,
+        ctx: Ctx<'_>,
+        iterations: &Iterations,
+        now_ms: u64,
+        builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
+    ) {
+        let canary = self.canary_version.clone().unwrap_or_default();
+        let StrategyState::Iterations(state) = &mut self.strategy else {
+            return;
+        };
+        let outcome = state.checks.evaluate(
+            ctx,
+            &iterations.checks,
+            iterations.interval,
+            &canary,
+            checked_traffic(iterations),
+            now_ms,
+            &mut self.next_run_id,
+            &mut self.finished_runs,
+            builtin,
+        );
+        let passed = state.passed;
+        let n = iterations.iterations;
+        match outcome {
+            Interval::Waiting { next_in_ms } => {
+                self.set_message(format!(
+                    "A/B testing: {passed}/{n} iterations passed; next check in {}s",
+                    next_in_ms.div_ceil(1000)
+                ));
+            }
+            Interval::Measuring { changed } => {
+                if changed {
+                    self.touch();
+                }
+            }
+            Interval::Failed(what) => {
+                state.checks.failed_checks += 1;
+                let failed = state.checks.failed_checks;
+                let line = format!(
+                    "Halt {} advancement: {what} (failed checks {failed}/{})",
+                    self.service, iterations.threshold
+                );
+                self.emit(now_ms, "Halt", line);
+                if failed >= iterations.threshold {
+                    let reason = format!(
+                        "failed checks threshold reached {}: {what}",
+                        iterations.threshold
+                    );
+                    self.abort(now_ms, reason);
+                } else {
+                    self.set_message(format!(
+                        "A/B testing halted at {passed}/{n} iterations: {what}"
+                    ));
+                }
+            }
+            Interval::Undecided(what) => {
+                let line = format!(
+                    "Halt {} advancement: {what} (not counted as a failure)",
+                    self.service
+                );
+                self.set_message(format!(
+                    "A/B testing halted at {passed}/{n} iterations: {what}"
+                ));
+                self.emit(now_ms, "Halt", line);
+            }
+            Interval::Passed => {
+                state.passed += 1;
+                let passed = state.passed;
+                let line = format!("Advance {} iteration {passed}/{n}", self.service);
+                self.set_message(format!("A/B testing: {passed}/{n} iterations passed"));
+                self.emit(now_ms, "Advance", line);
+                if passed >= n {
+                    self.promote(now_ms);
+                }
+            }
+        }
+    }
+
+    /// `promote` (not `--full`): counts the current iteration as passed; promotes after the
+    /// last. Returns whether the canary was promoted.
+    pub(super) fn skip_iteration(&mut self, iterations: &Iterations, now_ms: u64) -> bool {
+        let StrategyState::Iterations(state) = &mut self.strategy else {
+            return false;
+        };
+        state.checks.clear();
+        state.passed += 1;
+        state.checks.next_check_ms = now_ms + millis(iterations.interval);
+        let done = state.passed >= iterations.iterations;
+        self.touch();
+        if done {
+            self.promote(now_ms);
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Argo canary steps (`strategy.canary.steps`): set weights, pauses, inline analysis, background
+//! analysis from `startingStep`.
+
+use serde::{Deserialize, Serialize};
+use weir_config::{CanarySteps, Step, Strategy};
+
+use super::routes::Routes;
+use super::run::{millis, AnalysisRun, RunKind, RunPhase};
+use super::{humantime, run_failure, run_summary, Ctx, PauseReason, Phase, Rollout, StrategyState};
+
+/// The state of an Argo step plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepsState {
+    /// The current step, counted from 0.
+    pub step_index: usize,
+    /// When the current step started (ms since the Unix epoch).
+    pub step_started_ms: u64,
+    /// The canary weight, in basis points.
+    pub weight_bp: u16,
+    /// The current inline analysis (an `analysis` step).
+    pub inline_run: Option<AnalysisRun>,
+    /// The background analysis.
+    pub background_run: Option<AnalysisRun>,
+    /// Header and mirror routes set by steps (in force while the rollout progresses or pauses).
+    #[serde(default)]
+    pub routes: Routes,
+}
+
+// === impl StepsState ===
+
+impl StepsState {
+    /// At the first step.
+    pub fn start(now_ms: u64) -> StepsState {
+        StepsState {
+            step_started_ms: now_ms,
+            ..StepsState::default()
+        }
+    }
+}
+
+// === impl Rollout (steps) ===
+
+impl Rollout {
+    fn steps_ref(&self) -> Option<&StepsState> {
+        match &self.strategy {
+            StrategyState::Steps(state) => Some(state),
+            _ => None,
+        }
+    }
+
+    fn steps_state(&mut self) -> Option<&mut StepsState> {
+        match &mut self.strategy {
+            StrategyState::Steps(state) => Some(state),
+            _ => None,
+        }
+    }
+
+    /// Starts the background analysis once the canary has traffic, and an `analysis` step's run.
+    pub(super) fn ensure_step_runs(&mut self, ctx: Ctx<'_>, plan: &CanarySteps, now_ms: u64) {
+        // Background analysis keeps watching through `pause: {}` and operator pauses.
+        let watching = match self.phase {
+            Phase::Progressing => true,
+            Phase::Paused => matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator)),
+            _ => false,
+        };
+        if !watching {
+            return;
+        }
+        let Some(state) = self.steps_state() else {
+            return;
+        };
+        let step_index = state.step_index;
+        // Header-routed requests count as the canary's too.
+        let has_traffic = state.weight_bp > 0 || !state.routes.header_routes.is_empty();
+        let needs_background = state.background_run.is_none();
+        let needs_inline = state.inline_run.is_none();
+        if let Some(background) = &plan.background {
+            // Not before the canary has traffic: a measurement of a version nobody reached yet
+            // can only be inconclusive.
+            if needs_background && step_index >= background.starting_step && has_traffic {
+                let id = self.take_run_id();
+                let run = AnalysisRun::new(
+                    id,
+                    RunKind::Background,
+                    &background.analysis,
+                    ctx.templates,
+                    now_ms,
+                );
+                if let Some(state) = self.steps_state() {
+                    state.background_run = Some(run);
+                }
+                self.emit(
+                    now_ms,
+                    "AnalysisStarted",
+                    format!(
+                        "{}: background analysis started at step {}",
+                        self.service,
+                        step_index + 1
+                    ),
+                );
+            }
+        }
+        if self.phase != Phase::Progressing {
+            return;
+        }
+        if let Some(Step::Analysis(analysis)) = plan.steps.get(step_index) {
+            if needs_inline {
+                let id = self.take_run_id();
+                let run = AnalysisRun::new(
+                    id,
+                    RunKind::Inline { step: step_index },
+                    analysis,
+                    ctx.templates,
+                    now_ms,
+                );
+                if let Some(state) = self.steps_state() {
+                    state.inline_run = Some(run);
+                }
+            }
+        }
+    }
+
+    /// Moves through the steps as far as the state allows.
+    pub(super) fn evaluate_steps(
+        &mut self,
+        ctx: Ctx<'_>,
+        strategy: &Strategy,
+        plan: &CanarySteps,
+        now_ms: u64,
+    ) {
+        // Background analysis decides at any time, also while the rollout waits at a `pause: {}`
+        // step or an operator's pause: a canary that fails while waiting keeps its weight only
+        // until the failure is measured, as in Argo Rollouts.
+        let waiting = self.phase == Phase::Paused
+            && matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator));
+        if self.phase != Phase::Progressing && !waiting {
+            return;
+        }
+        let Some(state) = self.steps_ref() else {
+            return;
+        };
+        if let Some(run) = &state.background_run {
+            match run.phase {
+                RunPhase::Failed | RunPhase::Error => {
+                    let reason = run_failure(run, ctx.templates);
+                    return self.abort(now_ms, reason);
+                }
+                RunPhase::Inconclusive if !waiting => {
+                    let reason = run_failure(run, ctx.templates);
+                    return self.pause_inconclusive(now_ms, reason);
+                }
+                _ => {}
+            }
+        }
+        if self.phase != Phase::Progressing {
+            return;
+        }
+        let steps = &plan.steps;
+        let n_steps = steps.len();
+        loop {
+            if self.phase != Phase::Progressing {
+                return;
+            }
+            let Some(state) = self.steps_ref() else {
+                return;
+            };
+            let (index, started_ms) = (state.step_index, state.step_started_ms);
+            let Some(step) = steps.get(index) else {
+                return self.promote(now_ms);
+            };
+            let display = index + 1;
+            match step {
+                Step::SetHeaderRoute(route) => {
+                    self.snapshot_routes();
+                    let change = match self.steps_state() {
+                        Some(state) => state.routes.set_header(route),
+                        None => return,
+                    };
+                    let at = format!("step {display}/{n_steps}");
+                    self.header_route_set(route, change, &at, now_ms);
+                    self.next_step(now_ms);
+                }
+                Step::SetMirrorRoute(route) => {
+                    self.snapshot_routes();
+                    let change = match self.steps_state() {
+                        Some(state) => state.routes.set_mirror(route),
+                        None => return,
+                    };
+                    let at = format!("step {display}/{n_steps}");
+                    self.mirror_route_set(route, change, &at, now_ms);
+                    self.next_step(now_ms);
+                }
+                Step::SetWeight(weight) => {
+                    if let Some(state) = self.steps_state() {
+                        state.weight_bp = weight.basis_points();
+                    }
+                    self.set_message(format!("canary weight {weight} (step {display}/{n_steps})"));
+                    let line = format!(
+                        "Advance {} canary weight {weight} (step {display}/{n_steps})",
+                        self.service
+                    );
+                    self.emit(now_ms, "Advance", line);
+                    self.next_step(now_ms);
+                }
+                Step::Pause(Some(duration)) => {
+                    if now_ms >= started_ms + millis(*duration) {
+                        self.next_step(now_ms);
+                    } else {
+                        self.set_message(format!(
+                            "pausing {} at weight {} (step {display}/{n_steps})",
+                            humantime(*duration),
+                            self.weight()
+                        ));
+                        break;
+                    }
+                }
+                Step::Pause(None) => {
+                    self.phase = Phase::Paused;
+                    self.pause = Some(PauseReason::Step);
+                    self.message = format!(
+                        "paused at weight {} (step {display}/{n_steps}) until promoted",
+                        self.weight()
+                    );
+                    let line = format!("Paused {} at canary weight {} (step {display}/{n_steps}): waiting for promote", self.service, self.weight());
+                    self.emit(now_ms, "Paused", line);
+                    return;
+                }
+                Step::Analysis(_) => {
+                    let Some(run) = self.steps_ref().and_then(|s| s.inline_run.as_ref()) else {
+                        break;
+                    };
+                    match run.phase {
+                        RunPhase::Successful => {
+                            let line = format!(
+                                "Analysis passed {} (step {display}/{n_steps}): {}",
+                                self.service,
+                                run_summary(run)
+                            );
+                            self.emit(now_ms, "AnalysisPassed", line);
+                            self.next_step(now_ms);
+                        }
+                        RunPhase::Failed | RunPhase::Error => {
+                            let reason = run_failure(run, ctx.templates);
+                            return self.abort(now_ms, reason);
+                        }
+                        RunPhase::Inconclusive => {
+                            let reason = run_failure(run, ctx.templates);
+                            return self.pause_inconclusive(now_ms, reason);
+                        }
+                        RunPhase::Running | RunPhase::Terminated => {
+                            self.set_message(format!(
+                                "analysis running at weight {} (step {display}/{n_steps})",
+                                self.weight()
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // The deadline: any step but an indefinite pause must finish in time.
+        let Some(state) = self.steps_ref() else {
+            return;
+        };
+        let (index, started_ms) = (state.step_index, state.step_started_ms);
+        if self.phase == Phase::Progressing
+            && now_ms > started_ms + millis(strategy.progress_deadline)
+        {
+            let reason = format!(
+                "step {}/{n_steps} did not finish within progressDeadline {}",
+                index + 1,
+                humantime(strategy.progress_deadline)
+            );
+            self.abort(now_ms, reason);
+        }
+    }
+
+    /// Completes the current step.
+    pub(super) fn next_step(&mut self, now_ms: u64) {
+        let Some(state) = self.steps_state() else {
+            return;
+        };
+        let finished = state.inline_run.take();
+        state.step_index += 1;
+        state.step_started_ms = now_ms;
+        self.finished_runs.extend(finished);
+        self.touch();
+    }
+
+    /// `promote` (not `--full`): skips the current step; an inconclusive background run starts
+    /// over.
+    pub(super) fn skip_step(&mut self, now_ms: u64) {
+        if let Some(state) = self.steps_state() {
+            let stopped = state
+                .background_run
+                .as_ref()
+                .is_some_and(|run| run.phase != RunPhase::Running);
+            if stopped {
+                let run = state.background_run.take();
+                self.finished_runs.extend(run);
+            }
+        }
+        self.next_step(now_ms);
+    }
+}
