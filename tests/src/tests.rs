@@ -1,5 +1,5 @@
 //! End-to-end tests of the data plane and the control plane, one module per area (the control
-//! plane's: `reload`, `rollout`, `admin`, `prometheus`, `examples`). Every socket is on `127.0.0.1:0`;
+//! plane's: `reload`, `rollout`, `policies_rollout`, `admin`, `prometheus`, `examples`). Every socket is on `127.0.0.1:0`;
 //! every test shuts down what it started.
 
 mod admin;
@@ -10,6 +10,7 @@ mod http2;
 mod metrics;
 mod mirror;
 mod policies;
+mod policies_rollout;
 mod prometheus;
 mod reload;
 mod rollout;
