@@ -109,6 +109,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
 
     let mut registry = Registry::default();
     weir_proxy::metrics::register(&mut registry, stats.clone(), routes.clone());
+    crate::api::metrics::register(&mut registry, handle.watch_status());
     registry.register(
         "weir_config_reloads",
         "Config reload attempts by result",

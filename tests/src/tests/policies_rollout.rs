@@ -148,6 +148,20 @@ async fn a_header_route_step_sends_matching_requests_to_the_canary_until_removed
     })
     .await;
     assert_eq!(weir.status("shop").canary_weight, 0.0);
+    // The rule and where the rollout stands are visible to Prometheus and the API.
+    let metrics = admin::metrics(weir.admin()).await;
+    assert!(
+        metrics.contains("weir_route_rules{service=\"shop\",kind=\"header\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "weir_rollout_info{service=\"shop\",strategy=\"steps\",phase=\"Paused\",strategy_phase=\"\"} 1"
+        ),
+        "{metrics}"
+    );
+    let api = admin::service(weir.admin(), "shop").await;
+    assert_eq!(api["rules"]["headerRoutes"][0]["name"], "beta", "{api}");
     assert_eq!(
         count_canary(weir.addr(), 40, &[("x-beta", "yes")]).await,
         40
@@ -166,6 +180,8 @@ async fn a_header_route_step_sends_matching_requests_to_the_canary_until_removed
         0,
         "the route was removed by the third step"
     );
+    let api = admin::service(weir.admin(), "shop").await;
+    assert_eq!(api["rules"]["headerRoutes"], serde_json::json!([]), "{api}");
 
     admin::command(weir.admin(), "shop", "promote").await;
     let done = weir
