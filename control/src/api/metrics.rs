@@ -31,30 +31,31 @@ pub fn register(registry: &mut Registry, status: watch::Receiver<Arc<Status>>) {
 impl Collector for RolloutCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let status = self.status.borrow().clone();
-        let mut info = encoder.encode_descriptor(
-            "weir_rollout_info",
-            "Each service's strategy and where its rollout stands (always 1)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for service in &status.services {
-            let (strategy, strategy_phase) = match &service.details {
-                Some(details) => (
-                    details.strategy.as_str(),
-                    details.strategy_phase.as_deref().unwrap_or(""),
-                ),
-                None => ("manual", ""),
-            };
-            let phase = format!("{:?}", service.phase);
-            let labels = [
-                ("service", service.name.as_str()),
-                ("strategy", strategy),
-                ("phase", phase.as_str()),
-                ("strategy_phase", strategy_phase),
-            ];
-            ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
+        {
+            let mut info = encoder.encode_descriptor(
+                "weir_rollout_info",
+                "Each service's strategy and where its rollout stands (always 1)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for service in &status.services {
+                let (strategy, strategy_phase) = match &service.details {
+                    Some(details) => (
+                        details.strategy.as_str(),
+                        details.strategy_phase.as_deref().unwrap_or(""),
+                    ),
+                    None => ("manual", ""),
+                };
+                let phase = format!("{:?}", service.phase);
+                let labels = [
+                    ("service", service.name.as_str()),
+                    ("strategy", strategy),
+                    ("phase", phase.as_str()),
+                    ("strategy_phase", strategy_phase),
+                ];
+                ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
+            }
         }
-        drop(info);
         let mut revision = encoder.encode_descriptor(
             "weir_rollout_revision",
             "The revision number of each service's current (or last) rollout",
