@@ -156,6 +156,45 @@ services:
     )
 }
 
+/// weir with the same 90/10 split plus traffic-policy rules that no benchmark request matches: a
+/// header route (set by the rollout's first step, held by an indefinite pause at weight 10) and
+/// header-form session affinity on a header wrk never sends, so every request still reaches the
+/// weighted split after the rules were evaluated.
+pub fn weir_policies(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"listeners:
+  - name: bench
+    address: 127.0.0.1:{listen}
+admin:
+  address: 127.0.0.1:{admin}
+services:
+  - name: bench
+    match:
+      hosts: ["*"]
+    stable:
+      version: stable
+      upstreams: ["127.0.0.1:{stable}"]
+    canary:
+      version: canary
+      upstreams: ["127.0.0.1:{canary}"]
+    sessionAffinity:
+      header: x-bench-user
+    strategy:
+      canary:
+        steps:
+          - setHeaderRoute:
+              name: beta
+              match:
+                - headerName: x-beta
+                  headerValue: {{exact: "yes"}}
+          - setWeight: {CANARY_PERCENT}
+          - pause: {{}}
+"#,
+        stable = split.stable,
+        canary = split.canary,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +213,22 @@ mod tests {
         assert!(haproxy.contains("server canary 127.0.0.1:9002 weight 10"));
         let weir = weir(8080, 3100, split);
         assert!(weir.contains("upstreams: [\"127.0.0.1:9002\"]\n      weight: 10\n"));
+    }
+
+    #[test]
+    fn weir_configs_are_valid() {
+        let split = Split {
+            stable: 9001,
+            canary: 9002,
+        };
+        for yaml in [weir(8080, 3100, split), weir_policies(8080, 3100, split)] {
+            let model =
+                weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(model.services.len(), 1);
+        }
+        let policies =
+            weir_config::parse(&weir_policies(8080, 3100, split), Path::new("/")).expect("valid");
+        assert!(policies.services[0].session_affinity.is_some());
+        assert!(policies.services[0].strategy.is_some());
     }
 }

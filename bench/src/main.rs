@@ -85,7 +85,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "weir,nginx,haproxy"
+        default_value = "weir,weir-policies,nginx,haproxy"
     )]
     only: Vec<Proxy>,
 
@@ -150,7 +150,7 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
-    let weir = if proxies.contains(&Proxy::Weir) {
+    let weir = if proxies.contains(&Proxy::Weir) || proxies.contains(&Proxy::WeirPolicies) {
         Some(match &args.weir {
             Some(path) => path.clone(),
             None => std::env::current_exe()

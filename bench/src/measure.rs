@@ -26,6 +26,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Proxy {
     Weir,
+    /// weir with a header route and session affinity configured that no request matches: what the
+    /// traffic-policy rules cost on the path of a plain split.
+    WeirPolicies,
     Nginx,
     Haproxy,
 }
@@ -35,6 +38,7 @@ impl Proxy {
     pub fn id(self) -> &'static str {
         match self {
             Proxy::Weir => "weir",
+            Proxy::WeirPolicies => "weir-policies",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
         }
@@ -45,6 +49,7 @@ impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Proxy::Weir => "weir",
+            Proxy::WeirPolicies => "weir+policies",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -215,11 +220,16 @@ impl Bench {
         cmd.arg("-c").arg(&self.proxy_cpus);
         let mut admin_addr = None;
         match proxy {
-            Proxy::Weir => {
+            Proxy::Weir | Proxy::WeirPolicies => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
-                let config = write(&dir, "weir.yaml", &configs::weir(listen, admin, split))?;
+                let yaml = if proxy == Proxy::Weir {
+                    configs::weir(listen, admin, split)
+                } else {
+                    configs::weir_policies(listen, admin, split)
+                };
+                let config = write(&dir, "weir.yaml", &yaml)?;
                 // No access log (weir's default), warnings only, a short drain so stopping is quick.
                 cmd.arg(weir)
                     .args(["--log-level", "warn", "run", "--config"])

@@ -82,6 +82,7 @@ impl Summary {
 /// weir against another proxy: ratios of the medians, and of each round's pair.
 #[derive(Clone, Debug)]
 struct Ratio {
+    subject: Proxy,
     other: Proxy,
     cpu_per_request: f64,
     requests_per_sec: f64,
@@ -108,36 +109,39 @@ impl Report<'_> {
 
     fn ratios(&self, summaries: &[Summary]) -> Vec<Ratio> {
         let find = |p: Proxy| summaries.iter().find(|s| s.proxy == p);
-        let Some(weir) = find(Proxy::Weir) else {
-            return Vec::new();
-        };
-        [Proxy::Haproxy, Proxy::Nginx]
-            .into_iter()
-            .filter_map(|other| {
-                let theirs = find(other)?;
-                let per_round = (1..=self.settings.rounds)
-                    .filter_map(|round| {
-                        let get = |p: Proxy| {
-                            self.rounds
-                                .iter()
-                                .find(|m| m.round == round && m.proxy == p)
-                        };
-                        let (w, o) = (get(Proxy::Weir)?, get(other)?);
-                        Some((
-                            round,
-                            w.cpu_us_per_request() / o.cpu_us_per_request(),
-                            w.wrk.requests_per_sec / o.wrk.requests_per_sec,
-                        ))
-                    })
-                    .collect();
-                Some(Ratio {
-                    other,
-                    cpu_per_request: weir.cpu_us_per_request / theirs.cpu_us_per_request,
-                    requests_per_sec: weir.requests_per_sec / theirs.requests_per_sec,
-                    per_round,
+        [
+            (Proxy::Weir, Proxy::Haproxy),
+            (Proxy::Weir, Proxy::Nginx),
+            (Proxy::WeirPolicies, Proxy::Weir),
+        ]
+        .into_iter()
+        .filter_map(|(subject, other)| {
+            let mine = find(subject)?;
+            let theirs = find(other)?;
+            let per_round = (1..=self.settings.rounds)
+                .filter_map(|round| {
+                    let get = |p: Proxy| {
+                        self.rounds
+                            .iter()
+                            .find(|m| m.round == round && m.proxy == p)
+                    };
+                    let (w, o) = (get(subject)?, get(other)?);
+                    Some((
+                        round,
+                        w.cpu_us_per_request() / o.cpu_us_per_request(),
+                        w.wrk.requests_per_sec / o.wrk.requests_per_sec,
+                    ))
                 })
+                .collect();
+            Some(Ratio {
+                subject,
+                other,
+                cpu_per_request: mine.cpu_us_per_request / theirs.cpu_us_per_request,
+                requests_per_sec: mine.requests_per_sec / theirs.requests_per_sec,
+                per_round,
             })
-            .collect()
+        })
+        .collect()
     }
 
     /// The header printed before the run starts: environment and setup.
@@ -269,7 +273,7 @@ impl Report<'_> {
                         format!("[{}]", each.join(" "))
                     };
                     vec![
-                        format!("weir / {}", r.other),
+                        format!("{} / {}", r.subject, r.other),
                         format!("{:.2}×", r.cpu_per_request),
                         rounds(|x| x.1),
                         format!("{:.2}×", r.requests_per_sec),

@@ -860,14 +860,18 @@ fn invalid_strategies() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             with_strategy("      canary: {}", ""),
-            vec!["services[0].strategy.canary: needs steps or analysis.stepWeight"],
+            vec!["services[0].strategy.canary: needs steps, analysis.stepWeight or analysis.iterations"],
         ),
         (
-            with_strategy("      blueGreen: {}", ""),
+            with_strategy("      blueGreen: {}\n      rainbow: {}", ""),
             vec![
-                "services[0].strategy.blueGreen: unknown field \"blueGreen\", expected one of: canary",
-                "services[0].strategy.canary: missing required field",
+                "services[0].strategy.rainbow: unknown field \"rainbow\", expected one of: canary, blueGreen",
+                "services[0].strategy.blueGreen.preview: missing required field",
             ],
+        ),
+        (
+            with_strategy("      {}", ""),
+            vec!["services[0].strategy: needs canary or blueGreen"],
         ),
         (
             with_strategy(
@@ -887,8 +891,8 @@ fn invalid_strategies() {
             ),
             vec![
                 "services[0].strategy.canary.progressDeadline: must be greater than zero",
-                "services[0].strategy.canary.steps[0]: a step needs exactly one of setWeight, pause or analysis",
-                "services[0].strategy.canary.steps[1]: a step needs exactly one of setWeight, pause or analysis, got setWeight and pause",
+                "services[0].strategy.canary.steps[0]: a step needs exactly one of setWeight, pause, analysis, setHeaderRoute or setMirrorRoute",
+                "services[0].strategy.canary.steps[1]: a step needs exactly one of setWeight, pause, analysis, setHeaderRoute or setMirrorRoute, got setWeight and pause",
                 "services[0].strategy.canary.steps[2].setWeigth: unknown field \"setWeigth\"…",
                 "services[0].strategy.canary.steps[3].setWeight: must be between 0 and 100, got 150",
                 "services[0].strategy.canary.steps[4].pause.duration: expected a duration like \"10s\"…",
@@ -942,7 +946,7 @@ fn invalid_strategies() {
             ),
             vec![
                 "services[0].strategy.canary.analysis.templates[0].templateName: unknown analysis template \"latency\"…",
-                "services[0].strategy.canary: needs steps or analysis.stepWeight",
+                "services[0].strategy.canary: needs steps, analysis.stepWeight or analysis.iterations",
             ],
         ),
         // Flagger form.
@@ -967,7 +971,7 @@ fn invalid_strategies() {
                 "",
             ),
             vec![
-                "services[0].strategy.canary.analysis.templates: not allowed in Flagger-style analysis (interval, threshold, stepWeight, stepWeights, maxWeight, metrics)",
+                "services[0].strategy.canary.analysis.templates: not allowed in Flagger-style analysis (interval, threshold, stepWeight, stepWeights, maxWeight, metrics, iterations, match, mirror, mirrorWeight)",
                 "services[0].strategy.canary.analysis.threshold: must be at least 1, got 0",
                 "services[0].strategy.canary.analysis.maxWeight: must be at least stepWeight (20), got 10",
                 "services[0].strategy.canary.analysis.metrics[0].thresholdRange: missing required field (needs min or max)",
@@ -1254,3 +1258,5 @@ fn never_panics_on_odd_input() {
     }
     let _ = parse(&deep, base());
 }
+
+mod policies;

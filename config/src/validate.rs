@@ -2,9 +2,12 @@
 //! field path; nothing stops at the first error.
 //!
 //! - [`walk`]: the error collector, the mapping view and the scalar readers.
-//! - [`strategy`]: `services[].strategy` (steps, background analysis, Flagger-style progression).
+//! - [`strategy`]: `services[].strategy` (steps, background analysis, Flagger-style progression and
+//!   iterations, blue-green).
+//! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod policy;
 mod strategy;
 mod template;
 mod walk;
@@ -96,7 +99,12 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
         walk::path_value(cx, v, at, base_dir)
     });
-    let services = o.req(cx, "services", |cx, v, at| services(cx, v, at, &known));
+    let listener_names: Option<Vec<String>> = listeners
+        .as_ref()
+        .map(|listeners| listeners.iter().map(|l| l.name.clone()).collect());
+    let services = o.req(cx, "services", |cx, v, at| {
+        services(cx, v, at, &known, listener_names.as_deref())
+    });
     cx.errors.extend(template_errors);
 
     Some(Model {
@@ -218,16 +226,68 @@ fn socket_addr(cx: &mut Cx, value: &Value, at: &str) -> Option<SocketAddr> {
 /// Routes seen so far: (host, path prefix) → service name.
 type Routes = BTreeMap<(HostPattern, String), String>;
 
-fn services(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Vec<Service>> {
+fn services(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    known: &Known,
+    listeners: Option<&[String]>,
+) -> Option<Vec<Service>> {
     let items = walk::nonempty_list(cx, value, at)?;
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut routes = Routes::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        service(cx, item, at, i, &mut names, &mut routes, known)
+        service(cx, item, at, i, &mut names, &mut routes, known, listeners)
     });
+    preview_hosts_unambiguous(cx, &parsed, at);
     all(parsed)
 }
 
+/// Reports every blue-green preview host that equals a host pattern of a service's `match.hosts`
+/// or of an earlier service's preview: a request for it could not be routed unambiguously.
+fn preview_hosts_unambiguous(cx: &mut Cx, services: &[Option<Service>], at: &str) {
+    let services: Vec<(usize, &Service)> = services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_ref()?)))
+        .collect();
+    for (i, service) in &services {
+        let Some(blue_green) = service.strategy.as_ref().and_then(|s| s.blue_green()) else {
+            continue;
+        };
+        for (j, host) in blue_green.preview.hosts.iter().enumerate() {
+            let host_at = format!(
+                "{}.strategy.blueGreen.preview.hosts[{j}]",
+                walk::index_path(at, *i)
+            );
+            for (_, other) in &services {
+                if other.matcher.hosts.contains(host) {
+                    cx.err(
+                        &host_at,
+                        format!(
+                            "host \"{host}\" is also in match.hosts of service \"{}\"",
+                            other.name
+                        ),
+                    );
+                }
+            }
+            for (_, other) in services.iter().take_while(|(k, _)| k < i) {
+                let other_preview = other.strategy.as_ref().and_then(|s| s.blue_green());
+                if other_preview.is_some_and(|b| b.preview.hosts.contains(host)) {
+                    cx.err(
+                        &host_at,
+                        format!(
+                            "host \"{host}\" is also a preview host of service \"{}\"",
+                            other.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn service(
     cx: &mut Cx,
     value: &Value,
@@ -236,12 +296,21 @@ fn service(
     names: &mut BTreeMap<String, usize>,
     routes: &mut Routes,
     known: &Known,
+    listeners: Option<&[String]>,
 ) -> Option<Service> {
     let o = Obj::open(
         cx,
         value,
         at,
-        &["name", "match", "stable", "canary", "upstream", "strategy"],
+        &[
+            "name",
+            "match",
+            "stable",
+            "canary",
+            "upstream",
+            "strategy",
+            "sessionAffinity",
+        ],
     )?;
     let name = o.req(cx, "name", service_name);
     if let Some(name) = &name {
@@ -291,8 +360,9 @@ fn service(
     }
     let upstream = o.or(cx, "upstream", UpstreamOptions::default(), upstream_options);
     let strategy = o.opt(cx, "strategy", |cx, v, at| {
-        strategy::strategy(cx, v, at, known)
+        strategy::strategy(cx, v, at, known, listeners)
     });
+    let session_affinity = o.opt(cx, "sessionAffinity", policy::session_affinity);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -300,7 +370,7 @@ fn service(
         canary: canary?,
         upstream: upstream?,
         strategy: strategy?,
-        session_affinity: None,
+        session_affinity: session_affinity?,
     })
 }
 

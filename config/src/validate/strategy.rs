@@ -1,44 +1,106 @@
-//! `services[].strategy`: Argo-style steps with optional background analysis, or a Flagger-style progression.
+//! `services[].strategy`: Argo-style steps with optional background analysis, a Flagger-style
+//! progression or iterations (A/B testing), or Argo-style blue-green.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
+use super::policy;
 use super::template::{check_reference, Known};
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AnalysisRef, BackgroundAnalysis, CanarySteps, Check, CheckKind, Progression, Step, Strategy,
-    StrategyKind, Weight,
+    AnalysisRef, BackgroundAnalysis, BlueGreen, CanarySteps, Check, CheckKind, Iterations,
+    Progression, Step, Strategy, StrategyKind, Weight,
 };
 
 /// Keys of the background-analysis form of `strategy.canary.analysis`.
 const BACKGROUND_KEYS: [&str; 3] = ["templates", "args", "startingStep"];
 /// Keys of the Flagger form of `strategy.canary.analysis`.
-const FLAGGER_KEYS: [&str; 6] = [
+const FLAGGER_KEYS: [&str; 10] = [
     "interval",
     "threshold",
     "stepWeight",
     "stepWeights",
     "maxWeight",
     "metrics",
+    "iterations",
+    "match",
+    "mirror",
+    "mirrorWeight",
 ];
+/// Keys of the Flagger progression that `iterations` replaces.
+const PROGRESSION_KEYS: [&str; 3] = ["stepWeight", "stepWeights", "maxWeight"];
+/// Keys of the Flagger form that only `iterations` uses.
+const ITERATION_KEYS: [&str; 3] = ["match", "mirror", "mirrorWeight"];
 /// Keys of one step.
-const STEP_KEYS: [&str; 3] = ["setWeight", "pause", "analysis"];
+const STEP_KEYS: [&str; 5] = [
+    "setWeight",
+    "pause",
+    "analysis",
+    "setHeaderRoute",
+    "setMirrorRoute",
+];
+/// The step kinds, for messages.
+const STEP_KINDS: &str = "setWeight, pause, analysis, setHeaderRoute or setMirrorRoute";
+/// Keys of `strategy.blueGreen`.
+const BLUE_GREEN_KEYS: [&str; 8] = [
+    "preview",
+    "autoPromotionEnabled",
+    "autoPromotionSeconds",
+    "prePromotionAnalysis",
+    "postPromotionAnalysis",
+    "scaleDownDelay",
+    "scaleDownDelaySeconds",
+    "progressDeadline",
+];
+/// Default `progressDeadline`.
+const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+/// Default blue-green `scaleDownDelay` (Argo's 30 seconds).
+const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
 /// Shortest window a Flagger-style check measures over.
 const MIN_CHECK_WINDOW: Duration = Duration::from_secs(10);
 
-/// `strategy`.
-pub(crate) fn strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
-    let o = Obj::open(cx, value, at, &["canary"])?;
-    o.req(cx, "canary", |cx, v, at| canary_strategy(cx, v, at, known))
+/// `strategy`: `canary` or `blueGreen`. `listeners` are the listener names, when they are known,
+/// for the blue-green preview.
+pub(crate) fn strategy(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    known: &Known,
+    listeners: Option<&[String]>,
+) -> Option<Strategy> {
+    let o = Obj::open(cx, value, at, &["canary", "blueGreen"])?;
+    let canary = o.opt(cx, "canary", |cx, v, at| canary_strategy(cx, v, at, known));
+    let blue_green = o.opt(cx, "blueGreen", |cx, v, at| {
+        blue_green(cx, v, at, known, listeners)
+    });
+    match (canary?, blue_green?) {
+        (Some(_), Some(_)) => {
+            cx.err(at, "use either canary or blueGreen, not both");
+            None
+        }
+        (None, None) => {
+            cx.err(at, "needs canary or blueGreen");
+            None
+        }
+        (Some(strategy), None) | (None, Some(strategy)) => Some(strategy),
+    }
 }
 
 /// The parsed `strategy.canary.analysis`, by form; the inner `None` means it had problems.
 enum AnalysisForm {
     Background(Option<BackgroundAnalysis>),
     Flagger(Option<Progression>),
+    Iterations(Option<Iterations>),
+}
+
+/// Route names set by the steps seen so far, so a removal can be checked.
+#[derive(Default)]
+struct SetRoutes {
+    header: BTreeSet<String>,
+    mirror: BTreeSet<String>,
 }
 
 fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
@@ -47,10 +109,11 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
         .get("steps")
         .and_then(Value::as_sequence)
         .map_or(0, Vec::len);
+    let mut routes = SetRoutes::default();
     let steps = o.or(cx, "steps", Vec::new(), |cx, v, at| {
         let items = walk::list(cx, v, at)?;
         all(each(cx, items, at, |cx, item, at, _| {
-            step(cx, item, at, known)
+            step(cx, item, at, known, &mut routes)
         }))
     });
     let analysis = o
@@ -59,39 +122,46 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
     let progress_deadline = o.or(
         cx,
         "progressDeadline",
-        Duration::from_secs(600),
+        DEFAULT_PROGRESS_DEADLINE,
         walk::positive_duration,
     );
 
-    let (background, progression) = match analysis {
+    const NEEDS: &str = "needs steps, analysis.stepWeight or analysis.iterations";
+    let no_steps = |cx: &mut Cx, form: &str| {
+        if steps_len > 0 {
+            cx.err(
+                &o.at("steps"),
+                format!("steps and Flagger-style analysis ({form}) cannot be combined"),
+            );
+        }
+    };
+    let kind = match analysis {
         Some(AnalysisForm::Flagger(progression)) => {
-            if steps_len > 0 {
-                cx.err(
-                    &o.at("steps"),
-                    "steps and Flagger-style analysis (stepWeight) cannot be combined",
-                );
-            }
-            (Some(None), progression.map(Some))
+            no_steps(cx, "stepWeight");
+            StrategyKind::Progression(progression?)
+        }
+        Some(AnalysisForm::Iterations(iterations)) => {
+            no_steps(cx, "iterations");
+            StrategyKind::Iterations(iterations?)
         }
         Some(AnalysisForm::Background(background)) => {
             if steps_len == 0 {
-                cx.err(at, "needs steps or analysis.stepWeight");
+                cx.err(at, NEEDS);
             }
-            (background.map(Some), Some(None))
+            StrategyKind::Steps(CanarySteps {
+                steps: steps?,
+                background: Some(background?),
+            })
         }
         None => {
             if steps_len == 0 {
-                cx.err(at, "needs steps or analysis.stepWeight");
+                cx.err(at, NEEDS);
             }
-            (Some(None), Some(None))
+            StrategyKind::Steps(CanarySteps {
+                steps: steps?,
+                background: None,
+            })
         }
-    };
-    let kind = match progression? {
-        Some(progression) => StrategyKind::Progression(progression),
-        None => StrategyKind::Steps(CanarySteps {
-            steps: steps?,
-            background: background?,
-        }),
     };
     Some(Strategy {
         kind,
@@ -99,31 +169,76 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
     })
 }
 
-/// One item of `steps`: exactly one of `setWeight`, `pause`, `analysis`.
-fn step(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Step> {
+/// One item of `steps`: exactly one of `setWeight`, `pause`, `analysis`, `setHeaderRoute`,
+/// `setMirrorRoute`. A route removal must name a route an earlier step set.
+fn step(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    known: &Known,
+    routes: &mut SetRoutes,
+) -> Option<Step> {
     let o = Obj::open(cx, value, at, &STEP_KEYS)?;
     let present: Vec<&str> = STEP_KEYS.into_iter().filter(|k| o.has(k)).collect();
     let kind = match present.as_slice() {
         [kind] => *kind,
         [] => {
-            cx.err(
-                at,
-                "a step needs exactly one of setWeight, pause or analysis",
-            );
+            cx.err(at, format!("a step needs exactly one of {STEP_KINDS}"));
             return None;
         }
         several => {
             cx.err(
                 at,
                 format!(
-                    "a step needs exactly one of setWeight, pause or analysis, got {}",
+                    "a step needs exactly one of {STEP_KINDS}, got {}",
                     several.join(" and ")
                 ),
             );
             return None;
         }
     };
+    let route_set =
+        |cx: &mut Cx, set: &mut BTreeSet<String>, what: &str, name: &str, removal: bool| {
+            if !removal {
+                set.insert(name.to_string());
+                return Some(());
+            }
+            if set.contains(name) {
+                return Some(());
+            }
+            cx.err(
+                &walk::field_path(&o.at(kind), "name"),
+                format!(
+                "removes {what} route \"{name}\", which no earlier step sets (add match to set it)"
+            ),
+            );
+            None
+        };
     match kind {
+        "setHeaderRoute" => {
+            let value = o.raw(kind).unwrap_or(&Value::Null);
+            let route = policy::header_route(cx, value, &o.at(kind))?;
+            route_set(
+                cx,
+                &mut routes.header,
+                "header",
+                &route.name,
+                route.any_of.is_empty(),
+            )?;
+            Some(Step::SetHeaderRoute(route))
+        }
+        "setMirrorRoute" => {
+            let value = o.raw(kind).unwrap_or(&Value::Null);
+            let route = policy::mirror_route(cx, value, &o.at(kind))?;
+            route_set(
+                cx,
+                &mut routes.mirror,
+                "mirror",
+                &route.name,
+                route.any_of.is_empty(),
+            )?;
+            Some(Step::SetMirrorRoute(route))
+        }
         "setWeight" => o.req(cx, "setWeight", walk::weight).map(Step::SetWeight),
         "pause" => {
             let value = o.raw("pause").unwrap_or(&Value::Null);
@@ -211,8 +326,26 @@ fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Know
             mixed = true;
             cx.err(
                 &o.at(key),
-                "not allowed in Flagger-style analysis (interval, threshold, stepWeight, stepWeights, maxWeight, metrics)",
+                format!(
+                    "not allowed in Flagger-style analysis ({})",
+                    FLAGGER_KEYS.join(", ")
+                ),
             );
+        }
+        if o.has("iterations") {
+            for key in PROGRESSION_KEYS.iter().filter(|k| o.has(k)) {
+                mixed = true;
+                cx.err(
+                    &o.at(key),
+                    "not allowed with iterations (the canary gets matching or mirrored requests, not a weight)",
+                );
+            }
+            let iterations = iterations(cx, &o, known);
+            return AnalysisForm::Iterations(iterations.filter(|_| !mixed));
+        }
+        for key in ITERATION_KEYS.iter().filter(|k| o.has(k)) {
+            mixed = true;
+            cx.err(&o.at(key), "only allowed with iterations");
         }
         let progression = progression(cx, &o, known);
         return AnalysisForm::Flagger(progression.filter(|_| !mixed));
@@ -241,13 +374,60 @@ fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Know
     )
 }
 
-/// The Flagger form of an opened `strategy.canary.analysis`.
+/// The Flagger progression form of an opened `strategy.canary.analysis`.
 fn progression(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<Progression> {
     let interval = o.req(cx, "interval", walk::positive_duration);
     let threshold = o.req(cx, "threshold", walk::positive_u32);
     let weights = step_weights(cx, o);
+    let checks = checks(cx, o, interval, known);
+    let (step_weights, max_weight) = weights?;
+    Some(Progression {
+        interval: interval?,
+        threshold: threshold?,
+        step_weights,
+        max_weight,
+        checks: checks?,
+    })
+}
+
+/// The Flagger iterations form (A/B testing with `match`, blue/green with `mirror`) of an opened
+/// `strategy.canary.analysis`.
+fn iterations(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<Iterations> {
+    let interval = o.req(cx, "interval", walk::positive_duration);
+    let threshold = o.req(cx, "threshold", walk::positive_u32);
+    let iterations = o.req(cx, "iterations", walk::positive_u32);
+    let any_of = o.or(cx, "match", Vec::new(), policy::route_match);
+    let mirror = o.or(cx, "mirror", false, walk::boolean);
+    let mirror_weight = o.opt(cx, "mirrorWeight", policy::one_to_hundred);
+    if o.get("mirrorWeight").is_some() && mirror != Some(true) {
+        cx.err(&o.at("mirrorWeight"), "only allowed with mirror: true");
+    }
+    let checks = checks(cx, o, interval, known);
+    let mirror = match (mirror?, mirror_weight?) {
+        (true, weight) => Some(weight.unwrap_or(Weight::FULL)),
+        (false, None) => None,
+        (false, Some(_)) => return None,
+    };
+    Some(Iterations {
+        interval: interval?,
+        threshold: threshold?,
+        iterations: iterations?,
+        any_of: any_of?,
+        mirror,
+        checks: checks?,
+    })
+}
+
+/// `metrics` of the Flagger forms; the checks' default window is the interval, at least
+/// [`MIN_CHECK_WINDOW`].
+fn checks(
+    cx: &mut Cx,
+    o: &Obj<'_>,
+    interval: Option<Duration>,
+    known: &Known,
+) -> Option<Vec<Check>> {
     let window = interval.unwrap_or(MIN_CHECK_WINDOW).max(MIN_CHECK_WINDOW);
-    let checks = o.req(cx, "metrics", |cx, v, at| {
+    o.req(cx, "metrics", |cx, v, at| {
         let items = walk::nonempty_list(cx, v, at)?;
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         let parsed = each(cx, items, at, |cx, item, at, i| {
@@ -266,14 +446,6 @@ fn progression(cx: &mut Cx, o: &Obj<'_>, known: &Known) -> Option<Progression> {
             Some(check)
         });
         all(parsed)
-    });
-    let (step_weights, max_weight) = weights?;
-    Some(Progression {
-        interval: interval?,
-        threshold: threshold?,
-        step_weights,
-        max_weight,
-        checks: checks?,
     })
 }
 
@@ -503,4 +675,75 @@ fn template_variables(
         }
     }
     ok.then_some(variables)
+}
+
+/// `strategy.blueGreen`.
+fn blue_green(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    known: &Known,
+    listeners: Option<&[String]>,
+) -> Option<Strategy> {
+    let o = Obj::open(cx, value, at, &BLUE_GREEN_KEYS)?;
+    let preview = o.req(cx, "preview", |cx, v, at| {
+        policy::preview(cx, v, at, listeners)
+    });
+    let auto_promotion_enabled = o.or(cx, "autoPromotionEnabled", true, walk::boolean);
+    let auto_promotion_after = o.opt(cx, "autoPromotionSeconds", seconds_or_duration);
+    let analysis = |cx: &mut Cx, key: &str| {
+        o.opt(cx, key, |cx, v, at| {
+            let a = Obj::open(cx, v, at, &["templates", "args"])?;
+            analysis_ref(cx, &a, known)
+        })
+    };
+    let pre_promotion_analysis = analysis(cx, "prePromotionAnalysis");
+    let post_promotion_analysis = analysis(cx, "postPromotionAnalysis");
+    let scale_down_delay = match (o.get("scaleDownDelay"), o.get("scaleDownDelaySeconds")) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                &o.at("scaleDownDelaySeconds"),
+                "use either scaleDownDelay or scaleDownDelaySeconds, not both",
+            );
+            None
+        }
+        (Some(v), None) => walk::duration(cx, v, &o.at("scaleDownDelay")),
+        (None, Some(v)) => seconds(cx, v, &o.at("scaleDownDelaySeconds")),
+        (None, None) => Some(DEFAULT_SCALE_DOWN_DELAY),
+    };
+    let progress_deadline = o.or(
+        cx,
+        "progressDeadline",
+        DEFAULT_PROGRESS_DEADLINE,
+        walk::positive_duration,
+    );
+    Some(Strategy {
+        kind: StrategyKind::BlueGreen(BlueGreen {
+            preview: preview?,
+            auto_promotion_enabled: auto_promotion_enabled?,
+            auto_promotion_after: auto_promotion_after?,
+            pre_promotion_analysis: pre_promotion_analysis?,
+            post_promotion_analysis: post_promotion_analysis?,
+            scale_down_delay: scale_down_delay?,
+        }),
+        progress_deadline: progress_deadline?,
+    })
+}
+
+/// A whole number of seconds, or a duration string (`autoPromotionSeconds`).
+fn seconds_or_duration(cx: &mut Cx, value: &Value, at: &str) -> Option<Duration> {
+    match value {
+        Value::Number(_) => seconds(cx, value, at),
+        _ => walk::duration(cx, value, at),
+    }
+}
+
+/// A whole number of seconds, bounded like duration strings (milliseconds fit in `u64`).
+fn seconds(cx: &mut Cx, value: &Value, at: &str) -> Option<Duration> {
+    let n = walk::uint(cx, value, at)?;
+    if n.checked_mul(1000).is_none() {
+        cx.err(at, format!("too large: {n} seconds"));
+        return None;
+    }
+    Some(Duration::from_secs(n))
 }

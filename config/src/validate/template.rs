@@ -8,7 +8,7 @@ use serde_yaml_ng::Value;
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
     AnalysisTemplate, Arm, BuiltinMetric, BuiltinProvider, LatencyQuantile, Metric,
-    PrometheusProvider, Provider, WebProvider,
+    PrometheusProvider, Provider, Traffic, WebProvider,
 };
 
 /// What references need to know about a template.
@@ -230,7 +230,7 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         cx,
         value,
         at,
-        &["metric", "window", "version", "minRequests"],
+        &["metric", "window", "version", "minRequests", "traffic"],
     )?;
     let metric = o.req(cx, "metric", |cx, v, at| {
         let name = walk::string(cx, v, at)?;
@@ -278,12 +278,28 @@ fn builtin(cx: &mut Cx, value: &Value, at: &str) -> Option<BuiltinProvider> {
         },
     );
     let min_requests = o.or(cx, "minRequests", 20, walk::uint);
+    let traffic = o.or(
+        cx,
+        "traffic",
+        Traffic::Primary,
+        |cx, v, at| match walk::string(cx, v, at)?.as_str() {
+            "primary" => Some(Traffic::Primary),
+            "mirror" => Some(Traffic::Mirror),
+            other => {
+                cx.err(
+                    at,
+                    format!("expected \"primary\" or \"mirror\", got \"{other}\""),
+                );
+                None
+            }
+        },
+    );
     Some(BuiltinProvider {
         metric: metric?,
         window: window?,
         arm: arm?,
         min_requests: min_requests?,
-        traffic: crate::model::Traffic::Primary,
+        traffic: traffic?,
     })
 }
 
@@ -392,7 +408,8 @@ fn web(
     })
 }
 
-/// An `http://` or `https://` URL (placeholders allowed).
+/// An `http://` or `https://` URL (placeholders allowed). A URL that starts with a placeholder
+/// (`{{args.url}}/health`, the argument set to `{{preview.url}}`) is checked once substituted.
 fn http_url(
     cx: &mut Cx,
     value: &Value,
@@ -402,7 +419,8 @@ fn http_url(
     let url = walk::string(cx, value, at)?;
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
+        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| url.starts_with("{{").then_some(url.as_str()));
     match rest {
         Some(rest) if !rest.is_empty() => {
             check_placeholders(cx, at, &url, args);
