@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Model, Step};
 use weir_proxy::RouteTable;
 
-use crate::engine::rollout::{humantime, run::AnalysisRun, Event, Phase, Revision, Rollout};
+use crate::engine::rollout::blue_green::{self, BlueGreenPhase};
+use crate::engine::rollout::{
+    humantime, run::AnalysisRun, Event, Phase, Revision, Rollout, StrategyState,
+};
 
 /// Every service's status.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -49,7 +52,8 @@ pub struct ServiceStatus {
 pub struct Details {
     /// The version the config names as stable.
     pub config_stable_version: String,
-    /// `steps`, `progression` (Flagger) or `manual` (no strategy: the file's weight).
+    /// `steps`, `progression` (Flagger), `blueGreen` or `manual` (no strategy: the file's
+    /// weight).
     pub strategy: String,
     /// The plan, with each step's state.
     pub steps: Vec<StepStatus>,
@@ -63,6 +67,38 @@ pub struct Details {
     pub events: Vec<Event>,
     /// Revisions, oldest first.
     pub history: Vec<Revision>,
+    /// The blue-green phase and preview (blue-green services only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
+}
+
+/// A blue-green service's phase and preview.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// `preview`, `prePromotionAnalysis`, `awaitingPromotion`, `postPromotionAnalysis`,
+    /// `scaleDownDelay`, or `None` when no revision is in progress and no old version is kept.
+    pub phase: Option<String>,
+    /// The preview reaches the new version now.
+    pub preview_up: bool,
+    /// Preview hosts, as written in the config.
+    pub preview_hosts: Vec<String>,
+    /// The preview listener.
+    pub preview_listener: Option<String>,
+    /// The preview's header conditions in words.
+    pub preview_headers: Option<String>,
+    /// Whether the switch waits for `weir promote`.
+    pub auto_promotion_enabled: bool,
+    /// Seconds after the preview came up when the switch happens by itself.
+    pub auto_promotion_seconds: Option<u64>,
+    /// When the switch happens by itself (ms since the Unix epoch), while waiting for it.
+    pub auto_promotion_at_ms: Option<u64>,
+    /// When all traffic switched to the new version.
+    pub switched_at_ms: Option<u64>,
+    /// The old ("blue") version kept routable after the switch.
+    pub blue_version: Option<String>,
+    /// When the old version is released (the end of `scaleDownDelay`), while it is kept.
+    pub scale_down_at_ms: Option<u64>,
 }
 
 /// One step of the plan.
@@ -140,6 +176,7 @@ pub fn build(
                             analysis_runs: Vec::new(),
                             events: Vec::new(),
                             history: Vec::new(),
+                            blue_green: None,
                         }),
                     }
                 }
@@ -157,7 +194,10 @@ pub fn build(
                                 )
                             })
                             .collect(),
-                        (Some(canary), None) => canary.steps().iter().map(describe_step).collect(),
+                        (Some(canary), None) => match canary.blue_green() {
+                            Some(bg) => blue_green::describe_phases(bg),
+                            None => canary.steps().iter().map(describe_step).collect(),
+                        },
                         _ => Vec::new(),
                     };
                     let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
@@ -196,6 +236,8 @@ pub fn build(
                             config_stable_version: service.stable.version.clone(),
                             strategy: if progression.is_some() {
                                 "progression"
+                            } else if canary.and_then(|c| c.blue_green()).is_some() {
+                                "blueGreen"
                             } else {
                                 "steps"
                             }
@@ -207,6 +249,7 @@ pub fn build(
                             analysis_runs: runs,
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),
+                            blue_green: blue_green_status(service, rollout),
                         }),
                     }
                 }
@@ -214,6 +257,52 @@ pub fn build(
         })
         .collect();
     Status { services }
+}
+
+/// The blue-green part of a service's status.
+fn blue_green_status(service: &weir_config::Service, rollout: &Rollout) -> Option<BlueGreenStatus> {
+    let bg = service.strategy.as_ref()?.blue_green()?;
+    let state = match &rollout.strategy {
+        StrategyState::BlueGreen(state) => Some(state),
+        _ => None,
+    };
+    let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
+    let phase = state.and_then(|s| match s.phase {
+        BlueGreenPhase::ScalingDown if rollout.promoted => Some(s.phase),
+        BlueGreenPhase::Done | BlueGreenPhase::ScalingDown => None,
+        phase if in_rollout => Some(phase),
+        _ => None,
+    });
+    let auto_promotion_at_ms = match (state, bg.auto_promotion_after) {
+        (Some(s), Some(after))
+            if bg.auto_promotion_enabled
+                && in_rollout
+                && matches!(
+                    s.phase,
+                    BlueGreenPhase::Preview
+                        | BlueGreenPhase::PrePromotion
+                        | BlueGreenPhase::AwaitingPromotion
+                ) =>
+        {
+            Some(s.preview_up_ms + crate::engine::rollout::run::millis(after))
+        }
+        _ => None,
+    };
+    Some(BlueGreenStatus {
+        phase: phase.map(|p| p.api_name().to_string()),
+        preview_up: rollout.policy().preview,
+        preview_hosts: bg.preview.hosts.iter().map(ToString::to_string).collect(),
+        preview_listener: bg.preview.listener.clone(),
+        preview_headers: blue_green::describe_preview_headers(&bg.preview),
+        auto_promotion_enabled: bg.auto_promotion_enabled,
+        auto_promotion_seconds: bg.auto_promotion_after.map(|d| d.as_secs()),
+        auto_promotion_at_ms,
+        switched_at_ms: state.and_then(|s| s.switched_at_ms),
+        blue_version: state.and_then(|s| s.blue_version.clone()),
+        scale_down_at_ms: state
+            .filter(|s| s.phase == BlueGreenPhase::ScalingDown && rollout.promoted)
+            .and_then(|s| s.scale_down_at_ms),
+    })
 }
 
 fn describe_step(step: &Step) -> String {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use weir_control::api::v1::ServiceStatus;
+use weir_control::api::v1::{BlueGreenStatus, ServiceStatus};
 use weir_control::engine::rollout::run::{AnalysisRun, MetricRun, RunKind, RunPhase};
 use weir_control::engine::rollout::{Event, Phase, Revision};
 
@@ -245,8 +245,20 @@ pub fn render_detail(status: &ServiceStatus) -> String {
     }
     field("Message", &status.message);
     if let Some(d) = details {
-        if let Some(reason) = &d.pause_reason {
-            field("Paused", &pause_reason(reason));
+        let awaiting = d
+            .blue_green
+            .as_ref()
+            .is_some_and(|bg| bg.phase.as_deref() == Some("awaitingPromotion"));
+        match &d.pause_reason {
+            Some(reason) if reason == "Step" && awaiting => field(
+                "Paused",
+                "the preview is up: promote switches all traffic, abort turns the preview off",
+            ),
+            Some(reason) => field("Paused", &pause_reason(reason)),
+            None => {}
+        }
+        if let Some(bg) = &d.blue_green {
+            render_blue_green(&mut field, bg);
         }
         if let Some((failed, threshold)) = d.failed_checks {
             field(
@@ -321,6 +333,46 @@ pub fn render_detail(status: &ServiceStatus) -> String {
         }
     }
     out
+}
+
+/// The blue-green lines of `weir get SERVICE`: phase, preview, switch and the kept old version.
+fn render_blue_green(field: &mut impl FnMut(&str, &str), bg: &BlueGreenStatus) {
+    if let Some(phase) = &bg.phase {
+        field("Phase", phase);
+    }
+    let mut reach = Vec::new();
+    if !bg.preview_hosts.is_empty() {
+        reach.push(format!("hosts {}", bg.preview_hosts.join(", ")));
+    }
+    if let Some(listener) = &bg.preview_listener {
+        reach.push(format!("listener {listener}"));
+    }
+    if let Some(headers) = &bg.preview_headers {
+        reach.push(format!("headers {headers}"));
+    }
+    let state = if bg.preview_up {
+        "up (reaches the canary)"
+    } else {
+        "down (reaches stable)"
+    };
+    field("Preview", &format!("{state}: {}", reach.join("; ")));
+    if let Some(at) = bg.auto_promotion_at_ms {
+        field(
+            "Switch",
+            &format!("automatic at {} UTC (autoPromotionSeconds)", clock(at)),
+        );
+    } else if !bg.auto_promotion_enabled && bg.switched_at_ms.is_none() && bg.phase.is_some() {
+        field("Switch", "waits for weir promote");
+    }
+    if let (Some(blue), Some(at)) = (&bg.blue_version, bg.scale_down_at_ms) {
+        field(
+            "Blue",
+            &format!(
+                "{blue} kept until {} UTC: undo switches back at once",
+                clock(at)
+            ),
+        );
+    }
 }
 
 fn render_run(out: &mut String, run: &AnalysisRun) {
@@ -604,6 +656,7 @@ mod tests {
                     .collect(),
                 pause_reason: None,
                 failed_checks: None,
+                blue_green: None,
                 analysis_runs: vec![run],
                 events,
                 history: Vec::new(),

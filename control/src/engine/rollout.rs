@@ -12,6 +12,7 @@
 //! a provider outage is an error measurement, never a failed one; every abort names the metric,
 //! the value, the condition and the window.
 
+pub mod blue_green;
 mod checks;
 mod progression;
 pub mod routes;
@@ -27,6 +28,7 @@ use weir_config::{
     Service, StrategyKind, Weight,
 };
 
+pub use self::blue_green::{BlueGreenPhase, BlueGreenState};
 pub use self::checks::{CheckResult, Checks};
 pub use self::progression::ProgressionState;
 pub use self::steps::StepsState;
@@ -275,6 +277,7 @@ pub struct Effects {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PolicyKey {
     weight: Weight,
+    preview: bool,
     routes_active: bool,
     routes_epoch: u64,
 }
@@ -373,6 +376,7 @@ impl Rollout {
     fn policy_key(&self) -> PolicyKey {
         PolicyKey {
             weight: self.weight(),
+            preview: self.policy().preview,
             routes_active: self.routes_active(),
             routes_epoch: self.routes_epoch,
         }
@@ -393,7 +397,7 @@ impl Rollout {
         let policy_changed = after != before;
         let routes_before = self.routes_before.take();
         let widened = policy_changed
-            && (after.weight > before.weight || {
+            && (after.weight > before.weight || (after.preview && !before.preview) || {
                 let before_routes = routes_before.unwrap_or_else(|| self.routes_in_force());
                 self.routes_in_force().adds_to(&before_routes)
             });
@@ -531,6 +535,7 @@ impl Rollout {
         match service.strategy.as_ref().map(|s| &s.kind) {
             Some(StrategyKind::Progression(progression)) => progression.step_weights.len(),
             Some(StrategyKind::Steps(plan)) => plan.steps.len(),
+            Some(StrategyKind::BlueGreen(_)) => blue_green::PHASES,
             _ => 0,
         }
     }
@@ -763,6 +768,7 @@ impl Rollout {
         builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
     ) -> Effects {
         let before = self.begin();
+        self.tick_scale_down(now_ms);
         if !self.in_rollout() {
             return self.finish(before, Vec::new());
         }
@@ -800,8 +806,10 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        if let StrategyKind::Steps(plan) = &strategy.kind {
-            self.ensure_step_runs(ctx, plan, now_ms);
+        match &strategy.kind {
+            StrategyKind::Steps(plan) => self.ensure_step_runs(ctx, plan, now_ms),
+            StrategyKind::BlueGreen(bg) => self.ensure_blue_green_runs(ctx, bg, now_ms),
+            _ => {}
         }
     }
 
@@ -952,8 +960,9 @@ impl Rollout {
                     self.evaluate_progression(ctx, progression, now_ms, builtin);
                 }
             }
-            // Not yet given their own state: an empty step plan (promoted at once).
-            StrategyKind::Iterations(_) | StrategyKind::BlueGreen(_) => {
+            StrategyKind::BlueGreen(bg) => self.evaluate_blue_green(ctx, strategy, bg, now_ms),
+            // Not yet given its own state: an empty step plan (promoted at once).
+            StrategyKind::Iterations(_) => {
                 let plan = weir_config::CanarySteps {
                     steps: Vec::new(),
                     background: None,
@@ -977,6 +986,7 @@ impl Rollout {
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
+        self.note_switch_back(now_ms);
         self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
@@ -1029,7 +1039,10 @@ impl Rollout {
                 }
                 if full {
                     self.emit(now_ms, "PromoteFull", format!("{service}: promote --full by operator: skipping remaining steps and analysis"));
-                    self.promote(now_ms);
+                    match ctx.service.strategy.as_ref().and_then(|s| s.blue_green()) {
+                        Some(bg) => self.promote_blue_green(bg, now_ms),
+                        None => self.promote(now_ms),
+                    }
                     return Ok(());
                 }
                 if self.pause == Some(PauseReason::StateUnreadable) {
@@ -1048,6 +1061,10 @@ impl Rollout {
                 let promoted = match ctx.service.strategy.as_ref().map(|s| &s.kind) {
                     Some(StrategyKind::Progression(progression)) => {
                         self.skip_progression_step(progression, now_ms)
+                    }
+                    Some(StrategyKind::BlueGreen(bg)) => {
+                        self.skip_blue_green_phase(bg, now_ms);
+                        true
                     }
                     _ => {
                         self.skip_step(now_ms);
@@ -1169,6 +1186,9 @@ impl Rollout {
                 Ok(())
             }
             Command::Undo => {
+                if let Some(result) = self.undo_blue_green(now_ms) {
+                    return result;
+                }
                 if self.in_rollout() {
                     self.abort(now_ms, "undone by operator".into());
                     return Ok(());
@@ -1207,7 +1227,7 @@ impl Rollout {
 
     /// Whether anything is running that needs ticks.
     pub fn active(&self) -> bool {
-        self.in_rollout()
+        self.in_rollout() || self.scaling_down()
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Strategy, StrategyKind};
 use weir_proxy::routes::Policy;
 
+use super::blue_green::BlueGreenState;
 use super::progression::ProgressionState;
 use super::routes::Routes;
 use super::run::AnalysisRun;
@@ -21,7 +22,8 @@ pub enum StrategyState {
     Steps(StepsState),
     /// Flagger progression (`stepWeight`/`maxWeight`).
     Progression(ProgressionState),
-    // BlueGreen(BlueGreenState): Argo blue-green (`strategy.blueGreen`) goes here.
+    /// Argo blue-green (`strategy.blueGreen`).
+    BlueGreen(BlueGreenState),
 }
 
 // === impl StrategyState ===
@@ -33,6 +35,7 @@ impl StrategyState {
             Some(StrategyKind::Progression(_)) => {
                 StrategyState::Progression(ProgressionState::default())
             }
+            Some(StrategyKind::BlueGreen(_)) => StrategyState::BlueGreen(BlueGreenState::default()),
             _ => StrategyState::Steps(StepsState::default()),
         }
     }
@@ -42,6 +45,9 @@ impl StrategyState {
         match strategy.map(|s| &s.kind) {
             Some(StrategyKind::Progression(progression)) => {
                 StrategyState::Progression(ProgressionState::start(progression, now_ms))
+            }
+            Some(StrategyKind::BlueGreen(_)) => {
+                StrategyState::BlueGreen(BlueGreenState::start(now_ms))
             }
             _ => StrategyState::Steps(StepsState::start(now_ms)),
         }
@@ -55,12 +61,11 @@ impl StrategyState {
                 StrategyState::Progression(_),
                 Some(StrategyKind::Progression(_))
             ) | (
+                StrategyState::BlueGreen(_),
+                Some(StrategyKind::BlueGreen(_))
+            ) | (
                 StrategyState::Steps(_),
-                None | Some(
-                    StrategyKind::Steps(_)
-                        | StrategyKind::Iterations(_)
-                        | StrategyKind::BlueGreen(_)
-                )
+                None | Some(StrategyKind::Steps(_) | StrategyKind::Iterations(_))
             )
         )
     }
@@ -70,6 +75,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.weight_bp,
             StrategyState::Progression(p) => p.weight_bp,
+            StrategyState::BlueGreen(b) => b.weight_bp,
         }
     }
 
@@ -78,21 +84,24 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.weight_bp = 0,
             StrategyState::Progression(p) => p.weight_bp = 0,
+            StrategyState::BlueGreen(b) => b.weight_bp = 0,
         }
     }
 
-    /// The current step (Argo steps) or weight (Flagger), counted from 0.
+    /// The current step (Argo steps) or weight (Flagger), counted from 0; for blue-green the
+    /// phase's index.
     pub fn step_index(&self) -> usize {
         match self {
             StrategyState::Steps(s) => s.step_index,
             StrategyState::Progression(p) => p.step_index,
+            StrategyState::BlueGreen(b) => b.phase.index(),
         }
     }
 
     /// Failed interval checks so far in this revision (0 for strategies without checks).
     pub fn failed_checks(&self) -> u32 {
         match self {
-            StrategyState::Steps(_) => 0,
+            StrategyState::Steps(_) | StrategyState::BlueGreen(_) => 0,
             StrategyState::Progression(p) => p.checks.failed_checks,
         }
     }
@@ -107,13 +116,16 @@ impl StrategyState {
         if let Some(routes) = self.routes() {
             routes.add_to(policy);
         }
+        if let StrategyState::BlueGreen(b) = self {
+            policy.preview = b.preview_up();
+        }
     }
 
     /// The header and mirror routes the strategy keeps, if it has any.
     pub fn routes(&self) -> Option<&Routes> {
         match self {
             StrategyState::Steps(s) => Some(&s.routes),
-            StrategyState::Progression(_) => None,
+            StrategyState::Progression(_) | StrategyState::BlueGreen(_) => None,
         }
     }
 
@@ -121,7 +133,7 @@ impl StrategyState {
     pub(super) fn end_routes(&mut self) -> bool {
         match self {
             StrategyState::Steps(s) => s.routes.clear(),
-            StrategyState::Progression(_) => false,
+            StrategyState::Progression(_) | StrategyState::BlueGreen(_) => false,
         }
     }
 
@@ -130,6 +142,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.inline_run.iter().chain(&s.background_run).collect(),
             StrategyState::Progression(p) => p.checks.runs.iter().collect(),
+            StrategyState::BlueGreen(b) => b.run.iter().collect(),
         }
     }
 
@@ -142,6 +155,7 @@ impl StrategyState {
                 .chain(s.background_run.iter_mut())
                 .collect(),
             StrategyState::Progression(p) => p.checks.runs.iter_mut().collect(),
+            StrategyState::BlueGreen(b) => b.run.iter_mut().collect(),
         }
     }
 
@@ -159,6 +173,7 @@ impl StrategyState {
                 p.checks.clear();
                 Vec::new()
             }
+            StrategyState::BlueGreen(b) => b.run.take().into_iter().collect(),
         }
     }
 
@@ -171,6 +186,7 @@ impl StrategyState {
                 s.background_run = None;
             }
             StrategyState::Progression(p) => p.checks.clear(),
+            StrategyState::BlueGreen(b) => b.run = None,
         }
     }
 
@@ -179,6 +195,7 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.step_started_ms += by_ms,
             StrategyState::Progression(p) => p.step_started_ms += by_ms,
+            StrategyState::BlueGreen(b) => b.shift_start(by_ms),
         }
     }
 }
