@@ -323,3 +323,60 @@ fn describe_step(step: &Step) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::engine::rollout::Ctx;
+
+    const BLUE_GREEN: &str = r#"
+listeners:
+  - { name: public, address: "127.0.0.1:0" }
+  - { name: preview, address: "127.0.0.1:0" }
+services:
+  - name: orders
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      blueGreen:
+        preview: { listener: preview, hosts: ["preview.orders.example.com"] }
+        autoPromotionSeconds: 60
+"#;
+
+    #[test]
+    fn blue_green_status_names_the_phase_and_the_preview() {
+        let model = weir_config::parse(BLUE_GREEN, Path::new("/")).unwrap();
+        let service = &model.services[0];
+        let mut rollout = Rollout::new(service);
+        let ctx = Ctx {
+            service,
+            templates: &model.analysis_templates,
+        };
+        let _ = rollout.reconcile(ctx, 1_000);
+        let _ = rollout.tick(ctx, 1_100, &mut |_| {
+            crate::engine::analysis::Outcome::NoData("none".into())
+        });
+        let rollouts = BTreeMap::from([("orders".to_string(), rollout)]);
+        let status = build(&model, &rollouts, &RouteTable::empty(), 1_100);
+        let orders = status.service("orders").unwrap();
+        assert_eq!(orders.step_count, 5);
+        assert_eq!(orders.step_index, 2);
+        let details = orders.details.as_ref().unwrap();
+        assert_eq!(details.strategy, "blueGreen");
+        assert_eq!(details.steps[2].state, "current");
+        assert_eq!(
+            details.steps[2].description,
+            "auto-promotion 1m after the preview is up"
+        );
+        let bg = details.blue_green.as_ref().unwrap();
+        assert_eq!(bg.phase.as_deref(), Some("awaitingPromotion"));
+        assert!(bg.preview_up);
+        assert_eq!(bg.preview_listener.as_deref(), Some("preview"));
+        assert_eq!(bg.preview_hosts, ["preview.orders.example.com"]);
+        assert_eq!(bg.auto_promotion_at_ms, Some(61_000));
+        let json = serde_json::to_value(orders).unwrap();
+        assert_eq!(json["blueGreen"]["phase"], "awaitingPromotion");
+    }
+}

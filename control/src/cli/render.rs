@@ -348,7 +348,7 @@ fn render_blue_green(field: &mut impl FnMut(&str, &str), bg: &BlueGreenStatus) {
         reach.push(format!("listener {listener}"));
     }
     if let Some(headers) = &bg.preview_headers {
-        reach.push(format!("headers {headers}"));
+        reach.push(headers.clone());
     }
     let state = if bg.preview_up {
         "up (reaches the canary)"
@@ -775,6 +775,60 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Paused:"), "{text}");
+    }
+
+    #[test]
+    fn the_detail_view_shows_the_blue_green_phase_preview_and_kept_blue() {
+        let mut status = detailed();
+        status.phase = Phase::Paused;
+        if let Some(details) = status.details.as_mut() {
+            details.strategy = "blueGreen".into();
+            details.pause_reason = Some("Step".into());
+            details.analysis_runs.clear();
+            details.events.clear();
+            details.blue_green = Some(BlueGreenStatus {
+                phase: Some("awaitingPromotion".into()),
+                preview_up: true,
+                preview_hosts: vec!["preview.orders.example.com".into()],
+                preview_listener: Some("preview".into()),
+                preview_headers: Some("header x-preview: exact \"1\"".into()),
+                auto_promotion_enabled: false,
+                auto_promotion_seconds: None,
+                auto_promotion_at_ms: None,
+                switched_at_ms: None,
+                blue_version: None,
+                scale_down_at_ms: None,
+            });
+        }
+        let text = render_detail(&status);
+        assert!(text.contains("  Phase:   awaitingPromotion\n"), "{text}");
+        assert!(
+            text.contains("  Paused:  the preview is up: promote switches all traffic, abort turns the preview off\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Preview: up (reaches the canary): hosts preview.orders.example.com; listener preview; header x-preview: exact \"1\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Switch:  waits for weir promote\n"),
+            "{text}"
+        );
+
+        if let Some(bg) = status.details.as_mut().and_then(|d| d.blue_green.as_mut()) {
+            bg.phase = Some("scaleDownDelay".into());
+            bg.preview_up = false;
+            bg.switched_at_ms = Some(1_700_000_000_000);
+            bg.blue_version = Some("v1".into());
+            bg.scale_down_at_ms = Some(1_700_000_030_000);
+        }
+        let text = render_detail(&status);
+        assert!(text.contains("  Phase:   scaleDownDelay\n"), "{text}");
+        assert!(text.contains("  Preview: down (reaches stable)"), "{text}");
+        assert!(
+            text.contains("  Blue:    v1 kept until 22:13:50 UTC: undo switches back at once\n"),
+            "{text}"
+        );
     }
 
     #[test]

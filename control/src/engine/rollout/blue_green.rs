@@ -592,7 +592,7 @@ pub fn describe_phases(bg: &BlueGreen) -> Vec<String> {
 }
 
 /// How the preview is reached, in words: `hosts preview.orders.example.com; listener preview;
-/// headers x-preview: exact "1"`.
+/// header x-preview: exact "1"`.
 pub fn describe_preview(preview: &weir_config::Preview) -> String {
     let mut parts = Vec::new();
     if !preview.hosts.is_empty() {
@@ -603,7 +603,7 @@ pub fn describe_preview(preview: &weir_config::Preview) -> String {
         parts.push(format!("listener {listener}"));
     }
     if let Some(headers) = describe_preview_headers(preview) {
-        parts.push(format!("headers {headers}"));
+        parts.push(headers);
     }
     parts.join("; ")
 }
@@ -685,3 +685,6 @@ pub fn fill_preview_url(args: &mut BTreeMap<String, String>, url: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
