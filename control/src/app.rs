@@ -105,7 +105,12 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
     for result in ["success", "failure"] {
         let _ = reloads.get_or_create(&vec![("result", result)]);
     }
-    let (driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
+    let (mut driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
+    driver.set_listener_addrs(
+        listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.socket.local_addr().ok()?))),
+    );
 
     let mut registry = Registry::default();
     weir_proxy::metrics::register(&mut registry, stats.clone(), routes.clone());

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{AffinityKey, HeaderRoute, Model, Service, Step, StrategyKind};
 use weir_proxy::RouteTable;
 
+use crate::engine::rollout::blue_green::{self, BlueGreenPhase};
 use crate::engine::rollout::routes::{HeaderRouteState, MirrorRouteState};
 use crate::engine::rollout::{
     humantime, run::AnalysisRun, Event, Phase, Revision, Rollout, StrategyState,
@@ -77,6 +78,38 @@ pub struct Details {
     pub events: Vec<Event>,
     /// Revisions, oldest first.
     pub history: Vec<Revision>,
+    /// The blue-green phase and preview (blue-green services only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
+}
+
+/// A blue-green service's phase and preview.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// `preview`, `prePromotionAnalysis`, `awaitingPromotion`, `postPromotionAnalysis`,
+    /// `scaleDownDelay`, or `None` when no revision is in progress and no old version is kept.
+    pub phase: Option<String>,
+    /// The preview reaches the new version now.
+    pub preview_up: bool,
+    /// Preview hosts, as written in the config.
+    pub preview_hosts: Vec<String>,
+    /// The preview listener.
+    pub preview_listener: Option<String>,
+    /// The preview's header conditions in words.
+    pub preview_headers: Option<String>,
+    /// Whether the switch waits for `weir promote`.
+    pub auto_promotion_enabled: bool,
+    /// Seconds after the preview came up when the switch happens by itself.
+    pub auto_promotion_seconds: Option<u64>,
+    /// When the switch happens by itself (ms since the Unix epoch), while waiting for it.
+    pub auto_promotion_at_ms: Option<u64>,
+    /// When all traffic switched to the new version.
+    pub switched_at_ms: Option<u64>,
+    /// The old ("blue") version kept routable after the switch.
+    pub blue_version: Option<String>,
+    /// When the old version is released (the end of `scaleDownDelay`), while it is kept.
+    pub scale_down_at_ms: Option<u64>,
 }
 
 /// Where a strategy is.
@@ -241,6 +274,7 @@ pub fn build(
                             analysis_runs: Vec::new(),
                             events: Vec::new(),
                             history: Vec::new(),
+                            blue_green: None,
                         }),
                     }
                 }
@@ -270,6 +304,7 @@ pub fn build(
                         Some(StrategyKind::Steps(plan)) => {
                             plan.steps.iter().map(describe_step).collect()
                         }
+                        Some(StrategyKind::BlueGreen(bg)) => blue_green::describe_phases(bg),
                         _ => Vec::new(),
                     };
                     let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
@@ -293,6 +328,7 @@ pub fn build(
                         .collect();
                     let mut runs: Vec<AnalysisRun> =
                         rollout.strategy.runs().into_iter().cloned().collect();
+                    let blue_green = blue_green_status(service, rollout);
                     runs.extend(rollout.finished_runs.iter().rev().cloned());
                     ServiceStatus {
                         name: service.name.clone(),
@@ -308,7 +344,7 @@ pub fn build(
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
                             strategy: strategy.map_or("steps", |s| s.name()).into(),
-                            strategy_phase: None,
+                            strategy_phase: blue_green.as_ref().and_then(|b| b.phase.clone()),
                             rules: rules(service, Some(rollout)),
                             steps,
                             pause_reason: rollout.pause.as_ref().map(|p| format!("{p:?}")),
@@ -319,6 +355,7 @@ pub fn build(
                             analysis_runs: runs,
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),
+                            blue_green,
                         }),
                     }
                 }
@@ -399,6 +436,52 @@ fn rules(service: &Service, rollout: Option<&Rollout>) -> Rules {
         session_affinity,
         preview,
     }
+}
+
+/// The blue-green part of a service's status.
+fn blue_green_status(service: &weir_config::Service, rollout: &Rollout) -> Option<BlueGreenStatus> {
+    let bg = service.strategy.as_ref()?.blue_green()?;
+    let state = match &rollout.strategy {
+        StrategyState::BlueGreen(state) => Some(state),
+        _ => None,
+    };
+    let in_rollout = matches!(rollout.phase, Phase::Progressing | Phase::Paused);
+    let phase = state.and_then(|s| match s.phase {
+        BlueGreenPhase::ScalingDown if rollout.promoted => Some(s.phase),
+        BlueGreenPhase::Done | BlueGreenPhase::ScalingDown => None,
+        phase if in_rollout => Some(phase),
+        _ => None,
+    });
+    let auto_promotion_at_ms = match (state, bg.auto_promotion_after) {
+        (Some(s), Some(after))
+            if bg.auto_promotion_enabled
+                && in_rollout
+                && matches!(
+                    s.phase,
+                    BlueGreenPhase::Preview
+                        | BlueGreenPhase::PrePromotion
+                        | BlueGreenPhase::AwaitingPromotion
+                ) =>
+        {
+            Some(s.preview_up_ms + crate::engine::rollout::run::millis(after))
+        }
+        _ => None,
+    };
+    Some(BlueGreenStatus {
+        phase: phase.map(|p| p.api_name().to_string()),
+        preview_up: rollout.policy().preview,
+        preview_hosts: bg.preview.hosts.iter().map(ToString::to_string).collect(),
+        preview_listener: bg.preview.listener.clone(),
+        preview_headers: blue_green::describe_preview_headers(&bg.preview),
+        auto_promotion_enabled: bg.auto_promotion_enabled,
+        auto_promotion_seconds: bg.auto_promotion_after.map(|d| d.as_secs()),
+        auto_promotion_at_ms,
+        switched_at_ms: state.and_then(|s| s.switched_at_ms),
+        blue_version: state.and_then(|s| s.blue_version.clone()),
+        scale_down_at_ms: state
+            .filter(|s| s.phase == BlueGreenPhase::ScalingDown && rollout.promoted)
+            .and_then(|s| s.scale_down_at_ms),
+    })
 }
 
 fn describe_step(step: &Step) -> String {
@@ -511,5 +594,62 @@ services:
         assert_eq!(json["rules"]["headerRoutes"][0]["name"], "beta");
         assert_eq!(json["progress"]["unit"], "step");
         assert_eq!(json["stepIndex"], 1, "the existing fields stay");
+    }
+}
+
+#[cfg(test)]
+mod blue_green_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::engine::rollout::Ctx;
+
+    const BLUE_GREEN: &str = r#"
+listeners:
+  - { name: public, address: "127.0.0.1:0" }
+  - { name: preview, address: "127.0.0.1:0" }
+services:
+  - name: orders
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      blueGreen:
+        preview: { listener: preview, hosts: ["preview.orders.example.com"] }
+        autoPromotionSeconds: 60
+"#;
+
+    #[test]
+    fn blue_green_status_names_the_phase_and_the_preview() {
+        let model = weir_config::parse(BLUE_GREEN, Path::new("/")).unwrap();
+        let service = &model.services[0];
+        let mut rollout = Rollout::new(service);
+        let ctx = Ctx {
+            service,
+            templates: &model.analysis_templates,
+        };
+        let _ = rollout.reconcile(ctx, 1_000);
+        let _ = rollout.tick(ctx, 1_100, &mut |_| {
+            crate::engine::analysis::Outcome::NoData("none".into())
+        });
+        let rollouts = BTreeMap::from([("orders".to_string(), rollout)]);
+        let status = build(&model, &rollouts, &RouteTable::empty(), 1_100);
+        let orders = status.service("orders").unwrap();
+        assert_eq!(orders.step_count, 5);
+        assert_eq!(orders.step_index, 2);
+        let details = orders.details.as_ref().unwrap();
+        assert_eq!(details.strategy, "blueGreen");
+        assert_eq!(details.steps[2].state, "current");
+        assert_eq!(
+            details.steps[2].description,
+            "auto-promotion 1m after the preview is up"
+        );
+        let bg = details.blue_green.as_ref().unwrap();
+        assert_eq!(bg.phase.as_deref(), Some("awaitingPromotion"));
+        assert!(bg.preview_up);
+        assert_eq!(bg.preview_listener.as_deref(), Some("preview"));
+        assert_eq!(bg.preview_hosts, ["preview.orders.example.com"]);
+        assert_eq!(bg.auto_promotion_at_ms, Some(61_000));
+        let json = serde_json::to_value(orders).unwrap();
+        assert_eq!(json["blueGreen"]["phase"], "awaitingPromotion");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use weir_control::api::v1::{Rules, ServiceStatus};
+use weir_control::api::v1::{BlueGreenStatus, Rules, ServiceStatus};
 use weir_control::engine::rollout::run::{AnalysisRun, MetricRun, RunKind, RunPhase};
 use weir_control::engine::rollout::{Event, Phase, Revision};
 
@@ -254,8 +254,20 @@ pub fn render_detail(status: &ServiceStatus) -> String {
     }
     field("Message", &status.message);
     if let Some(d) = details {
-        if let Some(reason) = &d.pause_reason {
-            field("Paused", &pause_reason(reason));
+        let awaiting = d
+            .blue_green
+            .as_ref()
+            .is_some_and(|bg| bg.phase.as_deref() == Some("awaitingPromotion"));
+        match &d.pause_reason {
+            Some(reason) if reason == "Step" && awaiting => field(
+                "Paused",
+                "the preview is up: promote switches all traffic, abort turns the preview off",
+            ),
+            Some(reason) => field("Paused", &pause_reason(reason)),
+            None => {}
+        }
+        if let Some(bg) = &d.blue_green {
+            render_blue_green(&mut field, bg);
         }
         if let Some((failed, threshold)) = d.failed_checks {
             field(
@@ -388,6 +400,46 @@ fn render_rules(out: &mut String, rules: &Rules) {
         .unwrap_or(0);
     for (label, text) in lines {
         let _ = writeln!(out, "  {label:<width$}  {text}");
+    }
+}
+
+/// The blue-green lines of `weir get SERVICE`: phase, preview, switch and the kept old version.
+fn render_blue_green(field: &mut impl FnMut(&str, &str), bg: &BlueGreenStatus) {
+    if let Some(phase) = &bg.phase {
+        field("Phase", phase);
+    }
+    let mut reach = Vec::new();
+    if !bg.preview_hosts.is_empty() {
+        reach.push(format!("hosts {}", bg.preview_hosts.join(", ")));
+    }
+    if let Some(listener) = &bg.preview_listener {
+        reach.push(format!("listener {listener}"));
+    }
+    if let Some(headers) = &bg.preview_headers {
+        reach.push(headers.clone());
+    }
+    let state = if bg.preview_up {
+        "up (reaches the canary)"
+    } else {
+        "down (reaches stable)"
+    };
+    field("Preview", &format!("{state}: {}", reach.join("; ")));
+    if let Some(at) = bg.auto_promotion_at_ms {
+        field(
+            "Switch",
+            &format!("automatic at {} UTC (autoPromotionSeconds)", clock(at)),
+        );
+    } else if !bg.auto_promotion_enabled && bg.switched_at_ms.is_none() && bg.phase.is_some() {
+        field("Switch", "waits for weir promote");
+    }
+    if let (Some(blue), Some(at)) = (&bg.blue_version, bg.scale_down_at_ms) {
+        field(
+            "Blue",
+            &format!(
+                "{blue} kept until {} UTC: undo switches back at once",
+                clock(at)
+            ),
+        );
     }
 }
 
@@ -675,6 +727,7 @@ mod tests {
                     .collect(),
                 pause_reason: None,
                 failed_checks: None,
+                blue_green: None,
                 analysis_runs: vec![run],
                 events,
                 history: Vec::new(),
@@ -793,6 +846,60 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Paused:"), "{text}");
+    }
+
+    #[test]
+    fn the_detail_view_shows_the_blue_green_phase_preview_and_kept_blue() {
+        let mut status = detailed();
+        status.phase = Phase::Paused;
+        if let Some(details) = status.details.as_mut() {
+            details.strategy = "blueGreen".into();
+            details.pause_reason = Some("Step".into());
+            details.analysis_runs.clear();
+            details.events.clear();
+            details.blue_green = Some(BlueGreenStatus {
+                phase: Some("awaitingPromotion".into()),
+                preview_up: true,
+                preview_hosts: vec!["preview.orders.example.com".into()],
+                preview_listener: Some("preview".into()),
+                preview_headers: Some("header x-preview: exact \"1\"".into()),
+                auto_promotion_enabled: false,
+                auto_promotion_seconds: None,
+                auto_promotion_at_ms: None,
+                switched_at_ms: None,
+                blue_version: None,
+                scale_down_at_ms: None,
+            });
+        }
+        let text = render_detail(&status);
+        assert!(text.contains("  Phase:   awaitingPromotion\n"), "{text}");
+        assert!(
+            text.contains("  Paused:  the preview is up: promote switches all traffic, abort turns the preview off\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Preview: up (reaches the canary): hosts preview.orders.example.com; listener preview; header x-preview: exact \"1\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Switch:  waits for weir promote\n"),
+            "{text}"
+        );
+
+        if let Some(bg) = status.details.as_mut().and_then(|d| d.blue_green.as_mut()) {
+            bg.phase = Some("scaleDownDelay".into());
+            bg.preview_up = false;
+            bg.switched_at_ms = Some(1_700_000_000_000);
+            bg.blue_version = Some("v1".into());
+            bg.scale_down_at_ms = Some(1_700_000_030_000);
+        }
+        let text = render_detail(&status);
+        assert!(text.contains("  Phase:   scaleDownDelay\n"), "{text}");
+        assert!(text.contains("  Preview: down (reaches stable)"), "{text}");
+        assert!(
+            text.contains("  Blue:    v1 kept until 22:13:50 UTC: undo switches back at once\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! never race, and every weight change is persisted in the order that keeps a crash safe.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use weir_proxy::{Publisher, RouteTable, Stats};
 
 use crate::api::v1::{self as status, Status};
 use crate::engine::analysis::{self, Outcome};
+use crate::engine::rollout::blue_green;
 use crate::engine::rollout::{Command, Ctx, Due, Effects, Event, Rollout};
 use crate::engine::state::{StateError, Store};
 use crate::reload::{Loaded, ReloadCounter};
@@ -122,6 +124,9 @@ pub struct Driver {
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
     last_sample: Option<Instant>,
+    /// The client listeners' bound addresses, for `{{preview.url}}` (a port 0 in the config is
+    /// known only once bound); the config's addresses when not given.
+    listener_addrs: BTreeMap<String, SocketAddr>,
 }
 
 /// Handles to a running driver.
@@ -188,6 +193,7 @@ impl Driver {
             inputs_tx: inputs_tx.clone(),
             inputs,
             last_sample: None,
+            listener_addrs: BTreeMap::new(),
         };
         driver.flush_events();
         driver.persist_all();
@@ -199,6 +205,11 @@ impl Driver {
             generation: generation_rx,
         };
         Ok((driver, routes, handle))
+    }
+
+    /// Gives the client listeners' bound addresses (by name), used for `{{preview.url}}`.
+    pub fn set_listener_addrs(&mut self, addrs: impl IntoIterator<Item = (String, SocketAddr)>) {
+        self.listener_addrs = addrs.into_iter().collect();
     }
 
     /// Runs until every [`Handle`] and the config sender are gone, or `shutdown` fires.
@@ -307,7 +318,16 @@ impl Driver {
                 analysis::provider::builtin(query.provider, window, name, query.version, now)
             });
             let revision = rollout.revision;
-            let due = std::mem::take(&mut effects.due);
+            let mut due = std::mem::take(&mut effects.due);
+            if !due.is_empty() {
+                if let Some(url) =
+                    blue_green::preview_url(service, &self.model.listeners, &self.listener_addrs)
+                {
+                    for due in &mut due {
+                        blue_green::fill_preview_url(&mut due.args, &url);
+                    }
+                }
+            }
             external.extend(due.into_iter().map(|due| (name.to_string(), revision, due)));
             changed.push((service.name.clone(), effects));
         }

@@ -18,6 +18,7 @@
 //! a provider outage is an error measurement, never a failed one; every abort names the metric,
 //! the value, the condition and the window.
 
+pub mod blue_green;
 mod checks;
 mod iterations;
 mod progression;
@@ -34,6 +35,7 @@ use weir_config::{
     Service, StrategyKind, Weight,
 };
 
+pub use self::blue_green::{BlueGreenPhase, BlueGreenState};
 pub use self::checks::{CheckResult, Checks};
 pub use self::iterations::{checked_traffic, IterationsState, AB_HEADER_ROUTE, AB_MIRROR_ROUTE};
 pub use self::progression::ProgressionState;
@@ -283,6 +285,7 @@ pub struct Effects {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PolicyKey {
     weight: Weight,
+    preview: bool,
     routes_active: bool,
     routes_epoch: u64,
 }
@@ -381,6 +384,7 @@ impl Rollout {
     fn policy_key(&self) -> PolicyKey {
         PolicyKey {
             weight: self.weight(),
+            preview: self.policy().preview,
             routes_active: self.routes_active(),
             routes_epoch: self.routes_epoch,
         }
@@ -401,7 +405,7 @@ impl Rollout {
         let policy_changed = after != before;
         let routes_before = self.routes_before.take();
         let widened = policy_changed
-            && (after.weight > before.weight || {
+            && (after.weight > before.weight || (after.preview && !before.preview) || {
                 let before_routes = routes_before.unwrap_or_else(|| self.routes_in_force());
                 self.routes_in_force().adds_to(&before_routes)
             });
@@ -540,6 +544,7 @@ impl Rollout {
             Some(StrategyKind::Progression(progression)) => progression.step_weights.len(),
             Some(StrategyKind::Steps(plan)) => plan.steps.len(),
             Some(StrategyKind::Iterations(iterations)) => iterations.iterations as usize,
+            Some(StrategyKind::BlueGreen(_)) => blue_green::PHASES,
             _ => 0,
         }
     }
@@ -784,6 +789,7 @@ impl Rollout {
         builtin: &mut dyn FnMut(BuiltinQuery<'_>) -> Outcome,
     ) -> Effects {
         let before = self.begin();
+        self.tick_scale_down(now_ms);
         if !self.in_rollout() {
             return self.finish(before, Vec::new());
         }
@@ -821,8 +827,10 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
-        if let StrategyKind::Steps(plan) = &strategy.kind {
-            self.ensure_step_runs(ctx, plan, now_ms);
+        match &strategy.kind {
+            StrategyKind::Steps(plan) => self.ensure_step_runs(ctx, plan, now_ms),
+            StrategyKind::BlueGreen(bg) => self.ensure_blue_green_runs(ctx, bg, now_ms),
+            _ => {}
         }
     }
 
@@ -978,14 +986,7 @@ impl Rollout {
                     self.evaluate_iterations(ctx, iterations, now_ms, builtin);
                 }
             }
-            // Not yet given its own state: an empty step plan (promoted at once).
-            StrategyKind::BlueGreen(_) => {
-                let plan = weir_config::CanarySteps {
-                    steps: Vec::new(),
-                    background: None,
-                };
-                self.evaluate_steps(ctx, strategy, &plan, now_ms);
-            }
+            StrategyKind::BlueGreen(bg) => self.evaluate_blue_green(ctx, strategy, bg, now_ms),
         }
     }
 
@@ -1003,6 +1004,7 @@ impl Rollout {
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
+        self.note_switch_back(now_ms);
         self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
@@ -1055,7 +1057,10 @@ impl Rollout {
                 }
                 if full {
                     self.emit(now_ms, "PromoteFull", format!("{service}: promote --full by operator: skipping remaining steps and analysis"));
-                    self.promote(now_ms);
+                    match ctx.service.strategy.as_ref().and_then(|s| s.blue_green()) {
+                        Some(bg) => self.promote_blue_green(bg, now_ms),
+                        None => self.promote(now_ms),
+                    }
                     return Ok(());
                 }
                 if self.pause == Some(PauseReason::StateUnreadable) {
@@ -1077,6 +1082,10 @@ impl Rollout {
                     }
                     Some(StrategyKind::Iterations(iterations)) => {
                         self.skip_iteration(iterations, now_ms)
+                    }
+                    Some(StrategyKind::BlueGreen(bg)) => {
+                        self.skip_blue_green_phase(bg, now_ms);
+                        true
                     }
                     _ => {
                         self.skip_step(now_ms);
@@ -1198,6 +1207,9 @@ impl Rollout {
                 Ok(())
             }
             Command::Undo => {
+                if let Some(result) = self.undo_blue_green(now_ms) {
+                    return result;
+                }
                 if self.in_rollout() {
                     self.abort(now_ms, "undone by operator".into());
                     return Ok(());
@@ -1236,7 +1248,7 @@ impl Rollout {
 
     /// Whether anything is running that needs ticks.
     pub fn active(&self) -> bool {
-        self.in_rollout()
+        self.in_rollout() || self.scaling_down()
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Strategy, StrategyKind};
 use weir_proxy::routes::Policy;
 
+use super::blue_green::BlueGreenState;
 use super::iterations::IterationsState;
 use super::progression::ProgressionState;
 use super::routes::Routes;
@@ -24,7 +25,8 @@ pub enum StrategyState {
     Progression(ProgressionState),
     /// Flagger A/B testing (`iterations` with `match` and/or `mirror`).
     Iterations(IterationsState),
-    // BlueGreen(BlueGreenState): Argo blue-green (`strategy.blueGreen`) goes here.
+    /// Argo blue-green (`strategy.blueGreen`).
+    BlueGreen(BlueGreenState),
 }
 
 // === impl StrategyState ===
@@ -39,6 +41,7 @@ impl StrategyState {
             Some(StrategyKind::Iterations(_)) => {
                 StrategyState::Iterations(IterationsState::default())
             }
+            Some(StrategyKind::BlueGreen(_)) => StrategyState::BlueGreen(BlueGreenState::default()),
             _ => StrategyState::Steps(StepsState::default()),
         }
     }
@@ -51,6 +54,9 @@ impl StrategyState {
             }
             Some(StrategyKind::Iterations(iterations)) => {
                 StrategyState::Iterations(IterationsState::start(iterations, now_ms))
+            }
+            Some(StrategyKind::BlueGreen(_)) => {
+                StrategyState::BlueGreen(BlueGreenState::start(now_ms))
             }
             _ => StrategyState::Steps(StepsState::start(now_ms)),
         }
@@ -66,11 +72,10 @@ impl StrategyState {
             ) | (
                 StrategyState::Iterations(_),
                 Some(StrategyKind::Iterations(_))
-            ) | (StrategyState::Steps(_), None)
-                | (
-                    StrategyState::Steps(_),
-                    Some(StrategyKind::Steps(_) | StrategyKind::BlueGreen(_))
-                )
+            ) | (
+                StrategyState::BlueGreen(_),
+                Some(StrategyKind::BlueGreen(_))
+            ) | (StrategyState::Steps(_), None | Some(StrategyKind::Steps(_)))
         )
     }
 
@@ -81,6 +86,7 @@ impl StrategyState {
             StrategyState::Progression(p) => p.weight_bp,
             // Requests reach the canary through its routes only.
             StrategyState::Iterations(_) => 0,
+            StrategyState::BlueGreen(b) => b.weight_bp,
         }
     }
 
@@ -90,23 +96,25 @@ impl StrategyState {
             StrategyState::Steps(s) => s.weight_bp = 0,
             StrategyState::Progression(p) => p.weight_bp = 0,
             StrategyState::Iterations(_) => {}
+            StrategyState::BlueGreen(b) => b.weight_bp = 0,
         }
     }
 
     /// The current step (Argo steps) or weight (Flagger), counted from 0; for A/B testing the
-    /// iterations passed.
+    /// iterations passed; for blue-green the phase's index.
     pub fn step_index(&self) -> usize {
         match self {
             StrategyState::Steps(s) => s.step_index,
             StrategyState::Progression(p) => p.step_index,
             StrategyState::Iterations(i) => i.passed as usize,
+            StrategyState::BlueGreen(b) => b.phase.index(),
         }
     }
 
     /// Failed interval checks so far in this revision (0 for strategies without checks).
     pub fn failed_checks(&self) -> u32 {
         match self {
-            StrategyState::Steps(_) => 0,
+            StrategyState::Steps(_) | StrategyState::BlueGreen(_) => 0,
             StrategyState::Progression(p) => p.checks.failed_checks,
             StrategyState::Iterations(i) => i.checks.failed_checks,
         }
@@ -122,13 +130,16 @@ impl StrategyState {
         if let Some(routes) = self.routes() {
             routes.add_to(policy);
         }
+        if let StrategyState::BlueGreen(b) = self {
+            policy.preview = b.preview_up();
+        }
     }
 
     /// The header and mirror routes the strategy keeps, if it has any.
     pub fn routes(&self) -> Option<&Routes> {
         match self {
             StrategyState::Steps(s) => Some(&s.routes),
-            StrategyState::Progression(_) => None,
+            StrategyState::Progression(_) | StrategyState::BlueGreen(_) => None,
             StrategyState::Iterations(i) => Some(&i.routes),
         }
     }
@@ -137,7 +148,7 @@ impl StrategyState {
     pub(super) fn end_routes(&mut self) -> bool {
         match self {
             StrategyState::Steps(s) => s.routes.clear(),
-            StrategyState::Progression(_) => false,
+            StrategyState::Progression(_) | StrategyState::BlueGreen(_) => false,
             StrategyState::Iterations(i) => i.routes.clear(),
         }
     }
@@ -148,6 +159,7 @@ impl StrategyState {
             StrategyState::Steps(s) => s.inline_run.iter().chain(&s.background_run).collect(),
             StrategyState::Progression(p) => p.checks.runs.iter().collect(),
             StrategyState::Iterations(i) => i.checks.runs.iter().collect(),
+            StrategyState::BlueGreen(b) => b.run.iter().collect(),
         }
     }
 
@@ -161,6 +173,7 @@ impl StrategyState {
                 .collect(),
             StrategyState::Progression(p) => p.checks.runs.iter_mut().collect(),
             StrategyState::Iterations(i) => i.checks.runs.iter_mut().collect(),
+            StrategyState::BlueGreen(b) => b.run.iter_mut().collect(),
         }
     }
 
@@ -182,6 +195,7 @@ impl StrategyState {
                 i.checks.clear();
                 Vec::new()
             }
+            StrategyState::BlueGreen(b) => b.run.take().into_iter().collect(),
         }
     }
 
@@ -195,6 +209,7 @@ impl StrategyState {
             }
             StrategyState::Progression(p) => p.checks.clear(),
             StrategyState::Iterations(i) => i.checks.clear(),
+            StrategyState::BlueGreen(b) => b.run = None,
         }
     }
 
@@ -204,6 +219,7 @@ impl StrategyState {
             StrategyState::Steps(s) => s.step_started_ms += by_ms,
             StrategyState::Progression(p) => p.step_started_ms += by_ms,
             StrategyState::Iterations(i) => i.started_ms += by_ms,
+            StrategyState::BlueGreen(b) => b.shift_start(by_ms),
         }
     }
 }
