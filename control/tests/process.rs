@@ -112,6 +112,13 @@ impl Setup {
     /// Writes service `shop` (stable v1, canary v2) with these steps (YAML list items indented by
     /// 10 spaces).
     fn write_config(&self, v1: &Backend, v2: &Backend, steps: &str) {
+        self.write_config_with(v1, v2, &format!("      canary:\n        steps:\n{steps}"));
+    }
+
+    /// Writes service `shop` (stable v1, canary v2) with this strategy (the YAML under
+    /// `strategy:`, indented by 6 spaces; it may end with top-level blocks such as
+    /// `analysisTemplates:`).
+    fn write_config_with(&self, v1: &Backend, v2: &Backend, strategy: &str) {
         let text = format!(
             r#"listeners:
   - name: public
@@ -125,9 +132,7 @@ services:
     stable: {{version: v1, upstreams: ["{v1}"]}}
     canary: {{version: v2, upstreams: ["{v2}"]}}
     strategy:
-      canary:
-        steps:
-{steps}
+{strategy}
 "#,
             public = self.public,
             admin = self.admin,
@@ -571,4 +576,71 @@ fn validate_prints_the_field_path_and_exits_64() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Blue-green: SIGKILL between the switch and the end of post-promotion analysis. The restart
+/// resumes in the same phase — green still serves everything, the analysis goes on — and the
+/// rollout ends Healthy with one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_a_blue_green_switch_resumes_post_promotion_analysis() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    let strategy = format!(
+        r#"      blueGreen:
+        preview: {{hosts: ["preview.example.com"]}}
+        postPromotionAnalysis: {{templates: [{{templateName: green-answers}}]}}
+        scaleDownDelay: 1s
+analysisTemplates:
+  - name: green-answers
+    metrics:
+      - name: green-answers
+        interval: 400ms
+        count: 12
+        successCondition: result == 200
+        provider: {{web: {{url: "http://{v2}/"}}}}"#,
+        v2 = v2.addr()
+    );
+    setup.write_config_with(&v1, &v2, &strategy);
+
+    let mut weir = setup.start().await;
+    let switched = setup
+        .wait_for("the switch", Duration::from_secs(10), |s| {
+            s["canaryWeight"] == 100.0 && s["phase"] == "Progressing"
+        })
+        .await;
+    let revision = switched["revision"].clone();
+    assert_eq!(
+        setup.count_canary(10).await,
+        10,
+        "green serves after the switch"
+    );
+    weir.kill();
+
+    let _weir = setup.start().await;
+    let after = setup.shop().await;
+    assert_eq!(after["revision"], revision, "{}", summary(&after));
+    assert_eq!(after["phase"], "Progressing", "{}", summary(&after));
+    assert_eq!(after["canaryWeight"], 100.0, "{}", summary(&after));
+    assert_eq!(
+        setup.count_canary(10).await,
+        10,
+        "still switched after the restart"
+    );
+
+    let done = setup
+        .wait_for(
+            "the end of post-promotion analysis",
+            Duration::from_secs(15),
+            |s| s["phase"] != "Progressing",
+        )
+        .await;
+    assert_eq!(done["phase"], "Healthy", "{}", summary(&done));
+    assert_eq!(done["stableVersion"], "v2");
+    let history = done["history"].as_array().expect("a history");
+    assert_eq!(
+        history.len(),
+        1,
+        "one revision across two runs: {history:?}"
+    );
+    assert_eq!(history[0]["outcome"], "Promoted");
 }

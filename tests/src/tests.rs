@@ -3,6 +3,7 @@
 //! every test shuts down what it started.
 
 mod admin;
+mod blue_green;
 mod examples;
 mod forwarding;
 mod hot_swap;

@@ -323,8 +323,9 @@ impl Driver {
                 if let Some(url) =
                     blue_green::preview_url(service, &self.model.listeners, &self.listener_addrs)
                 {
+                    let host = blue_green::preview_host(service);
                     for due in &mut due {
-                        blue_green::fill_preview_url(&mut due.args, &url);
+                        blue_green::fill_preview_url(&mut due.args, &url, host.as_deref());
                     }
                 }
             }

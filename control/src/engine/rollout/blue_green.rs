@@ -29,6 +29,8 @@ pub const PHASES: usize = 5;
 
 /// The placeholder analysis arguments use for the preview's address.
 pub const PREVIEW_URL: &str = "{{preview.url}}";
+/// The placeholder for the `Host` a request to `{{preview.url}}` must carry.
+pub const PREVIEW_HOST: &str = "{{preview.host}}";
 
 /// Where a blue-green revision is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -677,11 +679,32 @@ pub fn preview_url(
     ))
 }
 
-/// Replaces `{{preview.url}}` in argument values with `url`.
-pub fn fill_preview_url(args: &mut BTreeMap<String, String>, url: &str) {
+/// The `Host` a request to [`preview_url`] must carry to reach the preview, for
+/// `{{preview.host}}`: the first exact preview host, else the first exact host of the service's
+/// `match.hosts` (a request on the preview listener still has to match the service). `None` when
+/// every host is a wildcard: any `Host` then matches, and the URL's own authority does.
+pub fn preview_host(service: &Service) -> Option<String> {
+    let bg = service.strategy.as_ref()?.blue_green()?;
+    let exact = |hosts: &[HostPattern]| {
+        hosts.iter().find_map(|h| match h {
+            HostPattern::Exact(host) => Some(host.clone()),
+            _ => None,
+        })
+    };
+    exact(&bg.preview.hosts).or_else(|| exact(&service.matcher.hosts))
+}
+
+/// Replaces `{{preview.url}}` in argument values with `url`, and `{{preview.host}}` with `host`
+/// (left as written when there is none).
+pub fn fill_preview_url(args: &mut BTreeMap<String, String>, url: &str, host: Option<&str>) {
     for value in args.values_mut() {
         if value.contains(PREVIEW_URL) {
             *value = value.replace(PREVIEW_URL, url);
+        }
+        if let Some(host) = host {
+            if value.contains(PREVIEW_HOST) {
+                *value = value.replace(PREVIEW_HOST, host);
+            }
         }
     }
 }

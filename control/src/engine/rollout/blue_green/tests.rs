@@ -730,6 +730,26 @@ fn preview_url_names_the_listener_or_a_preview_host() {
         "the first exact host on the first plain listener"
     );
 
+    assert_eq!(
+        preview_host(service).as_deref(),
+        Some("preview.orders.example.com"),
+        "a preview host reaches the preview on any listener"
+    );
+    let listener_only = weir_config::parse(
+        &edit(
+            BLUE_GREEN,
+            "          hosts: [\"preview.orders.example.com\"]\n",
+            "",
+        ),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(
+        preview_host(&listener_only.services[0]).as_deref(),
+        Some("orders.example.com"),
+        "on the preview listener a request must still match the service"
+    );
+
     let headers_only = weir_config::parse(
         &edit(
             &edit(BLUE_GREEN, "          listener: preview\n", ""),
@@ -758,11 +778,17 @@ fn preview_url_names_the_listener_or_a_preview_host() {
     let mut args: BTreeMap<String, String> = [
         ("url".to_string(), "{{preview.url}}/healthz".to_string()),
         ("other".to_string(), "x".to_string()),
+        ("host".to_string(), "{{preview.host}}".to_string()),
     ]
     .into();
-    fill_preview_url(&mut args, "http://127.0.0.1:8081");
+    fill_preview_url(
+        &mut args,
+        "http://127.0.0.1:8081",
+        Some("orders.example.com"),
+    );
     assert_eq!(args["url"], "http://127.0.0.1:8081/healthz");
     assert_eq!(args["other"], "x");
+    assert_eq!(args["host"], "orders.example.com");
 }
 
 #[test]
