@@ -8,6 +8,9 @@
 //!   copied) as they stream to the primary, and the copy is queued when the body is complete.
 //!   Longer bodies, bodies of unknown length, and bodies that never complete are not mirrored
 //!   (counted as `body_too_large`, `body_unknown_length`, `body_incomplete`).
+//! - The canary's response is read frame by frame and discarded, never buffered; past
+//!   [`MAX_RESPONSE_DISCARD`] bytes (1 MiB) the connection is closed instead of read on. Only a
+//!   connection whose response ended cleanly goes back to the (mirror's own) pool.
 //! - A copy carries the primary request's head as sent upstream (same method, path, `Host` and
 //!   `X-Forwarded-*` headers) and uses the service's `responseTimeout`.
 //! - Mirrored exchanges are counted in their own stats (`weir_mirror_requests_total`,
@@ -30,6 +33,11 @@ use crate::body::RequestBody;
 use crate::routes::{ArmRoute, MirrorStatsHandles, ServiceRoute};
 use crate::stats::{MirrorDropReason, UpstreamErrorKind};
 use crate::upstream::Pool;
+
+/// The longest mirrored response body read (and discarded) so that its connection can be reused;
+/// a longer one is cut by closing the connection, so a streaming or huge canary response holds
+/// neither memory nor a concurrency slot for the whole response timeout.
+pub(crate) const MAX_RESPONSE_DISCARD: u64 = 1024 * 1024;
 
 /// Bounds of the mirror path, per worker thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,6 +225,23 @@ async fn run(mut rx: mpsc::Receiver<Job>, limit: Arc<Semaphore>) {
     }
 }
 
+/// Reads a mirrored response's body frame by frame and drops each frame: true when it ended
+/// cleanly within [`MAX_RESPONSE_DISCARD`] bytes (the connection can be reused), false when it broke
+/// or ran longer (the caller drops it, closing the connection, rather than read on).
+async fn discard(mut body: Incoming) -> bool {
+    let mut read = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        if let Some(data) = frame.data_ref() {
+            read += data.len() as u64;
+            if read > MAX_RESPONSE_DISCARD {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Sends one copy, reads its response to the end, and records status and time to the head in the
 /// mirror stats.
 async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
@@ -233,10 +258,11 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
         Ok(Ok((response, lease))) => {
             let status = response.status();
             stats.exchanges.record(status.as_u16(), start.elapsed());
-            // Read and discard the body; the connection goes back to the pool only when it ended.
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(options.response_timeout, response.into_body().collect()).await
-            {
+            // Read and discard the body (never buffered); the connection goes back to the pool
+            // only when the body ended within the limits, otherwise it is closed.
+            let drained =
+                tokio::time::timeout(options.response_timeout, discard(response.into_body())).await;
+            if let Ok(true) = drained {
                 lease.release();
             }
             return;

@@ -253,3 +253,34 @@ async fn bodies_up_to_the_limit_are_mirrored_and_larger_ones_are_not() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_streaming_canary_response_is_discarded_and_cut_not_buffered() {
+    // The canary answers every copy with a body that never ends. The mirror reads and drops it
+    // frame by frame and closes the connection after 1 MiB, so with one exchange at a time the
+    // next copies are still sent (long before the 30 s response timeout), each on a new
+    // connection (a half-read one never goes back to the pool).
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").endless_body().spawn();
+    let mut model = shop(&v1, &v2);
+    model.services[0].upstream.response_timeout = Duration::from_secs(30);
+    let proxy = Proxy::builder(model)
+        .policy("shop", mirror_policy(100.0, "GET"))
+        .mirror_limits(MirrorLimits {
+            concurrency: 1,
+            ..MirrorLimits::default()
+        })
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("shop.example.com", "/api/stream").await;
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "v1"));
+    }
+    wait_for("three copies, one after another", || v2.requests() == 3).await;
+    assert_eq!(v2.connections(), 3);
+    assert_eq!(mirrored(&proxy), 3);
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
