@@ -194,10 +194,21 @@ fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 
 /// Turns a client request into an upstream request: origin-form URI, HTTP/1.1, a Host header, no
 /// hop-by-hop headers, `X-Forwarded-*` added.
+///
+/// When the request target carries an authority (HTTP/2 `:authority`, or an absolute-form HTTP/1
+/// target), that authority is what the request was routed by, so it replaces any `Host` header the
+/// client also sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the upstream never sees a host other than
+/// the one that chose the service (or its blue-green preview). Userinfo is never forwarded.
 pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
-    let original_host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
+    let (original_host, from_authority) = match request.uri().authority() {
+        Some(authority) => {
+            let host_port = authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, host_port)| host_port);
+            (HeaderValue::from_str(host_port).ok(), true)
+        }
+        None => (request.headers().get(header::HOST).cloned(), false),
     };
     if request.uri().scheme().is_some() {
         let path = request
@@ -211,7 +222,7 @@ pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if let Some(host) = original_host {
-        if !headers.contains_key(header::HOST) {
+        if from_authority {
             headers.insert(header::HOST, host.clone());
         }
         headers.insert(X_FORWARDED_HOST.clone(), host);
