@@ -23,23 +23,24 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome.
+/// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome;
+/// `upgrade` is [`is_upgrade`] of the request.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     worker: &Rc<Worker>,
     conn: &ConnInfo,
     service: &ServiceRoute,
     arm: &ArmRoute,
     mirror_to: Option<&ArmRoute>,
+    upgrade: bool,
     mut request: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let upgrade = is_upgrade(request.version(), request.headers());
     prepare_request(&mut request, conn, upgrade);
     let outcome = if upgrade {
         forward_upgrade(worker, service, arm, request).await
     } else {
         let request = match mirror_to {
-            // Upgrades are never mirrored: a tunnel cannot be copied.
             Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
             None => request.map(RequestBody::plain),
         };
@@ -181,7 +182,7 @@ async fn forward_upgrade(
 }
 
 /// `Connection: upgrade` with an `Upgrade` header on HTTP/1.1.
-fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+pub(super) fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(header::UPGRADE)
         && headers

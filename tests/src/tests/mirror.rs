@@ -284,3 +284,45 @@ async fn a_streaming_canary_response_is_discarded_and_cut_not_buffered() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+#[tokio::test]
+async fn upgrade_requests_are_not_mirrored_and_keep_the_percentage_exact() {
+    // Matching `Upgrade` requests interleaved with plain ones: the tunnels are not copied, and
+    // the 50% applies to the plain requests alone (an upgrade does not take a turn).
+    const N: usize = 21;
+    let v1 = Server::spawn("v1");
+    let v2 = Server::spawn("v2");
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(50.0, "GET"))
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..N {
+        let reply = client.get("shop.example.com", "/api/items").await;
+        assert_eq!(reply.served_by(), "v1");
+        // v1 refuses the upgrade with a plain answer; a fresh connection each time all the same.
+        let mut upgrading = Http1::connect(proxy.addr()).await;
+        let mut request = client::get("shop.example.com", "/api/socket");
+        request
+            .headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().expect("valid"));
+        request
+            .headers_mut()
+            .insert(http::header::UPGRADE, "websocket".parse().expect("valid"));
+        let reply = upgrading.fetch(request).await;
+        assert_eq!(reply.served_by(), "v1");
+    }
+    wait_for("the copies", || {
+        let m = mirrored(&proxy) as usize;
+        m >= N / 2 && v2.requests() == m
+    })
+    .await;
+    let copies = v2.requests();
+    assert!(
+        (copies as f64 - N as f64 / 2.0).abs() <= 1.0,
+        "{copies} copies of {N} plain matching requests at 50%"
+    );
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
