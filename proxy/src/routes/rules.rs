@@ -49,6 +49,9 @@ pub enum RuleError {
     /// A header name is not a valid HTTP header name.
     #[error("invalid header name {0:?}")]
     HeaderName(String),
+    /// An affinity cookie name is not an RFC 6265 token (it could not be set).
+    #[error("invalid cookie name {0:?}")]
+    CookieName(String),
 }
 
 /// A compiled string condition, compared with raw bytes (header values need not be UTF-8).
@@ -103,7 +106,13 @@ pub(crate) struct PreviewRule {
 ///
 /// The cookie form gives a client without a valid cookie a random bucket and sets it on that
 /// response only: `Set-Cookie: NAME=BUCKET; Path=/; Max-Age=SECS; HttpOnly; SameSite=Lax`, plus
-/// `; Secure` on TLS listeners. The header form hashes the header's value (FNV-1a 64 mod 10 000);
+/// `; Secure` on TLS listeners. A valid cookie is 1–4 ASCII digits below 10 000 (optionally in
+/// double quotes; leading zeros allowed); anything else (negative, too long, not digits, empty) is
+/// treated as no cookie and replaced. With several cookies of that name the first one counts.
+/// Requests decided before the sticky rule (a header route, the blue-green preview) or served by
+/// a service without a canary arm get no cookie: they did not use a bucket, and the client gets
+/// one on its first request that does. Max-Age is not refreshed: a bucket lasts `maxAge` from
+/// when it was given. The header form hashes the header's value (FNV-1a 64 mod 10 000);
 /// a request without the header goes to the weighted split.
 #[derive(Debug)]
 pub(crate) enum Affinity {
@@ -309,6 +318,9 @@ impl PreviewRule {
 impl Affinity {
     pub(crate) fn compile(key: &AffinityKey, max_age: Duration) -> Result<Affinity, RuleError> {
         Ok(match key {
+            AffinityKey::Cookie(name) if !is_token(name) => {
+                return Err(RuleError::CookieName(name.clone()))
+            }
             AffinityKey::Cookie(name) => Affinity::Cookie {
                 name: name.as_str().into(),
                 attributes: format!(
@@ -342,14 +354,25 @@ impl Affinity {
         }
     }
 
-    /// The `Set-Cookie` value giving a new client its bucket.
+    /// The `Set-Cookie` value giving a new client its bucket (one allocation: the string becomes
+    /// the header value's buffer). Always valid: the name is a token, checked in
+    /// [`Affinity::compile`].
     pub(crate) fn set_cookie(&self, bucket: u16, tls: bool) -> Option<HeaderValue> {
         let Affinity::Cookie { name, attributes } = self else {
             return None;
         };
         let secure = if tls { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!("{name}={bucket}; {attributes}{secure}")).ok()
+        let value = format!("{name}={bucket}; {attributes}{secure}");
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
     }
+}
+
+/// An RFC 9110 token (`tchar`s), which is also what RFC 6265 allows as a cookie name.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A bucket written by weir: decimal, `0..10 000`.
