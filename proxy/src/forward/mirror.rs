@@ -4,8 +4,11 @@
 //!   to a per-worker sender task that runs at most [`MirrorLimits::concurrency`] exchanges at once;
 //!   when the queue is full the copy is dropped and counted (`queue_full`).
 //! - Request bodies are mirrored only when their length is known up front and at most
-//!   [`MirrorLimits::max_body`] bytes (64 KiB by default): their frames are kept (shared, not
-//!   copied) as they stream to the primary, and the copy is queued when the body is complete.
+//!   [`MirrorLimits::max_body`] bytes (64 KiB by default): their frames are copied into one buffer
+//!   of that exact length as they stream to the primary, and the copy is queued when the body is
+//!   complete. The copy's head is copied too. Nothing queued shares memory with hyper's read
+//!   buffers, so a queued copy holds exactly its own bytes (never a whole connection buffer), and
+//!   a full queue holds at most about `queue × (max_body + head)` bytes per worker.
 //!   Longer bodies, bodies of unknown length, and bodies that never complete are not mirrored
 //!   (counted as `body_too_large`, `body_unknown_length`, `body_incomplete`).
 //! - The canary's response is read frame by frame and discarded, never buffered; past
@@ -78,8 +81,8 @@ struct Job {
 #[derive(Debug)]
 pub(crate) struct Tee {
     head: Option<http::request::Parts>,
-    chunks: Vec<Bytes>,
-    len: u64,
+    /// The body so far, in a buffer of the announced length.
+    body: BytesMut,
     max_body: u64,
     addr: SocketAddr,
     options: UpstreamOptions,
@@ -123,22 +126,27 @@ pub(crate) fn tee(
         return request.map(RequestBody::plain);
     };
     let (parts, body) = request.into_parts();
-    if !body.is_end_stream() {
+    let len = if body.is_end_stream() {
+        0
+    } else {
         let reason = match body.size_hint().exact() {
-            Some(len) if len <= mirror.max_body => None,
-            Some(_) => Some(MirrorDropReason::BodyTooLarge),
-            None => Some(MirrorDropReason::BodyUnknownLength),
+            Some(len) if len <= mirror.max_body => Ok(len),
+            Some(_) => Err(MirrorDropReason::BodyTooLarge),
+            None => Err(MirrorDropReason::BodyUnknownLength),
         };
-        if let Some(reason) = reason {
-            stats.drops.record(reason);
-            return Request::from_parts(parts, RequestBody::plain(body));
+        match reason {
+            Ok(len) => len,
+            Err(reason) => {
+                stats.drops.record(reason);
+                return Request::from_parts(parts, RequestBody::plain(body));
+            }
         }
-    }
+    };
     let head = copy_head(&parts);
     let tee = Box::new(Tee {
         head: Some(head),
-        chunks: Vec::new(),
-        len: 0,
+        // At most `max_body`, which is below `usize::MAX` wherever it fits in memory at all.
+        body: BytesMut::with_capacity(usize::try_from(len).unwrap_or(0)),
         max_body: mirror.max_body,
         addr: canary.upstreams[canary.next_index()].addr,
         options: service.options.clone(),
@@ -148,12 +156,22 @@ pub(crate) fn tee(
     Request::from_parts(parts, RequestBody::teed(body, tee))
 }
 
+/// The head of the copy. Header values are copied, not shared: hyper parses them as slices of the
+/// connection's read buffer, which a queued copy would otherwise keep alive whole.
 fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     let mut copy = Request::new(());
     *copy.method_mut() = parts.method.clone();
     *copy.uri_mut() = parts.uri.clone();
     *copy.version_mut() = parts.version;
-    *copy.headers_mut() = parts.headers.clone();
+    let headers = copy.headers_mut();
+    headers.reserve(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let mut owned =
+            http::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+                .unwrap_or_else(|_| value.clone());
+        owned.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), owned);
+    }
     copy.into_parts().0
 }
 
@@ -162,33 +180,21 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 impl Tee {
     /// Keeps a data frame; false when the body outgrew the limit (the copy is abandoned).
     pub(crate) fn push(&mut self, data: &Bytes) -> bool {
-        self.len += data.len() as u64;
-        if self.len > self.max_body {
+        if (self.body.len() + data.len()) as u64 > self.max_body {
             if self.head.take().is_some() {
                 self.stats.drops.record(MirrorDropReason::BodyTooLarge);
             }
+            self.body = BytesMut::new();
             return false;
         }
-        if !data.is_empty() {
-            self.chunks.push(data.clone());
-        }
+        self.body.extend_from_slice(data);
         true
     }
 
     /// The body is complete: queue the copy, or drop it when the queue is full.
     pub(crate) fn complete(mut self: Box<Self>) {
         let Some(head) = self.head.take() else { return };
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.len as usize);
-                for chunk in &self.chunks {
-                    all.extend_from_slice(chunk);
-                }
-                all.freeze()
-            }
-        };
+        let body = std::mem::take(&mut self.body).freeze();
         let job = Job {
             request: Request::from_parts(head, Full::new(body)),
             addr: self.addr,
@@ -278,4 +284,85 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
     };
     stats.exchanges.record_upstream_error(kind);
     stats.exchanges.record(status.as_u16(), start.elapsed());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Stats;
+
+    /// Whether `part` lies inside `whole`'s memory.
+    fn inside(part: &[u8], whole: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        !part.is_empty() && range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_queued_copy_shares_no_memory_with_the_connection_buffers() {
+        // Stand-ins for hyper's read buffer: header values and body frames are slices of it.
+        let buffer = Bytes::from(vec![b'a'; 64 * 1024]);
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            "x-big",
+            http::HeaderValue::from_maybe_shared(buffer.slice(0..1000)).expect("a header value"),
+        );
+        let (parts, ()) = request.into_parts();
+        let head = copy_head(&parts);
+        assert!(inside(parts.headers["x-big"].as_bytes(), &buffer));
+        assert_eq!(head.headers["x-big"], parts.headers["x-big"]);
+        assert!(!inside(head.headers["x-big"].as_bytes(), &buffer));
+
+        let stats = Stats::new();
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut tee = Box::new(Tee {
+            head: Some(head),
+            body: BytesMut::with_capacity(30),
+            max_body: 30,
+            addr: "127.0.0.1:1".parse().expect("an address"),
+            options: UpstreamOptions::default(),
+            stats: MirrorStatsHandles {
+                exchanges: stats.mirror_handle("shop", "v2"),
+                drops: stats.mirror_drops("shop"),
+            },
+            tx,
+        });
+        assert!(tee.push(&buffer.slice(100..110)));
+        assert!(tee.push(&buffer.slice(200..220)));
+        tee.complete();
+        let job = rx.try_recv().expect("the copy is queued");
+        let mut body = job.request.into_body();
+        let frame = std::pin::Pin::new(&mut body)
+            .poll_frame(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let std::task::Poll::Ready(Some(Ok(frame))) = frame else {
+            panic!("a full body is ready");
+        };
+        let data = frame.into_data().expect("a data frame");
+        assert_eq!(&data[..], &[b'a'; 30][..]);
+        assert!(!inside(&data, &buffer));
+    }
+
+    #[test]
+    fn a_body_longer_than_announced_is_abandoned_and_counted_once() {
+        let stats = Stats::new();
+        let (tx, mut rx) = mpsc::channel(1);
+        let drops = stats.mirror_drops("shop");
+        let mut tee = Box::new(Tee {
+            head: Some(copy_head(&Request::new(()).into_parts().0)),
+            body: BytesMut::with_capacity(4),
+            max_body: 4,
+            addr: "127.0.0.1:1".parse().expect("an address"),
+            options: UpstreamOptions::default(),
+            stats: MirrorStatsHandles {
+                exchanges: stats.mirror_handle("shop", "v2"),
+                drops: drops.clone(),
+            },
+            tx,
+        });
+        assert!(tee.push(&Bytes::from_static(b"abc")));
+        assert!(!tee.push(&Bytes::from_static(b"de")));
+        tee.complete();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(drops.count(MirrorDropReason::BodyTooLarge), 1);
+        assert_eq!(drops.count(MirrorDropReason::BodyIncomplete), 0);
+    }
 }

@@ -326,3 +326,33 @@ async fn upgrade_requests_are_not_mirrored_and_keep_the_percentage_exact() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+#[tokio::test]
+async fn copies_in_flight_do_not_hold_up_shutdown() {
+    // Copies wait on a canary that answers in a minute (the response timeout too): the proxy
+    // still stops as soon as its client connections have drained; the copies are abandoned.
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").delay(Duration::from_secs(60)).spawn();
+    let mut model = shop(&v1, &v2);
+    model.services[0].upstream.response_timeout = Duration::from_secs(60);
+    let proxy = Proxy::builder(model)
+        .policy("shop", mirror_policy(100.0, "GET"))
+        .drain_timeout(Duration::from_secs(30))
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("shop.example.com", "/api/x").await.text(), "v1");
+    }
+    drop(client);
+    wait_for("the copies to reach the canary", || v2.requests() == 5).await;
+    let start = tokio::time::Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
