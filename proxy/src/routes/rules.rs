@@ -2,7 +2,15 @@
 //! blue-green preview, sticky versions (session affinity) and mirror routes.
 //!
 //! Everything a request is compared with (header names, anchored regexes, cookie names) is
-//! compiled here, so evaluating a rule that does not match allocates nothing.
+//! compiled here, so evaluating a rule that does not match allocates nothing. Values are compared
+//! as bytes (header values need not be UTF-8); the `regex` crate matches in linear time, and hyper
+//! bounds what there is to scan (HTTP/1: 100 headers in about 400 KB; HTTP/2: a 16 KB header list).
+//!
+//! One cost outside the table: a compiled regex keeps its match scratch space in a pool. The first
+//! worker thread to use a regex owns a slot (no synchronisation); the others take theirs from a
+//! per-thread-sharded stack with one uncontended `try_lock` per evaluation (it never waits: under
+//! contention it builds a temporary slot). Only requests evaluated against a `regex` condition
+//! pay it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -91,6 +99,10 @@ pub(crate) struct MirrorRule {
 }
 
 /// The blue-green preview of a service.
+///
+/// The preview headers and hosts are a way in, not access control: any client that can reach a
+/// listener of the service can send them. To keep the new version private before promotion, use
+/// the preview `listener` on an address only testers reach.
 #[derive(Debug)]
 pub(crate) struct PreviewRule {
     /// The preview is up: preview requests reach the canary (otherwise stable).
