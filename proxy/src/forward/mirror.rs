@@ -42,6 +42,9 @@ use crate::upstream::Pool;
 /// neither memory nor a concurrency slot for the whole response timeout.
 pub(crate) const MAX_RESPONSE_DISCARD: u64 = 1024 * 1024;
 
+/// The most of a mirrored body's announced length reserved before its bytes arrive.
+const PREALLOCATE: u64 = 256 * 1024;
+
 /// Bounds of the mirror path, per worker thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorLimits {
@@ -145,8 +148,9 @@ pub(crate) fn tee(
     let head = copy_head(&parts);
     let tee = Box::new(Tee {
         head: Some(head),
-        // At most `max_body`, which is below `usize::MAX` wherever it fits in memory at all.
-        body: BytesMut::with_capacity(usize::try_from(len).unwrap_or(0)),
+        // Reserved up front only up to a bound: the length is the client's claim, and `max_body`
+        // may be set very high; the buffer grows (to at most `max_body`) as the bytes really come.
+        body: BytesMut::with_capacity(usize::try_from(len.min(PREALLOCATE)).unwrap_or(0)),
         max_body: mirror.max_body,
         addr: canary.upstreams[canary.next_index()].addr,
         options: service.options.clone(),

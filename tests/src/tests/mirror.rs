@@ -356,3 +356,40 @@ async fn copies_in_flight_do_not_hold_up_shutdown() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_announced_length_is_a_claim_not_an_allocation() {
+    // With no body limit, a client announcing a terabyte and sending three bytes costs three
+    // bytes: the copy's buffer grows with what arrives. The proxy keeps serving.
+    use tokio::io::AsyncWriteExt;
+    let v1 = Server::spawn("v1");
+    let v2 = Server::spawn("v2");
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(100.0, "POST"))
+        .mirror_limits(MirrorLimits {
+            max_body: u64::MAX,
+            ..MirrorLimits::default()
+        })
+        .start();
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    raw.write_all(
+        b"POST /api/upload HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 1000000000000\r\n\r\nabc",
+    )
+    .await
+    .expect("write");
+    wait_for("the primary request", || v1.requests() == 1).await;
+    drop(raw);
+    wait_for("the abandoned copy to be counted", || {
+        dropped(&proxy, MirrorDropReason::BodyIncomplete) == 1
+    })
+    .await;
+    let mut client = Http1::connect(proxy.addr()).await;
+    assert_eq!(client.get("shop.example.com", "/").await.text(), "v1");
+    assert_eq!(v2.requests(), 0);
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
