@@ -22,6 +22,10 @@ use weir_config::{AffinityKey, HeaderRoute, MirrorRoute, RequestMatch, StringMat
 
 use super::split::{Pick, Split};
 
+/// The largest compiled regex accepted (the validator's limit too): a pattern is compiled once per
+/// table, but a table is built on every publish.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Basis points in 100%: affinity buckets are `0..FULL`.
 pub const BUCKETS: u16 = 10_000;
 
@@ -158,12 +162,21 @@ impl Matcher {
         Ok(match m {
             StringMatch::Exact(s) => Matcher::Exact(s.as_bytes().into()),
             StringMatch::Prefix(s) => Matcher::Prefix(s.as_bytes().into()),
-            StringMatch::Regex(re) => Matcher::Regex(
-                regex::bytes::Regex::new(&format!("^(?:{re})$")).map_err(|e| RuleError::Regex {
+            StringMatch::Regex(re) => {
+                let error = |e: regex::Error| RuleError::Regex {
                     pattern: re.clone(),
                     message: e.to_string(),
-                })?,
-            ),
+                };
+                let build = |p: &str| {
+                    regex::bytes::RegexBuilder::new(p)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                };
+                // The pattern must stand on its own: `a)|(b` would otherwise escape the anchors
+                // as `^(?:a)|(b)$` and match any value starting with `a`.
+                build(re).map_err(error)?;
+                Matcher::Regex(build(&format!("^(?:{re})$")).map_err(error)?)
+            }
         })
     }
 

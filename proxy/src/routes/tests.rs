@@ -638,3 +638,40 @@ fn an_affinity_cookie_name_that_cannot_be_set_is_a_build_error() {
         );
     }
 }
+
+#[test]
+fn a_regex_cannot_escape_its_anchors_or_grow_without_bound() {
+    for (pattern, ok) in [
+        ("v[0-9]+", true),
+        ("a)|(b", false),
+        ("(a", false),
+        ("[a-z]{1000}{1000}", false),
+    ] {
+        let policy = Policy {
+            weight: Weight::ZERO,
+            header_routes: vec![header_route("x-re", StringMatch::Regex(pattern.into()))],
+            ..Policy::default()
+        };
+        let policies = BTreeMap::from([("shop".to_string(), policy)]);
+        let built = RouteTable::build(
+            &model(),
+            &policies,
+            &BTreeMap::new(),
+            &Stats::new(),
+            &RouteTable::empty(),
+        );
+        assert_eq!(built.is_ok(), ok, "{pattern}");
+        if !ok {
+            assert!(
+                matches!(
+                    built,
+                    Err(BuildError::Rule {
+                        source: RuleError::Regex { .. },
+                        ..
+                    })
+                ),
+                "{pattern}"
+            );
+        }
+    }
+}
