@@ -276,9 +276,11 @@ async fn a_streaming_canary_response_is_discarded_and_cut_not_buffered() {
         let reply = client.get("shop.example.com", "/api/stream").await;
         assert_eq!((reply.status, reply.text()), (StatusCode::OK, "v1"));
     }
-    wait_for("three copies, one after another", || v2.requests() == 3).await;
+    wait_for("three copies, one after another, answered", || {
+        v2.requests() == 3 && mirrored(&proxy) == 3
+    })
+    .await;
     assert_eq!(v2.connections(), 3);
-    assert_eq!(mirrored(&proxy), 3);
 
     proxy.shutdown().await;
     v1.shutdown().await;
