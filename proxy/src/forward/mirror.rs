@@ -15,7 +15,8 @@
 //!   [`MAX_RESPONSE_DISCARD`] bytes (1 MiB) the connection is closed instead of read on. Only a
 //!   connection whose response ended cleanly goes back to the (mirror's own) pool.
 //! - A copy carries the primary request's head as sent upstream (same method, path, `Host` and
-//!   `X-Forwarded-*` headers) and uses the service's `responseTimeout`.
+//!   `X-Forwarded-*` headers). The service's `responseTimeout` bounds the whole mirrored exchange
+//!   (head and discarded body), so a slow canary holds a concurrency slot at most that long.
 //! - Mirrored exchanges are counted in their own stats (`weir_mirror_requests_total`,
 //!   `weir_mirror_request_duration_seconds`), never in the primary series.
 
@@ -270,8 +271,7 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
             stats.exchanges.record(status.as_u16(), start.elapsed());
             // Read and discard the body (never buffered); the connection goes back to the pool
             // only when the body ended within the limits, otherwise it is closed.
-            let drained =
-                tokio::time::timeout(options.response_timeout, discard(response.into_body())).await;
+            let drained = tokio::time::timeout_at(deadline, discard(response.into_body())).await;
             if let Ok(true) = drained {
                 lease.release();
             }
