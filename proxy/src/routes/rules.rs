@@ -6,11 +6,12 @@
 //! as bytes (header values need not be UTF-8); the `regex` crate matches in linear time, and hyper
 //! bounds what there is to scan (HTTP/1: 100 headers in about 400 KB; HTTP/2: a 16 KB header list).
 //!
-//! One cost outside the table: a compiled regex keeps its match scratch space in a pool. The first
-//! worker thread to use a regex owns a slot (no synchronisation); the others take theirs from a
-//! per-thread-sharded stack with one uncontended `try_lock` per evaluation (it never waits: under
-//! contention it builds a temporary slot). Only requests evaluated against a `regex` condition
-//! pay it.
+//! A compiled regex keeps its match scratch space in a pool, whose first user thread owns a slot
+//! without synchronisation while every other thread goes through a `try_lock`ed stack. So each
+//! regex is kept as `REGEX_COPIES` clones (one compiled program, one pool each) and a worker
+//! uses the clone of its own slot (`set_worker_slot`): with up to that many workers no regex
+//! evaluation on the request path takes a lock. Threads without a slot (tests, more workers)
+//! share clones and stay correct, at the cost of the `try_lock`.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -71,8 +72,23 @@ pub enum RuleError {
 pub(crate) enum Matcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
-    /// Compiled as `^(?:RE)$`: the whole value must match.
-    Regex(regex::bytes::Regex),
+    /// Compiled as `^(?:RE)$`: the whole value must match. [`REGEX_COPIES`] clones of one
+    /// compiled regex, one per worker slot.
+    Regex(Box<[regex::bytes::Regex]>),
+}
+
+/// Clones kept of each regex: one per worker slot (see the module docs).
+pub(crate) const REGEX_COPIES: usize = 16;
+
+thread_local! {
+    /// The worker slot of this thread (0 unless [`set_worker_slot`] was called).
+    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Gives the calling thread its worker slot (the worker's index), so that its regex evaluations
+/// use their own clone.
+pub(crate) fn set_worker_slot(slot: usize) {
+    WORKER_SLOT.with(|s| s.set(slot % REGEX_COPIES));
 }
 
 /// One compiled condition.
@@ -175,7 +191,8 @@ impl Matcher {
                 // The pattern must stand on its own: `a)|(b` would otherwise escape the anchors
                 // as `^(?:a)|(b)$` and match any value starting with `a`.
                 build(re).map_err(error)?;
-                Matcher::Regex(build(&format!("^(?:{re})$")).map_err(error)?)
+                let anchored = build(&format!("^(?:{re})$")).map_err(error)?;
+                Matcher::Regex((0..REGEX_COPIES).map(|_| anchored.clone()).collect())
             }
         })
     }
@@ -185,7 +202,13 @@ impl Matcher {
         match self {
             Matcher::Exact(s) => value == &**s,
             Matcher::Prefix(s) => value.starts_with(s),
-            Matcher::Regex(re) => re.is_match(value),
+            Matcher::Regex(copies) => {
+                let slot = WORKER_SLOT.with(std::cell::Cell::get);
+                copies
+                    .get(slot)
+                    .or_else(|| copies.first())
+                    .is_some_and(|re| re.is_match(value))
+            }
         }
     }
 }

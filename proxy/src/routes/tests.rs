@@ -675,3 +675,19 @@ fn a_regex_cannot_escape_its_anchors_or_grow_without_bound() {
         }
     }
 }
+
+#[test]
+fn regex_matches_agree_on_every_worker_slot() {
+    let matcher = rules::Matcher::compile(&StringMatch::Regex("v[0-9]+".into())).expect("compiles");
+    std::thread::scope(|scope| {
+        for slot in 0..rules::REGEX_COPIES + 2 {
+            let matcher = &matcher;
+            scope.spawn(move || {
+                rules::set_worker_slot(slot);
+                assert!(matcher.matches(b"v12"));
+                assert!(!matcher.matches(b"xv12"));
+                assert!(!matcher.matches(b"v12\xff"));
+            });
+        }
+    });
+}
