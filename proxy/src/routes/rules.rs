@@ -144,7 +144,10 @@ pub(crate) struct PreviewRule {
 /// Requests decided before the sticky rule (a header route, the blue-green preview) or served by
 /// a service without a canary arm get no cookie: they did not use a bucket, and the client gets
 /// one on its first request that does. Max-Age is not refreshed: a bucket lasts `maxAge` from
-/// when it was given. The header form hashes the header's value (FNV-1a 64 mod 10 000);
+/// when it was given. The cookie is host-only with `Path=/`, so services of one host that name
+/// the same cookie share a client's bucket (and so move it together); give them different names
+/// to assign them independently. A bucket outlives a rollout: the clients with the lowest buckets
+/// are the first on every canary until their cookie expires. The header form hashes the header's value (FNV-1a 64 mod 10 000);
 /// a request without the header goes to the weighted split.
 #[derive(Debug)]
 pub(crate) enum Affinity {
