@@ -298,8 +298,9 @@ impl ServiceRoute {
         }
     }
 
-    /// The first mirror route matching `head` whose percentage takes this request: a copy of it
-    /// goes to the canary. Requests served by the canary are never mirrored.
+    /// The mirror route deciding `head` is the first one that matches it; when its percentage takes
+    /// this request, a copy goes to the canary (a later matching route is not tried). Requests
+    /// served by the canary are never mirrored.
     #[inline]
     pub(crate) fn mirror(&self, head: &RequestHead<'_>, primary_canary: bool) -> Option<&ArmRoute> {
         if primary_canary || self.mirror_rules.is_empty() {

@@ -121,6 +121,7 @@ pub fn spawn(listeners: Vec<Listener>, routes: Routes, config: ServeConfig) -> i
         let handle = std::thread::Builder::new()
             .name(format!("weir-worker-{idx}"))
             .spawn(move || {
+                crate::routes::rules::set_worker_slot(idx);
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, run_worker(sockets, routes, config, shutdown_rx));
                 drop(local);

@@ -17,6 +17,8 @@ use hyper::body::{Body, Frame, SizeHint};
 pub struct TestBody {
     chunks: VecDeque<Bytes>,
     exact_len: Option<u64>,
+    /// Sent again and again after `chunks`, forever (see [`TestBody::endless`]).
+    repeat: Option<Bytes>,
 }
 
 impl TestBody {
@@ -25,6 +27,7 @@ impl TestBody {
         TestBody {
             chunks: VecDeque::new(),
             exact_len: Some(0),
+            repeat: None,
         }
     }
 
@@ -39,6 +42,7 @@ impl TestBody {
                 VecDeque::from([bytes])
             },
             exact_len: Some(len),
+            repeat: None,
         }
     }
 
@@ -47,6 +51,16 @@ impl TestBody {
         TestBody {
             chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
             exact_len: None,
+            repeat: None,
+        }
+    }
+
+    /// `chunk` sent again and again, never ending (a stream that only stops when the peer goes).
+    pub fn endless(chunk: Bytes) -> TestBody {
+        TestBody {
+            chunks: VecDeque::new(),
+            exact_len: None,
+            repeat: (!chunk.is_empty()).then_some(chunk),
         }
     }
 }
@@ -59,16 +73,17 @@ impl Body for TestBody {
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
         Poll::Ready(
-            self.get_mut()
-                .chunks
+            this.chunks
                 .pop_front()
+                .or_else(|| this.repeat.clone())
                 .map(|c| Ok(Frame::data(c))),
         )
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.repeat.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -52,6 +52,8 @@ enum Answer {
     Chunks(Vec<Bytes>),
     /// A JSON description of the request (see [`Builder::echo_request`]).
     EchoRequest,
+    /// A chunked body that never ends (see [`Builder::endless_body`]).
+    Endless,
 }
 
 /// Configures an upstream before [`Builder::spawn`].
@@ -90,6 +92,13 @@ impl Builder {
     /// Answers with these chunks (no `Content-Length`, so HTTP/1.1 chunked encoding).
     pub fn chunked_body(mut self, chunks: Vec<Bytes>) -> Self {
         self.answer = Answer::Chunks(chunks);
+        self
+    }
+
+    /// Answers with a chunked body that never ends (16 KiB chunks as fast as the peer reads them),
+    /// until the peer closes the connection.
+    pub fn endless_body(mut self) -> Self {
+        self.answer = Answer::Endless;
         self
     }
 
@@ -342,6 +351,7 @@ async fn answer(
         Answer::Version => TestBody::full(config.version.clone()),
         Answer::Chunks(chunks) => TestBody::chunked(chunks.iter().cloned()),
         Answer::EchoRequest => TestBody::full(echo(request).await),
+        Answer::Endless => TestBody::endless(Bytes::from(vec![b'x'; 16 * 1024])),
     };
     let mut response = Response::builder()
         .status(config.status)

@@ -120,7 +120,14 @@ pub(crate) async fn handle(
                 preview_host,
             };
             let decision = service.pick(&head);
-            let mirror_to = service.mirror(&head, decision.canary);
+            let upgrade = upstream::is_upgrade(request.version(), request.headers());
+            // Upgrades are never mirrored (a tunnel cannot be copied), and do not take a turn of
+            // the mirror routes' percentages either, so those stay exact over the copyable requests.
+            let mirror_to = if upgrade {
+                None
+            } else {
+                service.mirror(&head, decision.canary)
+            };
             // Only taken when the access log is on: the request moves upstream.
             let line = worker.access_log.then(|| AccessLine::of(&request));
             let mut response = upstream::forward(
@@ -129,6 +136,7 @@ pub(crate) async fn handle(
                 service,
                 decision.arm,
                 mirror_to,
+                upgrade,
                 request,
                 start,
             )

@@ -23,23 +23,24 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome.
+/// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome;
+/// `upgrade` is [`is_upgrade`] of the request.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     worker: &Rc<Worker>,
     conn: &ConnInfo,
     service: &ServiceRoute,
     arm: &ArmRoute,
     mirror_to: Option<&ArmRoute>,
+    upgrade: bool,
     mut request: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let upgrade = is_upgrade(request.version(), request.headers());
     prepare_request(&mut request, conn, upgrade);
     let outcome = if upgrade {
         forward_upgrade(worker, service, arm, request).await
     } else {
         let request = match mirror_to {
-            // Upgrades are never mirrored: a tunnel cannot be copied.
             Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
             None => request.map(RequestBody::plain),
         };
@@ -181,7 +182,7 @@ async fn forward_upgrade(
 }
 
 /// `Connection: upgrade` with an `Upgrade` header on HTTP/1.1.
-fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+pub(super) fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(header::UPGRADE)
         && headers
@@ -194,10 +195,21 @@ fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 
 /// Turns a client request into an upstream request: origin-form URI, HTTP/1.1, a Host header, no
 /// hop-by-hop headers, `X-Forwarded-*` added.
+///
+/// When the request target carries an authority (HTTP/2 `:authority`, or an absolute-form HTTP/1
+/// target), that authority is what the request was routed by, so it replaces any `Host` header the
+/// client also sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the upstream never sees a host other than
+/// the one that chose the service (or its blue-green preview). Userinfo is never forwarded.
 pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
-    let original_host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
+    let (original_host, from_authority) = match request.uri().authority() {
+        Some(authority) => {
+            let host_port = authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, host_port)| host_port);
+            (HeaderValue::from_str(host_port).ok(), true)
+        }
+        None => (request.headers().get(header::HOST).cloned(), false),
     };
     if request.uri().scheme().is_some() {
         let path = request
@@ -211,7 +223,7 @@ pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if let Some(host) = original_host {
-        if !headers.contains_key(header::HOST) {
+        if from_authority {
             headers.insert(header::HOST, host.clone());
         }
         headers.insert(X_FORWARDED_HOST.clone(), host);

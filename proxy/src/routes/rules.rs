@@ -2,7 +2,16 @@
 //! blue-green preview, sticky versions (session affinity) and mirror routes.
 //!
 //! Everything a request is compared with (header names, anchored regexes, cookie names) is
-//! compiled here, so evaluating a rule that does not match allocates nothing.
+//! compiled here, so evaluating a rule that does not match allocates nothing. Values are compared
+//! as bytes (header values need not be UTF-8); the `regex` crate matches in linear time, and hyper
+//! bounds what there is to scan (HTTP/1: 100 headers in about 400 KB; HTTP/2: a 16 KB header list).
+//!
+//! A compiled regex keeps its match scratch space in a pool, whose first user thread owns a slot
+//! without synchronisation while every other thread goes through a `try_lock`ed stack. So each
+//! regex is kept as `REGEX_COPIES` clones (one compiled program, one pool each) and a worker
+//! uses the clone of its own slot (`set_worker_slot`): with up to that many workers no regex
+//! evaluation on the request path takes a lock. Threads without a slot (tests, more workers)
+//! share clones and stay correct, at the cost of the `try_lock`.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -13,6 +22,10 @@ use http::Method;
 use weir_config::{AffinityKey, HeaderRoute, MirrorRoute, RequestMatch, StringMatch, Weight};
 
 use super::split::{Pick, Split};
+
+/// The largest compiled regex accepted (the validator's limit too): a pattern is compiled once per
+/// table, but a table is built on every publish.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Basis points in 100%: affinity buckets are `0..FULL`.
 pub const BUCKETS: u16 = 10_000;
@@ -49,6 +62,9 @@ pub enum RuleError {
     /// A header name is not a valid HTTP header name.
     #[error("invalid header name {0:?}")]
     HeaderName(String),
+    /// An affinity cookie name is not an RFC 6265 token (it could not be set).
+    #[error("invalid cookie name {0:?}")]
+    CookieName(String),
 }
 
 /// A compiled string condition, compared with raw bytes (header values need not be UTF-8).
@@ -56,8 +72,23 @@ pub enum RuleError {
 pub(crate) enum Matcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
-    /// Compiled as `^(?:RE)$`: the whole value must match.
-    Regex(regex::bytes::Regex),
+    /// Compiled as `^(?:RE)$`: the whole value must match. [`REGEX_COPIES`] clones of one
+    /// compiled regex, one per worker slot.
+    Regex(Box<[regex::bytes::Regex]>),
+}
+
+/// Clones kept of each regex: one per worker slot (see the module docs).
+pub(crate) const REGEX_COPIES: usize = 16;
+
+thread_local! {
+    /// The worker slot of this thread (0 unless [`set_worker_slot`] was called).
+    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Gives the calling thread its worker slot (the worker's index), so that its regex evaluations
+/// use their own clone.
+pub(crate) fn set_worker_slot(slot: usize) {
+    WORKER_SLOT.with(|s| s.set(slot % REGEX_COPIES));
 }
 
 /// One compiled condition.
@@ -88,6 +119,10 @@ pub(crate) struct MirrorRule {
 }
 
 /// The blue-green preview of a service.
+///
+/// The preview headers and hosts are a way in, not access control: any client that can reach a
+/// listener of the service can send them. To keep the new version private before promotion, use
+/// the preview `listener` on an address only testers reach.
 #[derive(Debug)]
 pub(crate) struct PreviewRule {
     /// The preview is up: preview requests reach the canary (otherwise stable).
@@ -103,7 +138,16 @@ pub(crate) struct PreviewRule {
 ///
 /// The cookie form gives a client without a valid cookie a random bucket and sets it on that
 /// response only: `Set-Cookie: NAME=BUCKET; Path=/; Max-Age=SECS; HttpOnly; SameSite=Lax`, plus
-/// `; Secure` on TLS listeners. The header form hashes the header's value (FNV-1a 64 mod 10 000);
+/// `; Secure` on TLS listeners. A valid cookie is 1–4 ASCII digits below 10 000 (optionally in
+/// double quotes; leading zeros allowed); anything else (negative, too long, not digits, empty) is
+/// treated as no cookie and replaced. With several cookies of that name the first one counts.
+/// Requests decided before the sticky rule (a header route, the blue-green preview) or served by
+/// a service without a canary arm get no cookie: they did not use a bucket, and the client gets
+/// one on its first request that does. Max-Age is not refreshed: a bucket lasts `maxAge` from
+/// when it was given. The cookie is host-only with `Path=/`, so services of one host that name
+/// the same cookie share a client's bucket (and so move it together); give them different names
+/// to assign them independently. A bucket outlives a rollout: the clients with the lowest buckets
+/// are the first on every canary until their cookie expires. The header form hashes the header's value (FNV-1a 64 mod 10 000);
 /// a request without the header goes to the weighted split.
 #[derive(Debug)]
 pub(crate) enum Affinity {
@@ -137,12 +181,22 @@ impl Matcher {
         Ok(match m {
             StringMatch::Exact(s) => Matcher::Exact(s.as_bytes().into()),
             StringMatch::Prefix(s) => Matcher::Prefix(s.as_bytes().into()),
-            StringMatch::Regex(re) => Matcher::Regex(
-                regex::bytes::Regex::new(&format!("^(?:{re})$")).map_err(|e| RuleError::Regex {
+            StringMatch::Regex(re) => {
+                let error = |e: regex::Error| RuleError::Regex {
                     pattern: re.clone(),
                     message: e.to_string(),
-                })?,
-            ),
+                };
+                let build = |p: &str| {
+                    regex::bytes::RegexBuilder::new(p)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                };
+                // The pattern must stand on its own: `a)|(b` would otherwise escape the anchors
+                // as `^(?:a)|(b)$` and match any value starting with `a`.
+                build(re).map_err(error)?;
+                let anchored = build(&format!("^(?:{re})$")).map_err(error)?;
+                Matcher::Regex((0..REGEX_COPIES).map(|_| anchored.clone()).collect())
+            }
         })
     }
 
@@ -151,7 +205,13 @@ impl Matcher {
         match self {
             Matcher::Exact(s) => value == &**s,
             Matcher::Prefix(s) => value.starts_with(s),
-            Matcher::Regex(re) => re.is_match(value),
+            Matcher::Regex(copies) => {
+                let slot = WORKER_SLOT.with(std::cell::Cell::get);
+                copies
+                    .get(slot)
+                    .or_else(|| copies.first())
+                    .is_some_and(|re| re.is_match(value))
+            }
         }
     }
 }
@@ -309,6 +369,9 @@ impl PreviewRule {
 impl Affinity {
     pub(crate) fn compile(key: &AffinityKey, max_age: Duration) -> Result<Affinity, RuleError> {
         Ok(match key {
+            AffinityKey::Cookie(name) if !is_token(name) => {
+                return Err(RuleError::CookieName(name.clone()))
+            }
             AffinityKey::Cookie(name) => Affinity::Cookie {
                 name: name.as_str().into(),
                 attributes: format!(
@@ -342,14 +405,25 @@ impl Affinity {
         }
     }
 
-    /// The `Set-Cookie` value giving a new client its bucket.
+    /// The `Set-Cookie` value giving a new client its bucket (one allocation: the string becomes
+    /// the header value's buffer). Always valid: the name is a token, checked in
+    /// [`Affinity::compile`].
     pub(crate) fn set_cookie(&self, bucket: u16, tls: bool) -> Option<HeaderValue> {
         let Affinity::Cookie { name, attributes } = self else {
             return None;
         };
         let secure = if tls { "; Secure" } else { "" };
-        HeaderValue::from_str(&format!("{name}={bucket}; {attributes}{secure}")).ok()
+        let value = format!("{name}={bucket}; {attributes}{secure}");
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
     }
+}
+
+/// An RFC 9110 token (`tchar`s), which is also what RFC 6265 allows as a cookie name.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A bucket written by weir: decimal, `0..10 000`.

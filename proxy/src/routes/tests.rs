@@ -505,3 +505,189 @@ fn mirror_routes_take_an_exact_share_of_matching_requests_and_survive_swaps() {
     assert!(shop.mirror(&posted, false).is_none());
     assert_eq!(shop.rule_counts().mirror, 1);
 }
+
+/// A `Cookie` header value with arbitrary bytes (not necessarily UTF-8).
+fn cookie_bytes(value: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.append(
+        http::header::COOKIE,
+        http::HeaderValue::from_bytes(value).expect("a header value"),
+    );
+    map
+}
+
+#[test]
+fn hostile_affinity_cookies_are_treated_as_no_cookie_and_never_panic() {
+    let mut model = model();
+    model.services[0].session_affinity = Some(SessionAffinity {
+        key: AffinityKey::Cookie("weir-shop".into()),
+        max_age: std::time::Duration::from_secs(3600),
+    });
+    let stats = Stats::new();
+    let table = with_policy(&model, Weight::from_percent(50.0).unwrap().into(), &stats);
+    let shop = table.service("shop").unwrap();
+    // Replaced: out of range, signed, huge, spaces inside, non-digits, non-UTF-8.
+    let huge = format!("weir-shop={}", "9".repeat(100_000));
+    for value in [
+        b"weir-shop=10000".as_slice(),
+        b"weir-shop=-0",
+        b"weir-shop=+1",
+        b"weir-shop=99999999999999999999999",
+        huge.as_bytes(),
+        b"weir-shop=1 2",
+        b"weir-shop=0x10",
+        b"weir-shop=\xff\xfe",
+        b"weir-shop=\"12",
+        b"weir-shop;a=1",
+        b";;;=;=1;weir-shop",
+        b"",
+    ] {
+        let h = cookie_bytes(value);
+        let d = shop.pick(&head(&h));
+        assert_eq!(d.by, DecidedBy::Sticky);
+        assert!(
+            d.set_cookie.is_some(),
+            "{:?} is replaced",
+            String::from_utf8_lossy(&value[..value.len().min(40)])
+        );
+    }
+    // Honoured: leading zeros (the same bucket; a client can only pick its own version), quotes,
+    // whitespace around the pair, and the first of duplicate cookies.
+    for (value, canary) in [
+        (b"weir-shop=0001".as_slice(), true),
+        (b"weir-shop=\"4999\"", true),
+        (b"a=1;   weir-shop=5000  ; b", false),
+        (b"weir-shop=9999; weir-shop=0", false),
+        (b"\xff=\xfe; weir-shop=0", true),
+    ] {
+        let h = cookie_bytes(value);
+        let d = shop.pick(&head(&h));
+        assert!(d.set_cookie.is_none(), "{value:?}");
+        assert_eq!(d.canary, canary, "{value:?}");
+    }
+    // Many cookie lines (HTTP/2 sends one per cookie): found in the last one.
+    let mut many = HeaderMap::new();
+    for i in 0..1000 {
+        many.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&format!("c{i}=v")).unwrap(),
+        );
+    }
+    many.append(
+        http::header::COOKIE,
+        http::HeaderValue::from_static("weir-shop=42"),
+    );
+    let d = shop.pick(&head(&many));
+    assert!(d.set_cookie.is_none() && d.canary);
+}
+
+#[test]
+fn requests_decided_before_the_sticky_rule_get_no_cookie() {
+    let mut model = model();
+    model.services[0].session_affinity = Some(SessionAffinity {
+        key: AffinityKey::Cookie("weir-shop".into()),
+        max_age: std::time::Duration::from_secs(3600),
+    });
+    let stats = Stats::new();
+    let policy = Policy {
+        weight: Weight::from_percent(50.0).unwrap(),
+        header_routes: vec![header_route("x-beta", StringMatch::Exact("yes".into()))],
+        ..Policy::default()
+    };
+    let table = with_policy(&model, policy, &stats);
+    let shop = table.service("shop").unwrap();
+    let beta = headers(&[("x-beta", "yes")]);
+    let d = shop.pick(&head(&beta));
+    assert_eq!((d.by, d.canary), (DecidedBy::HeaderRoute, true));
+    assert!(d.set_cookie.is_none());
+
+    // Without a canary arm there is no bucket to use: no cookie either.
+    model.services[0].canary = None;
+    let table = with_policy(&model, Policy::default(), &stats);
+    let d = table
+        .service("shop")
+        .unwrap()
+        .pick(&head(&HeaderMap::new()));
+    assert!(!d.canary && d.set_cookie.is_none());
+}
+
+#[test]
+fn an_affinity_cookie_name_that_cannot_be_set_is_a_build_error() {
+    for name in ["", "weir shop", "a=b", "a;b", "é"] {
+        let mut model = model();
+        model.services[0].session_affinity = Some(SessionAffinity {
+            key: AffinityKey::Cookie(name.into()),
+            max_age: std::time::Duration::from_secs(3600),
+        });
+        let built = RouteTable::build(
+            &model,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &Stats::new(),
+            &RouteTable::empty(),
+        );
+        assert!(
+            matches!(
+                built,
+                Err(BuildError::Rule {
+                    source: RuleError::CookieName(_),
+                    ..
+                })
+            ),
+            "{name:?}"
+        );
+    }
+}
+
+#[test]
+fn a_regex_cannot_escape_its_anchors_or_grow_without_bound() {
+    for (pattern, ok) in [
+        ("v[0-9]+", true),
+        ("a)|(b", false),
+        ("(a", false),
+        ("[a-z]{1000}{1000}", false),
+    ] {
+        let policy = Policy {
+            weight: Weight::ZERO,
+            header_routes: vec![header_route("x-re", StringMatch::Regex(pattern.into()))],
+            ..Policy::default()
+        };
+        let policies = BTreeMap::from([("shop".to_string(), policy)]);
+        let built = RouteTable::build(
+            &model(),
+            &policies,
+            &BTreeMap::new(),
+            &Stats::new(),
+            &RouteTable::empty(),
+        );
+        assert_eq!(built.is_ok(), ok, "{pattern}");
+        if !ok {
+            assert!(
+                matches!(
+                    built,
+                    Err(BuildError::Rule {
+                        source: RuleError::Regex { .. },
+                        ..
+                    })
+                ),
+                "{pattern}"
+            );
+        }
+    }
+}
+
+#[test]
+fn regex_matches_agree_on_every_worker_slot() {
+    let matcher = rules::Matcher::compile(&StringMatch::Regex("v[0-9]+".into())).expect("compiles");
+    std::thread::scope(|scope| {
+        for slot in 0..rules::REGEX_COPIES + 2 {
+            let matcher = &matcher;
+            scope.spawn(move || {
+                rules::set_worker_slot(slot);
+                assert!(matcher.matches(b"v12"));
+                assert!(!matcher.matches(b"xv12"));
+                assert!(!matcher.matches(b"v12\xff"));
+            });
+        }
+    });
+}

@@ -253,3 +253,145 @@ async fn bodies_up_to_the_limit_are_mirrored_and_larger_ones_are_not() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_streaming_canary_response_is_discarded_and_cut_not_buffered() {
+    // The canary answers every copy with a body that never ends. The mirror reads and drops it
+    // frame by frame and closes the connection after 1 MiB, so with one exchange at a time the
+    // next copies are still sent (long before the 30 s response timeout), each on a new
+    // connection (a half-read one never goes back to the pool).
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").endless_body().spawn();
+    let mut model = shop(&v1, &v2);
+    model.services[0].upstream.response_timeout = Duration::from_secs(30);
+    let proxy = Proxy::builder(model)
+        .policy("shop", mirror_policy(100.0, "GET"))
+        .mirror_limits(MirrorLimits {
+            concurrency: 1,
+            ..MirrorLimits::default()
+        })
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("shop.example.com", "/api/stream").await;
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "v1"));
+    }
+    wait_for("three copies, one after another, answered", || {
+        v2.requests() == 3 && mirrored(&proxy) == 3
+    })
+    .await;
+    assert_eq!(v2.connections(), 3);
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_not_mirrored_and_keep_the_percentage_exact() {
+    // Matching `Upgrade` requests interleaved with plain ones: the tunnels are not copied, and
+    // the 50% applies to the plain requests alone (an upgrade does not take a turn).
+    const N: usize = 21;
+    let v1 = Server::spawn("v1");
+    let v2 = Server::spawn("v2");
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(50.0, "GET"))
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..N {
+        let reply = client.get("shop.example.com", "/api/items").await;
+        assert_eq!(reply.served_by(), "v1");
+        // v1 refuses the upgrade with a plain answer; a fresh connection each time all the same.
+        let mut upgrading = Http1::connect(proxy.addr()).await;
+        let mut request = client::get("shop.example.com", "/api/socket");
+        request
+            .headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().expect("valid"));
+        request
+            .headers_mut()
+            .insert(http::header::UPGRADE, "websocket".parse().expect("valid"));
+        let reply = upgrading.fetch(request).await;
+        assert_eq!(reply.served_by(), "v1");
+    }
+    wait_for("the copies", || {
+        let m = mirrored(&proxy) as usize;
+        m >= N / 2 && v2.requests() == m
+    })
+    .await;
+    let copies = v2.requests();
+    assert!(
+        (copies as f64 - N as f64 / 2.0).abs() <= 1.0,
+        "{copies} copies of {N} plain matching requests at 50%"
+    );
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+#[tokio::test]
+async fn copies_in_flight_do_not_hold_up_shutdown() {
+    // Copies wait on a canary that answers in a minute (the response timeout too): the proxy
+    // still stops as soon as its client connections have drained; the copies are abandoned.
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").delay(Duration::from_secs(60)).spawn();
+    let mut model = shop(&v1, &v2);
+    model.services[0].upstream.response_timeout = Duration::from_secs(60);
+    let proxy = Proxy::builder(model)
+        .policy("shop", mirror_policy(100.0, "GET"))
+        .drain_timeout(Duration::from_secs(30))
+        .start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("shop.example.com", "/api/x").await.text(), "v1");
+    }
+    drop(client);
+    wait_for("the copies to reach the canary", || v2.requests() == 5).await;
+    let start = tokio::time::Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_announced_length_is_a_claim_not_an_allocation() {
+    // With no body limit, a client announcing a terabyte and sending three bytes costs three
+    // bytes: the copy's buffer grows with what arrives. The proxy keeps serving.
+    use tokio::io::AsyncWriteExt;
+    let v1 = Server::spawn("v1");
+    let v2 = Server::spawn("v2");
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .policy("shop", mirror_policy(100.0, "POST"))
+        .mirror_limits(MirrorLimits {
+            max_body: u64::MAX,
+            ..MirrorLimits::default()
+        })
+        .start();
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    raw.write_all(
+        b"POST /api/upload HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 1000000000000\r\n\r\nabc",
+    )
+    .await
+    .expect("write");
+    wait_for("the primary request", || v1.requests() == 1).await;
+    drop(raw);
+    wait_for("the abandoned copy to be counted", || {
+        dropped(&proxy, MirrorDropReason::BodyIncomplete) == 1
+    })
+    .await;
+    let mut client = Http1::connect(proxy.addr()).await;
+    assert_eq!(client.get("shop.example.com", "/").await.text(), "v1");
+    assert_eq!(v2.requests(), 0);
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}

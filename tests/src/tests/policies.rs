@@ -206,6 +206,59 @@ async fn the_preview_is_reached_by_host_header_and_listener_only_while_it_is_up(
     v2.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_host_that_routed_a_request_is_the_host_the_upstream_sees() {
+    // An absolute-form target routes by its authority (RFC 9112 §3.2.2), so that authority must
+    // also be the `Host` sent upstream: a client cannot reach the preview by the target while the
+    // new version sees the production host in `Host`, nor the reverse. Userinfo is not forwarded.
+    let v1 = Server::builder("v1").echo_request().spawn();
+    let v2 = Server::builder("v2").echo_request().spawn();
+    let proxy = Proxy::builder(blue_green(&v1, &v2))
+        .policy(
+            "shop",
+            Policy {
+                preview: true,
+                ..Policy::default()
+            },
+        )
+        .start();
+    let mut public = Http1::connect(proxy.listener_addr("public")).await;
+    for (target, host, version, seen) in [
+        (
+            "http://preview.shop.example.com/x",
+            "shop.example.com",
+            "v2",
+            "preview.shop.example.com",
+        ),
+        (
+            "http://shop.example.com:8080/x",
+            "preview.shop.example.com",
+            "v1",
+            "shop.example.com:8080",
+        ),
+        (
+            "http://user:secret@preview.shop.example.com/x",
+            "shop.example.com",
+            "v2",
+            "preview.shop.example.com",
+        ),
+    ] {
+        let mut request = client::get_url(target);
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_str(host).expect("a host"));
+        let reply = public.fetch(request).await;
+        assert_eq!(reply.served_by(), version, "{target} with Host: {host}");
+        assert_eq!(reply.echoed_header("host"), [seen], "{target}");
+        assert_eq!(reply.echoed_header("x-forwarded-host"), [seen], "{target}");
+        assert_eq!(reply.json()["uri"], "/x");
+    }
+
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
 fn with_affinity(mut model: weir_config::Model, key: AffinityKey) -> weir_config::Model {
     model.services[0].session_affinity = Some(SessionAffinity {
         key,
