@@ -260,6 +260,15 @@ pub struct Rollout {
     /// Bumped whenever a route in force changes (not persisted: it only tells operations apart).
     #[serde(skip)]
     routes_epoch: u64,
+    /// The weight served when the current operation began.
+    #[serde(skip)]
+    begin_weight: Weight,
+    /// The current operation removed a route in force.
+    #[serde(skip)]
+    op_narrowed: bool,
+    /// The current operation added or replaced a route in force.
+    #[serde(skip)]
+    op_widened: bool,
 }
 
 /// What one operation on a [`Rollout`] ([`Rollout::tick`], [`Rollout::record`],
@@ -325,6 +334,9 @@ impl Rollout {
             begin_routes_active: false,
             routes_before: None,
             routes_epoch: 0,
+            begin_weight: Weight::ZERO,
+            op_narrowed: false,
+            op_widened: false,
         }
     }
 
@@ -395,7 +407,24 @@ impl Rollout {
         self.dirty = false;
         self.begin_routes_active = self.routes_active();
         self.routes_before = None;
+        self.begin_weight = self.weight();
+        self.op_narrowed = false;
+        self.op_widened = false;
         self.policy_key()
+    }
+
+    /// Whether a change in direction `widens` (`Some(true)`: more canary traffic, `Some(false)`:
+    /// less) would make the current operation both narrow and widen canary traffic. Such an
+    /// operation has no safe order of saving and publishing (saved first, a crash resumes the
+    /// wider part before it was served; saved after, it resumes the narrower part undone), so
+    /// the change waits for the next operation.
+    fn mixes(&self, widens: Option<bool>) -> bool {
+        let weight = self.weight();
+        match widens {
+            Some(true) => self.op_narrowed || weight < self.begin_weight,
+            Some(false) => self.op_widened || weight > self.begin_weight,
+            None => false,
+        }
     }
 
     /// Ends an operation begun with [`Rollout::begin`].
@@ -447,6 +476,7 @@ impl Rollout {
     fn routes_widened(&mut self) {
         self.routes_epoch += 1;
         self.dirty = true;
+        self.op_widened = true;
     }
 
     /// Records what a `setHeaderRoute` did, with one event naming the route and its conditions.
@@ -465,10 +495,10 @@ impl Rollout {
                 if change != RouteChange::Unchanged {
                     self.routes_widened();
                 }
-                let verb = if change == RouteChange::Added {
-                    "Set"
-                } else {
-                    "Replaced"
+                let verb = match change {
+                    RouteChange::Added => "Set",
+                    RouteChange::Unchanged => "Kept",
+                    _ => "Replaced",
                 };
                 format!(
                     "{verb} header route {name} on {service}: requests matching {} go to the canary ({at})",
@@ -501,10 +531,10 @@ impl Rollout {
                 if change != RouteChange::Unchanged {
                     self.routes_widened();
                 }
-                let verb = if change == RouteChange::Added {
-                    "Set"
-                } else {
-                    "Replaced"
+                let verb = match change {
+                    RouteChange::Added => "Set",
+                    RouteChange::Unchanged => "Kept",
+                    _ => "Replaced",
                 };
                 let state = MirrorRouteState::from_config(route);
                 format!(
@@ -528,6 +558,7 @@ impl Rollout {
     fn routes_narrowed(&mut self) {
         self.routes_epoch += 1;
         self.dirty = true;
+        self.op_narrowed = true;
     }
 
     fn set_message(&mut self, message: impl Into<String>) {
@@ -582,6 +613,7 @@ impl Rollout {
         match config_canary {
             None => {
                 if self.in_rollout() {
+                    self.note_switch_back(now_ms);
                     let version = self.canary_version.clone().unwrap_or_default();
                     let message = format!(
                         "Rolling back {}: canary {version} removed from the config; {config_stable} serves 100%",
@@ -657,10 +689,109 @@ impl Rollout {
                 self.routes_narrowed();
             }
         }
+        self.reconcile_plan(ctx, now_ms);
+    }
+
+    /// Brings a rollout in progress in line with an edited plan of the same strategy: changed
+    /// Argo steps start over from step 1 (Argo's `currentStepHash`), so a removed step can never
+    /// leave its route in force nor a shorter plan promote at once; Flagger weights that no
+    /// longer hold the current one go back to the highest weight not above it; an A/B test's
+    /// routes follow its `match` and `mirror`; blue-green waiting for `promote` goes on when
+    /// `autoPromotionEnabled` is turned on.
+    fn reconcile_plan(&mut self, ctx: Ctx<'_>, now_ms: u64) {
+        if !self.in_rollout() {
+            return;
+        }
+        let Some(strategy) = ctx.service.strategy.as_ref() else {
+            return;
+        };
+        let service = self.service.clone();
+        let revision = self.revision;
+        let weight = self.weight();
+        match (&strategy.kind, &mut self.strategy) {
+            (StrategyKind::Steps(plan), StrategyState::Steps(state)) => {
+                let fingerprint = steps::plan_fingerprint(&plan.steps);
+                match &state.plan {
+                    Some(old) if *old == fingerprint => {}
+                    None => {
+                        state.plan = Some(fingerprint);
+                        self.touch();
+                    }
+                    Some(_) => {
+                        let at = state.step_index + 1;
+                        let line = format!(
+                            "{service}: the steps changed at step {at} (canary weight {weight}); the rollout of revision {revision} starts over from step 1 of {}",
+                            plan.steps.len()
+                        );
+                        let operator_pause = self.pause == Some(PauseReason::Operator);
+                        self.restart_steps(ctx, now_ms);
+                        if operator_pause {
+                            // The operator's hold stays.
+                            self.phase = Phase::Paused;
+                            self.pause = Some(PauseReason::Operator);
+                            self.paused_at_ms = Some(now_ms);
+                        }
+                        self.emit(now_ms, "StepsChanged", line);
+                    }
+                }
+            }
+            (StrategyKind::Progression(progression), StrategyState::Progression(state)) => {
+                let weights = &progression.step_weights;
+                let holds = weights
+                    .get(state.step_index)
+                    .is_some_and(|w| w.basis_points() == state.weight_bp);
+                if holds || weights.is_empty() {
+                    return;
+                }
+                let from = state.step_index + 1;
+                let index = weights
+                    .iter()
+                    .rposition(|w| w.basis_points() <= state.weight_bp)
+                    .unwrap_or(0);
+                state.step_index = index;
+                // Never above the weight served: an edit narrows or keeps canary traffic.
+                state.weight_bp = weights[index].basis_points().min(state.weight_bp);
+                state.step_started_ms = now_ms;
+                let after = self.weight();
+                let line = format!(
+                    "{service}: the weights changed (was step {from} at canary weight {weight}); now step {}/{} at canary weight {after}",
+                    index + 1,
+                    weights.len()
+                );
+                self.set_message(format!(
+                    "canary weight {after} (step {}/{})",
+                    index + 1,
+                    weights.len()
+                ));
+                self.emit(now_ms, "WeightsChanged", line);
+            }
+            (StrategyKind::Iterations(iterations), StrategyState::Iterations(_)) => {
+                self.sync_ab_routes(iterations, now_ms);
+            }
+            (StrategyKind::BlueGreen(bg), StrategyState::BlueGreen(state)) => {
+                if bg.auto_promotion_enabled
+                    && state.phase == BlueGreenPhase::AwaitingPromotion
+                    && self.pause == Some(PauseReason::Step)
+                {
+                    self.phase = Phase::Progressing;
+                    self.pause = None;
+                    self.paused_at_ms = None;
+                    let line = format!(
+                        "Resumed {service}: autoPromotionEnabled is now true, so the switch no longer waits for promote"
+                    );
+                    self.emit(now_ms, "Resumed", line);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn start_revision(&mut self, ctx: Ctx<'_>, canary: String, now_ms: u64) {
+        // The new canary takes the canary arm: a promoted version is no longer routable, and the
+        // config's stable arm serves as stable.
+        self.stable_version = self.config_stable_version.clone();
         if self.in_rollout() {
+            self.note_switch_back(now_ms);
             let previous = self.canary_version.clone().unwrap_or_default();
             let message = format!(
                 "Restarting {} rollout: canary changed from {previous} to {canary}",
@@ -712,13 +843,8 @@ impl Rollout {
         self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
         // Routes of the previous state are gone; the new state's come with it.
         self.routes_epoch += 1;
-        if let Some(routes) = self.strategy.routes().cloned() {
-            for route in &routes.header_routes {
-                self.header_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
-            }
-            for route in &routes.mirror_routes {
-                self.mirror_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
-            }
+        if let Some(iterations) = ctx.service.strategy.as_ref().and_then(|s| s.iterations()) {
+            self.sync_ab_routes(iterations, now_ms);
         }
         self.set_message("progressing");
     }
@@ -830,7 +956,9 @@ impl Rollout {
         match &strategy.kind {
             StrategyKind::Steps(plan) => self.ensure_step_runs(ctx, plan, now_ms),
             StrategyKind::BlueGreen(bg) => self.ensure_blue_green_runs(ctx, bg, now_ms),
-            _ => {}
+            // Routes held back by an operation that narrowed canary traffic come now.
+            StrategyKind::Iterations(iterations) => self.sync_ab_routes(iterations, now_ms),
+            StrategyKind::Progression(_) => {}
         }
     }
 
@@ -1103,6 +1231,11 @@ impl Rollout {
                 Ok(())
             }
             Command::Abort => {
+                if self.promoted && self.scaling_down() {
+                    return Err(format!(
+                        "{service} is already promoted (scaleDownDelay running): run undo to switch back"
+                    ));
+                }
                 if !self.in_rollout() {
                     return Err(format!(
                         "{service} has no rollout in progress (phase {:?})",

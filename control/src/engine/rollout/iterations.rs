@@ -5,7 +5,7 @@
 //! failed ones roll back.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic};
+use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
 
 use super::checks::{Checks, Interval};
 use super::routes::Routes;
@@ -35,30 +35,38 @@ pub struct IterationsState {
 // === impl IterationsState ===
 
 impl IterationsState {
-    /// The start of a test: the strategy's routes in force, the first checks one interval later.
+    /// The start of a test: the first checks one interval later. The strategy's routes are put
+    /// in force by [`Rollout::sync_ab_routes`] (at once, or at the next tick when the same
+    /// operation narrowed canary traffic).
     pub fn start(iterations: &Iterations, now_ms: u64) -> IterationsState {
-        let mut routes = Routes::default();
-        if !iterations.any_of.is_empty() {
-            routes.set_header(&HeaderRoute {
-                name: AB_HEADER_ROUTE.into(),
-                any_of: iterations.any_of.clone(),
-            });
-        }
-        if let Some(percentage) = iterations.mirror {
-            // One entry without conditions: every request matches.
-            routes.set_mirror(&MirrorRoute {
-                name: AB_MIRROR_ROUTE.into(),
-                percentage,
-                any_of: vec![Vec::new()],
-            });
-        }
         IterationsState {
             passed: 0,
             started_ms: now_ms,
             checks: Checks::start(now_ms, iterations.interval),
-            routes,
+            routes: Routes::default(),
         }
     }
+}
+
+/// The routes an A/B test keeps in force: its `match` as header route [`AB_HEADER_ROUTE`] and
+/// its `mirror` as mirror route [`AB_MIRROR_ROUTE`] on every request; one without conditions
+/// (no `match`, no `mirror`) removes the route.
+fn ab_routes(iterations: &Iterations) -> (HeaderRoute, MirrorRoute) {
+    let header = HeaderRoute {
+        name: AB_HEADER_ROUTE.into(),
+        any_of: iterations.any_of.clone(),
+    };
+    let mirror = MirrorRoute {
+        name: AB_MIRROR_ROUTE.into(),
+        percentage: iterations.mirror.unwrap_or(Weight::ZERO),
+        // One entry without conditions: every request matches.
+        any_of: if iterations.mirror.is_some() {
+            vec![Vec::new()]
+        } else {
+            Vec::new()
+        },
+    };
+    (header, mirror)
 }
 
 /// Which traffic an A/B test's builtin checks measure: the mirrored copies when the test only
@@ -74,6 +82,40 @@ pub fn checked_traffic(iterations: &Iterations) -> Traffic {
 // === impl Rollout (iterations) ===
 
 impl Rollout {
+    /// Brings the A/B test's routes in line with the config (its `match` and `mirror`: the
+    /// config is the desired state, also mid-test), one event per route added, replaced or
+    /// removed. A change that would make the current operation both narrow and widen canary
+    /// traffic waits for the next tick (see [`Rollout::mixes`]).
+    pub(super) fn sync_ab_routes(&mut self, iterations: &Iterations, now_ms: u64) {
+        if !self.in_rollout() {
+            return;
+        }
+        let (header, mirror) = ab_routes(iterations);
+        let at = "A/B test";
+        let StrategyState::Iterations(state) = &self.strategy else {
+            return;
+        };
+        let change = state.routes.clone().set_header(&header).widens();
+        if change.is_some() && !self.mixes(change) {
+            self.snapshot_routes();
+            if let StrategyState::Iterations(state) = &mut self.strategy {
+                let change = state.routes.set_header(&header);
+                self.header_route_set(&header, change, at, now_ms);
+            }
+        }
+        let StrategyState::Iterations(state) = &self.strategy else {
+            return;
+        };
+        let change = state.routes.clone().set_mirror(&mirror).widens();
+        if change.is_some() && !self.mixes(change) {
+            self.snapshot_routes();
+            if let StrategyState::Iterations(state) = &mut self.strategy {
+                let change = state.routes.set_mirror(&mirror);
+                self.mirror_route_set(&mirror, change, at, now_ms);
+            }
+        }
+    }
+
     /// Runs the interval's checks when due, then counts an iteration, halts or rolls back.
     pub(super) fn evaluate_iterations(
         &mut self,
