@@ -802,3 +802,100 @@ fn weight_is_never_above_zero_before_the_switch() {
         BlueGreenPhase::AwaitingPromotion.index()
     );
 }
+
+// --- review: config edits and operator commands around the switch ---------------------------
+
+const CANARY: &str = r#"    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+"#;
+
+impl Sim {
+    /// Reloads the config (the desired state) as `yaml`.
+    fn reconfigure(&mut self, yaml: &str) {
+        self.model = model(yaml);
+        let model = &self.model;
+        let ctx = Ctx {
+            service: &model.services[0],
+            templates: &model.analysis_templates,
+        };
+        let effects = self.rollout.reconcile(ctx, self.now_ms);
+        self.absorb(effects);
+    }
+}
+
+#[test]
+fn a_new_version_during_post_promotion_analysis_switches_back_then_previews_it() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v2", "version: v3"));
+    assert_eq!(sim.weight(), 0.0, "production back on blue");
+    assert!(sim.preview(), "the preview now reaches v3");
+    assert_eq!(sim.phase(), BlueGreenPhase::Preview);
+    assert_eq!(sim.rollout.revision, 2);
+    assert_eq!(sim.rollout.stable_version, "v1");
+    assert_eq!(
+        sim.policy_changes.last(),
+        Some(&(0, true, false)),
+        "narrowed: saved before publishing"
+    );
+    assert!(
+        sim.logged("Switching orders back: v1 (blue) serves 100% again, v2 (green) gets nothing"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn removing_the_new_version_after_the_switch_switches_back_and_ends_the_preview() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, CANARY, ""));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(!sim.preview());
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.kind_logged("SwitchedBack"), "{:?}", sim.log);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn a_new_version_during_scale_down_delay_previews_it_against_the_configs_stable() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    assert_eq!(sim.rollout.stable_version, "v2");
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v2", "version: v3"));
+    assert_eq!(
+        sim.rollout.stable_version, "v1",
+        "v2's arm now serves v3, so the config's stable (v1) serves production"
+    );
+    assert_eq!(sim.weight(), 0.0);
+    assert!(sim.preview());
+    assert_eq!(sim.phase(), BlueGreenPhase::Preview);
+    assert_eq!(sim.rollout.history.last().unwrap().from_version, "v1");
+}
+
+#[test]
+fn abort_during_scale_down_delay_points_to_undo() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    let error = sim.command(Command::Abort).unwrap_err();
+    assert!(error.contains("run undo"), "{error}");
+    assert_eq!(sim.weight(), 100.0);
+    sim.command(Command::Undo).unwrap();
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn turning_auto_promotion_on_while_waiting_for_promote_switches() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_awaiting();
+    sim.reconfigure(&edit(
+        BLUE_GREEN,
+        "autoPromotionEnabled: false",
+        "autoPromotionEnabled: true",
+    ));
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert!(sim.logged("autoPromotionEnabled is now true"), "{:?}", sim.log);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.phase(), BlueGreenPhase::Switched);
+    assert_eq!(sim.weight(), 100.0);
+}
