@@ -447,6 +447,31 @@ impl Rollout {
         }
     }
 
+    /// ` (header route beta, mirror route shadow, preview removed)`: what ends with the rollout,
+    /// for the event that ends it; empty when only the weight was in force.
+    fn rules_ending(&self) -> String {
+        let routes = self.routes_in_force();
+        let mut names: Vec<String> = routes
+            .header_routes
+            .iter()
+            .map(|r| format!("header route {}", r.name))
+            .chain(
+                routes
+                    .mirror_routes
+                    .iter()
+                    .map(|r| format!("mirror route {}", r.name)),
+            )
+            .collect();
+        if self.routes_active() && self.policy().preview {
+            names.push("preview".into());
+        }
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} removed)", names.join(", "))
+        }
+    }
+
     /// The routes in the policy now.
     fn routes_in_force(&self) -> Routes {
         match self.strategy.routes() {
@@ -616,8 +641,9 @@ impl Rollout {
                     self.note_switch_back(now_ms);
                     let version = self.canary_version.clone().unwrap_or_default();
                     let message = format!(
-                        "Rolling back {}: canary {version} removed from the config; {config_stable} serves 100%",
-                        self.service
+                        "Rolling back {}: canary {version} removed from the config; {config_stable} serves 100%{}",
+                        self.service,
+                        self.rules_ending()
                     );
                     self.end_revision(now_ms, RevisionOutcome::RolledBack, &message);
                     self.emit(now_ms, "Rollback", message);
@@ -794,8 +820,9 @@ impl Rollout {
             self.note_switch_back(now_ms);
             let previous = self.canary_version.clone().unwrap_or_default();
             let message = format!(
-                "Restarting {} rollout: canary changed from {previous} to {canary}",
-                self.service
+                "Restarting {} rollout: canary changed from {previous} to {canary}{}",
+                self.service,
+                self.rules_ending()
             );
             self.end_revision(now_ms, RevisionOutcome::Superseded, &message);
             self.emit(now_ms, "Superseded", message);
@@ -1120,19 +1147,24 @@ impl Rollout {
 
     fn promote(&mut self, now_ms: u64) {
         let canary = self.canary_version.clone().unwrap_or_default();
+        let ending = self.rules_ending();
         self.clear_runs("terminated: the canary was promoted");
         self.promoted = true;
         self.phase = Phase::Healthy;
         self.pause = None;
         self.stable_version = canary.clone();
         self.message = promoted_message(&canary, &self.config_stable_version);
-        let line = format!("Promotion completed: {} {canary} is stable", self.service);
+        let line = format!(
+            "Promotion completed: {} {canary} is stable{ending}",
+            self.service
+        );
         self.end_revision(now_ms, RevisionOutcome::Promoted, &line);
         self.emit(now_ms, "Promoted", line);
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
         self.note_switch_back(now_ms);
+        let ending = self.rules_ending();
         self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
@@ -1142,7 +1174,7 @@ impl Rollout {
             "{canary} aborted: {reason}; {} serves 100% until the config names another canary or an operator runs retry",
             self.stable_version
         );
-        let line = format!("Rolling back {}: {reason}", self.service);
+        let line = format!("Rolling back {}: {reason}{ending}", self.service);
         self.end_revision(now_ms, RevisionOutcome::Aborted, &reason);
         self.emit(now_ms, "Rollback", line);
     }

@@ -2,7 +2,13 @@
 //! of a revision the requests matching the strategy's conditions go to the canary (a header
 //! route), and/or copies of a share of every request (a mirror route); no weighted traffic ever
 //! does. Every interval the checks run; `iterations` passing intervals promote, `threshold`
-//! failed ones roll back.
+//! failed ones roll back. An interval whose checks could not judge (no data, provider errors)
+//! neither counts nor fails: the test halts at that iteration and says so in its message and a
+//! `Halt` event. As for the Flagger progression, `progressDeadline` does not apply: a test that
+//! never gets matching traffic halts until traffic comes or an operator runs `promote` (counts
+//! the iteration) or `abort`, rather than failing a version nobody reached. `retry` after an
+//! abort starts from iteration 0 with the routes in force again. The routes follow the config:
+//! an edited `match` or `mirror` replaces them mid-test, keeping the iterations passed.
 
 use serde::{Deserialize, Serialize};
 use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};

@@ -1381,3 +1381,38 @@ fn format_1_progression_files_resume_in_every_phase() {
     sim.run_for(Duration::from_secs(60));
     assert_eq!(sim.weight(), 0.0);
 }
+
+#[test]
+fn the_event_that_ends_a_rollout_names_the_routes_it_removes() {
+    let mut sim = Sim::new(routes_plan());
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Abort).unwrap();
+    assert!(
+        sim.logged("Rolling back checkout: aborted by operator (header route beta, mirror route shadow removed)"),
+        "{:?}",
+        sim.log
+    );
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.command(Command::Promote { full: true }).unwrap();
+    assert!(
+        sim.logged("Promotion completed: search 2024.2 is stable (header route ab-test removed)"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn ab_test_retry_puts_the_routes_back_and_counts_from_zero() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.run_for(Duration::from_secs(31));
+    assert_eq!(sim.rollout.step_index(), 1);
+    sim.command(Command::Abort).unwrap();
+    assert!(sim.rollout.policy().header_routes.is_empty());
+    sim.command(Command::Retry).unwrap();
+    assert_eq!(sim.rollout.step_index(), 0);
+    assert_eq!(sim.rollout.policy().header_routes[0].name, AB_HEADER_ROUTE);
+    assert_eq!(sim.weight(), 0.0);
+    sim.run_for(Duration::from_secs(91));
+    assert!(sim.rollout.promoted, "{:?}", sim.log);
+    assert!(sim.rollout.policy().header_routes.is_empty());
+}

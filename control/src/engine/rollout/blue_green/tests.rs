@@ -894,7 +894,11 @@ fn turning_auto_promotion_on_while_waiting_for_promote_switches() {
         "autoPromotionEnabled: true",
     ));
     assert_eq!(sim.rollout.phase, Phase::Progressing);
-    assert!(sim.logged("autoPromotionEnabled is now true"), "{:?}", sim.log);
+    assert!(
+        sim.logged("autoPromotionEnabled is now true"),
+        "{:?}",
+        sim.log
+    );
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.phase(), BlueGreenPhase::Switched);
     assert_eq!(sim.weight(), 100.0);
