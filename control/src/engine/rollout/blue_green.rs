@@ -549,8 +549,14 @@ impl Rollout {
                 .blue_version
                 .clone()
                 .unwrap_or_else(|| self.config_stable_version.clone());
+            let canary = self.canary_version.clone().unwrap_or_default();
+            let how = if blue == self.config_stable_version {
+                format!("remove the canary {canary} from the config to serve {blue}, the config's stable, again")
+            } else {
+                format!("name {blue} in the config as the canary to roll it out again")
+            };
             return Some(Err(format!(
-                "{service}: blue {blue} was released when scaleDownDelay ended, so undo is no longer instant; name {blue} in the config (as the canary, or as stable) to go back"
+                "{service}: blue {blue} was released when scaleDownDelay ended, so undo is no longer instant; {how}"
             )));
         }
         None

@@ -497,7 +497,8 @@ fn undo_after_scale_down_delay_is_refused_with_what_to_do() {
     assert_eq!(sim.phase(), BlueGreenPhase::Done);
     let refused = sim.command(Command::Undo).unwrap_err();
     assert!(
-        refused.contains("blue v1 was released") && refused.contains("name v1 in the config"),
+        refused.contains("blue v1 was released")
+            && refused.contains("remove the canary v2 from the config to serve v1"),
         "{refused}"
     );
     assert_eq!(sim.weight(), 100.0);
@@ -902,4 +903,24 @@ fn turning_auto_promotion_on_while_waiting_for_promote_switches() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(sim.phase(), BlueGreenPhase::Switched);
     assert_eq!(sim.weight(), 100.0);
+}
+
+#[test]
+fn undo_after_scale_down_delay_says_how_once_the_config_moved_on() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    sim.run_for(Duration::from_secs(30));
+    // The config catches up: v2 stable, a new canary v3 (its preview is not measured here).
+    let moved = edit(
+        &edit(BLUE_GREEN, "version: v2", "version: v3"),
+        "version: v1",
+        "version: v2",
+    );
+    sim.reconfigure(&moved);
+    assert_eq!(sim.rollout.stable_version, "v2");
+    assert_eq!(sim.weight(), 0.0, "the preview of v3 only");
+    // Undo now aborts the v3 rollout (v2 keeps serving); nothing goes back to v1.
+    sim.command(Command::Abort).unwrap();
+    let refused = sim.command(Command::Undo).unwrap_err();
+    assert!(refused.contains("no previous stable revision"), "{refused}");
 }
