@@ -794,19 +794,18 @@ impl Rollout {
             (StrategyKind::Iterations(iterations), StrategyState::Iterations(_)) => {
                 self.sync_ab_routes(iterations, now_ms);
             }
-            (StrategyKind::BlueGreen(bg), StrategyState::BlueGreen(state)) => {
+            (StrategyKind::BlueGreen(bg), StrategyState::BlueGreen(state))
                 if bg.auto_promotion_enabled
                     && state.phase == BlueGreenPhase::AwaitingPromotion
-                    && self.pause == Some(PauseReason::Step)
-                {
-                    self.phase = Phase::Progressing;
-                    self.pause = None;
-                    self.paused_at_ms = None;
-                    let line = format!(
-                        "Resumed {service}: autoPromotionEnabled is now true, so the switch no longer waits for promote"
-                    );
-                    self.emit(now_ms, "Resumed", line);
-                }
+                    && self.pause == Some(PauseReason::Step) =>
+            {
+                self.phase = Phase::Progressing;
+                self.pause = None;
+                self.paused_at_ms = None;
+                let line = format!(
+                    "Resumed {service}: autoPromotionEnabled is now true, so the switch no longer waits for promote"
+                );
+                self.emit(now_ms, "Resumed", line);
             }
             _ => {}
         }
