@@ -517,7 +517,9 @@ impl Rollout {
         if !self.in_rollout() || !state.switched() {
             return;
         }
-        let blue = state.blue_version.clone().unwrap_or_default();
+        // The config's stable arm serves after the switch back: the blue of the switch, or the
+        // version the config names as stable since.
+        let blue = self.stable_version.clone();
         let canary = self.canary_version.clone().unwrap_or_default();
         let line = format!(
             "Switching {} back: {blue} (blue) serves 100% again, {canary} (green) gets nothing",

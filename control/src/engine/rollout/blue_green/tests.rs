@@ -924,3 +924,19 @@ fn undo_after_scale_down_delay_says_how_once_the_config_moved_on() {
     let refused = sim.command(Command::Undo).unwrap_err();
     assert!(refused.contains("no previous stable revision"), "{refused}");
 }
+
+#[test]
+fn switching_back_names_the_stable_the_config_names_now() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v1", "version: v0"));
+    assert_eq!(sim.weight(), 100.0, "still switched");
+    sim.success_rate = 0.5;
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(
+        sim.logged("Switching orders back: v0 (blue) serves 100% again"),
+        "{:?}",
+        sim.log
+    );
+}
