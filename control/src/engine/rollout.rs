@@ -10,7 +10,15 @@
 //! [`Rollout::reconcile`]) returns its [`Effects`]: the measurements now due, whether the
 //! persisted state changed (save it, see `state.rs`), whether the policy changed (publish) and
 //! whether that widened canary traffic (save after publishing, else before), so a restart resumes
-//! the same revision, step, weight and routes.
+//! the same revision, step, weight and routes. No operation both narrows and widens canary
+//! traffic (there would be no safe order of saving and publishing): a step that would, waits for
+//! the next tick ([`Rollout::mixes`]).
+//!
+//! The config is the desired state, also mid-rollout ([`Rollout::reconcile`]): a new canary
+//! version starts a new revision from the config's stable (switching back first after a
+//! blue-green switch); a removed canary rolls back; another strategy starts over; edited Argo
+//! steps start over from step 1 (Argo's `currentStepHash`); edited Flagger weights keep the
+//! highest weight not above the current one; an A/B test's routes follow its `match`/`mirror`.
 //!
 //! Semantics follow Argo Rollouts (steps, background analysis, promote/abort/retry/undo) and
 //! Flagger (stepWeight/maxWeight/threshold progression). Where they differ from the users'
