@@ -12,7 +12,7 @@
 //! whether that widened canary traffic (save after publishing, else before), so a restart resumes
 //! the same revision, step, weight and routes. No operation both narrows and widens canary
 //! traffic (there would be no safe order of saving and publishing): a step that would, waits for
-//! the next tick ([`Rollout::mixes`]).
+//! the next tick (`Rollout::mixes`).
 //!
 //! The config is the desired state, also mid-rollout ([`Rollout::reconcile`]): a new canary
 //! version starts a new revision from the config's stable (switching back first after a

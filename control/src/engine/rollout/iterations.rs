@@ -42,7 +42,7 @@ pub struct IterationsState {
 
 impl IterationsState {
     /// The start of a test: the first checks one interval later. The strategy's routes are put
-    /// in force by [`Rollout::sync_ab_routes`] (at once, or at the next tick when the same
+    /// in force by `Rollout::sync_ab_routes` (at once, or at the next tick when the same
     /// operation narrowed canary traffic).
     pub fn start(iterations: &Iterations, now_ms: u64) -> IterationsState {
         IterationsState {

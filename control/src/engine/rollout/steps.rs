@@ -25,7 +25,7 @@ pub struct StepsState {
     /// Header and mirror routes set by steps (in force while the rollout progresses or pauses).
     #[serde(default)]
     pub routes: Routes,
-    /// Fingerprint of the steps this state walks ([`plan_fingerprint`]); when the config's steps
+    /// Fingerprint of the steps this state walks (`plan_fingerprint`); when the config's steps
     /// change mid-rollout the rollout starts over from step 1, as Argo Rollouts does with its
     /// `currentStepHash`. Absent in files written before it existed: the next reconcile adopts
     /// the config's steps without restarting.
