@@ -306,8 +306,9 @@ impl Rollout {
                     }
                     let preview_up_ms = state.preview_up_ms;
                     match bg.auto_promotion_after {
-                        Some(after) if now_ms < preview_up_ms + millis(after) => {
-                            let left = (preview_up_ms + millis(after) - now_ms).div_ceil(1000);
+                        Some(after) if now_ms < preview_up_ms.saturating_add(millis(after)) => {
+                            let left = (preview_up_ms.saturating_add(millis(after)) - now_ms)
+                                .div_ceil(1000);
                             self.set_message(format!(
                                 "preview of {canary} is up; switching automatically in {left}s (autoPromotionSeconds {})",
                                 after.as_secs()
@@ -364,7 +365,7 @@ impl Rollout {
         );
         if self.phase == Phase::Progressing
             && analysing
-            && now_ms > started_ms + millis(strategy.progress_deadline)
+            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
         {
             let reason = format!(
                 "{} did not finish within progressDeadline {}",
@@ -429,7 +430,7 @@ impl Rollout {
         state.weight_bp = 10_000;
         state.blue_version = Some(blue.clone());
         state.switched_at_ms.get_or_insert(now_ms);
-        state.scale_down_at_ms = Some(now_ms + millis(delay));
+        state.scale_down_at_ms = Some(now_ms.saturating_add(millis(delay)));
         state.enter(BlueGreenPhase::ScalingDown, now_ms);
         let line = format!(
             "{}: blue {blue} kept for {} for an instant undo",

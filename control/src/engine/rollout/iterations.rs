@@ -210,7 +210,7 @@ impl Rollout {
         };
         state.checks.clear();
         state.passed += 1;
-        state.checks.next_check_ms = now_ms + millis(iterations.interval);
+        state.checks.next_check_ms = now_ms.saturating_add(millis(iterations.interval));
         let done = state.passed >= iterations.iterations;
         self.touch();
         if done {

@@ -242,7 +242,7 @@ impl Rollout {
                     self.next_step(now_ms);
                 }
                 Step::Pause(Some(duration)) => {
-                    if now_ms >= started_ms + millis(*duration) {
+                    if now_ms >= started_ms.saturating_add(millis(*duration)) {
                         self.next_step(now_ms);
                     } else {
                         self.set_message(format!(
@@ -303,7 +303,7 @@ impl Rollout {
         };
         let (index, started_ms) = (state.step_index, state.step_started_ms);
         if self.phase == Phase::Progressing
-            && now_ms > started_ms + millis(strategy.progress_deadline)
+            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
         {
             let reason = format!(
                 "step {}/{n_steps} did not finish within progressDeadline {}",

@@ -1416,3 +1416,29 @@ fn ab_test_retry_puts_the_routes_back_and_counts_from_zero() {
     assert!(sim.rollout.promoted, "{:?}", sim.log);
     assert!(sim.rollout.policy().header_routes.is_empty());
 }
+
+#[test]
+fn the_longest_accepted_durations_never_overflow() {
+    // Durations are accepted up to what fits in u64 milliseconds; added to a time they saturate.
+    let longest = Duration::from_millis(u64::MAX);
+    let mut plan = with_steps(vec![
+        Step::SetWeight(Weight::from_percent(10.0).unwrap()),
+        Step::Pause(Some(longest)),
+    ]);
+    plan.services[0]
+        .strategy
+        .as_mut()
+        .unwrap()
+        .progress_deadline = longest;
+    let mut sim = Sim::new(plan);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.weight(), 10.0);
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    let mut model = model(FLAGGER);
+    if let StrategyKind::Progression(p) = &mut model.services[0].strategy.as_mut().unwrap().kind {
+        p.interval = longest;
+    }
+    let mut sim = Sim::new(model);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.weight(), 10.0);
+}

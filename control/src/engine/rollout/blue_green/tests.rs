@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use weir_config::{Model, Weight};
+use weir_config::{Model, StrategyKind, Weight};
 
 use super::*;
 use crate::engine::analysis::{Measured, Outcome};
@@ -939,4 +939,41 @@ fn switching_back_names_the_stable_the_config_names_now() {
         "{:?}",
         sim.log
     );
+}
+
+#[test]
+fn the_longest_accepted_delays_never_overflow() {
+    let longest = Duration::from_millis(u64::MAX);
+    let yaml = edit(
+        BLUE_GREEN,
+        "autoPromotionEnabled: false",
+        "autoPromotionEnabled: true",
+    );
+    let mut sim = Sim::new(&yaml);
+    if let Some(StrategyKind::BlueGreen(bg)) =
+        sim.model.services[0].strategy.as_mut().map(|s| &mut s.kind)
+    {
+        bg.auto_promotion_after = Some(longest);
+        bg.scale_down_delay = longest;
+    }
+    sim.model.services[0]
+        .strategy
+        .as_mut()
+        .unwrap()
+        .progress_deadline = longest;
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.phase(), BlueGreenPhase::AwaitingPromotion);
+    assert!(sim.rollout.message.contains("switching automatically in"));
+    let status = crate::api::v1::build(
+        &sim.model,
+        &BTreeMap::from([("orders".to_string(), sim.rollout.clone())]),
+        &weir_proxy::RouteTable::empty(),
+        sim.now_ms,
+    );
+    let details = status.services[0].details.as_ref().unwrap();
+    let bg = details.blue_green.as_ref().unwrap();
+    assert_eq!(bg.auto_promotion_at_ms, Some(u64::MAX));
+    sim.command(Command::Promote { full: true }).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.phase(), BlueGreenPhase::ScalingDown);
 }
