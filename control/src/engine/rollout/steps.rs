@@ -330,6 +330,10 @@ impl Rollout {
     /// over.
     pub(super) fn skip_step(&mut self, now_ms: u64) {
         if let Some(state) = self.steps_state() {
+            // A skipped `analysis` step's run ends as terminated, not as running forever.
+            if let Some(run) = &mut state.inline_run {
+                run.terminate("terminated: step skipped by operator");
+            }
             let stopped = state
                 .background_run
                 .as_ref()

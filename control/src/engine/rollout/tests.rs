@@ -1442,3 +1442,18 @@ fn the_longest_accepted_durations_never_overflow() {
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.weight(), 10.0);
 }
+
+#[test]
+fn promoting_past_an_analysis_step_terminates_its_run() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.rollout.step_index(), 2, "analysis step");
+    sim.command(Command::Promote { full: false }).unwrap();
+    let skipped = sim
+        .rollout
+        .finished_runs
+        .iter()
+        .find(|r| matches!(r.kind, run::RunKind::Inline { step: 2 }))
+        .expect("the skipped run is kept");
+    assert_eq!(skipped.phase, RunPhase::Terminated);
+}
