@@ -708,22 +708,42 @@ impl Rollout {
         }
         // The config switched strategies: a rollout in progress starts over under the new one.
         if !self.strategy.fits(service.strategy.as_ref()) {
-            if self.in_rollout() {
+            if self.in_rollout() && self.pause != Some(PauseReason::StateUnreadable) {
                 let line = format!(
                     "{}: the strategy changed to {}; the rollout of revision {} starts over",
                     self.service,
                     service.strategy.as_ref().map_or("none", |s| s.name()),
                     self.revision
                 );
+                let operator_pause = self.pause == Some(PauseReason::Operator);
                 self.restart_steps(ctx, now_ms);
+                if operator_pause {
+                    self.hold_for_operator(now_ms);
+                }
                 self.emit(now_ms, "StrategyChanged", line);
             } else {
+                // Nothing in progress, or a rollout that waits for an operator after an unreadable
+                // state file (its strategy state may also be a format-1 guess): the new strategy's
+                // initial state, still waiting.
                 self.snapshot_routes();
+                let had_routes = !self.routes_in_force().is_empty();
                 self.strategy = StrategyState::initial(service.strategy.as_ref());
-                self.routes_narrowed();
+                if had_routes {
+                    self.routes_narrowed();
+                } else {
+                    self.touch();
+                }
             }
         }
         self.reconcile_plan(ctx, now_ms);
+    }
+
+    /// Keeps an operator's `pause` across a restart of the plan (the config changed under it).
+    fn hold_for_operator(&mut self, now_ms: u64) {
+        self.phase = Phase::Paused;
+        self.pause = Some(PauseReason::Operator);
+        self.paused_at_ms = Some(now_ms);
+        self.message = format!("paused by operator at weight {}", self.weight());
     }
 
     /// Brings a rollout in progress in line with an edited plan of the same strategy: changed
@@ -760,10 +780,7 @@ impl Rollout {
                         let operator_pause = self.pause == Some(PauseReason::Operator);
                         self.restart_steps(ctx, now_ms);
                         if operator_pause {
-                            // The operator's hold stays.
-                            self.phase = Phase::Paused;
-                            self.pause = Some(PauseReason::Operator);
-                            self.paused_at_ms = Some(now_ms);
+                            self.hold_for_operator(now_ms);
                         }
                         self.emit(now_ms, "StepsChanged", line);
                     }

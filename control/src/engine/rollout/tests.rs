@@ -1457,3 +1457,43 @@ fn promoting_past_an_analysis_step_terminates_its_run() {
         .expect("the skipped run is kept");
     assert_eq!(skipped.phase, RunPhase::Terminated);
 }
+
+#[test]
+fn a_format_1_unreadable_pause_keeps_waiting_whatever_the_strategy_guess() {
+    // weir 0.1 saved a progression waiting after an unreadable file with no checks scheduled,
+    // which reads as Argo steps; the config's progression must not start by itself.
+    const V1: &str = include_str!("../state/format1-progression.json");
+    let mut value: serde_json::Value = serde_json::from_str(V1).unwrap();
+    value["rollout"]["phase"] = json!("Paused");
+    value["rollout"]["pause"] = json!("stateUnreadable");
+    value["rollout"]["weightBp"] = json!(0);
+    value["rollout"]["stepIndex"] = json!(0);
+    value["rollout"]["progress"]["nextCheckMs"] = json!(0);
+    value["rollout"]["progress"]["failedChecks"] = json!(0);
+    let rollout = crate::engine::state::parse(value.to_string().as_bytes()).unwrap();
+    assert!(matches!(rollout.strategy, StrategyState::Steps(_)));
+    let mut sim = resume(model(FLAGGER), rollout, 1_030_000);
+    assert!(matches!(
+        sim.rollout.strategy,
+        StrategyState::Progression(_)
+    ));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 0.0, "still waiting for an operator");
+    assert_eq!(sim.rollout.pause, Some(PauseReason::StateUnreadable));
+    sim.command(Command::Resume).unwrap();
+    assert_eq!(sim.weight(), 10.0, "the operator restarts it");
+}
+
+#[test]
+fn an_operator_pause_survives_a_strategy_change() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Pause).unwrap();
+    let mut ab = ab_test(beta(), None);
+    ab.services[0].name = "checkout".into();
+    ab.services[0].stable = sim.model.services[0].stable.clone();
+    ab.services[0].canary = sim.model.services[0].canary.clone();
+    sim.reconfigure(ab);
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Operator));
+    assert_eq!(sim.weight(), 0.0);
+}
