@@ -753,7 +753,9 @@ impl Rollout {
     /// routes follow its `match` and `mirror`; blue-green waiting for `promote` goes on when
     /// `autoPromotionEnabled` is turned on.
     fn reconcile_plan(&mut self, ctx: Ctx<'_>, now_ms: u64) {
-        if !self.in_rollout() {
+        // A rollout waiting after an unreadable state file has no plan position to keep: the
+        // operator's promote or resume starts it from the first step of the config's plan.
+        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
             return;
         }
         let Some(strategy) = ctx.service.strategy.as_ref() else {

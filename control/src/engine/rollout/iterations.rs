@@ -16,7 +16,7 @@ use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
 use super::checks::{Checks, Interval};
 use super::routes::Routes;
 use super::run::millis;
-use super::{BuiltinQuery, Ctx, Outcome, Rollout, StrategyState};
+use super::{BuiltinQuery, Ctx, Outcome, PauseReason, Rollout, StrategyState};
 
 /// The header route an A/B test's `match` becomes.
 pub const AB_HEADER_ROUTE: &str = "ab-test";
@@ -93,7 +93,8 @@ impl Rollout {
     /// removed. A change that would make the current operation both narrow and widen canary
     /// traffic waits for the next tick (see [`Rollout::mixes`]).
     pub(super) fn sync_ab_routes(&mut self, iterations: &Iterations, now_ms: u64) {
-        if !self.in_rollout() {
+        // After an unreadable state file nothing reaches the canary until an operator decides.
+        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
             return;
         }
         let (header, mirror) = ab_routes(iterations);

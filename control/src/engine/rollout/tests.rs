@@ -1497,3 +1497,26 @@ fn an_operator_pause_survives_a_strategy_change() {
     assert_eq!(sim.rollout.pause, Some(PauseReason::Operator));
     assert_eq!(sim.weight(), 0.0);
 }
+
+#[test]
+fn an_unreadable_state_file_routes_nothing_to_the_canary_until_an_operator_decides() {
+    for model in [ab_test(beta(), Some(50.0)), model(FLAGGER), model(STEPS)] {
+        let mut sim = Sim::new(model.clone());
+        sim.rollout = Rollout::unreadable(&model.services[0], "bad json", sim.now_ms);
+        sim.drain();
+        sim.log.clear();
+        sim.run_for(Duration::from_secs(2));
+        sim.reconfigure(model.clone());
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(
+            sim.rollout.policy(),
+            Policy::from(Weight::ZERO),
+            "{}",
+            model.services[0].name
+        );
+        assert!(sim.log.is_empty(), "nothing decided: {:?}", sim.log);
+        sim.command(Command::Resume).unwrap();
+        sim.run_for(Duration::from_millis(100));
+        assert_ne!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    }
+}
