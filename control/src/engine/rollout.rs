@@ -1294,6 +1294,12 @@ impl Rollout {
                         "{service} is already promoted (scaleDownDelay running): run undo to switch back"
                     ));
                 }
+                if self.promoted && self.phase == Phase::Healthy {
+                    return Err(format!(
+                        "{service}: {} is already promoted, nothing to abort; run undo to return to {}",
+                        self.stable_version, self.config_stable_version
+                    ));
+                }
                 if !self.in_rollout() {
                     return Err(format!(
                         "{service} has no rollout in progress (phase {:?})",

@@ -1520,3 +1520,24 @@ fn an_unreadable_state_file_routes_nothing_to_the_canary_until_an_operator_decid
         assert_ne!(sim.rollout.policy(), Policy::from(Weight::ZERO));
     }
 }
+
+#[test]
+fn abort_after_a_promotion_points_to_undo() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.command(Command::Promote { full: true }).unwrap();
+    let error = sim.command(Command::Abort).unwrap_err();
+    assert!(
+        error.contains("v2 is already promoted, nothing to abort; run undo to return to v1"),
+        "{error}"
+    );
+    for command in [
+        Command::Promote { full: false },
+        Command::Pause,
+        Command::Resume,
+        Command::Retry,
+    ] {
+        let error = sim.command(command).unwrap_err();
+        assert!(error.starts_with("checkout"), "{command:?}: {error}");
+    }
+    assert_eq!(sim.weight(), 100.0);
+}
