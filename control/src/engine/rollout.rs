@@ -638,8 +638,10 @@ impl Rollout {
         let config_canary = service.canary.as_ref().map(|c| c.version.version.clone());
         if self.config_stable_version != config_stable {
             self.config_stable_version = config_stable.clone();
-            if !self.promoted || self.canary_version.as_deref() != Some(config_stable.as_str()) {
+            if !self.promoted {
                 // The config's stable arm serves as stable at once: the file is the truth for it.
+                // (A promoted canary keeps serving from its arm: it stays weir's stable until
+                // the config moves on from it, below.)
                 self.stable_version = config_stable.clone();
             }
         }

@@ -1541,3 +1541,20 @@ fn abort_after_a_promotion_points_to_undo() {
     }
     assert_eq!(sim.weight(), 100.0);
 }
+
+#[test]
+fn a_promoted_canary_stays_stable_when_the_configs_stable_arm_changes() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.command(Command::Promote { full: true }).unwrap();
+    sim.reconfigure(model(&STEPS.replace("version: v1", "version: v0")));
+    assert_eq!(sim.weight(), 100.0, "v2's arm still serves everything");
+    assert_eq!(sim.rollout.stable_version, "v2");
+    assert!(
+        sim.rollout.message.contains("still names v0"),
+        "{}",
+        sim.rollout.message
+    );
+    sim.command(Command::Undo).unwrap();
+    assert_eq!(sim.rollout.stable_version, "v0");
+    assert_eq!(sim.weight(), 0.0);
+}
