@@ -463,7 +463,10 @@ fn blue_green_status(service: &weir_config::Service, rollout: &Rollout) -> Optio
                         | BlueGreenPhase::AwaitingPromotion
                 ) =>
         {
-            Some(s.preview_up_ms + crate::engine::rollout::run::millis(after))
+            Some(
+                s.preview_up_ms
+                    .saturating_add(crate::engine::rollout::run::millis(after)),
+            )
         }
         _ => None,
     };

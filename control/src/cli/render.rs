@@ -553,15 +553,43 @@ pub fn action_result(
         .or(before.and_then(|b| b.canary_version.as_deref()))
         .unwrap_or("the canary");
     let step = |status: &ServiceStatus| (status.step_index + 1).min(status.step_count.max(1));
+    // What the strategy calls the place a promote moves on from (blue-green phases, A/B
+    // iterations), when the status before says.
+    let details = before.or(Some(after)).and_then(|s| s.details.as_ref());
+    let strategy = details.map_or("steps", |d| d.strategy.as_str());
+    let phase_before = before
+        .and_then(|b| b.details.as_ref())
+        .and_then(|d| d.strategy_phase.as_deref());
+    let iteration = before
+        .and_then(|b| b.progress.as_ref())
+        .filter(|p| p.unit == "iteration");
     let what = match action {
         Action::Promote { full: true } => {
             format!("promoted {canary} fully (remaining steps skipped)")
         }
-        Action::Promote { full: false } => match before {
-            Some(before) if before.step_count > 0 => format!("promoted step {}", step(before)),
+        Action::Promote { full: false } => match (phase_before, iteration, before) {
+            (Some("preview" | "prePromotionAnalysis"), _, _) => {
+                "skipped the pre-promotion analysis".into()
+            }
+            (Some("awaitingPromotion"), _, _) => format!("switched all traffic to {canary}"),
+            (Some("postPromotionAnalysis"), _, _) => {
+                format!("skipped the post-promotion analysis: {canary} promoted")
+            }
+            (_, Some(progress), _) => {
+                format!("counted iteration {} as passed", progress.current + 1)
+            }
+            (_, _, Some(before)) if before.step_count > 0 => {
+                format!("promoted step {}", step(before))
+            }
             _ => "promoted the current step".into(),
         },
         Action::Abort => format!("aborted {canary}"),
+        Action::Retry if strategy == "blueGreen" => {
+            format!("retrying {canary} from the preview")
+        }
+        Action::Retry if strategy == "iterations" => {
+            format!("retrying {canary} from iteration 1")
+        }
         Action::Retry => format!("retrying {canary} from step 1"),
         Action::Pause if after.step_count > 0 => format!("paused at step {}", step(after)),
         Action::Pause => "paused".into(),
@@ -995,6 +1023,40 @@ mod tests {
             "checkout: paused at step 3 — phase Paused, weight 50%"
         );
         assert_eq!(Action::Undo.verb(), "undo");
+    }
+
+    #[test]
+    fn action_results_speak_each_strategys_language() {
+        let mut waiting = detailed();
+        if let Some(d) = waiting.details.as_mut() {
+            d.strategy = "blueGreen".into();
+            d.strategy_phase = Some("awaitingPromotion".into());
+        }
+        let switched = summary("checkout", Phase::Progressing, 100.0);
+        assert_eq!(
+            action_result(Action::Promote { full: false }, Some(&waiting), &switched),
+            "checkout: switched all traffic to v2 — phase Progressing, weight 100%"
+        );
+        if let Some(d) = waiting.details.as_mut() {
+            d.strategy_phase = Some("postPromotionAnalysis".into());
+        }
+        assert!(
+            action_result(Action::Promote { full: false }, Some(&waiting), &switched)
+                .contains("skipped the post-promotion analysis: v2 promoted")
+        );
+        assert!(action_result(Action::Retry, Some(&waiting), &switched)
+            .contains("retrying v2 from the preview"));
+        let mut ab = summary("search", Phase::Progressing, 0.0);
+        ab.progress = Some(weir_control::api::v1::Progress {
+            unit: "iteration".into(),
+            current: 1,
+            total: 3,
+            text: "iteration 1/3".into(),
+        });
+        assert!(
+            action_result(Action::Promote { full: false }, Some(&ab), &ab)
+                .contains("counted iteration 2 as passed"),
+        );
     }
 
     #[test]

@@ -10,7 +10,15 @@
 //! [`Rollout::reconcile`]) returns its [`Effects`]: the measurements now due, whether the
 //! persisted state changed (save it, see `state.rs`), whether the policy changed (publish) and
 //! whether that widened canary traffic (save after publishing, else before), so a restart resumes
-//! the same revision, step, weight and routes.
+//! the same revision, step, weight and routes. No operation both narrows and widens canary
+//! traffic (there would be no safe order of saving and publishing): a step that would, waits for
+//! the next tick (`Rollout::mixes`).
+//!
+//! The config is the desired state, also mid-rollout ([`Rollout::reconcile`]): a new canary
+//! version starts a new revision from the config's stable (switching back first after a
+//! blue-green switch); a removed canary rolls back; another strategy starts over; edited Argo
+//! steps start over from step 1 (Argo's `currentStepHash`); edited Flagger weights keep the
+//! highest weight not above the current one; an A/B test's routes follow its `match`/`mirror`.
 //!
 //! Semantics follow Argo Rollouts (steps, background analysis, promote/abort/retry/undo) and
 //! Flagger (stepWeight/maxWeight/threshold progression). Where they differ from the users'
@@ -260,6 +268,15 @@ pub struct Rollout {
     /// Bumped whenever a route in force changes (not persisted: it only tells operations apart).
     #[serde(skip)]
     routes_epoch: u64,
+    /// The weight served when the current operation began.
+    #[serde(skip)]
+    begin_weight: Weight,
+    /// The current operation removed a route in force.
+    #[serde(skip)]
+    op_narrowed: bool,
+    /// The current operation added or replaced a route in force.
+    #[serde(skip)]
+    op_widened: bool,
 }
 
 /// What one operation on a [`Rollout`] ([`Rollout::tick`], [`Rollout::record`],
@@ -325,6 +342,9 @@ impl Rollout {
             begin_routes_active: false,
             routes_before: None,
             routes_epoch: 0,
+            begin_weight: Weight::ZERO,
+            op_narrowed: false,
+            op_widened: false,
         }
     }
 
@@ -395,7 +415,24 @@ impl Rollout {
         self.dirty = false;
         self.begin_routes_active = self.routes_active();
         self.routes_before = None;
+        self.begin_weight = self.weight();
+        self.op_narrowed = false;
+        self.op_widened = false;
         self.policy_key()
+    }
+
+    /// Whether a change in direction `widens` (`Some(true)`: more canary traffic, `Some(false)`:
+    /// less) would make the current operation both narrow and widen canary traffic. Such an
+    /// operation has no safe order of saving and publishing (saved first, a crash resumes the
+    /// wider part before it was served; saved after, it resumes the narrower part undone), so
+    /// the change waits for the next operation.
+    fn mixes(&self, widens: Option<bool>) -> bool {
+        let weight = self.weight();
+        match widens {
+            Some(true) => self.op_narrowed || weight < self.begin_weight,
+            Some(false) => self.op_widened || weight > self.begin_weight,
+            None => false,
+        }
     }
 
     /// Ends an operation begun with [`Rollout::begin`].
@@ -415,6 +452,31 @@ impl Rollout {
             policy_changed,
             widened,
             events,
+        }
+    }
+
+    /// ` (header route beta, mirror route shadow, preview removed)`: what ends with the rollout,
+    /// for the event that ends it; empty when only the weight was in force.
+    fn rules_ending(&self) -> String {
+        let routes = self.routes_in_force();
+        let mut names: Vec<String> = routes
+            .header_routes
+            .iter()
+            .map(|r| format!("header route {}", r.name))
+            .chain(
+                routes
+                    .mirror_routes
+                    .iter()
+                    .map(|r| format!("mirror route {}", r.name)),
+            )
+            .collect();
+        if self.routes_active() && self.policy().preview {
+            names.push("preview".into());
+        }
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} removed)", names.join(", "))
         }
     }
 
@@ -447,6 +509,7 @@ impl Rollout {
     fn routes_widened(&mut self) {
         self.routes_epoch += 1;
         self.dirty = true;
+        self.op_widened = true;
     }
 
     /// Records what a `setHeaderRoute` did, with one event naming the route and its conditions.
@@ -465,10 +528,10 @@ impl Rollout {
                 if change != RouteChange::Unchanged {
                     self.routes_widened();
                 }
-                let verb = if change == RouteChange::Added {
-                    "Set"
-                } else {
-                    "Replaced"
+                let verb = match change {
+                    RouteChange::Added => "Set",
+                    RouteChange::Unchanged => "Kept",
+                    _ => "Replaced",
                 };
                 format!(
                     "{verb} header route {name} on {service}: requests matching {} go to the canary ({at})",
@@ -501,10 +564,10 @@ impl Rollout {
                 if change != RouteChange::Unchanged {
                     self.routes_widened();
                 }
-                let verb = if change == RouteChange::Added {
-                    "Set"
-                } else {
-                    "Replaced"
+                let verb = match change {
+                    RouteChange::Added => "Set",
+                    RouteChange::Unchanged => "Kept",
+                    _ => "Replaced",
                 };
                 let state = MirrorRouteState::from_config(route);
                 format!(
@@ -528,6 +591,7 @@ impl Rollout {
     fn routes_narrowed(&mut self) {
         self.routes_epoch += 1;
         self.dirty = true;
+        self.op_narrowed = true;
     }
 
     fn set_message(&mut self, message: impl Into<String>) {
@@ -574,18 +638,22 @@ impl Rollout {
         let config_canary = service.canary.as_ref().map(|c| c.version.version.clone());
         if self.config_stable_version != config_stable {
             self.config_stable_version = config_stable.clone();
-            if !self.promoted || self.canary_version.as_deref() != Some(config_stable.as_str()) {
+            if !self.promoted {
                 // The config's stable arm serves as stable at once: the file is the truth for it.
+                // (A promoted canary keeps serving from its arm: it stays weir's stable until
+                // the config moves on from it, below.)
                 self.stable_version = config_stable.clone();
             }
         }
         match config_canary {
             None => {
                 if self.in_rollout() {
+                    self.note_switch_back(now_ms);
                     let version = self.canary_version.clone().unwrap_or_default();
                     let message = format!(
-                        "Rolling back {}: canary {version} removed from the config; {config_stable} serves 100%",
-                        self.service
+                        "Rolling back {}: canary {version} removed from the config; {config_stable} serves 100%{}",
+                        self.service,
+                        self.rules_ending()
                     );
                     self.end_revision(now_ms, RevisionOutcome::RolledBack, &message);
                     self.emit(now_ms, "Rollback", message);
@@ -642,29 +710,147 @@ impl Rollout {
         }
         // The config switched strategies: a rollout in progress starts over under the new one.
         if !self.strategy.fits(service.strategy.as_ref()) {
-            if self.in_rollout() {
+            if self.in_rollout() && self.pause != Some(PauseReason::StateUnreadable) {
                 let line = format!(
                     "{}: the strategy changed to {}; the rollout of revision {} starts over",
                     self.service,
                     service.strategy.as_ref().map_or("none", |s| s.name()),
                     self.revision
                 );
+                let operator_pause = self.pause == Some(PauseReason::Operator);
                 self.restart_steps(ctx, now_ms);
+                if operator_pause {
+                    self.hold_for_operator(now_ms);
+                }
                 self.emit(now_ms, "StrategyChanged", line);
             } else {
+                // Nothing in progress, or a rollout that waits for an operator after an unreadable
+                // state file (its strategy state may also be a format-1 guess): the new strategy's
+                // initial state, still waiting.
                 self.snapshot_routes();
+                let had_routes = !self.routes_in_force().is_empty();
                 self.strategy = StrategyState::initial(service.strategy.as_ref());
-                self.routes_narrowed();
+                if had_routes {
+                    self.routes_narrowed();
+                } else {
+                    self.touch();
+                }
             }
+        }
+        self.reconcile_plan(ctx, now_ms);
+    }
+
+    /// Keeps an operator's `pause` across a restart of the plan (the config changed under it).
+    fn hold_for_operator(&mut self, now_ms: u64) {
+        self.phase = Phase::Paused;
+        self.pause = Some(PauseReason::Operator);
+        self.paused_at_ms = Some(now_ms);
+        self.message = format!("paused by operator at weight {}", self.weight());
+    }
+
+    /// Brings a rollout in progress in line with an edited plan of the same strategy: changed
+    /// Argo steps start over from step 1 (Argo's `currentStepHash`), so a removed step can never
+    /// leave its route in force nor a shorter plan promote at once; Flagger weights that no
+    /// longer hold the current one go back to the highest weight not above it; an A/B test's
+    /// routes follow its `match` and `mirror`; blue-green waiting for `promote` goes on when
+    /// `autoPromotionEnabled` is turned on.
+    fn reconcile_plan(&mut self, ctx: Ctx<'_>, now_ms: u64) {
+        // A rollout waiting after an unreadable state file has no plan position to keep: the
+        // operator's promote or resume starts it from the first step of the config's plan.
+        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
+            return;
+        }
+        let Some(strategy) = ctx.service.strategy.as_ref() else {
+            return;
+        };
+        let service = self.service.clone();
+        let revision = self.revision;
+        let weight = self.weight();
+        match (&strategy.kind, &mut self.strategy) {
+            (StrategyKind::Steps(plan), StrategyState::Steps(state)) => {
+                let fingerprint = steps::plan_fingerprint(&plan.steps);
+                match &state.plan {
+                    Some(old) if *old == fingerprint => {}
+                    None => {
+                        state.plan = Some(fingerprint);
+                        self.touch();
+                    }
+                    Some(_) => {
+                        let at = state.step_index + 1;
+                        let line = format!(
+                            "{service}: the steps changed at step {at} (canary weight {weight}); the rollout of revision {revision} starts over from step 1 of {}",
+                            plan.steps.len()
+                        );
+                        let operator_pause = self.pause == Some(PauseReason::Operator);
+                        self.restart_steps(ctx, now_ms);
+                        if operator_pause {
+                            self.hold_for_operator(now_ms);
+                        }
+                        self.emit(now_ms, "StepsChanged", line);
+                    }
+                }
+            }
+            (StrategyKind::Progression(progression), StrategyState::Progression(state)) => {
+                let weights = &progression.step_weights;
+                let holds = weights
+                    .get(state.step_index)
+                    .is_some_and(|w| w.basis_points() == state.weight_bp);
+                if holds || weights.is_empty() {
+                    return;
+                }
+                let from = state.step_index + 1;
+                let index = weights
+                    .iter()
+                    .rposition(|w| w.basis_points() <= state.weight_bp)
+                    .unwrap_or(0);
+                state.step_index = index;
+                // Never above the weight served: an edit narrows or keeps canary traffic.
+                state.weight_bp = weights[index].basis_points().min(state.weight_bp);
+                state.step_started_ms = now_ms;
+                let after = self.weight();
+                let line = format!(
+                    "{service}: the weights changed (was step {from} at canary weight {weight}); now step {}/{} at canary weight {after}",
+                    index + 1,
+                    weights.len()
+                );
+                self.set_message(format!(
+                    "canary weight {after} (step {}/{})",
+                    index + 1,
+                    weights.len()
+                ));
+                self.emit(now_ms, "WeightsChanged", line);
+            }
+            (StrategyKind::Iterations(iterations), StrategyState::Iterations(_)) => {
+                self.sync_ab_routes(iterations, now_ms);
+            }
+            (StrategyKind::BlueGreen(bg), StrategyState::BlueGreen(state))
+                if bg.auto_promotion_enabled
+                    && state.phase == BlueGreenPhase::AwaitingPromotion
+                    && self.pause == Some(PauseReason::Step) =>
+            {
+                self.phase = Phase::Progressing;
+                self.pause = None;
+                self.paused_at_ms = None;
+                let line = format!(
+                    "Resumed {service}: autoPromotionEnabled is now true, so the switch no longer waits for promote"
+                );
+                self.emit(now_ms, "Resumed", line);
+            }
+            _ => {}
         }
     }
 
     fn start_revision(&mut self, ctx: Ctx<'_>, canary: String, now_ms: u64) {
+        // The new canary takes the canary arm: a promoted version is no longer routable, and the
+        // config's stable arm serves as stable.
+        self.stable_version = self.config_stable_version.clone();
         if self.in_rollout() {
+            self.note_switch_back(now_ms);
             let previous = self.canary_version.clone().unwrap_or_default();
             let message = format!(
-                "Restarting {} rollout: canary changed from {previous} to {canary}",
-                self.service
+                "Restarting {} rollout: canary changed from {previous} to {canary}{}",
+                self.service,
+                self.rules_ending()
             );
             self.end_revision(now_ms, RevisionOutcome::Superseded, &message);
             self.emit(now_ms, "Superseded", message);
@@ -712,13 +898,8 @@ impl Rollout {
         self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
         // Routes of the previous state are gone; the new state's come with it.
         self.routes_epoch += 1;
-        if let Some(routes) = self.strategy.routes().cloned() {
-            for route in &routes.header_routes {
-                self.header_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
-            }
-            for route in &routes.mirror_routes {
-                self.mirror_route_set(&route.to_config(), RouteChange::Added, "A/B test", now_ms);
-            }
+        if let Some(iterations) = ctx.service.strategy.as_ref().and_then(|s| s.iterations()) {
+            self.sync_ab_routes(iterations, now_ms);
         }
         self.set_message("progressing");
     }
@@ -830,7 +1011,9 @@ impl Rollout {
         match &strategy.kind {
             StrategyKind::Steps(plan) => self.ensure_step_runs(ctx, plan, now_ms),
             StrategyKind::BlueGreen(bg) => self.ensure_blue_green_runs(ctx, bg, now_ms),
-            _ => {}
+            // Routes held back by an operation that narrowed canary traffic come now.
+            StrategyKind::Iterations(iterations) => self.sync_ab_routes(iterations, now_ms),
+            StrategyKind::Progression(_) => {}
         }
     }
 
@@ -992,19 +1175,24 @@ impl Rollout {
 
     fn promote(&mut self, now_ms: u64) {
         let canary = self.canary_version.clone().unwrap_or_default();
+        let ending = self.rules_ending();
         self.clear_runs("terminated: the canary was promoted");
         self.promoted = true;
         self.phase = Phase::Healthy;
         self.pause = None;
         self.stable_version = canary.clone();
         self.message = promoted_message(&canary, &self.config_stable_version);
-        let line = format!("Promotion completed: {} {canary} is stable", self.service);
+        let line = format!(
+            "Promotion completed: {} {canary} is stable{ending}",
+            self.service
+        );
         self.end_revision(now_ms, RevisionOutcome::Promoted, &line);
         self.emit(now_ms, "Promoted", line);
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
         self.note_switch_back(now_ms);
+        let ending = self.rules_ending();
         self.clear_runs("terminated: the rollout was aborted");
         self.phase = Phase::Degraded;
         self.pause = None;
@@ -1014,7 +1202,7 @@ impl Rollout {
             "{canary} aborted: {reason}; {} serves 100% until the config names another canary or an operator runs retry",
             self.stable_version
         );
-        let line = format!("Rolling back {}: {reason}", self.service);
+        let line = format!("Rolling back {}: {reason}{ending}", self.service);
         self.end_revision(now_ms, RevisionOutcome::Aborted, &reason);
         self.emit(now_ms, "Rollback", line);
     }
@@ -1103,6 +1291,17 @@ impl Rollout {
                 Ok(())
             }
             Command::Abort => {
+                if self.promoted && self.scaling_down() {
+                    return Err(format!(
+                        "{service} is already promoted (scaleDownDelay running): run undo to switch back"
+                    ));
+                }
+                if self.promoted && self.phase == Phase::Healthy {
+                    return Err(format!(
+                        "{service}: {} is already promoted, nothing to abort; run undo to return to {}",
+                        self.stable_version, self.config_stable_version
+                    ));
+                }
                 if !self.in_rollout() {
                     return Err(format!(
                         "{service} has no rollout in progress (phase {:?})",

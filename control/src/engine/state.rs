@@ -147,7 +147,7 @@ impl Store {
 }
 
 /// Reads a state file of the current format or of format 1.
-fn parse(bytes: &[u8]) -> Result<Rollout, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Rollout, String> {
     let envelope: AnyEnvelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let rollout = match envelope.format {
         FORMAT => envelope.rollout,

@@ -306,8 +306,9 @@ impl Rollout {
                     }
                     let preview_up_ms = state.preview_up_ms;
                     match bg.auto_promotion_after {
-                        Some(after) if now_ms < preview_up_ms + millis(after) => {
-                            let left = (preview_up_ms + millis(after) - now_ms).div_ceil(1000);
+                        Some(after) if now_ms < preview_up_ms.saturating_add(millis(after)) => {
+                            let left = (preview_up_ms.saturating_add(millis(after)) - now_ms)
+                                .div_ceil(1000);
                             self.set_message(format!(
                                 "preview of {canary} is up; switching automatically in {left}s (autoPromotionSeconds {})",
                                 after.as_secs()
@@ -364,7 +365,7 @@ impl Rollout {
         );
         if self.phase == Phase::Progressing
             && analysing
-            && now_ms > started_ms + millis(strategy.progress_deadline)
+            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
         {
             let reason = format!(
                 "{} did not finish within progressDeadline {}",
@@ -429,7 +430,7 @@ impl Rollout {
         state.weight_bp = 10_000;
         state.blue_version = Some(blue.clone());
         state.switched_at_ms.get_or_insert(now_ms);
-        state.scale_down_at_ms = Some(now_ms + millis(delay));
+        state.scale_down_at_ms = Some(now_ms.saturating_add(millis(delay)));
         state.enter(BlueGreenPhase::ScalingDown, now_ms);
         let line = format!(
             "{}: blue {blue} kept for {} for an instant undo",
@@ -517,7 +518,9 @@ impl Rollout {
         if !self.in_rollout() || !state.switched() {
             return;
         }
-        let blue = state.blue_version.clone().unwrap_or_default();
+        // The config's stable arm serves after the switch back: the blue of the switch, or the
+        // version the config names as stable since.
+        let blue = self.stable_version.clone();
         let canary = self.canary_version.clone().unwrap_or_default();
         let line = format!(
             "Switching {} back: {blue} (blue) serves 100% again, {canary} (green) gets nothing",
@@ -549,8 +552,14 @@ impl Rollout {
                 .blue_version
                 .clone()
                 .unwrap_or_else(|| self.config_stable_version.clone());
+            let canary = self.canary_version.clone().unwrap_or_default();
+            let how = if blue == self.config_stable_version {
+                format!("remove the canary {canary} from the config to serve {blue}, the config's stable, again")
+            } else {
+                format!("name {blue} in the config as the canary to roll it out again")
+            };
             return Some(Err(format!(
-                "{service}: blue {blue} was released when scaleDownDelay ended, so undo is no longer instant; name {blue} in the config (as the canary, or as stable) to go back"
+                "{service}: blue {blue} was released when scaleDownDelay ended, so undo is no longer instant; {how}"
             )));
         }
         None

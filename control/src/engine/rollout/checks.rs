@@ -66,7 +66,7 @@ impl Checks {
     /// The first checks run one interval from now.
     pub fn start(now_ms: u64, interval: Duration) -> Checks {
         Checks {
-            next_check_ms: now_ms + millis(interval),
+            next_check_ms: now_ms.saturating_add(millis(interval)),
             ..Checks::default()
         }
     }
@@ -102,7 +102,7 @@ impl Checks {
             }
             // Start this interval's checks.
             changed = true;
-            self.next_check_ms = now_ms + millis(interval);
+            self.next_check_ms = now_ms.saturating_add(millis(interval));
             for check in checks {
                 match &check.kind {
                     CheckKind::RequestSuccessRate | CheckKind::RequestDuration => {

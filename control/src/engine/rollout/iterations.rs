@@ -2,15 +2,21 @@
 //! of a revision the requests matching the strategy's conditions go to the canary (a header
 //! route), and/or copies of a share of every request (a mirror route); no weighted traffic ever
 //! does. Every interval the checks run; `iterations` passing intervals promote, `threshold`
-//! failed ones roll back.
+//! failed ones roll back. An interval whose checks could not judge (no data, provider errors)
+//! neither counts nor fails: the test halts at that iteration and says so in its message and a
+//! `Halt` event. As for the Flagger progression, `progressDeadline` does not apply: a test that
+//! never gets matching traffic halts until traffic comes or an operator runs `promote` (counts
+//! the iteration) or `abort`, rather than failing a version nobody reached. `retry` after an
+//! abort starts from iteration 0 with the routes in force again. The routes follow the config:
+//! an edited `match` or `mirror` replaces them mid-test, keeping the iterations passed.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic};
+use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
 
 use super::checks::{Checks, Interval};
 use super::routes::Routes;
 use super::run::millis;
-use super::{BuiltinQuery, Ctx, Outcome, Rollout, StrategyState};
+use super::{BuiltinQuery, Ctx, Outcome, PauseReason, Rollout, StrategyState};
 
 /// The header route an A/B test's `match` becomes.
 pub const AB_HEADER_ROUTE: &str = "ab-test";
@@ -35,30 +41,38 @@ pub struct IterationsState {
 // === impl IterationsState ===
 
 impl IterationsState {
-    /// The start of a test: the strategy's routes in force, the first checks one interval later.
+    /// The start of a test: the first checks one interval later. The strategy's routes are put
+    /// in force by `Rollout::sync_ab_routes` (at once, or at the next tick when the same
+    /// operation narrowed canary traffic).
     pub fn start(iterations: &Iterations, now_ms: u64) -> IterationsState {
-        let mut routes = Routes::default();
-        if !iterations.any_of.is_empty() {
-            routes.set_header(&HeaderRoute {
-                name: AB_HEADER_ROUTE.into(),
-                any_of: iterations.any_of.clone(),
-            });
-        }
-        if let Some(percentage) = iterations.mirror {
-            // One entry without conditions: every request matches.
-            routes.set_mirror(&MirrorRoute {
-                name: AB_MIRROR_ROUTE.into(),
-                percentage,
-                any_of: vec![Vec::new()],
-            });
-        }
         IterationsState {
             passed: 0,
             started_ms: now_ms,
             checks: Checks::start(now_ms, iterations.interval),
-            routes,
+            routes: Routes::default(),
         }
     }
+}
+
+/// The routes an A/B test keeps in force: its `match` as header route [`AB_HEADER_ROUTE`] and
+/// its `mirror` as mirror route [`AB_MIRROR_ROUTE`] on every request; one without conditions
+/// (no `match`, no `mirror`) removes the route.
+fn ab_routes(iterations: &Iterations) -> (HeaderRoute, MirrorRoute) {
+    let header = HeaderRoute {
+        name: AB_HEADER_ROUTE.into(),
+        any_of: iterations.any_of.clone(),
+    };
+    let mirror = MirrorRoute {
+        name: AB_MIRROR_ROUTE.into(),
+        percentage: iterations.mirror.unwrap_or(Weight::ZERO),
+        // One entry without conditions: every request matches.
+        any_of: if iterations.mirror.is_some() {
+            vec![Vec::new()]
+        } else {
+            Vec::new()
+        },
+    };
+    (header, mirror)
 }
 
 /// Which traffic an A/B test's builtin checks measure: the mirrored copies when the test only
@@ -74,6 +88,41 @@ pub fn checked_traffic(iterations: &Iterations) -> Traffic {
 // === impl Rollout (iterations) ===
 
 impl Rollout {
+    /// Brings the A/B test's routes in line with the config (its `match` and `mirror`: the
+    /// config is the desired state, also mid-test), one event per route added, replaced or
+    /// removed. A change that would make the current operation both narrow and widen canary
+    /// traffic waits for the next tick (see [`Rollout::mixes`]).
+    pub(super) fn sync_ab_routes(&mut self, iterations: &Iterations, now_ms: u64) {
+        // After an unreadable state file nothing reaches the canary until an operator decides.
+        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
+            return;
+        }
+        let (header, mirror) = ab_routes(iterations);
+        let at = "A/B test";
+        let StrategyState::Iterations(state) = &self.strategy else {
+            return;
+        };
+        let change = state.routes.clone().set_header(&header).widens();
+        if change.is_some() && !self.mixes(change) {
+            self.snapshot_routes();
+            if let StrategyState::Iterations(state) = &mut self.strategy {
+                let change = state.routes.set_header(&header);
+                self.header_route_set(&header, change, at, now_ms);
+            }
+        }
+        let StrategyState::Iterations(state) = &self.strategy else {
+            return;
+        };
+        let change = state.routes.clone().set_mirror(&mirror).widens();
+        if change.is_some() && !self.mixes(change) {
+            self.snapshot_routes();
+            if let StrategyState::Iterations(state) = &mut self.strategy {
+                let change = state.routes.set_mirror(&mirror);
+                self.mirror_route_set(&mirror, change, at, now_ms);
+            }
+        }
+    }
+
     /// Runs the interval's checks when due, then counts an iteration, halts or rolls back.
     pub(super) fn evaluate_iterations(
         &mut self,
@@ -162,7 +211,7 @@ impl Rollout {
         };
         state.checks.clear();
         state.passed += 1;
-        state.checks.next_check_ms = now_ms + millis(iterations.interval);
+        state.checks.next_check_ms = now_ms.saturating_add(millis(iterations.interval));
         let done = state.passed >= iterations.iterations;
         self.touch();
         if done {

@@ -143,7 +143,7 @@ impl Rollout {
             state.step_index += 1;
             state.step_started_ms = now_ms;
             state.weight_bp = progression.step_weights[state.step_index].basis_points();
-            state.checks.next_check_ms = now_ms + millis(progression.interval);
+            state.checks.next_check_ms = now_ms.saturating_add(millis(progression.interval));
             self.touch();
             false
         } else {

@@ -32,6 +32,20 @@ pub enum RouteChange {
     Absent,
 }
 
+// === impl RouteChange ===
+
+impl RouteChange {
+    /// Whether the change sends more requests (or copies) to the canary (`Some(true)`: a route
+    /// added or replaced), fewer (`Some(false)`: removed), or changes nothing (`None`).
+    pub fn widens(self) -> Option<bool> {
+        match self {
+            RouteChange::Added | RouteChange::Replaced => Some(true),
+            RouteChange::Removed => Some(false),
+            RouteChange::Unchanged | RouteChange::Absent => None,
+        }
+    }
+}
+
 // === impl Routes ===
 
 impl Routes {

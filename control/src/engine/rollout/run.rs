@@ -146,7 +146,7 @@ impl AnalysisRun {
                     inconclusive: 0,
                     errors: 0,
                     consecutive_errors: 0,
-                    next_at_ms: now_ms + first_delay(&kind, metric),
+                    next_at_ms: now_ms.saturating_add(first_delay(&kind, metric)),
                     phase: RunPhase::Running,
                     dry_run: metric.dry_run,
                     in_flight: false,
@@ -220,10 +220,11 @@ impl AnalysisRun {
         // Keep to the schedule (a measurement taken a tick late does not push the next one back),
         // unless the schedule is already behind (a restart, a long pause).
         let interval = millis(spec.interval);
-        metric.next_at_ms = if metric.next_at_ms + interval > measurement.at_ms {
-            metric.next_at_ms + interval
+        let on_schedule = metric.next_at_ms.saturating_add(interval);
+        metric.next_at_ms = if on_schedule > measurement.at_ms {
+            on_schedule
         } else {
-            measurement.at_ms + interval
+            measurement.at_ms.saturating_add(interval)
         };
         metric.measurements.push(measurement);
         if metric.measurements.len() > KEPT_MEASUREMENTS {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use weir_config::{CanarySteps, Step, Strategy};
 
-use super::routes::Routes;
+use super::routes::{RouteChange, Routes};
 use super::run::{millis, AnalysisRun, RunKind, RunPhase};
 use super::{humantime, run_failure, run_summary, Ctx, PauseReason, Phase, Rollout, StrategyState};
 
@@ -25,18 +25,38 @@ pub struct StepsState {
     /// Header and mirror routes set by steps (in force while the rollout progresses or pauses).
     #[serde(default)]
     pub routes: Routes,
+    /// Fingerprint of the steps this state walks (`plan_fingerprint`); when the config's steps
+    /// change mid-rollout the rollout starts over from step 1, as Argo Rollouts does with its
+    /// `currentStepHash`. Absent in files written before it existed: the next reconcile adopts
+    /// the config's steps without restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 // === impl StepsState ===
 
 impl StepsState {
-    /// At the first step.
-    pub fn start(now_ms: u64) -> StepsState {
+    /// At the first step of `plan`.
+    pub fn start(plan: Option<&CanarySteps>, now_ms: u64) -> StepsState {
         StepsState {
             step_started_ms: now_ms,
+            plan: plan.map(|p| plan_fingerprint(&p.steps)),
             ..StepsState::default()
         }
     }
+}
+
+/// A fingerprint of a step plan (FNV-1a over its debug form, in hex): equal plans give equal
+/// fingerprints. Stable across runs of one weir build; a fingerprint written by another build
+/// that differs only in form restarts the steps, which narrows canary traffic, never widens it.
+pub fn plan_fingerprint(steps: &[Step]) -> String {
+    let text = format!("{steps:?}");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 // === impl Rollout (steps) ===
@@ -172,6 +192,11 @@ impl Rollout {
             let display = index + 1;
             match step {
                 Step::SetHeaderRoute(route) => {
+                    let change = self.steps_ref().map(|s| s.routes.clone().set_header(route));
+                    if self.mixes(change.and_then(RouteChange::widens)) {
+                        // The next tick (a fresh operation) takes this step.
+                        break;
+                    }
                     self.snapshot_routes();
                     let change = match self.steps_state() {
                         Some(state) => state.routes.set_header(route),
@@ -182,6 +207,10 @@ impl Rollout {
                     self.next_step(now_ms);
                 }
                 Step::SetMirrorRoute(route) => {
+                    let change = self.steps_ref().map(|s| s.routes.clone().set_mirror(route));
+                    if self.mixes(change.and_then(RouteChange::widens)) {
+                        break;
+                    }
                     self.snapshot_routes();
                     let change = match self.steps_state() {
                         Some(state) => state.routes.set_mirror(route),
@@ -192,6 +221,15 @@ impl Rollout {
                     self.next_step(now_ms);
                 }
                 Step::SetWeight(weight) => {
+                    let current = self.strategy.weight_bp();
+                    let widens = weight
+                        .basis_points()
+                        .cmp(&current)
+                        .is_ne()
+                        .then(|| weight.basis_points() > current);
+                    if self.mixes(widens) {
+                        break;
+                    }
                     if let Some(state) = self.steps_state() {
                         state.weight_bp = weight.basis_points();
                     }
@@ -204,7 +242,7 @@ impl Rollout {
                     self.next_step(now_ms);
                 }
                 Step::Pause(Some(duration)) => {
-                    if now_ms >= started_ms + millis(*duration) {
+                    if now_ms >= started_ms.saturating_add(millis(*duration)) {
                         self.next_step(now_ms);
                     } else {
                         self.set_message(format!(
@@ -265,7 +303,7 @@ impl Rollout {
         };
         let (index, started_ms) = (state.step_index, state.step_started_ms);
         if self.phase == Phase::Progressing
-            && now_ms > started_ms + millis(strategy.progress_deadline)
+            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
         {
             let reason = format!(
                 "step {}/{n_steps} did not finish within progressDeadline {}",
@@ -292,6 +330,10 @@ impl Rollout {
     /// over.
     pub(super) fn skip_step(&mut self, now_ms: u64) {
         if let Some(state) = self.steps_state() {
+            // A skipped `analysis` step's run ends as terminated, not as running forever.
+            if let Some(run) = &mut state.inline_run {
+                run.terminate("terminated: step skipped by operator");
+            }
             let stopped = state
                 .background_run
                 .as_ref()

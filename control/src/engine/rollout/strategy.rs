@@ -58,7 +58,10 @@ impl StrategyState {
             Some(StrategyKind::BlueGreen(_)) => {
                 StrategyState::BlueGreen(BlueGreenState::start(now_ms))
             }
-            _ => StrategyState::Steps(StepsState::start(now_ms)),
+            Some(StrategyKind::Steps(plan)) => {
+                StrategyState::Steps(StepsState::start(Some(plan), now_ms))
+            }
+            None => StrategyState::Steps(StepsState::start(None, now_ms)),
         }
     }
 

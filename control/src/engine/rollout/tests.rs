@@ -1087,3 +1087,474 @@ mod fixtures {
         }
     }
 }
+
+// --- review: config edits, crash-safe operations, operator commands -------------------------
+
+impl Sim {
+    /// One 100 ms tick, returning its effects (and logging its events).
+    fn tick_effects(&mut self) -> (Effects, Policy) {
+        self.now_ms += 100;
+        let world = self.world;
+        let ctx = Ctx {
+            service: &self.model.services[0],
+            templates: &self.model.analysis_templates,
+        };
+        let effects = self
+            .rollout
+            .tick(ctx, self.now_ms, &mut |q| world.answer(q));
+        self.log
+            .extend(effects.events.iter().map(|e| e.message.clone()));
+        self.drain();
+        (effects, self.rollout.policy())
+    }
+
+    fn reconcile_effects(&mut self, model: Model) -> Effects {
+        self.model = model;
+        let ctx = Ctx {
+            service: &self.model.services[0],
+            templates: &self.model.analysis_templates,
+        };
+        let effects = self.rollout.reconcile(ctx, self.now_ms);
+        self.log
+            .extend(effects.events.iter().map(|e| e.message.clone()));
+        self.drain();
+        effects
+    }
+}
+
+#[test]
+fn edited_steps_start_over_rather_than_promote_or_keep_a_removed_route() {
+    let mut sim = Sim::new(routes_plan());
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.rollout.step_index(),
+        3,
+        "pausing 10s with beta and shadow"
+    );
+    assert_eq!(sim.rollout.policy().header_routes.len(), 1);
+    // The same plan again: nothing moves.
+    sim.reconfigure(routes_plan());
+    assert_eq!(sim.rollout.step_index(), 3);
+    // A shorter plan without the route steps: step 4 is past its end.
+    let effects = sim.reconcile_effects(with_steps(vec![
+        Step::SetWeight(Weight::from_percent(5.0).unwrap()),
+        Step::Pause(None),
+    ]));
+    assert!(
+        !sim.rollout.promoted,
+        "an edited plan never promotes at once"
+    );
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert_eq!(sim.rollout.step_index(), 0);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    assert!(
+        effects.policy_changed && !effects.widened,
+        "narrowed: saved first"
+    );
+    assert!(
+        sim.logged("checkout: the steps changed at step 4 (canary weight 10); the rollout of revision 1 starts over from step 1 of 2"),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 5.0);
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step));
+    assert_eq!(sim.rollout.revision, 1, "the same revision");
+}
+
+#[test]
+fn an_operator_pause_survives_edited_steps() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Pause).unwrap();
+    sim.reconfigure(with_steps(vec![Step::SetWeight(
+        Weight::from_percent(5.0).unwrap(),
+    )]));
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Operator));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.weight(), 0.0, "held by the operator at step 1");
+    sim.command(Command::Resume).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.rollout.promoted);
+}
+
+#[test]
+fn no_operation_both_narrows_and_widens_canary_traffic() {
+    let plan = with_steps(vec![
+        Step::SetWeight(Weight::from_percent(50.0).unwrap()),
+        Step::Pause(Some(Duration::from_secs(1))),
+        Step::SetWeight(Weight::ZERO),
+        header_route("beta", beta()),
+        Step::Pause(Some(Duration::from_secs(1))),
+        header_route("beta", Vec::new()),
+        Step::SetWeight(Weight::from_percent(20.0).unwrap()),
+        Step::Pause(None),
+    ]);
+    let mut sim = Sim::new(plan);
+    let mut served = sim.rollout.policy();
+    for _ in 0..40 {
+        let (effects, policy) = sim.tick_effects();
+        let narrowed = policy.weight < served.weight
+            || served
+                .header_routes
+                .iter()
+                .any(|r| !policy.header_routes.contains(r));
+        let widened = policy.weight > served.weight
+            || policy
+                .header_routes
+                .iter()
+                .any(|r| !served.header_routes.contains(r));
+        assert!(
+            !(narrowed && widened),
+            "one tick narrowed and widened: {served:?} -> {policy:?}"
+        );
+        assert_eq!(effects.policy_changed, policy != served);
+        assert_eq!(effects.widened, widened, "{served:?} -> {policy:?}");
+        served = policy;
+    }
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step), "{:?}", sim.log);
+    assert_eq!(sim.weight(), 20.0);
+    assert!(sim.rollout.policy().header_routes.is_empty());
+}
+
+#[test]
+fn ab_test_routes_follow_the_configs_match_and_mirror() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.run_for(Duration::from_secs(31));
+    assert_eq!(sim.rollout.step_index(), 1, "one iteration passed");
+    let cookie = vec![vec![RequestMatch::Cookie {
+        name: "beta".into(),
+        value: StringMatch::Exact("yes".into()),
+    }]];
+    sim.reconfigure(ab_test(cookie.clone(), Some(50.0)));
+    let policy = sim.rollout.policy();
+    assert_eq!(policy.header_routes[0].any_of, cookie);
+    assert_eq!(policy.mirror_routes.len(), 1);
+    assert_eq!(policy.mirror_routes[0].percentage.percent(), 50.0);
+    assert_eq!(sim.rollout.step_index(), 1, "iterations passed are kept");
+    assert!(
+        sim.logged(r#"Replaced header route ab-test on search: requests matching cookie beta: exact "yes" go to the canary (A/B test)"#),
+        "{:?}",
+        sim.log
+    );
+    sim.reconfigure(ab_test(cookie, None));
+    assert!(sim.rollout.policy().mirror_routes.is_empty());
+    assert!(
+        sim.logged("Removed mirror route ab-mirror from search (A/B test)"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn switching_from_weighted_steps_to_an_ab_test_narrows_first_then_routes() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 10.0);
+    let mut ab = ab_test(beta(), None);
+    ab.services[0].name = "checkout".into();
+    ab.services[0].stable = sim.model.services[0].stable.clone();
+    ab.services[0].canary = sim.model.services[0].canary.clone();
+    let effects = sim.reconcile_effects(ab);
+    assert_eq!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    assert!(
+        effects.policy_changed && !effects.widened,
+        "saved before publishing"
+    );
+    let (effects, policy) = sim.tick_effects();
+    assert_eq!(policy.header_routes.len(), 1, "the A/B route comes next");
+    assert!(
+        effects.policy_changed && effects.widened,
+        "saved after publishing"
+    );
+}
+
+#[test]
+fn edited_flagger_weights_never_raise_the_weight_nor_promote_at_once() {
+    let mut sim = Sim::new(model(FLAGGER));
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 20.0);
+    sim.reconfigure(model(&FLAGGER.replace("maxWeight: 30", "maxWeight: 10")));
+    assert_eq!(sim.weight(), 10.0, "the highest weight not above 20");
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert!(
+        sim.logged("search: the weights changed (was step 2 at canary weight 20); now step 1/1 at canary weight 10"),
+        "{:?}",
+        sim.log
+    );
+    sim.reconfigure(model(&FLAGGER.replace("stepWeight: 10", "stepWeight: 15")));
+    assert_eq!(sim.weight(), 10.0, "never above the weight served");
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 30.0, "then on along the new weights");
+}
+
+#[test]
+fn a_new_canary_after_a_promotion_starts_from_the_configs_stable() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.command(Command::Promote { full: true }).unwrap();
+    assert_eq!(sim.rollout.stable_version, "v2");
+    sim.reconfigure(with_canary(STEPS, Some("v3")));
+    assert_eq!(
+        sim.rollout.stable_version, "v1",
+        "v2's arm now serves v3: the config's stable serves"
+    );
+    assert_eq!(sim.rollout.history.last().unwrap().from_version, "v1");
+    assert!(sim.logged("(stable v1)"), "{:?}", sim.log);
+}
+
+/// A format-1 file (weir 0.1) in `phase` (and `pause`) resumes under today's engine: the same
+/// weight, then the same plan.
+fn format_1(text: &str, phase: &str, pause: Option<&str>) -> Rollout {
+    let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
+    value["rollout"]["phase"] = json!(phase);
+    value["rollout"]["pause"] = json!(pause);
+    if pause.is_some() {
+        value["rollout"]["pausedAtMs"] = json!(1_015_000);
+    }
+    if phase == "Degraded" {
+        value["rollout"]["weightBp"] = json!(0);
+    }
+    crate::engine::state::parse(value.to_string().as_bytes()).unwrap()
+}
+
+fn resume(model: Model, rollout: Rollout, now_ms: u64) -> Sim {
+    let mut sim = Sim::new(model);
+    sim.rollout = rollout;
+    sim.now_ms = now_ms;
+    let before = sim.rollout.policy();
+    let effects = sim.reconcile_effects(sim.model.clone());
+    assert!(!effects.policy_changed, "a restart serves what was served");
+    assert_eq!(sim.rollout.policy(), before);
+    sim
+}
+
+#[test]
+fn format_1_steps_files_resume_in_every_phase() {
+    const V1: &str = include_str!("../state/format1-steps.json");
+    // At the analysis step: it finishes (3 measurements 5 s apart), then 50% and pause.
+    let mut sim = resume(model(STEPS), format_1(V1, "Progressing", None), 1_015_000);
+    assert_eq!(sim.weight(), 10.0);
+    sim.run_for(Duration::from_secs(15));
+    assert_eq!(sim.weight(), 50.0, "{:?}", sim.log);
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Step));
+    // Held by an operator: still held, resume goes on.
+    let mut sim = resume(
+        model(STEPS),
+        format_1(V1, "Paused", Some("operator")),
+        1_020_000,
+    );
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.rollout.phase, Phase::Paused);
+    assert_eq!(sim.weight(), 10.0);
+    sim.command(Command::Resume).unwrap();
+    sim.run_for(Duration::from_secs(15));
+    assert_eq!(sim.weight(), 50.0, "{:?}", sim.log);
+    // Aborted: stays at stable; retry starts over.
+    let mut sim = resume(model(STEPS), format_1(V1, "Degraded", None), 1_020_000);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.weight(), 0.0);
+    sim.command(Command::Retry).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 10.0);
+}
+
+#[test]
+fn format_1_progression_files_resume_in_every_phase() {
+    const V1: &str = include_str!("../state/format1-progression.json");
+    let mut sim = resume(model(FLAGGER), format_1(V1, "Progressing", None), 1_030_000);
+    assert_eq!(sim.weight(), 10.0);
+    assert_eq!(sim.rollout.strategy.failed_checks(), 1);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.weight(), 20.0, "the check due at 1 060 000 ran");
+    let mut sim = resume(
+        model(FLAGGER),
+        format_1(V1, "Paused", Some("operator")),
+        1_030_000,
+    );
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 10.0, "held");
+    sim.command(Command::Resume).unwrap();
+    // The check due during the hold runs at once, over the window that includes it.
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.weight(), 20.0);
+    let mut sim = resume(model(FLAGGER), format_1(V1, "Degraded", None), 1_030_000);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn the_event_that_ends_a_rollout_names_the_routes_it_removes() {
+    let mut sim = Sim::new(routes_plan());
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Abort).unwrap();
+    assert!(
+        sim.logged("Rolling back checkout: aborted by operator (header route beta, mirror route shadow removed)"),
+        "{:?}",
+        sim.log
+    );
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.command(Command::Promote { full: true }).unwrap();
+    assert!(
+        sim.logged("Promotion completed: search 2024.2 is stable (header route ab-test removed)"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn ab_test_retry_puts_the_routes_back_and_counts_from_zero() {
+    let mut sim = Sim::new(ab_test(beta(), None));
+    sim.run_for(Duration::from_secs(31));
+    assert_eq!(sim.rollout.step_index(), 1);
+    sim.command(Command::Abort).unwrap();
+    assert!(sim.rollout.policy().header_routes.is_empty());
+    sim.command(Command::Retry).unwrap();
+    assert_eq!(sim.rollout.step_index(), 0);
+    assert_eq!(sim.rollout.policy().header_routes[0].name, AB_HEADER_ROUTE);
+    assert_eq!(sim.weight(), 0.0);
+    sim.run_for(Duration::from_secs(91));
+    assert!(sim.rollout.promoted, "{:?}", sim.log);
+    assert!(sim.rollout.policy().header_routes.is_empty());
+}
+
+#[test]
+fn the_longest_accepted_durations_never_overflow() {
+    // Durations are accepted up to what fits in u64 milliseconds; added to a time they saturate.
+    let longest = Duration::from_millis(u64::MAX);
+    let mut plan = with_steps(vec![
+        Step::SetWeight(Weight::from_percent(10.0).unwrap()),
+        Step::Pause(Some(longest)),
+    ]);
+    plan.services[0]
+        .strategy
+        .as_mut()
+        .unwrap()
+        .progress_deadline = longest;
+    let mut sim = Sim::new(plan);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.weight(), 10.0);
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    let mut model = model(FLAGGER);
+    if let StrategyKind::Progression(p) = &mut model.services[0].strategy.as_mut().unwrap().kind {
+        p.interval = longest;
+    }
+    let mut sim = Sim::new(model);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.weight(), 10.0);
+}
+
+#[test]
+fn promoting_past_an_analysis_step_terminates_its_run() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.rollout.step_index(), 2, "analysis step");
+    sim.command(Command::Promote { full: false }).unwrap();
+    let skipped = sim
+        .rollout
+        .finished_runs
+        .iter()
+        .find(|r| matches!(r.kind, run::RunKind::Inline { step: 2 }))
+        .expect("the skipped run is kept");
+    assert_eq!(skipped.phase, RunPhase::Terminated);
+}
+
+#[test]
+fn a_format_1_unreadable_pause_keeps_waiting_whatever_the_strategy_guess() {
+    // weir 0.1 saved a progression waiting after an unreadable file with no checks scheduled,
+    // which reads as Argo steps; the config's progression must not start by itself.
+    const V1: &str = include_str!("../state/format1-progression.json");
+    let mut value: serde_json::Value = serde_json::from_str(V1).unwrap();
+    value["rollout"]["phase"] = json!("Paused");
+    value["rollout"]["pause"] = json!("stateUnreadable");
+    value["rollout"]["weightBp"] = json!(0);
+    value["rollout"]["stepIndex"] = json!(0);
+    value["rollout"]["progress"]["nextCheckMs"] = json!(0);
+    value["rollout"]["progress"]["failedChecks"] = json!(0);
+    let rollout = crate::engine::state::parse(value.to_string().as_bytes()).unwrap();
+    assert!(matches!(rollout.strategy, StrategyState::Steps(_)));
+    let mut sim = resume(model(FLAGGER), rollout, 1_030_000);
+    assert!(matches!(
+        sim.rollout.strategy,
+        StrategyState::Progression(_)
+    ));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 0.0, "still waiting for an operator");
+    assert_eq!(sim.rollout.pause, Some(PauseReason::StateUnreadable));
+    sim.command(Command::Resume).unwrap();
+    assert_eq!(sim.weight(), 10.0, "the operator restarts it");
+}
+
+#[test]
+fn an_operator_pause_survives_a_strategy_change() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.run_for(Duration::from_millis(100));
+    sim.command(Command::Pause).unwrap();
+    let mut ab = ab_test(beta(), None);
+    ab.services[0].name = "checkout".into();
+    ab.services[0].stable = sim.model.services[0].stable.clone();
+    ab.services[0].canary = sim.model.services[0].canary.clone();
+    sim.reconfigure(ab);
+    assert_eq!(sim.rollout.pause, Some(PauseReason::Operator));
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn an_unreadable_state_file_routes_nothing_to_the_canary_until_an_operator_decides() {
+    for model in [ab_test(beta(), Some(50.0)), model(FLAGGER), model(STEPS)] {
+        let mut sim = Sim::new(model.clone());
+        sim.rollout = Rollout::unreadable(&model.services[0], "bad json", sim.now_ms);
+        sim.drain();
+        sim.log.clear();
+        sim.run_for(Duration::from_secs(2));
+        sim.reconfigure(model.clone());
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(
+            sim.rollout.policy(),
+            Policy::from(Weight::ZERO),
+            "{}",
+            model.services[0].name
+        );
+        assert!(sim.log.is_empty(), "nothing decided: {:?}", sim.log);
+        sim.command(Command::Resume).unwrap();
+        sim.run_for(Duration::from_millis(100));
+        assert_ne!(sim.rollout.policy(), Policy::from(Weight::ZERO));
+    }
+}
+
+#[test]
+fn abort_after_a_promotion_points_to_undo() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.command(Command::Promote { full: true }).unwrap();
+    let error = sim.command(Command::Abort).unwrap_err();
+    assert!(
+        error.contains("v2 is already promoted, nothing to abort; run undo to return to v1"),
+        "{error}"
+    );
+    for command in [
+        Command::Promote { full: false },
+        Command::Pause,
+        Command::Resume,
+        Command::Retry,
+    ] {
+        let error = sim.command(command).unwrap_err();
+        assert!(error.starts_with("checkout"), "{command:?}: {error}");
+    }
+    assert_eq!(sim.weight(), 100.0);
+}
+
+#[test]
+fn a_promoted_canary_stays_stable_when_the_configs_stable_arm_changes() {
+    let mut sim = Sim::new(model(STEPS));
+    sim.command(Command::Promote { full: true }).unwrap();
+    sim.reconfigure(model(&STEPS.replace("version: v1", "version: v0")));
+    assert_eq!(sim.weight(), 100.0, "v2's arm still serves everything");
+    assert_eq!(sim.rollout.stable_version, "v2");
+    assert!(
+        sim.rollout.message.contains("still names v0"),
+        "{}",
+        sim.rollout.message
+    );
+    sim.command(Command::Undo).unwrap();
+    assert_eq!(sim.rollout.stable_version, "v0");
+    assert_eq!(sim.weight(), 0.0);
+}

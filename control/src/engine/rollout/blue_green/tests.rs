@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use weir_config::{Model, Weight};
+use weir_config::{Model, StrategyKind, Weight};
 
 use super::*;
 use crate::engine::analysis::{Measured, Outcome};
@@ -497,7 +497,8 @@ fn undo_after_scale_down_delay_is_refused_with_what_to_do() {
     assert_eq!(sim.phase(), BlueGreenPhase::Done);
     let refused = sim.command(Command::Undo).unwrap_err();
     assert!(
-        refused.contains("blue v1 was released") && refused.contains("name v1 in the config"),
+        refused.contains("blue v1 was released")
+            && refused.contains("remove the canary v2 from the config to serve v1"),
         "{refused}"
     );
     assert_eq!(sim.weight(), 100.0);
@@ -801,4 +802,178 @@ fn weight_is_never_above_zero_before_the_switch() {
         sim.rollout.step_index(),
         BlueGreenPhase::AwaitingPromotion.index()
     );
+}
+
+// --- review: config edits and operator commands around the switch ---------------------------
+
+const CANARY: &str = r#"    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+"#;
+
+impl Sim {
+    /// Reloads the config (the desired state) as `yaml`.
+    fn reconfigure(&mut self, yaml: &str) {
+        self.model = model(yaml);
+        let model = &self.model;
+        let ctx = Ctx {
+            service: &model.services[0],
+            templates: &model.analysis_templates,
+        };
+        let effects = self.rollout.reconcile(ctx, self.now_ms);
+        self.absorb(effects);
+    }
+}
+
+#[test]
+fn a_new_version_during_post_promotion_analysis_switches_back_then_previews_it() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v2", "version: v3"));
+    assert_eq!(sim.weight(), 0.0, "production back on blue");
+    assert!(sim.preview(), "the preview now reaches v3");
+    assert_eq!(sim.phase(), BlueGreenPhase::Preview);
+    assert_eq!(sim.rollout.revision, 2);
+    assert_eq!(sim.rollout.stable_version, "v1");
+    assert_eq!(
+        sim.policy_changes.last(),
+        Some(&(0, true, false)),
+        "narrowed: saved before publishing"
+    );
+    assert!(
+        sim.logged("Switching orders back: v1 (blue) serves 100% again, v2 (green) gets nothing"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn removing_the_new_version_after_the_switch_switches_back_and_ends_the_preview() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, CANARY, ""));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(!sim.preview());
+    assert_eq!(sim.rollout.phase, Phase::Healthy);
+    assert!(sim.kind_logged("SwitchedBack"), "{:?}", sim.log);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn a_new_version_during_scale_down_delay_previews_it_against_the_configs_stable() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    assert_eq!(sim.rollout.stable_version, "v2");
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v2", "version: v3"));
+    assert_eq!(
+        sim.rollout.stable_version, "v1",
+        "v2's arm now serves v3, so the config's stable (v1) serves production"
+    );
+    assert_eq!(sim.weight(), 0.0);
+    assert!(sim.preview());
+    assert_eq!(sim.phase(), BlueGreenPhase::Preview);
+    assert_eq!(sim.rollout.history.last().unwrap().from_version, "v1");
+}
+
+#[test]
+fn abort_during_scale_down_delay_points_to_undo() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    let error = sim.command(Command::Abort).unwrap_err();
+    assert!(error.contains("run undo"), "{error}");
+    assert_eq!(sim.weight(), 100.0);
+    sim.command(Command::Undo).unwrap();
+    assert_eq!(sim.weight(), 0.0);
+}
+
+#[test]
+fn turning_auto_promotion_on_while_waiting_for_promote_switches() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_awaiting();
+    sim.reconfigure(&edit(
+        BLUE_GREEN,
+        "autoPromotionEnabled: false",
+        "autoPromotionEnabled: true",
+    ));
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert!(
+        sim.logged("autoPromotionEnabled is now true"),
+        "{:?}",
+        sim.log
+    );
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.phase(), BlueGreenPhase::Switched);
+    assert_eq!(sim.weight(), 100.0);
+}
+
+#[test]
+fn undo_after_scale_down_delay_says_how_once_the_config_moved_on() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_scaling_down();
+    sim.run_for(Duration::from_secs(30));
+    // The config catches up: v2 stable, a new canary v3 (its preview is not measured here).
+    let moved = edit(
+        &edit(BLUE_GREEN, "version: v2", "version: v3"),
+        "version: v1",
+        "version: v2",
+    );
+    sim.reconfigure(&moved);
+    assert_eq!(sim.rollout.stable_version, "v2");
+    assert_eq!(sim.weight(), 0.0, "the preview of v3 only");
+    // Undo now aborts the v3 rollout (v2 keeps serving); nothing goes back to v1.
+    sim.command(Command::Abort).unwrap();
+    let refused = sim.command(Command::Undo).unwrap_err();
+    assert!(refused.contains("no previous stable revision"), "{refused}");
+}
+
+#[test]
+fn switching_back_names_the_stable_the_config_names_now() {
+    let mut sim = Sim::new(BLUE_GREEN);
+    sim.run_to_switched();
+    sim.reconfigure(&edit(BLUE_GREEN, "version: v1", "version: v0"));
+    assert_eq!(sim.weight(), 100.0, "still switched");
+    sim.success_rate = 0.5;
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.weight(), 0.0);
+    assert!(
+        sim.logged("Switching orders back: v0 (blue) serves 100% again"),
+        "{:?}",
+        sim.log
+    );
+}
+
+#[test]
+fn the_longest_accepted_delays_never_overflow() {
+    let longest = Duration::from_millis(u64::MAX);
+    let yaml = edit(
+        BLUE_GREEN,
+        "autoPromotionEnabled: false",
+        "autoPromotionEnabled: true",
+    );
+    let mut sim = Sim::new(&yaml);
+    if let Some(StrategyKind::BlueGreen(bg)) =
+        sim.model.services[0].strategy.as_mut().map(|s| &mut s.kind)
+    {
+        bg.auto_promotion_after = Some(longest);
+        bg.scale_down_delay = longest;
+    }
+    sim.model.services[0]
+        .strategy
+        .as_mut()
+        .unwrap()
+        .progress_deadline = longest;
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.phase(), BlueGreenPhase::AwaitingPromotion);
+    assert!(sim.rollout.message.contains("switching automatically in"));
+    let status = crate::api::v1::build(
+        &sim.model,
+        &BTreeMap::from([("orders".to_string(), sim.rollout.clone())]),
+        &weir_proxy::RouteTable::empty(),
+        sim.now_ms,
+    );
+    let details = status.services[0].details.as_ref().unwrap();
+    let bg = details.blue_green.as_ref().unwrap();
+    assert_eq!(bg.auto_promotion_at_ms, Some(u64::MAX));
+    sim.command(Command::Promote { full: true }).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.phase(), BlueGreenPhase::ScalingDown);
 }
