@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{BuiltinMetric, BuiltinProvider, Check, CheckKind, LatencyQuantile, Traffic};
 
 use super::run::{millis, AnalysisRun, RunKind, RunPhase};
-use super::{judge_check, run_summary, BuiltinQuery, Ctx, CHECK_MIN_REQUESTS};
+use super::{judge_check, run_summary, BuiltinQuery, Ctx, Rollout, CHECK_MIN_REQUESTS};
 use crate::engine::analysis::{Outcome, Verdict};
 
 /// One Flagger check's result for an interval.
@@ -197,5 +197,32 @@ impl Checks {
             return Interval::Undecided(undecided);
         }
         Interval::Passed
+    }
+}
+
+impl Rollout {
+    /// A failed interval (the `failed`-th of this revision): one `Halt` event with the numbers,
+    /// then a rollback once `threshold` is reached, else a halted message (`halted`).
+    pub(super) fn failed_interval(
+        &mut self,
+        failed: u32,
+        threshold: u32,
+        what: &str,
+        halted: String,
+        now_ms: u64,
+    ) {
+        let line = format!(
+            "Halt {} advancement: {what} (failed checks {failed}/{threshold})",
+            self.service
+        );
+        self.emit(now_ms, "Halt", line);
+        if failed >= threshold {
+            self.abort(
+                now_ms,
+                format!("failed checks threshold reached {threshold}: {what}"),
+            );
+        } else {
+            self.set_message(halted);
+        }
     }
 }

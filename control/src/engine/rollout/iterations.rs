@@ -163,22 +163,8 @@ impl Rollout {
             Interval::Failed(what) => {
                 state.checks.failed_checks += 1;
                 let failed = state.checks.failed_checks;
-                let line = format!(
-                    "Halt {} advancement: {what} (failed checks {failed}/{})",
-                    self.service, iterations.threshold
-                );
-                self.emit(now_ms, "Halt", line);
-                if failed >= iterations.threshold {
-                    let reason = format!(
-                        "failed checks threshold reached {}: {what}",
-                        iterations.threshold
-                    );
-                    self.abort(now_ms, reason);
-                } else {
-                    self.set_message(format!(
-                        "A/B testing halted at {passed}/{n} iterations: {what}"
-                    ));
-                }
+                let halted = format!("A/B testing halted at {passed}/{n} iterations: {what}");
+                self.failed_interval(failed, iterations.threshold, &what, halted, now_ms);
             }
             Interval::Undecided(what) => {
                 let line = format!(

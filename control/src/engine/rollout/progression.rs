@@ -84,20 +84,8 @@ impl Rollout {
             Interval::Failed(what) => {
                 state.checks.failed_checks += 1;
                 let failed = state.checks.failed_checks;
-                let line = format!(
-                    "Halt {} advancement: {what} (failed checks {failed}/{})",
-                    self.service, progression.threshold
-                );
-                self.emit(now_ms, "Halt", line);
-                if failed >= progression.threshold {
-                    let reason = format!(
-                        "failed checks threshold reached {}: {what}",
-                        progression.threshold
-                    );
-                    self.abort(now_ms, reason);
-                } else {
-                    self.set_message(format!("halted at weight {}: {what}", self.weight()));
-                }
+                let halted = format!("halted at weight {}: {what}", self.weight());
+                self.failed_interval(failed, progression.threshold, &what, halted, now_ms);
             }
             Interval::Undecided(what) => {
                 let line = format!(
