@@ -398,28 +398,7 @@ fn service_name(cx: &mut Cx, value: &Value, at: &str) -> Option<String> {
 
 fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
     let o = Obj::open(cx, value, at, &["hosts", "pathPrefix"])?;
-    let hosts = o.or(cx, "hosts", vec![HostPattern::Any], |cx, v, at| {
-        let items = walk::nonempty_list(cx, v, at)?;
-        let mut seen: Vec<HostPattern> = Vec::new();
-        let parsed = each(cx, items, at, |cx, item, at, _| {
-            let written = walk::string(cx, item, at)?;
-            match HostPattern::parse(&written) {
-                Ok(pattern) if seen.contains(&pattern) => {
-                    cx.err(at, format!("duplicate host pattern \"{pattern}\""));
-                    None
-                }
-                Ok(pattern) => {
-                    seen.push(pattern.clone());
-                    Some(pattern)
-                }
-                Err(reason) => {
-                    cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
-                    None
-                }
-            }
-        });
-        all(parsed)
-    });
+    let hosts = o.or(cx, "hosts", vec![HostPattern::Any], host_patterns);
     let path_prefix = o.or(cx, "pathPrefix", "/".to_string(), |cx, v, at| {
         let prefix = walk::string(cx, v, at)?;
         if !prefix.starts_with('/') {
@@ -589,4 +568,28 @@ fn upstream_options(cx: &mut Cx, value: &Value, at: &str) -> Option<UpstreamOpti
         idle_timeout: idle_timeout?,
         max_idle_per_upstream: max_idle_per_upstream?,
     })
+}
+
+/// A non-empty list of host patterns (`*`, `*.suffix`, exact), each valid and none repeated.
+pub(crate) fn host_patterns(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<HostPattern>> {
+    let items = walk::nonempty_list(cx, value, at)?;
+    let mut seen: Vec<HostPattern> = Vec::new();
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let written = walk::string(cx, item, at)?;
+        match HostPattern::parse(&written) {
+            Ok(pattern) if seen.contains(&pattern) => {
+                cx.err(at, format!("duplicate host pattern \"{pattern}\""));
+                None
+            }
+            Ok(pattern) => {
+                seen.push(pattern.clone());
+                Some(pattern)
+            }
+            Err(reason) => {
+                cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
+                None
+            }
+        }
+    });
+    all(parsed)
 }

@@ -8,8 +8,8 @@ use serde_yaml_ng::Value;
 
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AffinityKey, AnyOf, HeaderRoute, HostPattern, MirrorRoute, Preview, RequestMatch,
-    SessionAffinity, StringMatch, Weight,
+    AffinityKey, AnyOf, HeaderRoute, MirrorRoute, Preview, RequestMatch, SessionAffinity,
+    StringMatch, Weight,
 };
 
 /// Largest compiled size of a match regex; a pattern that needs more is rejected.
@@ -359,28 +359,7 @@ pub(crate) fn preview(
         cx.err(at, "needs at least one of hosts, listener or headers");
         return None;
     }
-    let hosts = o.or(cx, "hosts", Vec::new(), |cx, v, at| {
-        let items = walk::nonempty_list(cx, v, at)?;
-        let mut seen: Vec<HostPattern> = Vec::new();
-        let parsed = each(cx, items, at, |cx, item, at, _| {
-            let written = walk::string(cx, item, at)?;
-            match HostPattern::parse(&written) {
-                Ok(pattern) if seen.contains(&pattern) => {
-                    cx.err(at, format!("duplicate host pattern \"{pattern}\""));
-                    None
-                }
-                Ok(pattern) => {
-                    seen.push(pattern.clone());
-                    Some(pattern)
-                }
-                Err(reason) => {
-                    cx.err(at, format!("invalid host pattern \"{written}\": {reason}"));
-                    None
-                }
-            }
-        });
-        all(parsed)
-    });
+    let hosts = o.or(cx, "hosts", Vec::new(), super::host_patterns);
     let listener = o.opt(cx, "listener", |cx, v, at| {
         let name = walk::nonempty_string(cx, v, at)?;
         if let Some(names) = listeners {
