@@ -264,7 +264,9 @@ fn allowed_hosts(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<String>> {
             Err(reason) => {
                 cx.err(
                     at,
-                    format!("\"{written}\" is not a host name: {reason} (expected NAME or NAME:PORT)"),
+                    format!(
+                        "\"{written}\" is not a host name: {reason} (expected NAME or NAME:PORT)"
+                    ),
                 );
                 None
             }
