@@ -3,11 +3,12 @@
 //! the limits on connections, event streams and silent connections.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use weir_control::demo::backend::Backend;
 use weir_control::engine::rollout::Phase;
 
@@ -19,6 +20,9 @@ use crate::weir::{fill, Weir};
 
 const PAUSE: &str = "/api/v1/services/shop/pause";
 const RESUME: &str = "/api/v1/services/shop/resume";
+
+/// What a case is, its extra headers, its body.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'static str);
 
 /// `shop` rolling out v2 and waiting at an indefinite pause after 10%, with `admin` as the admin
 /// block's extra lines (indented by two spaces).
@@ -111,7 +115,7 @@ async fn cross_origin_mutations_are_refused_without_a_token() {
     let admin = weir.admin();
     let own = admin.to_string();
     let own_origin = format!("http://{own}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &'static str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("another site", vec![("origin", "http://evil.example")], ""),
         (
             "no-cors form (text/plain)",
