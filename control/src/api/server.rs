@@ -343,6 +343,7 @@ fn checked_host(
 
 fn misdirected(host: &str) -> Response<Body> {
     let shown: String = host.chars().take(100).collect();
+    tracing::debug!(host = %shown, "admin request refused: Host is not the admin API (admin.allowedHosts)");
     error(
         StatusCode::MISDIRECTED_REQUEST,
         &format!(
@@ -685,4 +686,85 @@ fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> 
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(local: &str, tls: bool) -> Conn {
+        Conn {
+            local: local.parse().unwrap(),
+            tls,
+        }
+    }
+
+    #[test]
+    fn hosts_name_the_admin_address_localhost_or_an_allowed_name() {
+        let allowed = vec!["weir.internal".to_string(), "ops.example:9000".to_string()];
+        let c = conn("127.0.0.1:3100", false);
+        for host in [
+            "127.0.0.1:3100",
+            "localhost:3100",
+            "localhost.:3100",
+            "weir.internal",
+            "weir.internal:1234",
+            "ops.example:9000",
+        ] {
+            assert!(host_allowed(&allowed, c, host), "{host}");
+        }
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:3101",
+            "127.0.0.2:3100",
+            "evil.example:3100",
+            "localhost:80",
+            "ops.example:9001",
+            "ops.example",
+            "user@127.0.0.1:3100",
+            "[::1]:3100",
+            "::1:3100",
+            "",
+            ":3100",
+            "127.0.0.1:3100:3100",
+            "127.0.0.1:99999",
+        ] {
+            assert!(!host_allowed(&allowed, c, host), "{host}");
+        }
+        // A dual-stack socket sees IPv4 clients as mapped addresses.
+        let mapped = conn("[::ffff:10.0.0.5]:443", true);
+        assert!(host_allowed(&[], mapped, "10.0.0.5"));
+        assert!(host_allowed(&[], mapped, "10.0.0.5:443"));
+        assert!(host_allowed(&[], conn("[::1]:3100", false), "[::1]:3100"));
+        assert!(host_allowed(&[], conn("127.0.0.1:80", false), "localhost"));
+    }
+
+    #[test]
+    fn origins_must_be_the_admin_itself() {
+        let c = conn("127.0.0.1:3100", false);
+        assert!(same_origin(c, "127.0.0.1:3100", "http://127.0.0.1:3100"));
+        assert!(same_origin(c, "localhost:3100", "http://localhost:3100/"));
+        for origin in [
+            "null",
+            "https://127.0.0.1:3100",
+            "http://127.0.0.1",
+            "http://localhost:3100",
+            "http://127.0.0.1:3100/x",
+            "http://evil.example",
+            "",
+        ] {
+            assert!(!same_origin(c, "127.0.0.1:3100", origin), "{origin}");
+        }
+        let tls = conn("127.0.0.1:443", true);
+        assert!(same_origin(
+            tls,
+            "weir.internal",
+            "https://weir.internal:443"
+        ));
+        assert!(same_origin(
+            tls,
+            "weir.internal:443",
+            "https://weir.internal"
+        ));
+    }
 }
