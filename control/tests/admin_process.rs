@@ -208,6 +208,12 @@ async fn the_cli_talks_to_an_https_admin_with_a_ca_file() {
     // Without --ca-file the certificate is not trusted; plain http to the TLS port fails.
     let untrusted = weir(&["get", "--admin", &url]).await;
     assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
+    assert!(
+        text(&untrusted).contains("--ca-file") || text(&untrusted).contains("root certificates"),
+        "{}",
+        text(&untrusted)
+    );
+    eprintln!("figure: without --ca-file: {}", text(&untrusted).trim());
     let plain = weir(&["get", "--admin", &format!("http://localhost:{port}")]).await;
     assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
 

@@ -198,10 +198,18 @@ impl Api {
             })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request)).await {
             Err(_) => Err(self.timed_out()),
-            Ok(Err(error)) => Err(ApiError::Unreachable {
-                url: self.base.clone(),
-                reason: innermost(&error),
-            }),
+            Ok(Err(error)) => {
+                let mut reason = innermost(&error);
+                if self.base.starts_with("https://") && reason.contains("certificate") {
+                    reason.push_str(
+                        " (pass --ca-file with the CA that signed the admin.tls certificate)",
+                    );
+                }
+                Err(ApiError::Unreachable {
+                    url: self.base.clone(),
+                    reason,
+                })
+            }
             Ok(Ok(response)) => Ok(response),
         }
     }
