@@ -123,7 +123,15 @@ pub async fn serve(
             _ = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, say: do not spin; the limit frees some soon.
+                tracing::warn!(%error, "admin listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else {
             continue;
