@@ -56,8 +56,49 @@ pub struct CertificateFiles {
 pub struct Admin {
     /// Socket address of the admin API; defaults to `127.0.0.1:3100`.
     pub address: SocketAddr,
-    /// File holding the bearer token required for mutating admin calls (absolute path).
+    /// File holding the bearer token required for mutating admin calls (absolute path). Required
+    /// when `address` is not a loopback address. Re-read when the file changes (rotation needs no
+    /// restart).
     pub token_file: Option<PathBuf>,
+    /// `admin.allowedHosts`: extra `Host` values the admin API answers besides its own address
+    /// (`IP:PORT`, `localhost:PORT`), lower-case; `name` matches any port, `name:port` only that
+    /// one. Any other `Host` is refused with 421 (this stops DNS rebinding). Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// `admin.tls`: serve the admin API over TLS (HTTP/1.1) with this certificate. Default: plain
+    /// HTTP.
+    pub tls: Option<CertificateFiles>,
+    /// `admin.maxConnections`: concurrent admin connections; more are answered 503 and closed.
+    /// Default [`Admin::DEFAULT_MAX_CONNECTIONS`] (64). At least 1.
+    pub max_connections: usize,
+    /// `admin.maxEventSubscribers`: concurrent `GET /api/v1/events` streams; more get 503.
+    /// Default [`Admin::DEFAULT_MAX_EVENT_SUBSCRIBERS`] (16). At least 1.
+    pub max_event_subscribers: usize,
+    /// `admin.headerReadTimeout`: time to send a request head, and how long an idle keep-alive
+    /// connection (or an unfinished TLS handshake) is kept; then the connection is closed.
+    /// Default [`Admin::DEFAULT_HEADER_READ_TIMEOUT`] (10 s).
+    pub header_read_timeout: Duration,
+}
+
+impl Admin {
+    /// Default of [`Admin::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    /// Default of [`Admin::max_event_subscribers`].
+    pub const DEFAULT_MAX_EVENT_SUBSCRIBERS: usize = 16;
+    /// Default of [`Admin::header_read_timeout`].
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The admin block used when the file has none: `127.0.0.1:3100`, no token, defaults.
+    pub fn with_address(address: SocketAddr) -> Admin {
+        Admin {
+            address,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            tls: None,
+            max_connections: Admin::DEFAULT_MAX_CONNECTIONS,
+            max_event_subscribers: Admin::DEFAULT_MAX_EVENT_SUBSCRIBERS,
+            header_read_timeout: Admin::DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
 }
 
 /// One routed service with a stable version and an optional canary.

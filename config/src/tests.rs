@@ -1259,4 +1259,5 @@ fn never_panics_on_odd_input() {
     let _ = parse(&deep, base());
 }
 
+mod admin;
 mod policies;

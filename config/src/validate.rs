@@ -76,10 +76,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     let template_errors = std::mem::take(&mut cx.errors);
 
     let listeners = o.req(cx, "listeners", |cx, v, at| listeners(cx, v, at, base_dir));
-    let default_admin = Admin {
-        address: DEFAULT_ADMIN_ADDRESS,
-        token_file: None,
-    };
+    let default_admin = Admin::with_address(DEFAULT_ADMIN_ADDRESS);
     let admin = o.or(cx, "admin", default_admin, |cx, v, at| {
         admin(cx, v, at, base_dir)
     });
@@ -183,15 +180,141 @@ fn tls(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Tls> {
 }
 
 fn admin(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Admin> {
-    let o = Obj::open(cx, value, at, &["address", "tokenFile"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &[
+            "address",
+            "tokenFile",
+            "allowedHosts",
+            "tls",
+            "maxConnections",
+            "maxEventSubscribers",
+            "headerReadTimeout",
+        ],
+    )?;
     let address = o.or(cx, "address", DEFAULT_ADMIN_ADDRESS, socket_addr);
     let token_file = o.opt(cx, "tokenFile", |cx, v, at| {
         walk::existing_file(cx, v, at, base_dir)
     });
+    if let (Some(address), Some(None)) = (&address, &token_file) {
+        if !address.ip().is_loopback() {
+            cx.err(
+                &o.at("tokenFile"),
+                format!(
+                    "required because admin.address {address} is not a loopback address: without a \
+                     token anyone who can reach it can promote or abort rollouts; set \
+                     admin.tokenFile (and admin.tls), or bind the admin API to 127.0.0.1"
+                ),
+            );
+        }
+    }
+    let allowed_hosts = o.or(cx, "allowedHosts", Vec::new(), allowed_hosts);
+    let tls = o.opt(cx, "tls", |cx, v, at| {
+        let o = Obj::open(cx, v, at, &["certFile", "keyFile"])?;
+        let cert_file = o.req(cx, "certFile", |cx, v, at| {
+            walk::existing_file(cx, v, at, base_dir)
+        });
+        let key_file = o.req(cx, "keyFile", |cx, v, at| {
+            walk::existing_file(cx, v, at, base_dir)
+        });
+        Some(CertificateFiles {
+            cert_file: cert_file?,
+            key_file: key_file?,
+        })
+    });
+    let max_connections = o.or(
+        cx,
+        "maxConnections",
+        Admin::DEFAULT_MAX_CONNECTIONS,
+        |cx, v, at| walk::positive_u32(cx, v, at).map(|n| n as usize),
+    );
+    let max_event_subscribers = o.or(
+        cx,
+        "maxEventSubscribers",
+        Admin::DEFAULT_MAX_EVENT_SUBSCRIBERS,
+        |cx, v, at| walk::positive_u32(cx, v, at).map(|n| n as usize),
+    );
+    let header_read_timeout = o.or(
+        cx,
+        "headerReadTimeout",
+        Admin::DEFAULT_HEADER_READ_TIMEOUT,
+        walk::positive_duration,
+    );
     Some(Admin {
         address: address?,
         token_file: token_file?,
+        allowed_hosts: allowed_hosts?,
+        tls: tls?,
+        max_connections: max_connections?,
+        max_event_subscribers: max_event_subscribers?,
+        header_read_timeout: header_read_timeout?,
     })
+}
+
+/// `admin.allowedHosts`: host names (`name` or `name:port`, IPv6 in brackets), lower-cased.
+fn allowed_hosts(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<String>> {
+    let items = walk::list(cx, value, at)?;
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let written = walk::nonempty_string(cx, item, at)?;
+        let host = written.trim().to_ascii_lowercase();
+        match check_host(&host) {
+            Ok(()) => Some(host),
+            Err(reason) => {
+                cx.err(
+                    at,
+                    format!(
+                        "\"{written}\" is not a host name: {reason} (expected NAME or NAME:PORT)"
+                    ),
+                );
+                None
+            }
+        }
+    });
+    all(parsed)
+}
+
+/// `name`, `name:port`, `[v6]` or `[v6]:port`, as a `Host` header carries it.
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "an unclosed [".to_string())?;
+        inside
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("\"{inside}\" is not an IPv6 address"))?;
+        match after {
+            "" => return Ok(()),
+            _ => (
+                "",
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("unexpected \"{after}\" after ]"))?,
+            ),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, port),
+            None => (host, ""),
+        }
+    };
+    if !port.is_empty() && port.parse::<u16>().is_err() {
+        return Err(format!("invalid port \"{port}\""));
+    }
+    if host.starts_with('[') {
+        return Ok(());
+    }
+    if name.is_empty() {
+        return Err("no name".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!("'{bad}' is not allowed in a host name"));
+    }
+    Ok(())
 }
 
 /// A listening address: `IP:PORT` or `localhost:PORT`.

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use weir_proxy::{ServeConfig, Stats};
 
-use crate::api::server::{self as admin, AdminState};
+use crate::api::server::{self as admin, AdminState, ServeOptions};
 use crate::engine::driver::{Driver, DriverError, Handle};
 use crate::reload::{self, ReloadError, Trigger};
 
@@ -59,6 +59,9 @@ pub enum StartError {
     /// The workers could not start.
     #[error("cannot start workers: {0}")]
     Spawn(#[source] std::io::Error),
+    /// `admin.tls` names files that cannot be read or used.
+    #[error("cannot use admin.tls: {0}")]
+    AdminTls(String),
 }
 
 /// A running weir: data plane, driver, admin API and watcher.
@@ -89,6 +92,10 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
             socket,
         });
     }
+    let admin_tls = match &model.admin.tls {
+        Some(files) => Some(admin_tls(files).await?),
+        None => None,
+    };
     let admin_socket = bind(model.admin.address).map_err(|source| StartError::Bind {
         name: "admin".into(),
         address: model.admin.address,
@@ -139,11 +146,19 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         ready: ready.clone(),
         driver: handle.clone(),
         token: model.admin.token_file.clone(),
+        allowed_hosts: model.admin.allowed_hosts.clone(),
+        max_event_subscribers: model.admin.max_event_subscribers,
+    };
+    let admin_options = ServeOptions {
+        max_connections: model.admin.max_connections,
+        header_read_timeout: model.admin.header_read_timeout,
+        tls: admin_tls,
     };
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(admin::serve(
         admin_listener,
         admin_state,
+        admin_options,
         async move {
             let mut stop = stop_admin_rx;
             let _ = stop.wait_for(|s| *s).await;
@@ -171,6 +186,27 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         tasks,
         ready,
     })
+}
+
+/// The admin listener's rustls config: the certificate of `admin.tls`, HTTP/1.1 only.
+async fn admin_tls(
+    files: &weir_config::CertificateFiles,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let read = |path: PathBuf| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| StartError::AdminTls(format!("{}: {e}", path.display())))
+    };
+    let pem = weir_proxy::tls::CertificatePem {
+        origin: files.cert_file.display().to_string(),
+        cert_chain: read(files.cert_file.clone()).await?,
+        private_key: read(files.key_file.clone()).await?,
+    };
+    let config =
+        weir_proxy::tls::server_config(&[pem]).map_err(|e| StartError::AdminTls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::clone(&config);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn invalid(options: &RunOptions, error: &ReloadError) -> StartError {

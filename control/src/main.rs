@@ -106,9 +106,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { files } => return validate(&files),
         Command::Demo { keep } => cli::demo::run(keep),
-        Command::Operator(command) => {
-            cli::run(command, &cli.admin.admin, cli.admin.token_file.as_deref())
-        }
+        Command::Operator(command) => cli::run(command, &cli.admin),
     };
     match result {
         Ok(code) => code,

@@ -259,13 +259,15 @@ fn summary(shop: &Value) -> String {
 
 /// One HTTP/1.1 request with `Connection: close`; the status and the body.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let (status, _, body) = exchange(addr, method, path).await?;
+    let (status, _, body) = exchange(addr, &addr.to_string(), method, path).await?;
     Ok((status, body))
 }
 
 /// `GET /` through the proxy: the status and the `x-version` that answered.
 async fn proxied(addr: SocketAddr) -> (u16, String) {
-    let (status, head, _) = exchange(addr, "GET", "/").await.expect("weir answers");
+    let (status, head, _) = exchange(addr, "shop.example.com", "GET", "/")
+        .await
+        .expect("weir answers");
     let version = head
         .lines()
         .find_map(|line| {
@@ -279,12 +281,13 @@ async fn proxied(addr: SocketAddr) -> (u16, String) {
 
 async fn exchange(
     addr: SocketAddr,
+    host: &str,
     method: &str,
     path: &str,
 ) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut bytes = Vec::new();

@@ -14,12 +14,12 @@ use crate::TestBody;
 /// `GET path` on the admin API.
 pub async fn get(admin: SocketAddr, path: &str) -> Reply {
     let mut client = Http1::connect(admin).await;
-    client.get("admin", path).await
+    client.get(&admin.to_string(), path).await
 }
 
 /// `POST path` on the admin API, with `Authorization: Bearer TOKEN` when `token` is given.
 pub async fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let mut request = client::request(Method::POST, "admin", path, TestBody::empty());
+    let mut request = client::request(Method::POST, &admin.to_string(), path, TestBody::empty());
     if let Some(token) = token {
         request.headers_mut().insert(
             header::AUTHORIZATION,
@@ -83,7 +83,7 @@ impl Events {
     pub async fn open(admin: SocketAddr) -> Events {
         let mut client = Http1::connect(admin).await;
         let response = client
-            .send(client::get("admin", "/api/v1/events"))
+            .send(client::get(&admin.to_string(), "/api/v1/events"))
             .await
             .expect("an answer to GET /api/v1/events");
         assert_eq!(response.status(), 200);

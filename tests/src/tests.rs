@@ -3,6 +3,7 @@
 //! every test shuts down what it started.
 
 mod admin;
+mod admin_security;
 mod blue_green;
 mod examples;
 mod forwarding;

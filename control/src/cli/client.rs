@@ -1,7 +1,9 @@
-//! A small client for weir's admin API: JSON over plain HTTP/1.1 with hyper-util's pooled
-//! client, a bearer token read once from `--token-file`, and errors that say what to do.
+//! A small client for weir's admin API: JSON over HTTP/1.1 (plain, or TLS trusting `--ca-file` or
+//! the system's roots) with hyper-util's pooled client, a bearer token read once from
+//! `--token-file`, and errors that say what to do.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -9,6 +11,7 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -62,15 +65,21 @@ pub struct History {
 pub struct Api {
     base: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 // === impl Api ===
 
 impl Api {
-    /// A client for the admin API at `admin` (`http://host:port`; a bare `host:port` works too),
-    /// sending the token in `token_file` (trimmed) as `Authorization: Bearer`.
-    pub fn new(admin: &str, token_file: Option<&Path>) -> anyhow::Result<Api> {
+    /// A client for the admin API at `admin` (`http://host:port` or `https://host:port`; a bare
+    /// `host:port` is http), sending the token in `token_file` (trimmed) as
+    /// `Authorization: Bearer`, and trusting the CA certificates in `ca_file` (PEM) for https, or
+    /// the system's roots without it.
+    pub fn new(
+        admin: &str,
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Api> {
         let base = normalize_base(admin)?;
         let token = match token_file {
             Some(path) => {
@@ -84,7 +93,11 @@ impl Api {
             }
             None => None,
         };
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let https = base.starts_with("https://");
+        if ca_file.is_some() && !https {
+            bail!("--ca-file is for an https:// admin API; --admin is {base}");
+        }
+        let client = Client::builder(TokioExecutor::new()).build(connector(https, ca_file)?);
         Ok(Api {
             base,
             token,
@@ -185,10 +198,18 @@ impl Api {
             })?;
         match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request)).await {
             Err(_) => Err(self.timed_out()),
-            Ok(Err(error)) => Err(ApiError::Unreachable {
-                url: self.base.clone(),
-                reason: innermost(&error),
-            }),
+            Ok(Err(error)) => {
+                let mut reason = innermost(&error);
+                if self.base.starts_with("https://") && reason.contains("certificate") {
+                    reason.push_str(
+                        " (pass --ca-file with the CA that signed the admin.tls certificate)",
+                    );
+                }
+                Err(ApiError::Unreachable {
+                    url: self.base.clone(),
+                    reason,
+                })
+            }
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -215,6 +236,48 @@ impl Api {
     }
 }
 
+/// An http-or-https connector; for https, trusting `ca_file` or the system's roots.
+fn connector(https: bool, ca_file: Option<&Path>) -> anyhow::Result<HttpsConnector<HttpConnector>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("the ring provider supports rustls' default protocol versions")?;
+    let config = match ca_file {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::CertificateDer;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert
+                    .with_context(|| format!("the CA file {} is not valid PEM", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("a certificate in {}", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("the CA file {} holds no certificate", path.display());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None if https => builder
+            .with_native_roots()
+            .context("loading the system's root certificates (or pass --ca-file)")?
+            .with_no_client_auth(),
+        None => builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// `http://127.0.0.1:3100/` → `http://127.0.0.1:3100`; `127.0.0.1:3100` → `http://127.0.0.1:3100`.
 fn normalize_base(admin: &str) -> anyhow::Result<String> {
     let admin = admin.trim().trim_end_matches('/');
@@ -226,8 +289,8 @@ fn normalize_base(admin: &str) -> anyhow::Result<String> {
     } else {
         format!("http://{admin}")
     };
-    if !base.starts_with("http://") {
-        bail!("--admin {admin}: weir's admin API speaks plain HTTP; give it as http://HOST:PORT");
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        bail!("--admin {admin}: give weir's admin API as http://HOST:PORT or https://HOST:PORT");
     }
     let uri: Uri = base
         .parse()
@@ -303,7 +366,11 @@ mod tests {
             normalize_base("localhost:3100").unwrap(),
             "http://localhost:3100"
         );
-        assert!(normalize_base("https://weir:3100").is_err());
+        assert_eq!(
+            normalize_base("https://weir:3100/").unwrap(),
+            "https://weir:3100"
+        );
+        assert!(normalize_base("ftp://weir:3100").is_err());
         assert!(normalize_base("").is_err());
     }
 

@@ -14,7 +14,7 @@ mod render;
 mod sse;
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,7 +42,8 @@ const DEFAULT_WIDTH: usize = 120;
 /// The operator commands' global flags: where weir's admin API is, and the token for mutations.
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
-    /// weir's admin API (`admin.address` in the config).
+    /// weir's admin API (`admin.address` in the config): `http://HOST:PORT`, or
+    /// `https://HOST:PORT` with `admin.tls`.
     #[arg(
         long,
         global = true,
@@ -54,6 +55,10 @@ pub struct AdminArgs {
     /// A file holding the admin bearer token (`admin.tokenFile`), needed by mutating commands.
     #[arg(long, global = true, env = "WEIR_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities to trust for an `https://` admin API (default: the
+    /// system's roots).
+    #[arg(long, global = true, env = "WEIR_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The operator commands.
@@ -115,20 +120,20 @@ pub enum CliCommand {
     },
 }
 
-/// Runs one operator command against the admin API at `admin`, with the bearer token in
-/// `token_file` if given. Errors (weir unreachable, a refused command) are for the caller to
-/// print; they mean exit 1.
-pub fn run(
-    command: CliCommand,
-    admin: &str,
-    token_file: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+/// Runs one operator command against the admin API at `args.admin`, with the bearer token in
+/// `args.token_file` if given, trusting `args.ca_file` for https. Errors (weir unreachable, a
+/// refused command) are for the caller to print; they mean exit 1.
+pub fn run(command: CliCommand, args: &AdminArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let api = Api::new(admin, token_file)?;
+        let api = Api::new(
+            &args.admin,
+            args.token_file.as_deref(),
+            args.ca_file.as_deref(),
+        )?;
         match command {
             CliCommand::Get {
                 service,
