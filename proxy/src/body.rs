@@ -140,9 +140,11 @@ impl BodyGuard {
                     }
                 }
                 let now = Instant::now();
-                self.state
-                    .phase
-                    .set(if end { Phase::Done(now) } else { Phase::Upstream(now) });
+                self.state.phase.set(if end {
+                    Phase::Done(now)
+                } else {
+                    Phase::Upstream(now)
+                });
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {

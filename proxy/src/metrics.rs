@@ -23,8 +23,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::routes::Routes;
 use crate::stats::{
-    ClientErrorKind, MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats, LATENCY_BUCKETS,
-    N_BUCKETS,
+    ClientErrorKind, MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats,
+    LATENCY_BUCKETS, N_BUCKETS,
 };
 
 /// Encodes the data plane's metrics on every scrape.

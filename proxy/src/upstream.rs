@@ -141,7 +141,10 @@ where
         options: &UpstreamOptions,
         request: Request<B>,
     ) -> Result<Response<Incoming>, SendError<B>> {
-        let mut sender = match self.connect(addr, options.connect_timeout, true, None).await {
+        let mut sender = match self
+            .connect(addr, options.connect_timeout, true, None)
+            .await
+        {
             Ok(sender) => sender,
             Err((kind, message)) => {
                 return Err(SendError {

@@ -224,7 +224,10 @@ fn route<'t>(
             None => "",
         },
     };
-    if host_header.as_ref().is_some_and(|h| h.as_str().contains('@')) {
+    if host_header
+        .as_ref()
+        .is_some_and(|h| h.as_str().contains('@'))
+    {
         // Userinfo has no place in Host (RFC 9110 §7.2).
         return Err(ProxyError::BadHost);
     }

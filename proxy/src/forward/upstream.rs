@@ -52,9 +52,11 @@ pub(super) async fn forward(
         let options = &service.options;
         // A declared length over the limit is refused before anything reaches the upstream.
         let declared = request.body().size_hint().lower();
-        if options.max_request_body_size.is_some_and(|max| declared > max) {
-            arm.stats
-                .record_client_error(ClientErrorKind::BodyTooLarge);
+        if options
+            .max_request_body_size
+            .is_some_and(|max| declared > max)
+        {
+            arm.stats.record_client_error(ClientErrorKind::BodyTooLarge);
             Err(ProxyError::Client(ClientErrorKind::BodyTooLarge))
         } else {
             let state = BodyState::new(start, request.body().is_end_stream());
@@ -87,7 +89,12 @@ pub(super) async fn forward(
         }
         Err(ProxyError::Client(kind)) => {
             // Already counted where it was found: never in the arm's statuses.
-            tracing::debug!(service = service.name(), version = arm.version(), kind = kind.as_str(), "client error");
+            tracing::debug!(
+                service = service.name(),
+                version = arm.version(),
+                kind = kind.as_str(),
+                "client error"
+            );
             ProxyError::Client(kind).to_response()
         }
         Err(error) => {
