@@ -6,6 +6,7 @@ mod admin;
 mod blue_green;
 mod edge_request;
 mod examples;
+mod faults;
 mod forwarding;
 mod hot_swap;
 mod http2;
