@@ -202,6 +202,8 @@ fn route<'t>(
         return Err(ProxyError::BadHost);
     }
     let host_header = match host_header {
+        // An empty Host (allowed for a target without an authority, RFC 9112 §3.2) names no host.
+        Some(value) if value.is_empty() && request.uri().authority().is_none() => None,
         Some(value) => Some(
             http::uri::Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadHost)?,
         ),
@@ -219,8 +221,13 @@ fn route<'t>(
         }
         None => match &host_header {
             Some(value) => strip_port(value.as_str()),
-            // HTTP/1.1 requires Host; HTTP/1.0 clients only reach a `*` service.
-            None if request.version() == Version::HTTP_11 => return Err(ProxyError::BadHost),
+            // HTTP/1.1 requires a Host line (it may be empty); HTTP/1.0 clients without one only
+            // reach a `*` service.
+            None if request.version() == Version::HTTP_11
+                && !request.headers().contains_key(header::HOST) =>
+            {
+                return Err(ProxyError::BadHost)
+            }
             None => "",
         },
     };
