@@ -73,8 +73,8 @@ async fn stalled_bodies_get_408_as_client_errors_while_other_clients_are_served(
     let mut model = one(v1.addr());
     // The upstream's own timeout is shorter than the client's: waiting on a client must never
     // be charged as an upstream timeout.
-    model.services[0].upstream.request_body_timeout = Duration::from_millis(400);
-    model.services[0].upstream.response_timeout = Duration::from_millis(200);
+    model.services[0].upstream.request_body_timeout = Duration::from_millis(1500);
+    model.services[0].upstream.response_timeout = Duration::from_secs(1);
     let proxy = Proxy::builder(model).workers(2).start();
 
     let start = Instant::now();
@@ -122,7 +122,7 @@ async fn stalled_bodies_get_408_as_client_errors_while_other_clients_are_served(
         Some(STALLED as f64)
     );
     eprintln!(
-        "{STALLED} stalled bodies: {STALLED}×408 in {took:?} (requestBodyTimeout 400ms), \
+        "{STALLED} stalled bodies: {STALLED}×408 in {took:?} (requestBodyTimeout 1.5s, responseTimeout 1s), \
          {served} other requests served, 0 5xx, 0 upstream errors"
     );
     proxy.shutdown().await;
@@ -394,7 +394,7 @@ async fn stalled_clients_cannot_roll_back_a_healthy_canary() {
     match: {{hosts: ["{HOST}"]}}
     stable: {{version: v1, upstreams: ["${{v1}}"]}}
     canary: {{version: v2, upstreams: ["${{v2}}"]}}
-    upstream: {{responseTimeout: 200ms, requestBodyTimeout: 1s}}
+    upstream: {{responseTimeout: 1s, requestBodyTimeout: 2s}}
     strategy:
       canary:
         steps:
@@ -406,7 +406,7 @@ analysisTemplates:
     metrics:
       - name: success-rate
         interval: 500ms
-        count: 4
+        count: 6
         failureLimit: 0
         successCondition: result >= 0.99
         provider: {{builtin: {{metric: success-rate, window: 2s, minRequests: 5}}}}
@@ -436,7 +436,7 @@ analysisTemplates:
         answered
     });
     let done = weir
-        .wait_until("shop", Duration::from_secs(20), "the rollout ends", |s| {
+        .wait_until("shop", Duration::from_secs(30), "the rollout ends", |s| {
             s.phase != Phase::Progressing
         })
         .await;
