@@ -292,3 +292,48 @@ impl AccessLine {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(text: &str) -> http::uri::Authority {
+        http::uri::Authority::try_from(text).unwrap()
+    }
+
+    #[test]
+    fn host_and_authority_agree_on_host_any_case_and_port_with_defaults() {
+        let same = |a: &str, h: &str, scheme| same_authority(&authority(a), &authority(h), scheme);
+        assert!(same("shop.example.com", "Shop.Example.COM", Some("http")));
+        assert!(same(
+            "shop.example.com",
+            "shop.example.com:80",
+            Some("http")
+        ));
+        assert!(same(
+            "shop.example.com:443",
+            "shop.example.com",
+            Some("https")
+        ));
+        assert!(same(
+            "user@shop.example.com",
+            "shop.example.com",
+            Some("http")
+        ));
+        assert!(!same(
+            "shop.example.com",
+            "shop.example.com:443",
+            Some("http")
+        ));
+        assert!(!same("shop.example.com", "other.example.com", Some("http")));
+        assert!(!same("shop.example.com:8080", "shop.example.com", None));
+        assert!(same("[::1]:8080", "[::1]:8080", None));
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let conn = ConnInfo::new("2001:db8::1".parse().unwrap(), Rc::from("l"), false);
+        assert_eq!(conn.forwarded_for, "\"[2001:db8::1]\"");
+        assert_eq!(conn.client_ip, "2001:db8::1");
+    }
+}

@@ -59,18 +59,24 @@ pub(super) async fn forward(
             arm.stats.record_client_error(ClientErrorKind::BodyTooLarge);
             Err(ProxyError::Client(ClientErrorKind::BodyTooLarge))
         } else {
-            let state = BodyState::new(start, request.body().is_end_stream());
-            let guard = BodyGuard::new(
-                state.clone(),
-                arm.stats.clone(),
-                options.request_body_timeout,
-                options.max_request_body_size,
-            );
-            let request = match mirror_to {
+            let complete = request.body().is_end_stream();
+            let state = BodyState::new(start, complete);
+            // A request without a body has nothing to guard (and allocates no guard).
+            let guard = (!complete).then(|| {
+                BodyGuard::new(
+                    state.clone(),
+                    arm.stats.clone(),
+                    options.request_body_timeout,
+                    options.max_request_body_size,
+                )
+            });
+            let mut request = match mirror_to {
                 Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
                 None => request.map(RequestBody::plain),
+            };
+            if let Some(guard) = guard {
+                request = request.map(|body| body.guarded(guard));
             }
-            .map(|body| body.guarded(guard));
             let waiting = Waiting {
                 stats: &arm.stats,
                 state: &state,
