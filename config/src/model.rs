@@ -33,6 +33,30 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS settings; `None` means plain HTTP (HTTP/1.1 and h2c with prior knowledge).
     pub tls: Option<Tls>,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are trusted and appended to
+    /// (`trustedProxies`, default none): from any other peer those headers are replaced, so a
+    /// client cannot forge its address.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `listeners[].trustedProxies`: CIDR blocks (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` is inside one of the blocks (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// No peer is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// TLS settings of a listener.
@@ -326,8 +350,17 @@ pub struct UpstreamOptions {
     pub response_timeout: Duration,
     /// How long an idle pooled connection is kept (`idleTimeout`, default 60s).
     pub idle_timeout: Duration,
-    /// Idle connections kept per upstream and worker (`maxIdlePerUpstream`, default 64).
+    /// Idle connections kept per upstream and worker (`maxIdlePerUpstream`, default 64; 0 keeps
+    /// none: every exchange gets a new connection).
     pub max_idle_per_upstream: usize,
+    /// Largest request body accepted, in bytes (`maxRequestBodySize`, default none). A larger
+    /// declared `Content-Length` is answered 413 before anything reaches the upstream; a streamed
+    /// body that grows past it is cut (413 if no response started). Counted as a client error.
+    pub max_request_body_size: Option<u64>,
+    /// Longest wait for the next piece of a request body from the client (`requestBodyTimeout`,
+    /// default 60s, like nginx's `client_body_timeout`). When it passes the request gets 408 and is
+    /// counted as a client error, never against the version.
+    pub request_body_timeout: Duration,
 }
 
 impl Default for UpstreamOptions {
@@ -337,6 +370,8 @@ impl Default for UpstreamOptions {
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_idle_per_upstream: 64,
+            max_request_body_size: None,
+            request_body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -435,6 +435,7 @@ services:
             response_timeout: Duration::from_secs(90),
             idle_timeout: Duration::from_secs(120),
             max_idle_per_upstream: 0,
+            ..UpstreamOptions::default()
         }
     );
 
@@ -1152,7 +1153,7 @@ fn several_problems_are_reported_at_once() {
     assert_eq!(
         lines,
         [
-            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls",
+            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, trustedProxies",
             "services[0].canary.weight: must be between 0 and 100, got 101",
             "services[0].upstream.connectTimeout: invalid duration \"10 parsecs\": unexpected \" parsecs\" after 10 (use ms, s, m or h, like \"10s\" or \"1m30s\")",
             "services[1].name: duplicate service name \"checkout\" (also services[0])",
@@ -1261,3 +1262,31 @@ fn never_panics_on_odd_input() {
 
 mod admin;
 mod policies;
+
+#[test]
+fn trusted_proxies_and_request_body_options() {
+    let text = "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    trustedProxies: [10.1.2.3/8, \"::1\", 192.168.0.0/16]\nservices:\n  - name: a\n    match: { hosts: [\"*\"] }\n    stable: { version: v1, upstreams: [127.0.0.1:1] }\n    upstream: { maxRequestBodySize: 1024, requestBodyTimeout: 5s }\n";
+    let model = crate::parse(text, std::path::Path::new("/")).unwrap();
+    let trusted = &model.listeners[0].trusted_proxies;
+    assert!(trusted.contains("10.200.0.1".parse().unwrap()));
+    assert!(trusted.contains("::ffff:10.0.0.1".parse().unwrap()));
+    assert!(trusted.contains("::1".parse().unwrap()));
+    assert!(!trusted.contains("11.0.0.1".parse().unwrap()));
+    assert_eq!(model.services[0].upstream.max_request_body_size, Some(1024));
+    assert_eq!(
+        model.services[0].upstream.request_body_timeout,
+        Duration::from_secs(5)
+    );
+    let bad = text.replace("10.1.2.3/8", "10.0.0.0/33");
+    let error = crate::parse(&bad, std::path::Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("listeners[0].trustedProxies[0]"), "{error}");
+    let default = text.replace(
+        "    trustedProxies: [10.1.2.3/8, \"::1\", 192.168.0.0/16]\n",
+        "",
+    );
+    let model = crate::parse(&default, std::path::Path::new("/")).unwrap();
+    assert!(model.listeners[0].trusted_proxies.is_empty());
+    assert_eq!(model.services[0].upstream.max_request_body_size, Some(1024));
+}

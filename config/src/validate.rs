@@ -20,8 +20,8 @@ use serde_yaml_ng::Value;
 
 use crate::error::ValidationError;
 use crate::model::{
-    Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls, Upstream,
-    UpstreamOptions, Version,
+    Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls,
+    TrustedProxies, Upstream, UpstreamOptions, Version,
 };
 use template::Known;
 use walk::{all, each, Cx, Obj};
@@ -122,7 +122,7 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        let o = Obj::open(cx, item, at, &["name", "address", "tls"])?;
+        let o = Obj::open(cx, item, at, &["name", "address", "tls", "trustedProxies"])?;
         let name = o.req(cx, "name", walk::nonempty_string);
         if let Some(name) = &name {
             if let Some(first) = names.get(name) {
@@ -146,13 +146,46 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
             }
         }
         let tls = o.opt(cx, "tls", |cx, v, at| tls(cx, v, at, base_dir));
+        let trusted_proxies = o.or(
+            cx,
+            "trustedProxies",
+            TrustedProxies::default(),
+            trusted_proxies,
+        );
         Some(Listener {
             name: name?,
             address: address?,
             tls: tls?,
+            trusted_proxies: trusted_proxies?,
         })
     });
     all(parsed)
+}
+
+/// `trustedProxies`: a list of CIDR blocks or bare addresses.
+fn trusted_proxies(cx: &mut Cx, value: &Value, at: &str) -> Option<TrustedProxies> {
+    let items = walk::list(cx, value, at)?;
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let text = walk::nonempty_string(cx, item, at)?;
+        let text = text.trim();
+        if let Ok(net) = text.parse::<ipnet::IpNet>() {
+            // `10.1.2.3/8` means `10.0.0.0/8`.
+            return Some(net.trunc());
+        }
+        match text.parse::<IpAddr>() {
+            Ok(ip) => Some(ipnet::IpNet::from(ip)),
+            Err(_) => {
+                cx.err(
+                    at,
+                    format!(
+                        "expected a CIDR block like 10.0.0.0/8 or an IP address, got \"{text}\""
+                    ),
+                );
+                None
+            }
+        }
+    });
+    all(parsed).map(TrustedProxies)
 }
 
 fn tls(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Tls> {
@@ -649,6 +682,8 @@ fn upstream_options(cx: &mut Cx, value: &Value, at: &str) -> Option<UpstreamOpti
             "responseTimeout",
             "idleTimeout",
             "maxIdlePerUpstream",
+            "maxRequestBodySize",
+            "requestBodyTimeout",
         ],
     )?;
     let defaults = UpstreamOptions::default();
@@ -685,11 +720,14 @@ fn upstream_options(cx: &mut Cx, value: &Value, at: &str) -> Option<UpstreamOpti
             }
         },
     );
+    let (max_request_body_size, request_body_timeout) = request_body_options(cx, &o, &defaults);
     Some(UpstreamOptions {
         connect_timeout: connect_timeout?,
         response_timeout: response_timeout?,
         idle_timeout: idle_timeout?,
         max_idle_per_upstream: max_idle_per_upstream?,
+        max_request_body_size: max_request_body_size?,
+        request_body_timeout: request_body_timeout?,
     })
 }
 
@@ -715,4 +753,23 @@ pub(crate) fn host_patterns(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<
         }
     });
     all(parsed)
+}
+
+/// `maxRequestBodySize` (bytes, 0 or absent: no limit) and `requestBodyTimeout`.
+#[allow(clippy::type_complexity)]
+fn request_body_options(
+    cx: &mut Cx,
+    o: &Obj<'_>,
+    defaults: &UpstreamOptions,
+) -> (Option<Option<u64>>, Option<std::time::Duration>) {
+    let max = o.or(cx, "maxRequestBodySize", None, |cx, v, at| {
+        walk::uint(cx, v, at).map(|n| (n > 0).then_some(n))
+    });
+    let timeout = o.or(
+        cx,
+        "requestBodyTimeout",
+        defaults.request_body_timeout,
+        walk::positive_duration,
+    );
+    (max, timeout)
 }

@@ -4,6 +4,9 @@
 //! Names follow the queries Argo Rollouts analysis templates use, so they run unchanged:
 //! `http_requests_total{service,version,status}`, `http_request_duration_seconds{service,version}`,
 //! plus `weir_canary_weight{service}` and `weir_upstream_errors_total{service,version,kind}`.
+//! Requests their client broke (stalled or oversized bodies, disconnects) are counted apart, in
+//! `weir_client_errors_total{service,version,kind}`, never in `http_requests_total`; open
+//! upstream connections in `weir_upstream_connections{service,version}`.
 //!
 //! Traffic policies: `weir_route_rules{service,kind}` (rules in force in the current table, kind ∈
 //! header, mirror, preview, affinity), and the mirror's own series, which never move the primary
@@ -20,8 +23,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::routes::Routes;
 use crate::stats::{
-    MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats, LATENCY_BUCKETS,
-    N_BUCKETS,
+    ClientErrorKind, MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats,
+    LATENCY_BUCKETS, N_BUCKETS,
 };
 
 /// Encodes the data plane's metrics on every scrape.
@@ -90,6 +93,41 @@ impl Collector for DataPlaneCollector {
                 ];
                 ConstCounter::new(count).encode(errors.encode_family(&labels)?)?;
             }
+        }
+
+        let mut client = encoder.encode_descriptor(
+            "weir_client_errors",
+            "Requests that failed because of their client (never counted against the version), by service, version and kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for version in &all {
+            for kind in ClientErrorKind::ALL {
+                let count = version.client_errors(kind);
+                if count == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("service", version.service()),
+                    ("version", version.version()),
+                    ("kind", kind.as_str()),
+                ];
+                ConstCounter::new(count).encode(client.encode_family(&labels)?)?;
+            }
+        }
+        let mut connections = encoder.encode_descriptor(
+            "weir_upstream_connections",
+            "Open upstream connections, by service and version",
+            None,
+            MetricType::Gauge,
+        )?;
+        for version in &all {
+            let labels = [
+                ("service", version.service()),
+                ("version", version.version()),
+            ];
+            ConstGauge::new(i64::try_from(version.upstream_connections()).unwrap_or(i64::MAX))
+                .encode(connections.encode_family(&labels)?)?;
         }
 
         let table = self.routes.current();

@@ -58,6 +58,8 @@ pub struct RouteTable {
     hosts: HostIndex,
     services: Vec<ServiceRoute>,
     tls: Vec<ListenerTls>,
+    /// Each listener's `trustedProxies`, by listener name (listeners that trust nobody omitted).
+    trusted_proxies: Vec<(String, weir_config::TrustedProxies)>,
 }
 
 /// A compiled service.
@@ -176,6 +178,7 @@ impl RouteTable {
             hosts: HostIndex::default(),
             services: Vec::new(),
             tls: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -207,6 +210,14 @@ impl RouteTable {
     /// A service by name.
     pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
         self.services.iter().find(|s| &*s.name == name)
+    }
+
+    /// Whether `listener` trusts the forwarded headers of `peer` (`trustedProxies`).
+    pub fn trusts(&self, listener: &str, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .find(|(name, _)| name == listener)
+            .is_some_and(|(_, trusted)| trusted.contains(peer))
     }
 
     /// The TLS server config of a listener, if it terminates TLS.

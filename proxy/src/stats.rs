@@ -72,6 +72,41 @@ impl UpstreamErrorKind {
     }
 }
 
+/// A request that failed because of its client, never charged to the version (the `kind` label of
+/// `weir_client_errors_total`). Such a request is not in `http_requests_total` nor in any
+/// [`Snapshot`], so analysis never sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientErrorKind {
+    /// The client did not deliver the next part of its body within `requestBodyTimeout` (408).
+    BodyTimeout,
+    /// The client went away before its response head was sent (499-style), or mid-body.
+    Disconnect,
+    /// The body is larger than `maxRequestBodySize` (413).
+    BodyTooLarge,
+    /// The client's body was malformed (e.g. invalid chunked framing) (400).
+    BadRequest,
+}
+
+impl ClientErrorKind {
+    /// All kinds, in label order.
+    pub const ALL: [ClientErrorKind; 4] = [
+        ClientErrorKind::BodyTimeout,
+        ClientErrorKind::Disconnect,
+        ClientErrorKind::BodyTooLarge,
+        ClientErrorKind::BadRequest,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientErrorKind::BodyTimeout => "body_timeout",
+            ClientErrorKind::Disconnect => "disconnect",
+            ClientErrorKind::BodyTooLarge => "body_too_large",
+            ClientErrorKind::BadRequest => "bad_request",
+        }
+    }
+}
+
 /// (service, version).
 type VersionKey = (Arc<str>, Arc<str>);
 
@@ -175,6 +210,9 @@ pub struct VersionStats {
     buckets: [AtomicU64; N_BUCKETS],
     latency_sum_micros: AtomicU64,
     upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+    client_errors: [AtomicU64; ClientErrorKind::ALL.len()],
+    /// Upstream connections this version dialled that are still open (primary traffic).
+    upstream_connections: AtomicU64,
 }
 
 impl std::fmt::Debug for VersionStats {
@@ -211,6 +249,8 @@ impl VersionStats {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_micros: AtomicU64::new(0),
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            client_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_connections: AtomicU64::new(0),
         }
     }
 
@@ -241,6 +281,33 @@ impl VersionStats {
     #[inline]
     pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Records a request that failed because of its client (never in the status counts).
+    #[inline]
+    pub fn record_client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Client-caused failures of one kind so far.
+    pub fn client_errors(&self, kind: ClientErrorKind) -> u64 {
+        self.client_errors[kind as usize].load(Relaxed)
+    }
+
+    /// Upstream connections dialled for this version that are still open.
+    pub fn upstream_connections(&self) -> u64 {
+        self.upstream_connections.load(Relaxed)
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.upstream_connections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        // Never below zero, whatever the order of events.
+        let _ = self
+            .upstream_connections
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
     }
 
     /// Upstream failures of one kind so far.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_config::UpstreamOptions;
 
-use crate::stats::UpstreamErrorKind;
+use crate::stats::{UpstreamErrorKind, VersionStats};
 
 /// A worker's idle upstream connections, by address, for request bodies of type `B` (the
 /// client's streamed body for primary requests, a complete copy for mirrored ones).
@@ -75,12 +76,27 @@ where
         self: &Rc<Self>,
         addr: SocketAddr,
         options: &UpstreamOptions,
+        request: Request<B>,
+    ) -> Result<(Response<Incoming>, Lease<B>), SendError<B>> {
+        self.send_counted(addr, options, request, None).await
+    }
+
+    /// [`Pool::send`], counting a new connection in `counted`'s open upstream connections for as
+    /// long as it lives.
+    pub(crate) async fn send_counted(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        options: &UpstreamOptions,
         mut request: Request<B>,
+        counted: Option<&Arc<VersionStats>>,
     ) -> Result<(Response<Incoming>, Lease<B>), SendError<B>> {
         loop {
             let (mut sender, reused) = match self.checkout(addr, options.idle_timeout).await {
                 Some(sender) => (sender, true),
-                None => match self.connect(addr, options.connect_timeout, false).await {
+                None => match self
+                    .connect(addr, options.connect_timeout, false, counted)
+                    .await
+                {
                     Ok(sender) => (sender, false),
                     Err((kind, message)) => {
                         return Err(SendError {
@@ -125,7 +141,10 @@ where
         options: &UpstreamOptions,
         request: Request<B>,
     ) -> Result<Response<Incoming>, SendError<B>> {
-        let mut sender = match self.connect(addr, options.connect_timeout, true).await {
+        let mut sender = match self
+            .connect(addr, options.connect_timeout, true, None)
+            .await
+        {
             Ok(sender) => sender,
             Err((kind, message)) => {
                 return Err(SendError {
@@ -167,12 +186,13 @@ where
     }
 
     fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<B>, max_idle: usize) {
-        if sender.is_closed() {
+        // `maxIdlePerUpstream: 0` keeps no idle connection at all.
+        if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
-        if list.len() >= max_idle {
+        while list.len() >= max_idle && !list.is_empty() {
             // Drop the oldest: the newest are the warmest.
             list.remove(0);
         }
@@ -187,6 +207,7 @@ where
         addr: SocketAddr,
         connect_timeout: Duration,
         upgrades: bool,
+        counted: Option<&Arc<VersionStats>>,
     ) -> Result<http1::SendRequest<B>, (UpstreamErrorKind, String)> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => {
@@ -220,11 +241,30 @@ where
                 let _ = connection.with_upgrades().await;
             });
         } else {
+            let open = counted.map(|stats| OpenConnection::new(stats.clone()));
             tokio::task::spawn_local(async move {
                 let _ = connection.await;
+                drop(open);
             });
         }
         Ok(sender)
+    }
+}
+
+/// One open upstream connection in its version's gauge, for as long as its task lives (dropped
+/// with the task, however it ends).
+struct OpenConnection(Arc<VersionStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<VersionStats>) -> OpenConnection {
+        stats.connection_opened();
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
     }
 }
 

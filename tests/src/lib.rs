@@ -9,6 +9,7 @@
 //! - [`proxy`]: [`proxy::Proxy`] builds a route table from a [`weir_config::Model`] and runs
 //!   [`weir_proxy::spawn`] on pre-bound listeners; [`proxy::model`] parses YAML with addresses
 //!   substituted.
+//! - [`faulty`]: raw-TCP upstreams that hang, reset, drip, answer garbage or answer early.
 //! - [`client`]: HTTP/1.1, HTTP/2 (prior knowledge) and TLS clients, and [`client::Reply`].
 //! - [`body::TestBody`]: a body of known chunks, for requests and for upstream responses.
 //! - [`certs`]: a throw-away CA and leaf certificates (rcgen).
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod body;
 pub mod certs;
 pub mod client;
+pub mod faulty;
 pub mod metrics;
 pub mod proxy;
 pub mod upstream;

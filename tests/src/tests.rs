@@ -5,7 +5,9 @@
 mod admin;
 mod admin_security;
 mod blue_green;
+mod edge_request;
 mod examples;
+mod faults;
 mod forwarding;
 mod hot_swap;
 mod http2;

@@ -14,7 +14,7 @@
 //! writes per request are a few relaxed atomic adds (the split sequence, round robin, and the
 //! version's counters).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -47,8 +47,15 @@ pub(crate) struct Worker {
 
 /// Per-connection facts added to every request.
 pub(crate) struct ConnInfo {
+    /// The peer's address.
+    peer: IpAddr,
+    /// Whether the peer is one of the listener's `trustedProxies` (looked up on the connection's
+    /// first request, in the table current then).
+    trusted: Cell<Option<bool>>,
     /// The client's IP, preformatted for `X-Forwarded-For`.
     client_ip: HeaderValue,
+    /// The client's node for `Forwarded: for=` (RFC 7239: IPv6 quoted and bracketed).
+    forwarded_for: String,
     /// `http` or `https`.
     proto: HeaderValue,
     /// The name of the listener the connection came in on.
@@ -86,11 +93,30 @@ impl ConnInfo {
     pub(crate) fn new(client: IpAddr, listener: Rc<str>, tls: bool) -> ConnInfo {
         let client_ip = HeaderValue::from_str(&client.to_string())
             .expect("an IP address is always a valid header value");
+        let forwarded_for = match client {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
         ConnInfo {
+            peer: client,
+            trusted: Cell::new(None),
             client_ip,
+            forwarded_for,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
+        }
+    }
+
+    /// Whether the peer's forwarded headers are trusted (appended to rather than replaced).
+    fn trusted(&self, table: &RouteTable) -> bool {
+        match self.trusted.get() {
+            Some(trusted) => trusted,
+            None => {
+                let trusted = table.trusts(&self.listener, self.peer);
+                self.trusted.set(Some(trusted));
+                trusted
+            }
         }
     }
 }
@@ -103,6 +129,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = worker.table();
+    conn.trusted(&table);
     let response = match route(&table, &request) {
         Err(error) => {
             if worker.access_log {
@@ -160,20 +187,57 @@ pub(crate) async fn handle(
 
 /// Finds the service for a request (and whether it came through a preview host), or why there is
 /// none.
+///
+/// The request names one host or is refused (400): a repeated `Host`, a `Host` that is not a
+/// valid authority, or a `Host` naming another host or port than the request target's authority
+/// (absolute form, HTTP/2 `:authority`) would let a request routed to one service reach another
+/// virtual host of the upstream.
 fn route<'t>(
     table: &'t RouteTable,
     request: &Request<Incoming>,
 ) -> Result<(&'t ServiceRoute, bool), ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
+    let host_header = match host_header {
+        // An empty Host (allowed for a target without an authority, RFC 9112 §3.2) names no host.
+        Some(value) if value.is_empty() && request.uri().authority().is_none() => None,
+        Some(value) => Some(
+            http::uri::Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadHost)?,
+        ),
+        None => None,
+    };
     let host = match request.uri().authority() {
         // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
-        Some(authority) => authority.host(),
-        None => match request.headers().get(header::HOST) {
-            Some(value) => strip_port(value.to_str().map_err(|_| ProxyError::BadHost)?),
-            // HTTP/1.1 requires Host; HTTP/1.0 clients only reach a `*` service.
-            None if request.version() == Version::HTTP_11 => return Err(ProxyError::BadHost),
+        Some(authority) => {
+            if let Some(header) = &host_header {
+                if !same_authority(authority, header, request.uri().scheme_str()) {
+                    return Err(ProxyError::BadHost);
+                }
+            }
+            authority.host()
+        }
+        None => match &host_header {
+            Some(value) => strip_port(value.as_str()),
+            // HTTP/1.1 requires a Host line (it may be empty); HTTP/1.0 clients without one only
+            // reach a `*` service.
+            None if request.version() == Version::HTTP_11
+                && !request.headers().contains_key(header::HOST) =>
+            {
+                return Err(ProxyError::BadHost)
+            }
             None => "",
         },
     };
+    if host_header
+        .as_ref()
+        .is_some_and(|h| h.as_str().contains('@'))
+    {
+        // Userinfo has no place in Host (RFC 9110 §7.2).
+        return Err(ProxyError::BadHost);
+    }
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -181,6 +245,22 @@ fn route<'t>(
     table
         .route_target(host, request.uri().path())
         .ok_or(ProxyError::NoRoute)
+}
+
+/// Whether the target's authority and the `Host` header name the same host (any case) and port
+/// (a missing port is the scheme's default).
+fn same_authority(
+    authority: &http::uri::Authority,
+    host: &http::uri::Authority,
+    scheme: Option<&str>,
+) -> bool {
+    let default = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        _ => None,
+    };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().or(default) == host.port_u16().or(default)
 }
 
 /// What the access log says about a request, kept before the request moves upstream.
@@ -210,5 +290,50 @@ impl AccessLine {
             version,
             duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(text: &str) -> http::uri::Authority {
+        http::uri::Authority::try_from(text).unwrap()
+    }
+
+    #[test]
+    fn host_and_authority_agree_on_host_any_case_and_port_with_defaults() {
+        let same = |a: &str, h: &str, scheme| same_authority(&authority(a), &authority(h), scheme);
+        assert!(same("shop.example.com", "Shop.Example.COM", Some("http")));
+        assert!(same(
+            "shop.example.com",
+            "shop.example.com:80",
+            Some("http")
+        ));
+        assert!(same(
+            "shop.example.com:443",
+            "shop.example.com",
+            Some("https")
+        ));
+        assert!(same(
+            "user@shop.example.com",
+            "shop.example.com",
+            Some("http")
+        ));
+        assert!(!same(
+            "shop.example.com",
+            "shop.example.com:443",
+            Some("http")
+        ));
+        assert!(!same("shop.example.com", "other.example.com", Some("http")));
+        assert!(!same("shop.example.com:8080", "shop.example.com", None));
+        assert!(same("[::1]:8080", "[::1]:8080", None));
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let conn = ConnInfo::new("2001:db8::1".parse().unwrap(), Rc::from("l"), false);
+        assert_eq!(conn.forwarded_for, "\"[2001:db8::1]\"");
+        assert_eq!(conn.client_ip, "2001:db8::1");
     }
 }

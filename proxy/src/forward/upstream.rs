@@ -2,19 +2,23 @@
 //! worker's pool (trying the arm's other upstreams when a connection cannot be made), tunnel
 //! upgrades, and record the outcome in the arm's stats.
 
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{mirror, ConnInfo, Worker};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodyGuard, BodyState, Phase, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::routes::{ArmRoute, ServiceRoute};
-use crate::stats::UpstreamErrorKind;
+use crate::stats::{ClientErrorKind, UpstreamErrorKind, VersionStats};
 use crate::upstream::SendError;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,6 +29,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Sends the request to `arm` (a copy to `mirror_to` as well, when given) and records the outcome;
 /// `upgrade` is [`is_upgrade`] of the request.
+///
+/// A request its client broke (a body over `maxRequestBodySize`, not delivered within
+/// `requestBodyTimeout`, malformed, or a client gone before its answer) is counted in the arm's
+/// client errors and never in its statuses, so it can neither roll a canary back nor stop a
+/// promotion.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     worker: &Rc<Worker>,
@@ -40,17 +49,59 @@ pub(super) async fn forward(
     let outcome = if upgrade {
         forward_upgrade(worker, service, arm, request).await
     } else {
-        let request = match mirror_to {
-            Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
-            None => request.map(RequestBody::plain),
-        };
-        send(worker, service, arm, request, start).await
+        let options = &service.options;
+        // A declared length over the limit is refused before anything reaches the upstream.
+        let declared = request.body().size_hint().lower();
+        if options
+            .max_request_body_size
+            .is_some_and(|max| declared > max)
+        {
+            arm.stats.record_client_error(ClientErrorKind::BodyTooLarge);
+            Err(ProxyError::Client(ClientErrorKind::BodyTooLarge))
+        } else {
+            let complete = request.body().is_end_stream();
+            let state = BodyState::new(start, complete);
+            // A request without a body has nothing to guard (and allocates no guard).
+            let guard = (!complete).then(|| {
+                BodyGuard::new(
+                    state.clone(),
+                    arm.stats.clone(),
+                    options.request_body_timeout,
+                    options.max_request_body_size,
+                )
+            });
+            let mut request = match mirror_to {
+                Some(canary) => mirror::tee(&worker.mirror, service, canary, request),
+                None => request.map(RequestBody::plain),
+            };
+            if let Some(guard) = guard {
+                request = request.map(|body| body.guarded(guard));
+            }
+            let waiting = Waiting {
+                stats: &arm.stats,
+                state: &state,
+                answered: false,
+            };
+            let sent = send(worker, service, arm, request, &state, start).await;
+            waiting.answered();
+            sent
+        }
     };
     match outcome {
         Ok(response) => {
             arm.stats
                 .record(response.status().as_u16(), start.elapsed());
             response
+        }
+        Err(ProxyError::Client(kind)) => {
+            // Already counted where it was found: never in the arm's statuses.
+            tracing::debug!(
+                service = service.name(),
+                version = arm.version(),
+                kind = kind.as_str(),
+                "client error"
+            );
+            ProxyError::Client(kind).to_response()
         }
         Err(error) => {
             let status = error.status();
@@ -61,31 +112,101 @@ pub(super) async fn forward(
     }
 }
 
+/// Counts a request whose client went away while weir waited for its answer (the future is
+/// dropped before [`Waiting::answered`]) as a client error of the arm.
+struct Waiting<'a> {
+    stats: &'a VersionStats,
+    state: &'a BodyState,
+    answered: bool,
+}
+
+impl Waiting<'_> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.state.failed().is_none() {
+            self.stats.record_client_error(ClientErrorKind::Disconnect);
+        }
+    }
+}
+
+/// How waiting for a response head ended without one.
+enum Waited {
+    /// The upstream had `responseTimeout` of its own time and did not answer.
+    Timeout,
+    /// The client broke its body (already counted).
+    Client(ClientErrorKind),
+}
+
+/// Waits for `sending`, giving the upstream `timeout` of its own time: counted from the start, from
+/// the last piece of body handed to it, or from the end of the body, but never while weir waits
+/// on the client for more body (the body's own `requestBodyTimeout` governs that time).
+async fn respond_in_time<F: Future>(
+    sending: F,
+    state: &BodyState,
+    timeout: Duration,
+) -> Result<F::Output, Waited> {
+    let mut sending = pin!(sending);
+    let sleep = tokio::time::sleep(timeout);
+    let mut sleep = pin!(sleep);
+    loop {
+        let deadline = match state.phase() {
+            Phase::Upstream(since) | Phase::Done(since) => since + timeout,
+            // The client's turn: look again later (the body's timer ends a stalled body).
+            Phase::Client(_) => Instant::now() + timeout,
+            Phase::Failed(kind) => return Err(Waited::Client(kind)),
+        };
+        sleep.as_mut().reset(deadline);
+        tokio::select! {
+            biased;
+            out = &mut sending => return Ok(out),
+            () = &mut sleep => match state.phase() {
+                Phase::Upstream(since) | Phase::Done(since) if Instant::now() >= since + timeout => {
+                    return Err(Waited::Timeout)
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
 /// Sends over the pool, trying the arm's other upstreams when a connection cannot be made.
 async fn send(
     worker: &Rc<Worker>,
     service: &ServiceRoute,
     arm: &ArmRoute,
     mut request: Request<RequestBody>,
-    start: Instant,
+    state: &Rc<BodyState>,
+    _start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let options = &service.options;
-    let deadline = start + options.response_timeout;
     let n_upstreams = arm.upstreams.len();
     let first = arm.next_index();
     let mut attempt = 0;
     loop {
         let addr = arm.upstreams[(first + attempt) % n_upstreams].addr;
-        let sent =
-            tokio::time::timeout_at(deadline, worker.pool.send(addr, options, request)).await;
+        let sent = respond_in_time(
+            worker
+                .pool
+                .send_counted(addr, options, request, Some(&arm.stats)),
+            state,
+            options.response_timeout,
+        )
+        .await;
         let error = match sent {
             Ok(Ok((mut response, lease))) => {
                 strip_hop_by_hop(response.headers_mut(), false);
                 let (parts, body) = response.into_parts();
-                let body = ProxyBody::upstream(body, Some(lease), arm.stats.clone());
+                let body =
+                    ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));
                 return Ok(Response::from_parts(parts, body));
             }
-            Err(_elapsed) => SendError {
+            Err(Waited::Client(kind)) => return Err(ProxyError::Client(kind)),
+            Err(Waited::Timeout) => SendError {
                 kind: UpstreamErrorKind::Timeout,
                 message: format!(
                     "no response from {addr} within {:?}",
@@ -93,7 +214,11 @@ async fn send(
                 ),
                 request: None,
             },
-            Ok(Err(error)) => error,
+            Ok(Err(error)) => match state.failed() {
+                // The exchange broke because the client's body did: not the upstream's fault.
+                Some(kind) => return Err(ProxyError::Client(kind)),
+                None => error,
+            },
         };
         arm.stats.record_upstream_error(error.kind);
         let retryable = matches!(
@@ -156,7 +281,7 @@ async fn forward_upgrade(
         let (parts, body) = response.into_parts();
         return Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, None, arm.stats.clone()),
+            ProxyBody::upstream(body, None, arm.stats.clone(), None),
         ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -194,12 +319,18 @@ pub(super) fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 }
 
 /// Turns a client request into an upstream request: origin-form URI, HTTP/1.1, a Host header, no
-/// hop-by-hop headers, `X-Forwarded-*` added.
+/// hop-by-hop headers, forwarded headers set.
 ///
 /// When the request target carries an authority (HTTP/2 `:authority`, or an absolute-form HTTP/1
 /// target), that authority is what the request was routed by, so it replaces any `Host` header the
-/// client also sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the upstream never sees a host other than
-/// the one that chose the service (or its blue-green preview). Userinfo is never forwarded.
+/// client also sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1; a `Host` that disagrees was refused while
+/// routing): the upstream never sees a host other than the one that chose the service (or its
+/// blue-green preview). Userinfo is never forwarded.
+///
+/// Forwarded headers (`X-Forwarded-For`, `-Proto`, `-Host`, RFC 7239 `Forwarded`): from a peer in
+/// the listener's `trustedProxies` they are kept and weir's hop is appended to the `For` list and
+/// to `Forwarded`; from any other peer whatever the client sent is dropped and replaced by what
+/// weir saw, so a client cannot forge its address, scheme or host.
 pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, upgrade: bool) {
     let (original_host, from_authority) = match request.uri().authority() {
         Some(authority) => {
@@ -220,30 +351,60 @@ pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, 
         *request.uri_mut() = Uri::from(path);
     }
     *request.version_mut() = Version::HTTP_11;
+    let trusted = conn.trusted.get().unwrap_or(false);
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
-    if let Some(host) = original_host {
+    if !trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(header::FORWARDED);
+    }
+    if let Some(host) = &original_host {
         if from_authority {
             headers.insert(header::HOST, host.clone());
         }
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-    // A list sent as several header lines is one list (RFC 9110 §5.3): keep every line, in order.
-    let previous = headers.get_all(&X_FORWARDED_FOR);
-    let forwarded_for = if previous.iter().next().is_none() {
-        conn.client_ip.clone()
-    } else {
-        let len: usize = previous.iter().map(|v| v.len() + 2).sum();
-        let mut joined = BytesMut::with_capacity(len + conn.client_ip.len());
-        for value in previous {
-            joined.put_slice(value.as_bytes());
-            joined.put_slice(b", ");
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
-        joined.put_slice(conn.client_ip.as_bytes());
-        HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or_else(|_| conn.client_ip.clone())
-    };
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    }
+    let forwarded_for = append_list(headers, &X_FORWARDED_FOR, conn.client_ip.as_bytes())
+        .unwrap_or_else(|| conn.client_ip.clone());
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    // RFC 7239: one element per hop; the host is quoted (it may carry a port), and left out when
+    // it could not be quoted safely.
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    element.push_str(&conn.forwarded_for);
+    if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
+        if !host.contains(['"', '\\']) {
+            element.push_str(";host=\"");
+            element.push_str(host);
+            element.push('"');
+        }
+    }
+    element.push_str(";proto=");
+    element.push_str(if conn.tls { "https" } else { "http" });
+    if let Some(forwarded) = append_list(headers, &header::FORWARDED, element.as_bytes()) {
+        headers.insert(header::FORWARDED, forwarded);
+    }
+}
+
+/// The list header `name` (all its lines, in order: one list, RFC 9110 §5.3) with `item` appended,
+/// as one value.
+fn append_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> Option<HeaderValue> {
+    let previous = headers.get_all(name);
+    let len: usize = previous.iter().map(|v| v.len() + 2).sum();
+    let mut joined = BytesMut::with_capacity(len + item.len());
+    for value in previous {
+        joined.put_slice(value.as_bytes());
+        joined.put_slice(b", ");
+    }
+    joined.put_slice(item);
+    HeaderValue::from_maybe_shared(joined.freeze()).ok()
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header lists.

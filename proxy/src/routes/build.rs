@@ -243,6 +243,12 @@ impl RouteTable {
             hosts,
             services,
             tls: listeners_tls,
+            trusted_proxies: model
+                .listeners
+                .iter()
+                .filter(|l| !l.trusted_proxies.is_empty())
+                .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
+                .collect(),
         })
     }
 }

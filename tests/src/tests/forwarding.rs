@@ -52,7 +52,20 @@ const HOP_BY_HOP: &[&str] = &[
 #[tokio::test]
 async fn the_upstream_sees_forwarding_headers_and_no_hop_by_hop_ones() {
     let echo = Server::builder("v1").echo_request().spawn();
-    let proxy = one_upstream(&echo);
+    // The client (127.0.0.1) is a trusted proxy here, so its forwarded headers are appended to;
+    // untrusted peers are covered in `edge_request`.
+    let mut model = proxy::model(
+        r#"
+services:
+  - name: shop
+    match: {hosts: ["shop.example.com"]}
+    stable: {version: v1, upstreams: ["${up}"]}
+"#,
+        &[("up", echo.addr())],
+    );
+    model.listeners[0].trusted_proxies =
+        weir_config::TrustedProxies(vec!["127.0.0.0/8".parse().expect("a CIDR")]);
+    let proxy = Proxy::start(model);
 
     // Control: sent straight to the upstream, every header arrives.
     let mut direct = Http1::connect(echo.addr()).await;

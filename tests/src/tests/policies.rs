@@ -223,22 +223,39 @@ async fn the_host_that_routed_a_request_is_the_host_the_upstream_sees() {
         )
         .start();
     let mut public = Http1::connect(proxy.listener_addr("public")).await;
+    // A Host that names another host than the target is refused (400) before routing.
+    for (target, host) in [
+        ("http://preview.shop.example.com/x", "shop.example.com"),
+        ("http://shop.example.com:8080/x", "preview.shop.example.com"),
+        (
+            "http://user:secret@preview.shop.example.com/x",
+            "shop.example.com",
+        ),
+    ] {
+        let mut request = client::get_url(target);
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_str(host).expect("a host"));
+        let mut fresh = Http1::connect(proxy.listener_addr("public")).await;
+        let reply = fresh.fetch(request).await;
+        assert_eq!(reply.status, 400, "{target} with Host: {host}");
+    }
     for (target, host, version, seen) in [
         (
             "http://preview.shop.example.com/x",
-            "shop.example.com",
+            "Preview.Shop.Example.com:80",
             "v2",
             "preview.shop.example.com",
         ),
         (
             "http://shop.example.com:8080/x",
-            "preview.shop.example.com",
+            "shop.example.com:8080",
             "v1",
             "shop.example.com:8080",
         ),
         (
             "http://user:secret@preview.shop.example.com/x",
-            "shop.example.com",
+            "preview.shop.example.com",
             "v2",
             "preview.shop.example.com",
         ),
