@@ -140,14 +140,30 @@ async fn median_latency(proxy: &Proxy, n: usize) -> Duration {
     latencies[n / 2]
 }
 
+/// Rounds of [`median_latency`] through the plain and the mirroring proxy, alternating, so that
+/// both see the same machine; the best median of each. Load on a shared machine only ever adds
+/// latency, so the best of several rounds is what the proxy itself costs.
+async fn best_medians(
+    without: &Proxy,
+    with: &Proxy,
+    rounds: usize,
+    n: usize,
+) -> (Duration, Duration) {
+    let (mut best_without, mut best_with) = (Duration::MAX, Duration::MAX);
+    for _ in 0..rounds {
+        best_without = best_without.min(median_latency(without, n).await);
+        best_with = best_with.min(median_latency(with, n).await);
+    }
+    (best_without, best_with)
+}
+
 #[tokio::test]
 async fn a_hanging_or_failing_canary_changes_neither_responses_nor_latency_nor_primary_metrics() {
-    const N: usize = 200;
+    const ROUNDS: usize = 5;
+    const N: usize = 100;
     let v1 = Server::spawn("v1");
     let baseline_canary = Server::spawn("v2");
     let baseline = Proxy::builder(shop(&v1, &baseline_canary)).start();
-    let without = median_latency(&baseline, N).await;
-    baseline.shutdown().await;
 
     for canary in [
         Server::builder("v2").delay(Duration::from_secs(30)).spawn(),
@@ -160,20 +176,27 @@ async fn a_hanging_or_failing_canary_changes_neither_responses_nor_latency_nor_p
         let proxy = Proxy::builder(model)
             .policy("shop", mirror_policy(100.0, "GET"))
             .start();
-        let with = median_latency(&proxy, N).await;
-        // A robust statistic with slack for a noisy shared machine: the median may not grow by
-        // more than 20% plus 2 ms.
+        let (without, with) = best_medians(&baseline, &proxy, ROUNDS, N).await;
+        eprintln!(
+            "median latency, best of {ROUNDS} rounds: {with:?} mirroring, {without:?} without"
+        );
+        // The median may not grow by more than 20% plus 2 ms (the slack absorbs timer and
+        // scheduling granularity at sub-millisecond latencies).
         assert!(
             with <= without.mul_f64(1.2) + Duration::from_millis(2),
             "median with mirroring {with:?}, without {without:?}"
         );
         let primary = proxy.version_stats("shop", "v1").snapshot();
-        assert_eq!((primary.requests, primary.errors_5xx), (N as u64, 0));
+        assert_eq!(
+            (primary.requests, primary.errors_5xx),
+            ((ROUNDS * N) as u64, 0)
+        );
         assert_eq!(proxy.version_stats("shop", "v2").snapshot().requests, 0);
         wait_for("copies to reach the canary", || canary.requests() > 0).await;
         proxy.shutdown().await;
         canary.shutdown().await;
     }
+    baseline.shutdown().await;
     v1.shutdown().await;
     baseline_canary.shutdown().await;
 }
