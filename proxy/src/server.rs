@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
+use crate::framing::Inspect;
 use crate::routes::Routes;
 
 /// How the server runs.
@@ -289,7 +290,14 @@ async fn serve_connection(
     match tls {
         None => {
             let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), false));
-            drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
+            drive(
+                TokioIo::new(Inspect::new(stream)),
+                worker,
+                conn,
+                &builder,
+                shutdown,
+            )
+            .await;
         }
         Some(config) => {
             let handshake =
@@ -304,7 +312,14 @@ async fn serve_connection(
             match accepted {
                 Ok(Ok(tls_stream)) => {
                     let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), true));
-                    drive(TokioIo::new(tls_stream), worker, conn, &builder, shutdown).await;
+                    drive(
+                        TokioIo::new(Inspect::new(tls_stream)),
+                        worker,
+                        conn,
+                        &builder,
+                        shutdown,
+                    )
+                    .await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
