@@ -103,6 +103,8 @@ impl Refusal {
 pub struct Refused {
     /// Index of the first byte not to pass on.
     pub at: usize,
+    /// Whether `at` is inside a request head hyper has not parsed yet (else inside a body).
+    pub in_head: bool,
     /// Why.
     pub reason: Refusal,
 }
@@ -264,12 +266,16 @@ impl Scanner {
                             | Phase::ChunkDataEnd
                             | Phase::Trailer
                     );
-                    let at = match head_end {
-                        Some(end) if in_body => end,
-                        _ => i,
+                    let (at, in_head) = match head_end {
+                        Some(end) if in_body => (end, true),
+                        _ => (i, !in_body),
                     };
                     self.phase = Phase::Refused;
-                    return Err(Refused { at, reason });
+                    return Err(Refused {
+                        at,
+                        in_head,
+                        reason,
+                    });
                 }
             }
             i += 1;
@@ -582,14 +588,26 @@ fn parse_decimal(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// What replaces a refused head from the bad byte on: a NUL, which httparse rejects wherever it
+/// falls in a head, followed by an end of head, because hyper only re-parses a partial head once
+/// its end has arrived. hyper answers the requests before it, then `400 Bad Request`, and closes.
+const CUT_HEAD: &[u8] = b"\0\r\n\r\n";
+/// What replaces refused body bytes: a NUL, then the end of the stream, so the body can never
+/// complete (no end of head or chunk terminator follows).
+const CUT_BODY: &[u8] = b"\0";
+
 pin_project_lite::pin_project! {
     /// A client connection whose read side runs a [`Scanner`]: a refused request is cut at the
-    /// byte found bad (replaced by a NUL, which hyper cannot parse, so it answers 400 and closes)
-    /// and the stream ends there. Writes pass through untouched.
+    /// byte found bad (see [`CUT_HEAD`], [`CUT_BODY`]) and the stream ends there. Writes pass
+    /// through untouched.
     pub(crate) struct Inspect<S> {
         #[pin]
         inner: S,
         scanner: Scanner,
+        // The rest of the cut still to hand over.
+        cut: &'static [u8],
+        // Whether the cut is in a head (else in a body).
+        head_cut: bool,
     }
 }
 
@@ -598,6 +616,8 @@ impl<S> Inspect<S> {
         Inspect {
             inner,
             scanner: Scanner::new(),
+            cut: &[],
+            head_cut: false,
         }
     }
 }
@@ -610,7 +630,19 @@ impl<S: AsyncRead> AsyncRead for Inspect<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if this.scanner.is_refused() {
-            // End of stream after the cut.
+            if !this.cut.is_empty() {
+                let n = this.cut.len().min(buf.remaining());
+                buf.put_slice(&this.cut[..n]);
+                *this.cut = &this.cut[n..];
+                return Poll::Ready(Ok(()));
+            }
+            if *this.head_cut {
+                // No end of stream after a cut head: hyper would take it as the client leaving
+                // and close without answering the requests pipelined before it (and the 400).
+                // It holds a head it cannot parse, so it answers and closes without reading.
+                return Poll::Pending;
+            }
+            // A cut body: the end of the stream, so the body fails.
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -618,14 +650,18 @@ impl<S: AsyncRead> AsyncRead for Inspect<S> {
         if this.scanner.is_passing() {
             return Poll::Ready(Ok(()));
         }
-        let new = &mut buf.filled_mut()[before..];
-        if let Err(refused) = this.scanner.feed(new) {
+        if let Err(refused) = this.scanner.feed(&buf.filled()[before..]) {
             tracing::debug!(
                 reason = refused.reason.as_str(),
                 "refused an ambiguous HTTP/1 request"
             );
-            new[refused.at] = 0;
-            buf.set_filled(before + refused.at + 1);
+            let cut = if refused.in_head { CUT_HEAD } else { CUT_BODY };
+            // The refused byte was filled, so at least one byte of the cut fits.
+            buf.set_filled(before + refused.at);
+            let n = cut.len().min(buf.remaining());
+            buf.put_slice(&cut[..n]);
+            *this.cut = &cut[n..];
+            *this.head_cut = refused.in_head;
         }
         Poll::Ready(Ok(()))
     }
@@ -760,10 +796,17 @@ mod tests {
         raw.extend_from_slice(b"5;\nx\r\n");
         let refused = Scanner::new().feed(&raw).expect_err("refused");
         assert_eq!(refused.at, head.len() - 1, "cut at the head's final LF");
+        assert!(refused.in_head);
+        // In a later read, the body is cut where the error is.
+        let mut scanner = Scanner::new();
+        scanner.feed(head).expect("valid head");
+        let refused = scanner.feed(b"5;\nx").expect_err("refused");
+        assert_eq!((refused.at, refused.in_head), (2, false));
         // A head problem cuts where it was found.
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nX: \0\r\n\r\n";
         let refused = Scanner::new().feed(raw).expect_err("refused");
         assert_eq!(raw[refused.at], 0);
+        assert!(refused.in_head);
     }
 
     #[test]
