@@ -101,3 +101,98 @@ async fn a_late_chunk_error_cuts_the_body_and_the_upstream_never_completes_the_r
     proxy.shutdown().await;
     recorder.shutdown().await;
 }
+
+/// nginx on the same corpus, with the same recording upstream, for the comparison figure (the
+/// issue asks that weir refuse at least as many cases as nginx). Needs an `nginx` binary (`$NGINX`,
+/// else `nginx` on the `PATH`); `bench/smuggling-nginx` runs it.
+#[tokio::test]
+#[ignore = "needs nginx; run by bench/smuggling-nginx"]
+async fn nginx_on_the_same_corpus() {
+    let cases = smuggling::corpus();
+
+    let recorder = Recorder::spawn();
+    let proxy = Proxy::start(proxy::model(CORPUS, &[("up", recorder.addr())]));
+    let weir = smuggling::replay(proxy.addr(), &recorder, &cases, 32).await;
+    proxy.shutdown().await;
+    recorder.shutdown().await;
+
+    let recorder = Recorder::spawn();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let port = crate::bind_ephemeral().local_addr().expect("addr").port();
+    let conf = format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream recorder {{ server {upstream}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        server_name _;
+        location / {{
+            proxy_pass http://recorder;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#,
+        dir = dir.path().display(),
+        upstream = recorder.addr(),
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let binary = std::env::var("NGINX").unwrap_or_else(|_| "nginx".to_string());
+    let mut nginx = std::process::Command::new(&binary)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    crate::assert_eventually!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    let outcomes = smuggling::replay(addr, &recorder, &cases, 32).await;
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    recorder.shutdown().await;
+
+    let version = std::process::Command::new(&binary)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    smuggling::report(&format!("nginx ({version})"), &cases, &outcomes);
+    for (who, outcomes) in [("weir", &weir), ("nginx", &outcomes)] {
+        eprintln!(
+            "{who}: all {} | ambiguous {}",
+            Tally::of(&cases, outcomes, |_| true),
+            Tally::of(&cases, outcomes, |c| c.label == Label::Ambiguous)
+        );
+    }
+    for (case, (w, n)) in cases.iter().zip(weir.iter().zip(&outcomes)) {
+        let refused = |o: &Outcome| matches!(o, Outcome::Refused(_));
+        if refused(w) != refused(n) {
+            eprintln!("differs: {:<70} weir {w:?} nginx {n:?}", case.name);
+        }
+    }
+    let weir_refused = Tally::of(&cases, &weir, |_| true).refused;
+    let nginx_refused = Tally::of(&cases, &outcomes, |_| true).refused;
+    assert!(
+        weir_refused >= nginx_refused,
+        "weir refused {weir_refused}, nginx {nginx_refused}"
+    );
+}
