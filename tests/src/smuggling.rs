@@ -254,6 +254,7 @@ impl Received {
 struct Log {
     by_client: BTreeMap<IpAddr, Vec<Received>>,
     heads: usize,
+    heads_by_client: BTreeMap<IpAddr, usize>,
     parse_errors: usize,
 }
 
@@ -302,7 +303,12 @@ impl Recorder {
                                 .filter_map(|v| v.trim().parse::<IpAddr>().ok())
                                 .next_back();
                             let headers = request.headers().clone();
-                            log.lock().unwrap_or_else(PoisonError::into_inner).heads += 1;
+                            let ip = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                            {
+                                let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                                log.heads += 1;
+                                *log.heads_by_client.entry(ip).or_default() += 1;
+                            }
                             let body = tokio::time::timeout(
                                 Duration::from_secs(2),
                                 request.into_body().collect(),
@@ -313,7 +319,6 @@ impl Recorder {
                                 headers,
                                 body_complete,
                             };
-                            let ip = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
                             log.lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .by_client
@@ -366,6 +371,13 @@ impl Recorder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .heads
+    }
+
+    /// Requests from `client` whose head arrived but whose body has not ended yet.
+    pub fn pending_from(&self, client: IpAddr) -> usize {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let heads = log.heads_by_client.get(&client).copied().unwrap_or(0);
+        heads - log.by_client.get(&client).map_or(0, Vec::len)
     }
 
     /// Requests received in total (noted once their body ended or failed).
@@ -573,6 +585,136 @@ pub fn report(who: &str, cases: &[Case], outcomes: &[Outcome]) {
         };
         if notable {
             eprintln!("{who}:   {:?} {:<60} {outcome:?}", case.label, case.name);
+        }
+    }
+}
+
+/// How a raw HTTP/2 request ended, as the client saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum H2Answer {
+    /// A response with this `:status` (statically indexed statuses only; others are `0`).
+    Status(u16),
+    /// `RST_STREAM` with this error code.
+    Reset(u32),
+    /// `GOAWAY` with this error code.
+    GoAway(u32),
+    /// The connection closed or nothing came in time.
+    Nothing,
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK string length (7-bit prefix integer, no Huffman).
+fn hpack_len(out: &mut Vec<u8>, len: usize) {
+    if len < 127 {
+        out.push(len as u8);
+    } else {
+        out.push(127);
+        let mut rest = len - 127;
+        while rest >= 128 {
+            out.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        out.push(rest as u8);
+    }
+}
+
+/// Sends one HTTP/2 request (prior knowledge) from `from` with exactly these header fields
+/// (pseudo-headers included, in order, each a literal without indexing, so nothing is
+/// normalised on the way) and optional DATA, and returns how the stream ended.
+pub async fn h2_raw(
+    proxy: SocketAddr,
+    from: Ipv4Addr,
+    fields: &[(&[u8], &[u8])],
+    data: Option<&[u8]>,
+) -> H2Answer {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(from), 0))
+        .expect("bind a loopback source address");
+    let mut stream = socket.connect(proxy).await.expect("connect to the proxy");
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        hpack_len(&mut block, name.len());
+        block.extend_from_slice(name);
+        hpack_len(&mut block, value.len());
+        block.extend_from_slice(value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let end_stream = if data.is_none() { 0x1 } else { 0 };
+    out.extend(frame(0x1, 0x4 | end_stream, 1, &block));
+    if let Some(data) = data {
+        out.extend(frame(0x0, 0x1, 1, data));
+    }
+    let _ = stream.write_all(&out).await;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        // Parse the frames received so far.
+        let mut at = 0;
+        while got.len() >= at + 9 {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got.len() < at + 9 + len {
+                break;
+            }
+            let (kind, flags) = (got[at + 3], got[at + 4]);
+            let id = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]])
+                & 0x7fff_ffff;
+            let payload = &got[at + 9..at + 9 + len];
+            match kind {
+                0x4 if flags & 0x1 == 0 => {
+                    let _ = stream.write_all(&frame(0x4, 0x1, 0, &[])).await;
+                }
+                0x1 if id == 1 => {
+                    // Skip padding and priority fields.
+                    let mut block = payload;
+                    if flags & 0x8 != 0 {
+                        block = block.get(1..).unwrap_or_default();
+                    }
+                    if flags & 0x20 != 0 {
+                        block = block.get(5..).unwrap_or_default();
+                    }
+                    let status = match block.first() {
+                        Some(0x88) => 200,
+                        Some(0x89) => 204,
+                        Some(0x8a) => 206,
+                        Some(0x8b) => 304,
+                        Some(0x8c) => 400,
+                        Some(0x8d) => 404,
+                        Some(0x8e) => 500,
+                        _ => 0,
+                    };
+                    return H2Answer::Status(status);
+                }
+                0x3 if id == 1 => {
+                    return H2Answer::Reset(u32::from_be_bytes(
+                        payload[..4].try_into().expect("4 bytes"),
+                    ));
+                }
+                0x7 => {
+                    return H2Answer::GoAway(u32::from_be_bytes(
+                        payload[4..8].try_into().expect("4 bytes"),
+                    ));
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        got.drain(..at);
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return H2Answer::Nothing,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
     }
 }

@@ -196,3 +196,202 @@ http {{
         "weir refused {weir_refused}, nginx {nginx_refused}"
     );
 }
+
+/// HTTP/2 → HTTP/1 downgrade: header fields that mean something else in HTTP/1
+/// (`transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `proxy-connection`, `te` other
+/// than `trailers`), a `content-length` that disagrees with the DATA frames or with itself,
+/// uppercase names and CR/LF/NUL in names or values are refused (h2 resets the stream or the
+/// connection) and never reach the upstream as a complete request; the well-formed controls do.
+#[tokio::test]
+async fn http2_requests_that_would_downgrade_ambiguously_are_refused() {
+    use smuggling::H2Answer;
+    type Fields = Vec<(&'static [u8], &'static [u8])>;
+    fn base(method: &'static [u8], extra: &[(&'static [u8], &'static [u8])]) -> Fields {
+        let mut fields: Fields = vec![
+            (b":method", method),
+            (b":scheme", b"http"),
+            (b":authority", b"corpus.test"),
+            (b":path", b"/h2"),
+        ];
+        fields.extend_from_slice(extra);
+        fields
+    }
+    // (name, fields, data, forwarded complete?)
+    let cases: Vec<(&str, Fields, Option<&[u8]>, bool)> = vec![
+        (
+            "transfer-encoding",
+            base(b"POST", &[(b"transfer-encoding", b"chunked")]),
+            Some(b"0\r\n\r\n"),
+            false,
+        ),
+        (
+            "connection",
+            base(b"GET", &[(b"connection", b"keep-alive")]),
+            None,
+            false,
+        ),
+        (
+            "keep-alive",
+            base(b"GET", &[(b"keep-alive", b"timeout=5")]),
+            None,
+            false,
+        ),
+        (
+            "upgrade",
+            base(b"GET", &[(b"upgrade", b"websocket")]),
+            None,
+            false,
+        ),
+        (
+            "proxy-connection",
+            base(b"GET", &[(b"proxy-connection", b"close")]),
+            None,
+            false,
+        ),
+        ("te: gzip", base(b"GET", &[(b"te", b"gzip")]), None, false),
+        (
+            "te: trailers, chunked",
+            base(b"GET", &[(b"te", b"trailers, chunked")]),
+            None,
+            false,
+        ),
+        (
+            "content-length, no data",
+            base(b"POST", &[(b"content-length", b"5")]),
+            None,
+            false,
+        ),
+        (
+            "content-length below data",
+            base(b"POST", &[(b"content-length", b"5")]),
+            Some(b"0123456789"),
+            false,
+        ),
+        (
+            "content-length above data",
+            base(b"POST", &[(b"content-length", b"10")]),
+            Some(b"01234"),
+            false,
+        ),
+        (
+            "two content-lengths",
+            base(
+                b"POST",
+                &[(b"content-length", b"5"), (b"content-length", b"6")],
+            ),
+            Some(b"01234"),
+            false,
+        ),
+        (
+            "content-length +5",
+            base(b"POST", &[(b"content-length", b"+5")]),
+            Some(b"01234"),
+            false,
+        ),
+        (
+            "uppercase name",
+            base(b"GET", &[(b"X-Upper", b"1")]),
+            None,
+            false,
+        ),
+        (
+            "CR LF in a value",
+            base(b"GET", &[(b"x-a", b"a\r\nTransfer-Encoding: chunked")]),
+            None,
+            false,
+        ),
+        (
+            "LF in a value",
+            base(b"GET", &[(b"x-a", b"a\nb")]),
+            None,
+            false,
+        ),
+        (
+            "NUL in a value",
+            base(b"GET", &[(b"x-a", b"a\0b")]),
+            None,
+            false,
+        ),
+        (
+            "space in a name",
+            base(b"GET", &[(b"x a", b"1")]),
+            None,
+            false,
+        ),
+        (
+            "colon in a name",
+            base(b"GET", &[(b"x:a", b"1")]),
+            None,
+            false,
+        ),
+        (
+            "space in :path",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"corpus.test"),
+                (b":path", b"/a HTTP/1.1"),
+            ],
+            None,
+            false,
+        ),
+        ("control: GET", base(b"GET", &[]), None, true),
+        (
+            "control: te trailers",
+            base(b"GET", &[(b"te", b"trailers")]),
+            None,
+            true,
+        ),
+        (
+            "control: POST with a matching length",
+            base(b"POST", &[(b"content-length", b"5")]),
+            Some(b"01234"),
+            true,
+        ),
+    ];
+    let recorder = Recorder::spawn();
+    let proxy = Proxy::start(proxy::model(CORPUS, &[("up", recorder.addr())]));
+    let mut refused = 0;
+    for (i, (name, fields, data, forward)) in cases.iter().enumerate() {
+        let from = std::net::Ipv4Addr::new(127, 2, 0, i as u8 + 1);
+        let answer = smuggling::h2_raw(proxy.addr(), from, fields, *data).await;
+        let complete = || {
+            recorder
+                .received_from(from.into())
+                .iter()
+                .filter(|r| r.body_complete)
+                .count()
+        };
+        if *forward {
+            assert_eq!(answer, H2Answer::Status(200), "{name}");
+            crate::assert_eventually!(complete() == 1, "{name}: not forwarded");
+        } else {
+            assert!(
+                matches!(
+                    answer,
+                    H2Answer::Reset(_) | H2Answer::GoAway(_) | H2Answer::Status(400..)
+                ),
+                "{name}: {answer:?}"
+            );
+            // A refused stream's head may have been forwarded before its DATA proved it wrong;
+            // its body must then fail at the upstream, never complete.
+            crate::assert_eventually!(recorder.pending_from(from.into()) == 0, "{name}");
+            assert_eq!(complete(), 0, "{name}: reached the upstream complete");
+            refused += 1;
+        }
+        eprintln!(
+            "h2 {name}: {answer:?}, upstream requests {:?}",
+            recorder
+                .received_from(from.into())
+                .iter()
+                .map(|r| r.body_complete)
+                .collect::<Vec<_>>()
+        );
+    }
+    eprintln!(
+        "h2 downgrade: {} cases, {refused} refused, 0 ambiguous forwarded",
+        cases.len()
+    );
+    proxy.shutdown().await;
+    recorder.shutdown().await;
+}
