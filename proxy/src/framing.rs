@@ -253,6 +253,27 @@ impl Scanner {
                     };
                     continue;
                 }
+                // Fast paths over the bulk of a head: values of headers the scanner does not
+                // read, and the request target (no state but the column to keep).
+                Phase::Header | Phase::Trailer
+                    if self.in_value && self.named == Named::Other && !self.cr =>
+                {
+                    let run = run_of(&bytes[i..], is_value_byte);
+                    if run > 0 {
+                        i += run;
+                        self.col += run;
+                        continue;
+                    }
+                }
+                Phase::RequestLine if self.part == 1 && !self.cr => {
+                    let run = run_of(&bytes[i..], is_target_byte);
+                    if run > 0 {
+                        i += run;
+                        self.col += run;
+                        self.part_len += run;
+                        continue;
+                    }
+                }
                 _ => {}
             }
             match self.byte(bytes[i]) {
@@ -339,7 +360,7 @@ impl Scanner {
                     *slot = b;
                 }
             }
-            (1, 0x21..=0x7e | 0x80..=0xff) => {}
+            (1, _) if is_target_byte(b) => {}
             (2, _) if self.part_len < self.version.len() => self.version[self.part_len] = b,
             _ => return Err(Refusal::BadRequestLine),
         }
@@ -358,7 +379,7 @@ impl Scanner {
             self.value_len = 0;
         }
         if self.in_value {
-            if !(b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+            if !is_value_byte(b) {
                 return Err(Refusal::BadHeaderValue);
             }
             if self.named != Named::Other {
@@ -431,15 +452,17 @@ impl Scanner {
     fn line_end(&mut self) -> Result<Step, Refusal> {
         let empty = self.col == 0;
         self.col = 0;
+        // The next line starts with a name (the fast path over values relies on it).
+        let in_value = std::mem::take(&mut self.in_value);
         match self.phase {
             // Empty lines before a request line are allowed (RFC 9112 §2.2).
             Phase::Idle => {}
             Phase::RequestLine => self.request_line_end()?,
             Phase::Header if empty => return self.head_end(),
-            Phase::Header => self.header_line_end()?,
+            Phase::Header => self.header_line_end(in_value)?,
             Phase::Trailer if empty => self.phase = Phase::Idle,
             Phase::Trailer => {
-                if !self.in_value {
+                if !in_value {
                     return Err(Refusal::BadHeaderName);
                 }
             }
@@ -490,8 +513,8 @@ impl Scanner {
         self.method.iter().position(|&b| b == 0).unwrap_or(8)
     }
 
-    fn header_line_end(&mut self) -> Result<(), Refusal> {
-        if !self.in_value {
+    fn header_line_end(&mut self, in_value: bool) -> Result<(), Refusal> {
+        if !in_value {
             return Err(Refusal::BadHeaderName);
         }
         let value = trim_ows(&self.value[..self.value_len.min(VALUE_CAP)]);
@@ -563,6 +586,21 @@ fn is_tchar(b: u8) -> bool {
     matches!(b,
         b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
         | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// A byte allowed in a header value: HTAB, SP, VCHAR, obs-text.
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// A byte allowed in a request target: VCHAR and obs-text (no whitespace or controls).
+fn is_target_byte(b: u8) -> bool {
+    matches!(b, 0x21..=0x7e | 0x80..=0xff)
+}
+
+/// How many leading bytes of `bytes` satisfy `ok`.
+fn run_of(bytes: &[u8], ok: fn(u8) -> bool) -> usize {
+    bytes.iter().position(|&b| !ok(b)).unwrap_or(bytes.len())
 }
 
 fn trim_ows(mut value: &[u8]) -> &[u8] {
