@@ -21,7 +21,13 @@
 //! upstream sees a truncated body, never the bad bytes).
 //!
 //! The scanner stops (passes everything through) on the HTTP/2 preface and after a request that
-//! asks for a tunnel (`Upgrade`, `CONNECT`): what follows is not HTTP/1 framing.
+//! may open a tunnel (an HTTP/1.1 `Upgrade`, `CONNECT`): what follows may not be HTTP/1. The read
+//! side cannot tell whether the upstream accepted the tunnel, so requests pipelined after such a
+//! request on the same connection are left to hyper's own parser (weir still re-frames them, so
+//! they cannot desync an upstream).
+//!
+//! Cost: one pass over each head (header values and the request target in tight loops, about
+//! 2 ns a byte), nothing per body byte; no allocation, no copy.
 
 use std::io;
 use std::pin::Pin;
@@ -555,7 +561,8 @@ impl Scanner {
                 }
                 self.host = true;
             }
-            Named::Upgrade => self.tunnel = true,
+            // hyper upgrades only HTTP/1.1 requests.
+            Named::Upgrade => self.tunnel |= !self.http10,
         }
         Ok(())
     }
