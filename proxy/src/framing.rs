@@ -523,7 +523,9 @@ impl Scanner {
         if !in_value {
             return Err(Refusal::BadHeaderName);
         }
-        let value = trim_ows(&self.value[..self.value_len.min(VALUE_CAP)]);
+        // Only spaces are trimmed from framing headers: a tab around `chunked` or a length is
+        // valid OWS, but a classic obfuscation some hops do not trim, and no real client sends it.
+        let value = trim_spaces(&self.value[..self.value_len.min(VALUE_CAP)]);
         let complete = self.value_len <= VALUE_CAP;
         match self.named {
             Named::Other => {}
@@ -610,11 +612,11 @@ fn run_of(bytes: &[u8], ok: fn(u8) -> bool) -> usize {
     bytes.iter().position(|&b| !ok(b)).unwrap_or(bytes.len())
 }
 
-fn trim_ows(mut value: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = value {
+fn trim_spaces(mut value: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = value {
         value = rest;
     }
-    while let [rest @ .., b' ' | b'\t'] = value {
+    while let [rest @ .., b' '] = value {
         value = rest;
     }
     value
@@ -767,7 +769,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"\r\nGET /x?y=1 HTTP/1.0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tChunked \r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: \x80\xff \t\r\nContent-Length: 000\r\n\r\n",
             b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\n\r\0",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04",
@@ -812,6 +814,9 @@ mod tests {
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n", BadTransferEncoding),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", BadTransferEncoding),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", BadTransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding:\tchunked\r\n\r\n", BadTransferEncoding),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\t\r\n\r\n", BadTransferEncoding),
+            (b"POST / HTTP/1.1\r\nContent-Length:\t5\r\n\r\n", BadContentLength),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", DuplicateTransferEncoding),
             (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthWithTransferEncoding),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", ContentLengthWithTransferEncoding),
