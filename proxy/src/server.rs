@@ -290,14 +290,8 @@ async fn serve_connection(
     match tls {
         None => {
             let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), false));
-            drive(
-                TokioIo::new(Inspect::new(stream)),
-                worker,
-                conn,
-                &builder,
-                shutdown,
-            )
-            .await;
+            let stream = Inspect::new(stream); // HTTP/1 framing checks (crate::framing)
+            drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
         }
         Some(config) => {
             let handshake =
@@ -312,14 +306,8 @@ async fn serve_connection(
             match accepted {
                 Ok(Ok(tls_stream)) => {
                     let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), true));
-                    drive(
-                        TokioIo::new(Inspect::new(tls_stream)),
-                        worker,
-                        conn,
-                        &builder,
-                        shutdown,
-                    )
-                    .await;
+                    let tls_stream = Inspect::new(tls_stream);
+                    drive(TokioIo::new(tls_stream), worker, conn, &builder, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
