@@ -7,6 +7,8 @@
 //!   per-request rules ([`routes::rules`]) and the exact weighted split.
 //! - [`server`]: worker threads, listeners, TLS termination, HTTP/1.1 + HTTP/2, graceful drain.
 //! - `forward`: the request path in stages (route → policy → mirror → upstream → record).
+//! - [`framing`]: HTTP/1 framing checks on the client's bytes (refuses ambiguous requests with 400
+//!   before anything reaches an upstream).
 //! - `upstream`: per-worker keep-alive pools to upstreams.
 //! - [`stats`]: per-version atomic counters and latency histograms (primary and mirrored traffic,
 //!   mirror drops), snapshots and sliding windows.
@@ -17,6 +19,7 @@
 mod body;
 pub mod error;
 mod forward;
+pub mod framing;
 pub mod metrics;
 pub mod routes;
 pub mod server;

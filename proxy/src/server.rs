@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
+use crate::framing::Inspect;
 use crate::routes::Routes;
 
 /// How the server runs.
@@ -289,6 +290,7 @@ async fn serve_connection(
     match tls {
         None => {
             let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), false));
+            let stream = Inspect::new(stream); // HTTP/1 framing checks (crate::framing)
             drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
         }
         Some(config) => {
@@ -304,6 +306,7 @@ async fn serve_connection(
             match accepted {
                 Ok(Ok(tls_stream)) => {
                     let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), true));
+                    let tls_stream = Inspect::new(tls_stream);
                     drive(TokioIo::new(tls_stream), worker, conn, &builder, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -17,6 +17,7 @@
 //! - [`weir`]: the whole of weir in-process ([`weir::Weir`]: `weir_control::app::start` on a config
 //!   file in a temporary folder), with helpers to rewrite the file and wait for rollout states.
 //! - [`admin`]: a client for weir's admin API (commands, `/metrics`, the event stream).
+//! - [`smuggling`]: the request-smuggling corpus, a recording upstream and the replay harness.
 //! - [`assert_eventually!`]: polls a condition until a deadline instead of sleeping.
 
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +29,7 @@ pub mod client;
 pub mod faulty;
 pub mod metrics;
 pub mod proxy;
+pub mod smuggling;
 pub mod upstream;
 pub mod weir;
 

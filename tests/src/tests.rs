@@ -20,6 +20,7 @@ mod reload;
 mod rollout;
 mod routing;
 mod shutdown;
+mod smuggling;
 mod split;
 mod tls;
 mod upgrade;
