@@ -509,7 +509,7 @@ impl Driver {
                 continue;
             };
             let message = format!(
-                "cannot save rollout state ({error}): canary traffic stays at {}; trying again every {}s",
+                "cannot save rollout state ({error}): canary traffic stays at {}%; trying again every {}s",
                 before.weight(),
                 SAVE_RETRY.as_secs()
             );
@@ -988,5 +988,226 @@ services:
             "routes end with the rollout"
         );
         task.abort();
+    }
+
+    /// A state folder on a 16 KiB tmpfs (unmounted on drop) that can be filled up; where mounting
+    /// is not permitted (not root), a folder made read-only instead.
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+        mounted: bool,
+    }
+
+    impl SmallDisk {
+        fn new() -> SmallDisk {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).expect("state dir");
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+                .arg(&state)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("cannot mount a tmpfs: a read-only state folder stands for a full disk");
+            }
+            SmallDisk { dir, mounted }
+        }
+
+        fn state(&self) -> std::path::PathBuf {
+            self.dir.path().join("state")
+        }
+
+        fn config(&self, steps: &str) -> Loaded {
+            let path = self.dir.path().join("weir.yaml");
+            let text = format!(
+                "stateDir: {}\nlisteners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nservices:\n  - name: checkout\n    stable: {{ version: v1, upstreams: [\"127.0.0.1:9001\"] }}\n    canary: {{ version: v2, upstreams: [\"127.0.0.1:9002\"] }}\n    strategy:\n      canary:\n        steps:\n{steps}",
+                self.state().display()
+            );
+            std::fs::write(&path, text).expect("write");
+            crate::reload::load(&path).expect("loads")
+        }
+
+        /// Fills the disk (or makes the services folder read-only).
+        fn fill(&self) {
+            let services = self.state().join("services");
+            if !self.mounted {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o500))
+                    .expect("chmod");
+                return;
+            }
+            let mut filler = std::fs::File::create(self.state().join("filler")).expect("filler");
+            let chunk = [0u8; 512];
+            while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        }
+
+        fn free(&self) {
+            let services = self.state().join("services");
+            if !self.mounted {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod");
+                return;
+            }
+            std::fs::remove_file(self.state().join("filler")).expect("filler removed");
+        }
+
+        fn saved(&self) -> serde_json::Value {
+            let file = self.state().join("services/checkout.json");
+            serde_json::from_slice(&std::fs::read(file).expect("state file")).expect("json")
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            if self.mounted {
+                let _ = std::process::Command::new("umount")
+                    .arg(self.state())
+                    .status();
+            }
+        }
+    }
+
+    fn weight_of(routes: &weir_proxy::Routes) -> f64 {
+        routes
+            .current()
+            .service("checkout")
+            .map_or(-1.0, |s| s.policy().weight.percent())
+    }
+
+    async fn next_event(events: &mut broadcast::Receiver<Event>, kind: &str) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.kind == kind => return event,
+                    Ok(_) => {}
+                    Err(error) => panic!("events: {error}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} event within 5 s"))
+    }
+
+    /// Waits (up to 5 s) until the state file satisfies `done`.
+    async fn saved_until(disk: &SmallDisk, done: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let file = disk.state().join("services/checkout.json");
+            if let Some(saved) = std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                if done(&saved) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "never saved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abort_on_a_full_disk_is_served_saved_when_space_returns_and_survives_a_restart() {
+        let started = std::time::SystemTime::now();
+        let disk = SmallDisk::new();
+        let steps = "          - setWeight: 50\n          - pause: {}\n";
+        let (driver, routes, handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        let mut events = handle.subscribe();
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+        served(&routes, |p| p.weight.percent() == 50.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 5000).await;
+
+        disk.fill();
+        handle
+            .command("checkout", Command::Abort)
+            .await
+            .expect("the abort is accepted on a full disk");
+        assert_eq!(weight_of(&routes), 0.0, "the abort is served at once");
+        let event = next_event(&mut events, "StateNotSaved").await;
+        assert!(event.message.contains("trying again"), "{}", event.message);
+        assert_eq!(
+            disk.saved()["rollout"]["strategy"]["weightBp"],
+            5000,
+            "the disk still holds the old state"
+        );
+
+        disk.free();
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 0).await;
+        task.abort();
+        let _ = task.await;
+
+        // A restart reads the abort back: weight 0 from the first table.
+        let (_driver, routes, _handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        assert_eq!(weight_of(&routes), 0.0, "the restart stays at weight 0");
+        eprintln!(
+            "abort on a full {} disk: served at 0% at once, saved by the retry once space returned, restart at 0% ({:?})",
+            if disk.mounted { "16 KiB tmpfs" } else { "read-only" },
+            started.elapsed().unwrap_or_default()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_increase_that_cannot_be_saved_is_not_published() {
+        let disk = SmallDisk::new();
+        let steps = "          - setWeight: 10\n          - pause: {}\n          - setWeight: 40\n          - pause: {}\n";
+        let (driver, routes, handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        let mut events = handle.subscribe();
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+        served(&routes, |p| p.weight.percent() == 10.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 1000).await;
+
+        disk.fill();
+        // Leaving the pause is accepted (it widens nothing by itself); the next step's increase
+        // cannot be written, so it is not published and the rollout says why.
+        let answer = handle
+            .command("checkout", Command::Promote { full: false })
+            .await;
+        if let Err(error) = &answer {
+            assert!(
+                error.to_string().contains("cannot save rollout state"),
+                "{error}"
+            );
+        }
+        let event = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let event = next_event(&mut events, "StateNotSaved").await;
+                if event.message.contains("stays at 10%") {
+                    return event;
+                }
+            }
+        })
+        .await
+        .expect("a StateNotSaved event for the increase");
+        assert_eq!(event.weight, 10.0);
+        // Several retries later, still 10%: nothing widened while it cannot be saved.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(weight_of(&routes), 10.0, "the increase is not published");
+        assert_eq!(handle.status().services[0].canary_weight, 10.0);
+        assert_eq!(disk.saved()["rollout"]["strategy"]["weightBp"], 1000);
+        assert!(
+            handle.status().services[0]
+                .message
+                .contains("cannot save rollout state"),
+            "{}",
+            handle.status().services[0].message
+        );
+
+        // Once the state can be written, the rollout goes on by itself.
+        disk.free();
+        served(&routes, |p| p.weight.percent() == 40.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 4000).await;
+        eprintln!("promote on a full disk: the increase to 40% not published (10% served and on disk for 1.5 s of retries); once space returned: 40% served and saved");
+        task.abort();
+        let _ = task.await;
     }
 }
