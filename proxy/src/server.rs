@@ -23,6 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::routes::Routes;
 
+/// On shutdown, how long connections keep being served (answers say `Connection: close`) before
+/// idle ones are closed; the drain timeout still bounds the whole drain.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -322,7 +326,28 @@ async fn drive<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| forward::handle(worker.clone(), conn.clone(), request));
+    // Once draining, HTTP/1 answers say `Connection: close`, so busy keep-alive clients move to
+    // the listener's next owner (an upgraded weir) at a response boundary instead of having an
+    // idle connection closed under a request they are sending.
+    let draining = shutdown.clone();
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let http1 = request.version() <= hyper::Version::HTTP_11;
+        let draining = draining.clone();
+        let response = forward::handle(worker.clone(), conn.clone(), request);
+        async move {
+            let mut response = response.await?;
+            if http1
+                && *draining.borrow()
+                && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, service));
     tokio::select! {
         result = connection.as_mut() => {
@@ -332,6 +357,14 @@ async fn drive<I>(
             return;
         }
         _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    // A request already on its way (a connection accepted just before, a keep-alive client
+    // mid-send) is answered (with `Connection: close`) rather than cut; then idle ones close.
+    if tokio::time::timeout(CLOSE_GRACE, connection.as_mut())
+        .await
+        .is_ok()
+    {
+        return;
     }
     connection.as_mut().graceful_shutdown();
     if let Err(error) = connection.await {

@@ -44,6 +44,15 @@ pub enum Input {
         /// The answer.
         reply: oneshot::Sender<Result<(), CommandError>>,
     },
+    /// Hand-over to a new weir process (binary upgrade): `true` stops every rollout decision
+    /// and state write once the state on disk is current (refused while a save is pending, so
+    /// the new process never reads an older state than was served); `false` resumes.
+    Freeze {
+        /// Freeze or resume.
+        frozen: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// An external measurement came back.
     Measured {
         /// The service.
@@ -136,6 +145,8 @@ pub struct Driver {
     /// Services whose widening could not be written (so was not published), with when to try
     /// again: their rollout is not ticked until then.
     held: BTreeMap<String, Instant>,
+    /// Handing over to a new process: no decisions, no writes (see [`Input::Freeze`]).
+    frozen: bool,
 }
 
 /// Handles to a running driver.
@@ -205,6 +216,7 @@ impl Driver {
             listener_addrs: BTreeMap::new(),
             unsaved: BTreeMap::new(),
             held: BTreeMap::new(),
+            frozen: false,
         };
         driver.flush_events();
         driver.persist_all();
@@ -230,8 +242,9 @@ impl Driver {
         let mut configs_open = true;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.on_tick().await,
-                loaded = configs.recv(), if configs_open => match loaded {
+                _ = tick.tick(), if !self.frozen => self.on_tick().await,
+                // While frozen, a new config waits in the channel (the new process reads the file).
+                loaded = configs.recv(), if configs_open && !self.frozen => match loaded {
                     Some(loaded) => self.apply(*loaded).await,
                     None => configs_open = false,
                 },
@@ -242,6 +255,18 @@ impl Driver {
 
     async fn on_input(&mut self, input: Input) {
         match input {
+            Input::Freeze { frozen, reply } => {
+                let _ = reply.send(self.freeze(frozen).await);
+            }
+            Input::Config(_) | Input::Measured { .. } if self.frozen => {
+                // Handing over: the new process reads the config and measures again.
+            }
+            Input::Command { reply, .. } if self.frozen => {
+                let _ = reply.send(Err(CommandError::Refused(
+                    "weir is handing over to a new process (binary upgrade): try again in a moment"
+                        .into(),
+                )));
+            }
             Input::Config(loaded) => self.apply(*loaded).await,
             Input::Command {
                 service,
@@ -277,6 +302,26 @@ impl Driver {
                 self.commit(vec![(service, effects, before)]).await;
             }
         }
+    }
+
+    async fn freeze(&mut self, frozen: bool) -> Result<(), String> {
+        if !frozen {
+            self.frozen = false;
+            tracing::info!("hand-over ended: rollouts go on in this process");
+            return Ok(());
+        }
+        let unsaved: Vec<String> = self.unsaved.keys().cloned().collect();
+        self.save_now(unsaved).await;
+        if !self.unsaved.is_empty() {
+            let services: Vec<&str> = self.unsaved.keys().map(String::as_str).collect();
+            return Err(format!(
+                "the rollout state of {} is not saved yet (see the log): a new process would read an older state",
+                services.join(", ")
+            ));
+        }
+        self.frozen = true;
+        tracing::info!("handing over to a new process: rollout decisions stop here");
+        Ok(())
     }
 
     async fn command(&mut self, service: &str, command: Command) -> Result<(), CommandError> {
@@ -876,6 +921,19 @@ impl Handle {
             .await
             .map_err(|_| CommandError::Closed)?;
         answer.await.map_err(|_| CommandError::Closed)?
+    }
+
+    /// Freezes the driver for a hand-over to a new process, or resumes it (see [`Input::Freeze`]).
+    pub async fn freeze(&self, frozen: bool) -> Result<(), CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Freeze { frozen, reply })
+            .await
+            .map_err(|_| CommandError::Closed)?;
+        answer
+            .await
+            .map_err(|_| CommandError::Closed)?
+            .map_err(CommandError::Refused)
     }
 
     /// The latest status of every service.
