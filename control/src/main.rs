@@ -157,11 +157,15 @@ fn run(options: RunOptions, upgrade_timeout: Duration) -> anyhow::Result<ExitCod
             Err(error) => return Err(error).context("starting weir"),
         };
         if inherited.is_handover() {
+            // systemd learns the new main process before the old one can exit.
+            upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
             inherited
                 .ready()
                 .context("telling the previous weir this one is ready")?;
-            tracing::info!("took over the listening sockets from the previous weir");
-            upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            tracing::info!(
+                pid = std::process::id(),
+                "took over the listening sockets from the previous weir"
+            );
         } else {
             upgrade::notify_systemd("READY=1");
         }
