@@ -868,3 +868,76 @@ async fn twenty_binary_upgrades_under_load_lose_no_request() {
     assert!(alive(pid), "the last weir serves");
     drop(descendants);
 }
+
+/// An upgrade whose new process cannot start (here: the config became invalid) changes nothing:
+/// the old weir keeps serving and its rollouts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_keeps_the_old_weir_serving() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(&v1, &v2, "          - setWeight: 20\n          - pause: {}\n          - setWeight: 50\n          - pause: {}");
+    let mut weir = setup.start().await;
+    setup
+        .wait_for("20%", Duration::from_secs(5), |s| s["canaryWeight"] == 20.0)
+        .await;
+    std::fs::write(setup.config_path(), "listeners: not a list\n").expect("write");
+    let began = Instant::now();
+    signal(weir.child.as_ref().expect("weir runs").id(), "USR2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !setup.log().contains("upgrade failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed upgrade:\n{}",
+            setup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(weir.exited().is_none(), "the old weir still runs");
+    assert_eq!(proxied(setup.public).await.0, 200);
+    let (status, body) = http(setup.admin, "POST", "/api/v1/services/shop/promote")
+        .await
+        .expect("promote");
+    assert_eq!(status, 200, "rollouts go on after a failed upgrade: {body}");
+    setup
+        .wait_for("50%", Duration::from_secs(5), |s| s["canaryWeight"] == 50.0)
+        .await;
+    eprintln!(
+        "failed upgrade (new weir exited 64 on an invalid config): old weir kept serving, rollout resumed ({:.0?})",
+        began.elapsed()
+    );
+}
+
+/// A state file written by a newer weir is refused with a clear message and left untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_from_a_newer_weir_is_refused_and_kept() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(&v1, &v2, "          - setWeight: 20\n          - pause: {}");
+    let services = setup.state_dir().join("services");
+    std::fs::create_dir_all(&services).expect("state dir");
+    let newer = r#"{"format": 99, "rollout": {"service": "shop", "somethingNew": true}}"#;
+    std::fs::write(services.join("shop.json"), newer).expect("write");
+    let log = File::create(setup.log_path()).expect("log");
+    let weir = Guard::spawn(
+        Command::new(WEIR)
+            .args(["run", "--config"])
+            .arg(setup.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log),
+        "weir run",
+    );
+    let status = weir.wait(Duration::from_secs(20)).await;
+    assert!(!status.success(), "weir must not start:\n{}", setup.log());
+    let log = setup.log();
+    assert!(
+        log.contains("written by a newer weir (state format 99"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(services.join("shop.json")).expect("kept"),
+        newer,
+        "the file is untouched"
+    );
+    eprintln!("state format 99: weir refused to start ({status}), file kept");
+}
