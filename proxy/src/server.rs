@@ -330,8 +330,11 @@ async fn drive<I>(
     // the listener's next owner (an upgraded weir) at a response boundary instead of having an
     // idle connection closed under a request they are sending.
     let draining = shutdown.clone();
+    let h2 = Rc::new(Cell::new(false));
+    let seen_h2 = h2.clone();
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let http1 = request.version() <= hyper::Version::HTTP_11;
+        seen_h2.set(!http1);
         let draining = draining.clone();
         let response = forward::handle(worker.clone(), conn.clone(), request);
         async move {
@@ -360,9 +363,11 @@ async fn drive<I>(
     }
     // A request already on its way (a connection accepted just before, a keep-alive client
     // mid-send) is answered (with `Connection: close`) rather than cut; then idle ones close.
-    if tokio::time::timeout(CLOSE_GRACE, connection.as_mut())
-        .await
-        .is_ok()
+    // HTTP/2 needs no grace: GOAWAY tells the client which streams were not taken.
+    if !h2.get()
+        && tokio::time::timeout(CLOSE_GRACE, connection.as_mut())
+            .await
+            .is_ok()
     {
         return;
     }

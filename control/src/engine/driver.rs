@@ -869,6 +869,9 @@ fn restore(
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
+        // The work never panics on an I/O error (those are values); a panic in it is a bug and
+        // carries on here. A blocking task is cancelled only when the runtime shuts down, which
+        // drops this future first: `into_panic` is never reached for a cancellation.
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
