@@ -299,11 +299,16 @@ async fn serve_connection(
             let handshake =
                 tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
             // A client that has not finished its handshake has no request in flight: do not let it
-            // hold the drain.
+            // hold the drain beyond a short grace (one mid-handshake as an upgrade begins
+            // finishes it and is answered).
             let mut stopping = shutdown.clone();
+            let mut handshake = pin!(handshake);
             let accepted = tokio::select! {
-                accepted = handshake => accepted,
-                _ = stopping.wait_for(|stop| *stop) => return,
+                accepted = &mut handshake => accepted,
+                _ = stopping.wait_for(|stop| *stop) => match tokio::time::timeout(CLOSE_GRACE, handshake).await {
+                    Ok(accepted) => accepted,
+                    Err(_) => return,
+                },
             };
             match accepted {
                 Ok(Ok(tls_stream)) => {

@@ -723,6 +723,9 @@ impl Driver {
         for service in gone {
             self.unsaved.remove(&service);
         }
+        let rollouts = &self.rollouts;
+        self.held
+            .retain(|service, _| rollouts.contains_key(service));
         self.save_now(narrowed).await;
         match self.publish(&loaded.model, &loaded.tls, policies) {
             Ok(generation) => Ok(generation),
