@@ -147,6 +147,8 @@ pub struct Driver {
     held: BTreeMap<String, Instant>,
     /// Handing over to a new process: no decisions, no writes (see [`Input::Freeze`]).
     frozen: bool,
+    /// Measurements that came back while frozen, handled again if the hand-over fails.
+    deferred: Vec<Input>,
 }
 
 /// Handles to a running driver.
@@ -217,6 +219,7 @@ impl Driver {
             unsaved: BTreeMap::new(),
             held: BTreeMap::new(),
             frozen: false,
+            deferred: Vec::new(),
         };
         driver.flush_events();
         driver.persist_all();
@@ -258,8 +261,12 @@ impl Driver {
             Input::Freeze { frozen, reply } => {
                 let _ = reply.send(self.freeze(frozen).await);
             }
-            Input::Config(_) | Input::Measured { .. } if self.frozen => {
-                // Handing over: the new process reads the config and measures again.
+            Input::Config(_) if self.frozen => {
+                // Handing over: the new process reads the config file itself.
+            }
+            measured @ Input::Measured { .. } if self.frozen => {
+                // Kept for a failed hand-over (the new process measures again).
+                self.deferred.push(measured);
             }
             Input::Command { reply, .. } if self.frozen => {
                 let _ = reply.send(Err(CommandError::Refused(
@@ -307,6 +314,15 @@ impl Driver {
     async fn freeze(&mut self, frozen: bool) -> Result<(), String> {
         if !frozen {
             self.frozen = false;
+            let deferred = std::mem::take(&mut self.deferred);
+            if !deferred.is_empty() {
+                let inputs = self.inputs_tx.clone();
+                tokio::spawn(async move {
+                    for input in deferred {
+                        let _ = inputs.send(input).await;
+                    }
+                });
+            }
             tracing::info!("hand-over ended: rollouts go on in this process");
             return Ok(());
         }
