@@ -14,6 +14,7 @@ use weir_proxy::{ServeConfig, Stats};
 use crate::api::server::{self as admin, AdminState, ServeOptions};
 use crate::engine::driver::{Driver, DriverError, Handle};
 use crate::reload::{self, ReloadError, Trigger};
+use crate::upgrade::{self, Inherited};
 
 /// How `weir run` runs.
 #[derive(Clone, Debug)]
@@ -73,20 +74,39 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready: Arc<AtomicBool>,
+    /// Duplicates of every listening socket (admin included), by hand-over name, for a binary
+    /// upgrade ([`upgrade::hand_over`]).
+    handover: Vec<(String, std::net::TcpListener)>,
 }
 
 /// Loads the config, binds every listener and starts serving.
 pub async fn start(options: RunOptions) -> Result<Running, StartError> {
+    start_with(options, &mut Inherited::default()).await
+}
+
+/// [`start`], serving on the sockets a previous weir handed over where a listener's name and
+/// address still match (binding the others).
+pub async fn start_with(
+    options: RunOptions,
+    inherited: &mut Inherited,
+) -> Result<Running, StartError> {
     let loaded = reload::load(&options.config_path).map_err(|error| invalid(&options, &error))?;
     let model = loaded.model.clone();
 
     let mut listeners = Vec::new();
+    let mut handover = Vec::new();
     for listener in &model.listeners {
-        let socket = bind(listener.address).map_err(|source| StartError::Bind {
+        let key = upgrade::listener_key(&listener.name);
+        let bind_error = |source| StartError::Bind {
             name: listener.name.clone(),
             address: listener.address,
             source,
-        })?;
+        };
+        let socket = match inherited.take(&key, listener.address) {
+            Some(socket) => socket,
+            None => bind(listener.address).map_err(bind_error)?,
+        };
+        handover.push((key, socket.try_clone().map_err(bind_error)?));
         listeners.push(weir_proxy::Listener {
             name: listener.name.clone(),
             socket,
@@ -96,11 +116,19 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         Some(files) => Some(admin_tls(files).await?),
         None => None,
     };
-    let admin_socket = bind(model.admin.address).map_err(|source| StartError::Bind {
+    let admin_bind_error = |source| StartError::Bind {
         name: "admin".into(),
         address: model.admin.address,
         source,
-    })?;
+    };
+    let admin_socket = match inherited.take(upgrade::ADMIN, model.admin.address) {
+        Some(socket) => socket,
+        None => bind(model.admin.address).map_err(admin_bind_error)?,
+    };
+    handover.push((
+        upgrade::ADMIN.to_string(),
+        admin_socket.try_clone().map_err(admin_bind_error)?,
+    ));
     admin_socket
         .set_nonblocking(true)
         .map_err(StartError::Spawn)?;
@@ -185,6 +213,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         stop_admin,
         tasks,
         ready,
+        handover,
     })
 }
 
@@ -255,6 +284,11 @@ impl Running {
     /// The driver: status, events, commands.
     pub fn driver(&self) -> &Handle {
         &self.handle
+    }
+
+    /// Duplicates of every listening socket (admin included) by hand-over name.
+    pub fn handover_sockets(&self) -> &[(String, std::net::TcpListener)] {
+        &self.handover
     }
 
     /// Stops accepting, drains in-flight requests, and stops every task.

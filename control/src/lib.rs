@@ -10,6 +10,7 @@
 //! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
+//! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
 //! (`src/main.rs`, `src/cli/`): they only talk to the admin API.
@@ -20,3 +21,4 @@ pub mod demo;
 pub mod engine;
 pub mod reload;
 pub mod telemetry;
+pub mod upgrade;

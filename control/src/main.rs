@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_control::app::{self, RunOptions, StartError};
 use weir_control::telemetry::{self, LogFormat};
+use weir_control::upgrade::{self, Inherited, Upgrade};
 
 mod cli;
 
@@ -40,7 +41,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the config.
+    /// Serve until SIGTERM or SIGINT; SIGHUP reloads the config; SIGUSR2 upgrades: starts the
+    /// binary at this one's path again (same arguments), hands it the listening sockets, and
+    /// drains and exits once it is ready (or keeps serving if it fails).
     Run {
         /// The config file (watched: changes apply on save).
         #[arg(long, short)]
@@ -54,6 +57,10 @@ enum Command {
         /// Log one line per request (target `weir::access`).
         #[arg(long)]
         access_log: bool,
+        /// On SIGUSR2, how long the new process may take to become ready before it is killed
+        /// and this one keeps serving.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        upgrade_timeout: Duration,
     },
     /// Check config files: exit 0 when all are valid, 64 otherwise, with every problem on its own line.
     Validate {
@@ -93,16 +100,20 @@ fn main() -> ExitCode {
             workers,
             drain_timeout,
             access_log,
+            upgrade_timeout,
         } => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            run(RunOptions {
-                config_path: config,
-                workers,
-                drain_timeout,
-                access_log,
-                poll_interval: Duration::from_secs(5),
-            })
+            run(
+                RunOptions {
+                    config_path: config,
+                    workers,
+                    drain_timeout,
+                    access_log,
+                    poll_interval: Duration::from_secs(5),
+                },
+                upgrade_timeout,
+            )
         }
         Command::Validate { files } => return validate(&files),
         Command::Demo { keep } => cli::demo::run(keep),
@@ -117,14 +128,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+fn run(options: RunOptions, upgrade_timeout: Duration) -> anyhow::Result<ExitCode> {
+    // Taken now: a binary replaced at this path later is what an upgrade starts.
+    let upgrade = Upgrade {
+        exe: std::env::current_exe().context("finding this binary's path")?,
+        args: std::env::args_os().skip(1).collect(),
+        timeout: upgrade_timeout,
+    };
+    // Sockets from the weir that started this one (SIGUSR2), if any.
+    let mut inherited = Inherited::from_env().context("taking over from the running weir")?;
     // The control plane is light: one thread. The data plane runs its own worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
     runtime.block_on(async {
-        let running = match app::start(options).await {
+        // Installed before serving, so that an early signal is not lost (or fatal: SIGUSR2's
+        // default action ends the process).
+        let mut signals = Signals::install()?;
+        let running = match app::start_with(options, &mut inherited).await {
             Ok(running) => running,
             Err(error @ StartError::InvalidConfig { .. }) => {
                 eprintln!("error: {error}");
@@ -132,7 +154,33 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             }
             Err(error) => return Err(error).context("starting weir"),
         };
-        wait_for_signals(&running).await?;
+        if inherited.is_handover() {
+            // systemd learns the new main process before the old one can exit.
+            upgrade::notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            inherited
+                .ready()
+                .context("telling the previous weir this one is ready")?;
+            tracing::info!(
+                pid = std::process::id(),
+                "took over the listening sockets from the previous weir"
+            );
+        } else {
+            upgrade::notify_systemd("READY=1");
+        }
+        loop {
+            match signals.next(&running).await {
+                Stop::Terminate => break,
+                Stop::Upgrade => match upgrade::hand_over(&running, &upgrade).await {
+                    Ok(pid) => {
+                        tracing::info!(pid, "upgrade: the new weir serves; draining this one");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "upgrade failed: this weir keeps serving");
+                    }
+                },
+            }
+        }
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -140,20 +188,47 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Returns on SIGTERM or SIGINT; SIGHUP triggers a reload.
-async fn wait_for_signals(running: &app::Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the config");
-                running.reload();
+/// Why [`Signals::next`] returned.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Terminate,
+    /// SIGUSR2.
+    Upgrade,
+}
+
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    upgrade: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            upgrade: signal(SignalKind::user_defined2())
+                .context("installing the SIGUSR2 handler")?,
+        })
+    }
+
+    /// Returns on SIGTERM, SIGINT or SIGUSR2; SIGHUP triggers a reload.
+    async fn next(&mut self, running: &app::Running) -> Stop {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return Stop::Terminate,
+                _ = self.interrupt.recv() => return Stop::Terminate,
+                _ = self.upgrade.recv() => {
+                    tracing::info!("SIGUSR2: upgrading (starting a new weir and handing it the sockets)");
+                    return Stop::Upgrade;
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    running.reload();
+                }
             }
         }
     }

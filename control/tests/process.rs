@@ -647,3 +647,300 @@ analysisTemplates:
     );
     assert_eq!(history[0]["outcome"], "Promoted");
 }
+
+/// The pid of the newest weir that took over (from the old one's log line), after `n` of them.
+fn takeover_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|line| line.contains("the new weir serves"))
+        .filter_map(|line| {
+            let at = line.find("pid=")? + 4;
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its new parent) is not alive.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Kills (SIGKILL) the weir processes started by upgrades when the test ends, however it ends.
+struct Descendants(std::sync::Mutex<Vec<u32>>);
+
+impl Drop for Descendants {
+    fn drop(&mut self) {
+        for pid in self.0.lock().map(|p| p.clone()).unwrap_or_default() {
+            if alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Requests sent by the load task, by outcome.
+#[derive(Default)]
+struct Load {
+    sent: std::sync::atomic::AtomicU64,
+    ok: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+/// One client loop: `GET /` through weir until `stop`, over keep-alive connections (hyper's
+/// pooled client, which like every HTTP client sends a request again when a pooled connection
+/// turns out to be closed before the request was written) or a new connection per request.
+async fn client_loop(
+    addr: SocketAddr,
+    keep_alive: bool,
+    load: std::sync::Arc<Load>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut builder =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    if !keep_alive {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}/").parse().expect("uri");
+    while !*stop.borrow() {
+        let mut request = http::Request::get(uri.clone()).header("host", "shop.example.com");
+        if !keep_alive {
+            request = request.header("connection", "close");
+        }
+        let request = request.body(Empty::new()).expect("request");
+        load.sent.fetch_add(1, Relaxed);
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            if status != 200 {
+                return Err(format!("status {status}: {:?}", body.to_bytes()));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+        match answer {
+            Ok(()) => load.ok.fetch_add(1, Relaxed),
+            Err(error) => {
+                if let Ok(mut errors) = load.errors.lock() {
+                    errors.push(format!("keep-alive {keep_alive}: {error}"));
+                }
+                load.failed.fetch_add(1, Relaxed)
+            }
+        };
+    }
+}
+
+/// `kill -USR2` 20 times in a row under constant load (new and keep-alive connections): each
+/// time a new weir takes the listening sockets over and the old one drains and exits; not one
+/// request fails, and the rollout state carries over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_binary_upgrades_under_load_lose_no_request() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const UPGRADES: usize = 20;
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(&v1, &v2, "          - setWeight: 20\n          - pause: {}");
+    let mut first = setup.start().await;
+    setup
+        .wait_for("20%", Duration::from_secs(5), |s| s["canaryWeight"] == 20.0)
+        .await;
+    let descendants = Descendants(std::sync::Mutex::new(Vec::new()));
+
+    let load = std::sync::Arc::new(Load::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for keep_alive in [true, true, false, false] {
+        clients.push(tokio::spawn(client_loop(
+            setup.public,
+            keep_alive,
+            load.clone(),
+            stopped.clone(),
+        )));
+    }
+    // Traffic flows before the first upgrade.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while load.ok.load(Relaxed) < 50 {
+        assert!(Instant::now() < deadline, "no traffic through weir");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let started = Instant::now();
+    let mut pid = first.child.as_ref().expect("weir runs").id();
+    let mut times = Vec::new();
+    for upgrade in 1..=UPGRADES {
+        let began = Instant::now();
+        signal(pid, "USR2");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let next = loop {
+            let pids = takeover_pids(&setup.log());
+            if pids.len() >= upgrade {
+                break pids[upgrade - 1];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upgrade {upgrade}: no new weir after 20 s:\n{}",
+                setup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let Ok(mut pids) = descendants.0.lock() {
+            pids.push(next);
+        }
+        times.push(began.elapsed());
+        // The old one drains and exits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gone = |first: &mut Guard| {
+            if upgrade == 1 {
+                first.exited().is_some()
+            } else {
+                !alive(pid)
+            }
+        };
+        while !gone(&mut first) {
+            assert!(
+                Instant::now() < deadline,
+                "upgrade {upgrade}: the old weir {pid} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pid = next;
+    }
+    let elapsed = started.elapsed();
+    // A moment of traffic on the last one, then stop.
+    let served = load.ok.load(Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while load.ok.load(Relaxed) < served + 50 {
+        assert!(Instant::now() < deadline, "the last weir does not serve");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
+    for client in clients {
+        client.await.expect("client loop");
+    }
+    assert!(
+        first.exited().is_some_and(|s| s.success()),
+        "the first weir exits cleanly"
+    );
+
+    let (sent, ok, failed) = (
+        load.sent.load(Relaxed),
+        load.ok.load(Relaxed),
+        load.failed.load(Relaxed),
+    );
+    let mean = times.iter().sum::<Duration>() / UPGRADES as u32;
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{UPGRADES} upgrades under load in {elapsed:.1?}: {sent} requests sent, {ok} ok, {failed} failed; signal → new weir serving: mean {mean:.0?}, slowest {slowest:.0?}"
+    );
+    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!(failed, 0, "failed requests: {errors:#?}");
+    assert_eq!(sent, ok);
+    // The rollout state carried over every hand-over.
+    let shop = setup.shop().await;
+    assert_eq!(shop["canaryWeight"], 20.0, "{}", summary(&shop));
+    assert_eq!(shop["phase"], "Paused", "{}", summary(&shop));
+    assert!(alive(pid), "the last weir serves");
+    drop(descendants);
+}
+
+/// An upgrade whose new process cannot start (here: the config became invalid) changes nothing:
+/// the old weir keeps serving and its rollouts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_keeps_the_old_weir_serving() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(&v1, &v2, "          - setWeight: 20\n          - pause: {}\n          - setWeight: 50\n          - pause: {}");
+    let mut weir = setup.start().await;
+    setup
+        .wait_for("20%", Duration::from_secs(5), |s| s["canaryWeight"] == 20.0)
+        .await;
+    std::fs::write(setup.config_path(), "listeners: not a list\n").expect("write");
+    let began = Instant::now();
+    signal(weir.child.as_ref().expect("weir runs").id(), "USR2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !setup.log().contains("upgrade failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed upgrade:\n{}",
+            setup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(weir.exited().is_none(), "the old weir still runs");
+    assert_eq!(proxied(setup.public).await.0, 200);
+    let (status, body) = http(setup.admin, "POST", "/api/v1/services/shop/promote")
+        .await
+        .expect("promote");
+    assert_eq!(status, 200, "rollouts go on after a failed upgrade: {body}");
+    setup
+        .wait_for("50%", Duration::from_secs(5), |s| s["canaryWeight"] == 50.0)
+        .await;
+    eprintln!(
+        "failed upgrade (new weir exited 64 on an invalid config): old weir kept serving, rollout resumed ({:.0?})",
+        began.elapsed()
+    );
+}
+
+/// A state file written by a newer weir is refused with a clear message and left untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_from_a_newer_weir_is_refused_and_kept() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(&v1, &v2, "          - setWeight: 20\n          - pause: {}");
+    let services = setup.state_dir().join("services");
+    std::fs::create_dir_all(&services).expect("state dir");
+    let newer = r#"{"format": 99, "rollout": {"service": "shop", "somethingNew": true}}"#;
+    std::fs::write(services.join("shop.json"), newer).expect("write");
+    let log = File::create(setup.log_path()).expect("log");
+    let weir = Guard::spawn(
+        Command::new(WEIR)
+            .args(["run", "--config"])
+            .arg(setup.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log),
+        "weir run",
+    );
+    let status = weir.wait(Duration::from_secs(20)).await;
+    assert!(!status.success(), "weir must not start:\n{}", setup.log());
+    let log = setup.log();
+    assert!(
+        log.contains("written by a newer weir (state format 99"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(services.join("shop.json")).expect("kept"),
+        newer,
+        "the file is untouched"
+    );
+    eprintln!("state format 99: weir refused to start ({status}), file kept");
+}

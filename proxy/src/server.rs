@@ -24,6 +24,10 @@ use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::framing::Inspect;
 use crate::routes::Routes;
 
+/// On shutdown, how long connections keep being served (answers say `Connection: close`) before
+/// idle ones are closed; the drain timeout still bounds the whole drain.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -297,11 +301,16 @@ async fn serve_connection(
             let handshake =
                 tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
             // A client that has not finished its handshake has no request in flight: do not let it
-            // hold the drain.
+            // hold the drain beyond a short grace (one mid-handshake as an upgrade begins
+            // finishes it and is answered).
             let mut stopping = shutdown.clone();
+            let mut handshake = pin!(handshake);
             let accepted = tokio::select! {
-                accepted = handshake => accepted,
-                _ = stopping.wait_for(|stop| *stop) => return,
+                accepted = &mut handshake => accepted,
+                _ = stopping.wait_for(|stop| *stop) => match tokio::time::timeout(CLOSE_GRACE, handshake).await {
+                    Ok(accepted) => accepted,
+                    Err(_) => return,
+                },
             };
             match accepted {
                 Ok(Ok(tls_stream)) => {
@@ -325,7 +334,31 @@ async fn drive<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| forward::handle(worker.clone(), conn.clone(), request));
+    // Once draining, HTTP/1 answers say `Connection: close`, so busy keep-alive clients move to
+    // the listener's next owner (an upgraded weir) at a response boundary instead of having an
+    // idle connection closed under a request they are sending.
+    let draining = shutdown.clone();
+    let h2 = Rc::new(Cell::new(false));
+    let seen_h2 = h2.clone();
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let http1 = request.version() <= hyper::Version::HTTP_11;
+        seen_h2.set(!http1);
+        let draining = draining.clone();
+        let response = forward::handle(worker.clone(), conn.clone(), request);
+        async move {
+            let mut response = response.await?;
+            if http1
+                && *draining.borrow()
+                && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
     let mut connection = pin!(builder.serve_connection_with_upgrades(io, service));
     tokio::select! {
         result = connection.as_mut() => {
@@ -335,6 +368,16 @@ async fn drive<I>(
             return;
         }
         _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    // A request already on its way (a connection accepted just before, a keep-alive client
+    // mid-send) is answered (with `Connection: close`) rather than cut; then idle ones close.
+    // HTTP/2 needs no grace: GOAWAY tells the client which streams were not taken.
+    if !h2.get()
+        && tokio::time::timeout(CLOSE_GRACE, connection.as_mut())
+            .await
+            .is_ok()
+    {
+        return;
     }
     connection.as_mut().graceful_shutdown();
     if let Err(error) = connection.await {

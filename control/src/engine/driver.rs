@@ -2,7 +2,7 @@
 //! decisions, measurements and operator commands all pass through its one event loop, so they can
 //! never race, and every weight change is persisted in the order that keeps a crash safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +18,16 @@ use crate::api::v1::{self as status, Status};
 use crate::engine::analysis::{self, Outcome};
 use crate::engine::rollout::blue_green;
 use crate::engine::rollout::{Command, Ctx, Due, Effects, Event, Rollout};
-use crate::engine::state::{StateError, Store};
+use crate::engine::state::{Encoded, Prepared, StateError, Store};
 use crate::reload::{Loaded, ReloadCounter};
 
 /// How often rollouts are evaluated.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the stats window is sampled.
 const SAMPLE: Duration = Duration::from_secs(1);
+/// How long after a failed save it is tried again (a narrowing, already served), or a refused
+/// widening is attempted again.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
 /// The longest window kept when the config asks for none longer.
 const MIN_RETENTION: Duration = Duration::from_secs(600);
 
@@ -40,6 +43,15 @@ pub enum Input {
         command: Command,
         /// The answer.
         reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Hand-over to a new weir process (binary upgrade): `true` stops every rollout decision
+    /// and state write once the state on disk is current (refused while a save is pending, so
+    /// the new process never reads an older state than was served); `false` resumes.
+    Freeze {
+        /// Freeze or resume.
+        frozen: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// An external measurement came back.
     Measured {
@@ -127,6 +139,16 @@ pub struct Driver {
     /// The client listeners' bound addresses, for `{{preview.url}}` (a port 0 in the config is
     /// known only once bound); the config's addresses when not given.
     listener_addrs: BTreeMap<String, SocketAddr>,
+    /// Services whose latest state is served but not on disk (a narrowing whose save failed),
+    /// with when to try again: saved on every tick until it succeeds.
+    unsaved: BTreeMap<String, Instant>,
+    /// Services whose widening could not be written (so was not published), with when to try
+    /// again: their rollout is not ticked until then.
+    held: BTreeMap<String, Instant>,
+    /// Handing over to a new process: no decisions, no writes (see [`Input::Freeze`]).
+    frozen: bool,
+    /// Measurements that came back while frozen, handled again if the hand-over fails.
+    deferred: Vec<Input>,
 }
 
 /// Handles to a running driver.
@@ -160,7 +182,7 @@ impl Driver {
             .iter()
             .filter(|s| s.strategy.is_some())
         {
-            let rollout = restore(&store, service, &loaded.model, now_ms);
+            let rollout = restore(&store, service, &loaded.model, now_ms)?;
             rollouts.insert(service.name.clone(), rollout);
         }
         let policies = policies(&loaded.model, &rollouts);
@@ -194,6 +216,10 @@ impl Driver {
             inputs,
             last_sample: None,
             listener_addrs: BTreeMap::new(),
+            unsaved: BTreeMap::new(),
+            held: BTreeMap::new(),
+            frozen: false,
+            deferred: Vec::new(),
         };
         driver.flush_events();
         driver.persist_all();
@@ -219,25 +245,42 @@ impl Driver {
         let mut configs_open = true;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.on_tick(),
-                loaded = configs.recv(), if configs_open => match loaded {
-                    Some(loaded) => self.apply(*loaded),
+                _ = tick.tick(), if !self.frozen => self.on_tick().await,
+                // While frozen, a new config waits in the channel (the new process reads the file).
+                loaded = configs.recv(), if configs_open && !self.frozen => match loaded {
+                    Some(loaded) => self.apply(*loaded).await,
                     None => configs_open = false,
                 },
-                Some(input) = self.inputs.recv() => self.on_input(input),
+                Some(input) = self.inputs.recv() => self.on_input(input).await,
             }
         }
     }
 
-    fn on_input(&mut self, input: Input) {
+    async fn on_input(&mut self, input: Input) {
         match input {
-            Input::Config(loaded) => self.apply(*loaded),
+            Input::Freeze { frozen, reply } => {
+                let _ = reply.send(self.freeze(frozen).await);
+            }
+            Input::Config(_) if self.frozen => {
+                // Handing over: the new process reads the config file itself.
+            }
+            measured @ Input::Measured { .. } if self.frozen => {
+                // Kept for a failed hand-over (the new process measures again).
+                self.deferred.push(measured);
+            }
+            Input::Command { reply, .. } if self.frozen => {
+                let _ = reply.send(Err(CommandError::Refused(
+                    "weir is handing over to a new process (binary upgrade): try again in a moment"
+                        .into(),
+                )));
+            }
+            Input::Config(loaded) => self.apply(*loaded).await,
             Input::Command {
                 service,
                 command,
                 reply,
             } => {
-                let result = self.command(&service, command);
+                let result = self.command(&service, command).await;
                 let _ = reply.send(result);
             }
             Input::Measured {
@@ -257,17 +300,47 @@ impl Driver {
                 if rollout.revision != revision {
                     return;
                 }
+                let before = self.store.is_persistent().then(|| rollout.clone());
                 let ctx = Ctx {
                     service: config,
                     templates: &self.model.analysis_templates,
                 };
                 let effects = rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
-                self.commit(vec![(service, effects)]);
+                self.commit(vec![(service, effects, before)]).await;
             }
         }
     }
 
-    fn command(&mut self, service: &str, command: Command) -> Result<(), CommandError> {
+    async fn freeze(&mut self, frozen: bool) -> Result<(), String> {
+        if !frozen {
+            self.frozen = false;
+            let deferred = std::mem::take(&mut self.deferred);
+            if !deferred.is_empty() {
+                let inputs = self.inputs_tx.clone();
+                tokio::spawn(async move {
+                    for input in deferred {
+                        let _ = inputs.send(input).await;
+                    }
+                });
+            }
+            tracing::info!("hand-over ended: rollouts go on in this process");
+            return Ok(());
+        }
+        let unsaved: Vec<String> = self.unsaved.keys().cloned().collect();
+        self.save_now(unsaved).await;
+        if !self.unsaved.is_empty() {
+            let services: Vec<&str> = self.unsaved.keys().map(String::as_str).collect();
+            return Err(format!(
+                "the rollout state of {} is not saved yet (see the log): a new process would read an older state",
+                services.join(", ")
+            ));
+        }
+        self.frozen = true;
+        tracing::info!("handing over to a new process: rollout decisions stop here");
+        Ok(())
+    }
+
+    async fn command(&mut self, service: &str, command: Command) -> Result<(), CommandError> {
         let now_ms = self.clock.now_ms();
         let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
             return Err(CommandError::UnknownService(service.to_string()));
@@ -275,6 +348,7 @@ impl Driver {
         let Some(rollout) = self.rollouts.get_mut(service) else {
             return Err(CommandError::NoStrategy(service.to_string()));
         };
+        let before = self.store.is_persistent().then(|| rollout.clone());
         let ctx = Ctx {
             service: config,
             templates: &self.model.analysis_templates,
@@ -283,14 +357,28 @@ impl Driver {
             .command(ctx, command, now_ms)
             .map_err(CommandError::Refused)?;
         tracing::info!(service, ?command, "operator command");
-        self.commit(vec![(service.to_string(), effects)]);
+        let refused = self
+            .commit(vec![(service.to_string(), effects, before)])
+            .await;
+        if let Some(error) = refused.into_iter().next() {
+            return Err(CommandError::Refused(error));
+        }
         // Let the new step start at once rather than at the next tick.
-        self.on_tick();
+        self.on_tick().await;
         Ok(())
     }
 
-    fn on_tick(&mut self) {
+    async fn on_tick(&mut self) {
         let now = Instant::now();
+        let retry: Vec<String> = self
+            .unsaved
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(service, _)| service.clone())
+            .collect();
+        if !retry.is_empty() {
+            self.save_now(retry).await;
+        }
         if self
             .last_sample
             .is_none_or(|last| now.duration_since(last) >= SAMPLE)
@@ -308,6 +396,10 @@ impl Driver {
             if !rollout.active() {
                 continue;
             }
+            if self.held.get(&service.name).is_some_and(|at| now < *at) {
+                continue;
+            }
+            let before = self.store.is_persistent().then(|| rollout.clone());
             let ctx = Ctx {
                 service,
                 templates: &self.model.analysis_templates,
@@ -330,12 +422,13 @@ impl Driver {
                 }
             }
             external.extend(due.into_iter().map(|due| (name.to_string(), revision, due)));
-            changed.push((service.name.clone(), effects));
+            let before = before.filter(|_| effects.changed && effects.widened);
+            changed.push((service.name.clone(), effects, before));
         }
         for (service, revision, due) in external {
             self.spawn_measurement(service, revision, due);
         }
-        self.commit(changed);
+        self.commit(changed).await;
     }
 
     fn spawn_measurement(&self, service: String, revision: u64, due: Due) {
@@ -366,35 +459,200 @@ impl Driver {
     /// a table when a policy changed. A change that narrows canary traffic (a lower weight, a
     /// route removed) is saved before the table is published, one that widens it after, so a
     /// crash in between never leaves more canary traffic on disk than was served.
-    fn commit(&mut self, changes: Vec<(String, Effects)>) {
+    ///
+    /// Saving never blocks the control thread (it runs on the blocking pool) and fails safe: a
+    /// narrowing is published even when its save fails, and saved again every [`SAVE_RETRY`]
+    /// until it succeeds; a widening is first written to its temporary file (where a full disk or
+    /// a permission problem shows) and, when that fails, not published: the rollout goes back to
+    /// `before` (its state before the operation) with an event saying why, and tries again after
+    /// [`SAVE_RETRY`]. Returns the refusals' messages.
+    async fn commit(&mut self, changes: Vec<(String, Effects, Option<Rollout>)>) -> Vec<String> {
         let mut widened = Vec::new();
+        let mut narrowed = Vec::new();
         let mut events = Vec::new();
         let mut publish = false;
         let mut any = false;
-        for (service, effects) in changes {
+        for (service, effects, before) in changes {
             any |= effects.changed || effects.policy_changed || !effects.events.is_empty();
             if effects.changed {
                 if effects.widened {
-                    widened.push(service);
+                    widened.push((service, before));
                 } else {
-                    self.persist(&service);
+                    narrowed.push(service);
                 }
             }
             publish |= effects.policy_changed;
             events.extend(effects.events);
         }
         if !any {
-            return;
+            return Vec::new();
         }
+        self.save_now(narrowed).await;
+        let (prepared, refused) = self.prepare_widened(widened, &mut events).await;
         if publish {
             self.publish_current();
         }
-        for service in widened {
-            self.persist(&service);
+        if !prepared.is_empty() {
+            let results = blocking(move || {
+                prepared
+                    .into_iter()
+                    .map(|(service, before, prepared)| (service, before, prepared.commit()))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let mut reverted = false;
+            for (service, before, result) in results {
+                match result {
+                    Ok(()) => {
+                        self.held.remove(&service);
+                    }
+                    Err(error) => {
+                        // Already served, not on disk: serve the saved state again (a narrowing,
+                        // whose file is the one on disk).
+                        tracing::error!(service, %error, "cannot save rollout state: going back to the saved state");
+                        if let Some(before) = before {
+                            self.rollouts.insert(service.clone(), before);
+                            reverted = true;
+                        }
+                        self.held.insert(service, Instant::now() + SAVE_RETRY);
+                    }
+                }
+            }
+            if reverted {
+                self.publish_current();
+            }
         }
         self.send_events(events);
         self.refresh_status();
         self.announce_generation();
+        refused
+    }
+
+    /// Writes the temporary files of widened services; those that fail go back to their state
+    /// before the operation (their events are replaced by one saying why).
+    async fn prepare_widened(
+        &mut self,
+        widened: Vec<(String, Option<Rollout>)>,
+        events: &mut Vec<Event>,
+    ) -> (Vec<(String, Option<Rollout>, Prepared)>, Vec<String>) {
+        let mut refused = Vec::new();
+        let mut encoded = Vec::new();
+        for (service, before) in widened {
+            let Some(rollout) = self.rollouts.get(&service) else {
+                continue;
+            };
+            match self.store.encode(rollout) {
+                Ok(Some(bytes)) => encoded.push((service, before, bytes)),
+                Ok(None) => {}
+                Err(error) => tracing::error!(service, %error, "cannot encode rollout state"),
+            }
+        }
+        if encoded.is_empty() {
+            return (Vec::new(), refused);
+        }
+        let results = blocking(move || {
+            encoded
+                .into_iter()
+                .map(|(service, before, bytes)| (service, before, bytes.prepare()))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut prepared = Vec::new();
+        for (service, before, result) in results {
+            let error = match result {
+                Ok(ready) => {
+                    prepared.push((service, before, ready));
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let Some(mut before) = before else {
+                continue;
+            };
+            let message = format!(
+                "cannot save rollout state ({error}): canary traffic stays at {}%; trying again every {}s",
+                before.weight(),
+                SAVE_RETRY.as_secs()
+            );
+            tracing::error!(service, %error, "cannot save rollout state: the widening is not published");
+            events.retain(|event| event.service != service);
+            if !self.held.contains_key(&service) {
+                events.push(Event {
+                    at_ms: self.clock.now_ms(),
+                    service: service.clone(),
+                    revision: before.revision,
+                    kind: "StateNotSaved".into(),
+                    message: message.clone(),
+                    weight: before.weight().percent(),
+                    phase: before.phase,
+                });
+            }
+            before.message = message.clone();
+            self.rollouts.insert(service.clone(), before);
+            self.held.insert(service, Instant::now() + SAVE_RETRY);
+            refused.push(message);
+        }
+        (prepared, refused)
+    }
+
+    /// Saves these services' current state off the control thread and waits for it; a failure
+    /// is logged, announced once, and retried from the tick.
+    async fn save_now(&mut self, services: Vec<String>) {
+        let mut encoded: Vec<(String, Encoded)> = Vec::new();
+        for service in services {
+            let Some(rollout) = self.rollouts.get(&service) else {
+                self.unsaved.remove(&service);
+                continue;
+            };
+            match self.store.encode(rollout) {
+                Ok(Some(bytes)) => encoded.push((service, bytes)),
+                Ok(None) => {}
+                Err(error) => tracing::error!(service, %error, "cannot encode rollout state"),
+            }
+        }
+        if encoded.is_empty() {
+            return;
+        }
+        let results = blocking(move || {
+            encoded
+                .into_iter()
+                .map(|(service, bytes)| {
+                    let result = bytes.prepare().and_then(Prepared::commit);
+                    (service, result)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut events = Vec::new();
+        for (service, result) in results {
+            match result {
+                Ok(()) => {
+                    self.held.remove(&service);
+                    if self.unsaved.remove(&service).is_some() {
+                        tracing::info!(service, "rollout state saved");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(service, %error, "cannot save rollout state: serving it anyway (it narrows canary traffic) and trying again");
+                    let first = self
+                        .unsaved
+                        .insert(service.clone(), Instant::now() + SAVE_RETRY)
+                        .is_none();
+                    if let (true, Some(rollout)) = (first, self.rollouts.get(&service)) {
+                        events.push(Event {
+                            at_ms: self.clock.now_ms(),
+                            service: service.clone(),
+                            revision: rollout.revision,
+                            kind: "StateNotSaved".into(),
+                            message: format!("cannot save rollout state ({error}): served anyway (it narrows canary traffic); trying again every {}s", SAVE_RETRY.as_secs()),
+                            weight: rollout.weight().percent(),
+                            phase: rollout.phase,
+                        });
+                    }
+                }
+            }
+        }
+        self.send_events(events);
     }
 
     /// Tells watchers a new table is out, once everything it implies (counters, status) is
@@ -404,17 +662,15 @@ impl Driver {
             .send_replace(self.publisher.current().generation());
     }
 
-    fn persist(&self, service: &str) {
-        if let Some(rollout) = self.rollouts.get(service) {
+    /// Saves every rollout, blocking (at start-up, before the loop runs); failures are retried
+    /// from the tick.
+    fn persist_all(&mut self) {
+        let now = Instant::now();
+        for (service, rollout) in &self.rollouts {
             if let Err(error) = self.store.save(rollout) {
-                tracing::error!(service, %error, "cannot save rollout state");
+                tracing::error!(service, %error, "cannot save rollout state; trying again");
+                self.unsaved.insert(service.clone(), now + SAVE_RETRY);
             }
-        }
-    }
-
-    fn persist_all(&self) {
-        for service in self.rollouts.keys() {
-            self.persist(service);
         }
     }
 
@@ -462,6 +718,40 @@ impl Driver {
         }
     }
 
+    /// Saves the narrowed services of a reload (off the control thread) then publishes its
+    /// table; the rollouts become the driver's when it is out.
+    async fn publish_reloaded(
+        &mut self,
+        loaded: &Loaded,
+        policies: &BTreeMap<String, Policy>,
+        rollouts: BTreeMap<String, Rollout>,
+        narrowed: Vec<String>,
+    ) -> Result<u64, weir_proxy::routes::BuildError> {
+        // Narrowing changes are saved before the table goes out (see `commit`). The rollouts are
+        // swapped in for the save and back if the table cannot be built.
+        let previous = std::mem::replace(&mut self.rollouts, rollouts);
+        let gone: BTreeSet<String> = self
+            .unsaved
+            .keys()
+            .filter(|s| !self.rollouts.contains_key(*s))
+            .cloned()
+            .collect();
+        for service in gone {
+            self.unsaved.remove(&service);
+        }
+        let rollouts = &self.rollouts;
+        self.held
+            .retain(|service, _| rollouts.contains_key(service));
+        self.save_now(narrowed).await;
+        match self.publish(&loaded.model, &loaded.tls, policies) {
+            Ok(generation) => Ok(generation),
+            Err(error) => {
+                self.rollouts = previous;
+                Err(error)
+            }
+        }
+    }
+
     fn publish(
         &self,
         model: &Model,
@@ -475,7 +765,7 @@ impl Driver {
 
     /// Applies a reloaded config: reconciles rollouts with it, then builds and publishes its table,
     /// or keeps the current one.
-    pub fn apply(&mut self, loaded: Loaded) {
+    pub async fn apply(&mut self, loaded: Loaded) {
         if loaded.model.listeners != self.model.listeners {
             tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
         }
@@ -486,6 +776,7 @@ impl Driver {
         let now_ms = self.clock.now_ms();
         let mut rollouts = BTreeMap::new();
         let mut narrowed = Vec::new();
+        let mut widened = Vec::new();
         let mut events = Vec::new();
         for service in loaded
             .model
@@ -493,38 +784,48 @@ impl Driver {
             .iter()
             .filter(|s| s.strategy.is_some())
         {
-            let mut rollout = match self.rollouts.get(&service.name) {
-                Some(existing) => existing.clone(),
-                None => restore(&self.store, service, &loaded.model, now_ms),
+            let (mut rollout, fresh) = match self.rollouts.get(&service.name) {
+                Some(existing) => (existing.clone(), false),
+                None => match restore(&self.store, service, &loaded.model, now_ms) {
+                    Ok(rollout) => (rollout, true),
+                    Err(error) => {
+                        self.reloads
+                            .get_or_create(&vec![("result", "failure")])
+                            .inc();
+                        tracing::error!(%error, "config rejected; the last good config keeps serving");
+                        return;
+                    }
+                },
             };
             let ctx = Ctx {
                 service,
                 templates: &loaded.model.analysis_templates,
             };
             let effects = rollout.reconcile(ctx, now_ms);
-            if !effects.widened {
-                narrowed.push(service.name.clone());
+            // Only what changed (or was never saved) is written: a reload of many services does
+            // not rewrite every file.
+            if fresh || effects.changed || self.unsaved.contains_key(&service.name) {
+                if effects.widened {
+                    widened.push(service.name.clone());
+                } else {
+                    narrowed.push(service.name.clone());
+                }
             }
             events.extend(rollout.take_events());
             events.extend(effects.events);
             rollouts.insert(service.name.clone(), rollout);
         }
         let policies = policies(&loaded.model, &rollouts);
-        // Narrowing changes are saved before the table goes out (see `commit`).
-        for service in &narrowed {
-            if let Some(rollout) = rollouts.get(service) {
-                let _ = self
-                    .store
-                    .save(rollout)
-                    .map_err(|error| tracing::error!(service, %error, "cannot save rollout state"));
-            }
-        }
-        match self.publish(&loaded.model, &loaded.tls, &policies) {
+        match self
+            .publish_reloaded(&loaded, &policies, rollouts, narrowed)
+            .await
+        {
             Ok(generation) => {
                 self.model = loaded.model;
                 self.tls = loaded.tls;
-                self.rollouts = rollouts;
-                self.persist_all();
+                // A widening from a reload (rare: reconcile mostly narrows) is saved after it
+                // is served; a failed save is retried from the tick.
+                self.save_now(widened).await;
                 self.reloads
                     .get_or_create(&vec![("result", "success")])
                     .inc();
@@ -548,8 +849,14 @@ impl Driver {
 }
 
 /// Loads a service's saved rollout, or starts one; an unreadable file pauses the rollout with
-/// stable at 100%.
-fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Rollout {
+/// stable at 100%. A file from a newer weir, or a symbolic link, is an error: it is left as it is
+/// and weir does not start (or the reload is rejected).
+fn restore(
+    store: &Store,
+    service: &Service,
+    model: &Model,
+    now_ms: u64,
+) -> Result<Rollout, StateError> {
     let ctx = Ctx {
         service,
         templates: &model.analysis_templates,
@@ -560,19 +867,31 @@ fn restore(store: &Store, service: &Service, model: &Model, now_ms: u64) -> Roll
             let effects = rollout.reconcile(ctx, now_ms);
             // Handed out by the caller's `flush_events`.
             rollout.new_events.extend(effects.events);
-            rollout
+            Ok(rollout)
         }
         Ok(None) => {
             let mut rollout = Rollout::new(service);
             let effects = rollout.reconcile(ctx, now_ms);
             rollout.new_events.extend(effects.events);
-            rollout
+            Ok(rollout)
         }
+        Err(error @ (StateError::NewerFormat { .. } | StateError::Symlink { .. })) => Err(error),
         Err(error) => {
             let aside = store.quarantine(&service.name);
             tracing::error!(service = %service.name, %error, kept_as = ?aside, "rollout state unreadable: serving stable at 100% and pausing the rollout");
-            Rollout::unreadable(service, &error.to_string(), now_ms)
+            Ok(Rollout::unreadable(service, &error.to_string(), now_ms))
         }
+    }
+}
+
+/// Runs blocking file work (fsync, rename) on tokio's blocking pool, off the control thread.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        // The work never panics on an I/O error (those are values); a panic in it is a bug and
+        // carries on here. A blocking task is cancelled only when the runtime shuts down, which
+        // drops this future first: `into_panic` is never reached for a cancellation.
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
 
@@ -624,6 +943,19 @@ impl Handle {
             .await
             .map_err(|_| CommandError::Closed)?;
         answer.await.map_err(|_| CommandError::Closed)?
+    }
+
+    /// Freezes the driver for a hand-over to a new process, or resumes it (see [`Input::Freeze`]).
+    pub async fn freeze(&self, frozen: bool) -> Result<(), CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Freeze { frozen, reply })
+            .await
+            .map_err(|_| CommandError::Closed)?;
+        answer
+            .await
+            .map_err(|_| CommandError::Closed)?
+            .map_err(CommandError::Refused)
     }
 
     /// The latest status of every service.
@@ -736,5 +1068,226 @@ services:
             "routes end with the rollout"
         );
         task.abort();
+    }
+
+    /// A state folder on a 16 KiB tmpfs (unmounted on drop) that can be filled up; where mounting
+    /// is not permitted (not root), a folder made read-only instead.
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+        mounted: bool,
+    }
+
+    impl SmallDisk {
+        fn new() -> SmallDisk {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).expect("state dir");
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+                .arg(&state)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("cannot mount a tmpfs: a read-only state folder stands for a full disk");
+            }
+            SmallDisk { dir, mounted }
+        }
+
+        fn state(&self) -> std::path::PathBuf {
+            self.dir.path().join("state")
+        }
+
+        fn config(&self, steps: &str) -> Loaded {
+            let path = self.dir.path().join("weir.yaml");
+            let text = format!(
+                "stateDir: {}\nlisteners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nservices:\n  - name: checkout\n    stable: {{ version: v1, upstreams: [\"127.0.0.1:9001\"] }}\n    canary: {{ version: v2, upstreams: [\"127.0.0.1:9002\"] }}\n    strategy:\n      canary:\n        steps:\n{steps}",
+                self.state().display()
+            );
+            std::fs::write(&path, text).expect("write");
+            crate::reload::load(&path).expect("loads")
+        }
+
+        /// Fills the disk (or makes the services folder read-only).
+        fn fill(&self) {
+            let services = self.state().join("services");
+            if !self.mounted {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o500))
+                    .expect("chmod");
+                return;
+            }
+            let mut filler = std::fs::File::create(self.state().join("filler")).expect("filler");
+            let chunk = [0u8; 512];
+            while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        }
+
+        fn free(&self) {
+            let services = self.state().join("services");
+            if !self.mounted {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod");
+                return;
+            }
+            std::fs::remove_file(self.state().join("filler")).expect("filler removed");
+        }
+
+        fn saved(&self) -> serde_json::Value {
+            let file = self.state().join("services/checkout.json");
+            serde_json::from_slice(&std::fs::read(file).expect("state file")).expect("json")
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            if self.mounted {
+                let _ = std::process::Command::new("umount")
+                    .arg(self.state())
+                    .status();
+            }
+        }
+    }
+
+    fn weight_of(routes: &weir_proxy::Routes) -> f64 {
+        routes
+            .current()
+            .service("checkout")
+            .map_or(-1.0, |s| s.policy().weight.percent())
+    }
+
+    async fn next_event(events: &mut broadcast::Receiver<Event>, kind: &str) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.kind == kind => return event,
+                    Ok(_) => {}
+                    Err(error) => panic!("events: {error}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} event within 5 s"))
+    }
+
+    /// Waits (up to 5 s) until the state file satisfies `done`.
+    async fn saved_until(disk: &SmallDisk, done: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let file = disk.state().join("services/checkout.json");
+            if let Some(saved) = std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                if done(&saved) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "never saved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abort_on_a_full_disk_is_served_saved_when_space_returns_and_survives_a_restart() {
+        let started = std::time::SystemTime::now();
+        let disk = SmallDisk::new();
+        let steps = "          - setWeight: 50\n          - pause: {}\n";
+        let (driver, routes, handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        let mut events = handle.subscribe();
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+        served(&routes, |p| p.weight.percent() == 50.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 5000).await;
+
+        disk.fill();
+        handle
+            .command("checkout", Command::Abort)
+            .await
+            .expect("the abort is accepted on a full disk");
+        assert_eq!(weight_of(&routes), 0.0, "the abort is served at once");
+        let event = next_event(&mut events, "StateNotSaved").await;
+        assert!(event.message.contains("trying again"), "{}", event.message);
+        assert_eq!(
+            disk.saved()["rollout"]["strategy"]["weightBp"],
+            5000,
+            "the disk still holds the old state"
+        );
+
+        disk.free();
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 0).await;
+        task.abort();
+        let _ = task.await;
+
+        // A restart reads the abort back: weight 0 from the first table.
+        let (_driver, routes, _handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        assert_eq!(weight_of(&routes), 0.0, "the restart stays at weight 0");
+        eprintln!(
+            "abort on a full {} disk: served at 0% at once, saved by the retry once space returned, restart at 0% ({:?})",
+            if disk.mounted { "16 KiB tmpfs" } else { "read-only" },
+            started.elapsed().unwrap_or_default()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_increase_that_cannot_be_saved_is_not_published() {
+        let disk = SmallDisk::new();
+        let steps = "          - setWeight: 10\n          - pause: {}\n          - setWeight: 40\n          - pause: {}\n";
+        let (driver, routes, handle) =
+            Driver::new(disk.config(steps), Stats::new(), ReloadCounter::default())
+                .expect("driver");
+        let mut events = handle.subscribe();
+        let (_configs, configs_rx) = mpsc::channel(1);
+        let task = tokio::spawn(driver.run(configs_rx));
+        served(&routes, |p| p.weight.percent() == 10.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 1000).await;
+
+        disk.fill();
+        // Leaving the pause is accepted (it widens nothing by itself); the next step's increase
+        // cannot be written, so it is not published and the rollout says why.
+        let answer = handle
+            .command("checkout", Command::Promote { full: false })
+            .await;
+        if let Err(error) = &answer {
+            assert!(
+                error.to_string().contains("cannot save rollout state"),
+                "{error}"
+            );
+        }
+        let event = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let event = next_event(&mut events, "StateNotSaved").await;
+                if event.message.contains("stays at 10%") {
+                    return event;
+                }
+            }
+        })
+        .await
+        .expect("a StateNotSaved event for the increase");
+        assert_eq!(event.weight, 10.0);
+        // Several retries later, still 10%: nothing widened while it cannot be saved.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(weight_of(&routes), 10.0, "the increase is not published");
+        assert_eq!(handle.status().services[0].canary_weight, 10.0);
+        assert_eq!(disk.saved()["rollout"]["strategy"]["weightBp"], 1000);
+        assert!(
+            handle.status().services[0]
+                .message
+                .contains("cannot save rollout state"),
+            "{}",
+            handle.status().services[0].message
+        );
+
+        // Once the state can be written, the rollout goes on by itself.
+        disk.free();
+        served(&routes, |p| p.weight.percent() == 40.0).await;
+        saved_until(&disk, |s| s["rollout"]["strategy"]["weightBp"] == 4000).await;
+        eprintln!("promote on a full disk: the increase to 40% not published (10% served and on disk for 1.5 s of retries); once space returned: 40% served and saved");
+        task.abort();
+        let _ = task.await;
     }
 }

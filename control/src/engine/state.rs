@@ -1,9 +1,17 @@
 //! Persistence of rollout state in `stateDir`: one JSON file per service, written atomically
 //! (temp file, fsync, rename, fsync of the folder) so that a crash at any moment leaves either the
 //! old or the new state, never a torn one.
+//!
+//! Files are created with mode 0600 (the folder 0700) and never through a symbolic link: the
+//! temporary file is created exclusively with `O_NOFOLLOW`, a state file or a `services` folder
+//! that is a link is refused. A save is two steps, [`Encoded::prepare`] (write and fsync the
+//! temporary file: where a full disk or a permission problem shows) and [`Prepared::commit`]
+//! (rename, fsync the folder), so that the driver can refuse to publish a widening it could not
+//! write, and still keep a widening off the disk until it is served.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::engine::rollout::Rollout;
@@ -23,6 +31,22 @@ pub enum StateError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The file was written by a newer weir, in a format this one does not know. It is left
+    /// untouched (neither quarantined nor overwritten).
+    #[error("{path}: written by a newer weir (state format {format}; this weir reads formats 1 to {FORMAT}): run the newer weir, or move the file aside to start this service's rollout over")]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: u32,
+    },
+    /// The file or the `services` folder is a symbolic link: refused, so that state is never
+    /// read or written somewhere else.
+    #[error("{path}: is a symbolic link; state files and the services folder must be plain files and folders")]
+    Symlink {
+        /// The link.
+        path: PathBuf,
     },
     /// The file is not valid state.
     #[error("{path}: corrupted state: {message}")]
@@ -47,10 +71,33 @@ struct AnyEnvelope {
     rollout: serde_json::Value,
 }
 
+/// Why [`parse`] refused a file.
+#[derive(Debug)]
+pub(crate) enum ParseError {
+    /// A format newer than [`FORMAT`].
+    Newer(u32),
+    /// Not valid state.
+    Invalid(String),
+}
+
 /// The state folder.
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: Option<PathBuf>,
+}
+
+/// A rollout serialized for its file, ready to be written (off the control loop).
+#[derive(Debug)]
+pub struct Encoded {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// A written and synced temporary file, not yet renamed over the state file.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    path: PathBuf,
 }
 
 // === impl Store ===
@@ -60,10 +107,21 @@ impl Store {
     pub fn open(dir: Option<&Path>) -> Result<Store, StateError> {
         if let Some(dir) = dir {
             let services = dir.join("services");
-            fs::create_dir_all(&services).map_err(|source| StateError::Io {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&services)
+                .map_err(|source| StateError::Io {
+                    path: services.clone(),
+                    source,
+                })?;
+            let meta = fs::symlink_metadata(&services).map_err(|source| StateError::Io {
                 path: services.clone(),
                 source,
             })?;
+            if meta.file_type().is_symlink() {
+                return Err(StateError::Symlink { path: services });
+            }
         }
         Ok(Store {
             dir: dir.map(Path::to_path_buf),
@@ -86,14 +144,27 @@ impl Store {
         let Some(path) = self.path(service) else {
             return Ok(None);
         };
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        let mut bytes = Vec::new();
+        let read = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow())
+            .open(&path)
+            .and_then(|mut file| file.read_to_end(&mut bytes));
+        match read {
+            Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(_) if is_symlink(&path) => return Err(StateError::Symlink { path }),
             Err(source) => return Err(StateError::Io { path, source }),
-        };
-        let rollout = parse(&bytes).map_err(|message| StateError::Corrupted {
-            path: path.clone(),
-            message,
+        }
+        let rollout = parse(&bytes).map_err(|error| match error {
+            ParseError::Newer(format) => StateError::NewerFormat {
+                path: path.clone(),
+                format,
+            },
+            ParseError::Invalid(message) => StateError::Corrupted {
+                path: path.clone(),
+                message,
+            },
         })?;
         if rollout.service != service {
             return Err(StateError::Corrupted {
@@ -112,14 +183,18 @@ impl Store {
         fs::rename(&path, &aside).ok().map(|_| aside)
     }
 
-    /// Saves `rollout` atomically.
+    /// Saves `rollout` atomically (blocking: fsync).
     pub fn save(&self, rollout: &Rollout) -> Result<(), StateError> {
+        match self.encode(rollout)? {
+            Some(encoded) => encoded.prepare()?.commit(),
+            None => Ok(()),
+        }
+    }
+
+    /// Serializes `rollout` for [`Encoded::prepare`]; `None` when state is kept in memory only.
+    pub fn encode(&self, rollout: &Rollout) -> Result<Option<Encoded>, StateError> {
         let Some(path) = self.path(&rollout.service) else {
-            return Ok(());
-        };
-        let io = |source| StateError::Io {
-            path: path.clone(),
-            source,
+            return Ok(None);
         };
         let bytes = serde_json::to_vec_pretty(&Envelope {
             format: FORMAT,
@@ -129,14 +204,61 @@ impl Store {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut file = fs::File::create(&tmp).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
+        Ok(Some(Encoded { path, bytes }))
+    }
+}
+
+// === impl Encoded ===
+
+impl Encoded {
+    /// Writes and syncs the temporary file (mode 0600, created exclusively, never through a
+    /// link); the state file is unchanged until [`Prepared::commit`]. Blocking.
+    pub fn prepare(self) -> Result<Prepared, StateError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |source| StateError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        // A temporary file left by a crash (or planted as a link) goes: the link itself, never
+        // its target.
+        match fs::remove_file(&tmp) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+            _ => {}
         }
-        fs::rename(&tmp, &path).map_err(io)?;
-        if let Some(parent) = path.parent() {
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nofollow())
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(&self.bytes)?;
+                file.sync_all()
+            });
+        if let Err(error) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(error));
+        }
+        Ok(Prepared {
+            tmp,
+            path: self.path,
+        })
+    }
+}
+
+// === impl Prepared ===
+
+impl Prepared {
+    /// Renames the temporary file over the state file and syncs the folder. Blocking.
+    pub fn commit(self) -> Result<(), StateError> {
+        if let Err(source) = fs::rename(&self.tmp, &self.path) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StateError::Io {
+                path: self.path,
+                source,
+            });
+        }
+        if let Some(parent) = self.path.parent() {
             // The rename is durable only once the folder is synced.
             if let Ok(dir) = fs::File::open(parent) {
                 let _ = dir.sync_all();
@@ -144,17 +266,33 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Gives up: removes the temporary file. Blocking.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn nofollow() -> i32 {
+    // The flag's bits fit an `i32` (`O_NOFOLLOW` is 0o400000 on Linux).
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0)
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Reads a state file of the current format or of format 1.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Rollout, String> {
-    let envelope: AnyEnvelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+pub(crate) fn parse(bytes: &[u8]) -> Result<Rollout, ParseError> {
+    let invalid = |e: serde_json::Error| ParseError::Invalid(e.to_string());
+    let envelope: AnyEnvelope = serde_json::from_slice(bytes).map_err(invalid)?;
     let rollout = match envelope.format {
         FORMAT => envelope.rollout,
-        1 => upgrade_v1(envelope.rollout)?,
-        other => return Err(format!("unknown format {other}")),
+        1 => upgrade_v1(envelope.rollout).map_err(ParseError::Invalid)?,
+        newer if newer > FORMAT => return Err(ParseError::Newer(newer)),
+        other => return Err(ParseError::Invalid(format!("unknown format {other}"))),
     };
-    serde_json::from_value(rollout).map_err(|e| e.to_string())
+    serde_json::from_value(rollout).map_err(invalid)
 }
 
 /// Maps a format-1 rollout (flat `stepIndex`, `stepStartedMs`, `weightBp`, `inlineRun`,
@@ -265,8 +403,58 @@ mod tests {
     }
 
     #[test]
-    fn unknown_formats_are_corrupted() {
-        let error = parse(br#"{"format": 9, "rollout": {}}"#).expect_err("refused");
-        assert!(error.contains("unknown format 9"), "{error}");
+    fn unknown_formats_are_corrupted_and_newer_ones_refused() {
+        let error = parse(br#"{"format": 0, "rollout": {}}"#).expect_err("refused");
+        assert!(
+            matches!(&error, ParseError::Invalid(m) if m.contains("unknown format 0")),
+            "{error:?}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(Some(dir.path())).expect("store");
+        let file = dir.path().join("services/shop.json");
+        std::fs::write(&file, br#"{"format": 9, "rollout": {"anything": true}}"#).expect("write");
+        let error = store.load("shop").expect_err("refused");
+        assert!(
+            matches!(error, StateError::NewerFormat { format: 9, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("newer weir"), "{error}");
+    }
+
+    #[test]
+    fn files_are_private_and_links_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(Some(dir.path())).expect("store");
+        let rollout = parse(V1_PROGRESSION.as_bytes()).expect("format 1 loads");
+        store.save(&rollout).expect("saved");
+        let file = dir.path().join("services/search.json");
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+        // A state file that is a link is refused on load, and a save replaces the link itself,
+        // never writing to its target.
+        let target = dir.path().join("elsewhere.json");
+        std::fs::write(&target, "untouched").expect("write");
+        std::fs::remove_file(&file).expect("remove");
+        std::os::unix::fs::symlink(&target, &file).expect("symlink");
+        let error = store.load("search").expect_err("refused");
+        assert!(matches!(error, StateError::Symlink { .. }), "{error:?}");
+        // A planted temporary-file link is not followed either.
+        let tmp = dir.path().join("services/search.json.tmp");
+        std::os::unix::fs::symlink(&target, &tmp).expect("symlink");
+        store.save(&rollout).expect("saved");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "untouched"
+        );
+        assert!(!is_symlink(&file));
+
+        // A services folder that is a link is refused.
+        let linked = tempfile::tempdir().expect("temp dir");
+        std::os::unix::fs::symlink(dir.path().join("services"), linked.path().join("services"))
+            .expect("symlink");
+        let error = Store::open(Some(linked.path())).expect_err("refused");
+        assert!(matches!(error, StateError::Symlink { .. }), "{error:?}");
     }
 }
