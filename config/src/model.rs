@@ -9,6 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod edge;
+
+pub use edge::{
+    default_upgrades, ListenerLimits, ListenerTimeouts, UpgradeProtocol, MIN_HEADER_BYTES,
+};
+
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
@@ -33,6 +39,10 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS settings; `None` means plain HTTP (HTTP/1.1 and h2c with prior knowledge).
     pub tls: Option<Tls>,
+    /// Connection timeouts (`timeouts`).
+    pub timeouts: ListenerTimeouts,
+    /// Connection and protocol limits (`limits`).
+    pub limits: ListenerLimits,
 }
 
 /// TLS settings of a listener.
@@ -77,6 +87,9 @@ pub struct Service {
     pub strategy: Option<Strategy>,
     /// Sticky versions (`sessionAffinity`): a client keeps the version it was given.
     pub session_affinity: Option<SessionAffinity>,
+    /// Protocols clients may switch to with `Upgrade` (`upgrades`, default `[websocket]`); any
+    /// other upgrade request is forwarded as a plain request without its upgrade headers.
+    pub upgrades: Vec<UpgradeProtocol>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

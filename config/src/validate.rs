@@ -7,6 +7,7 @@
 //! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod edge;
 mod policy;
 mod strategy;
 mod template;
@@ -125,7 +126,12 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        let o = Obj::open(cx, item, at, &["name", "address", "tls"])?;
+        let o = Obj::open(
+            cx,
+            item,
+            at,
+            &["name", "address", "tls", "timeouts", "limits"],
+        )?;
         let name = o.req(cx, "name", walk::nonempty_string);
         if let Some(name) = &name {
             if let Some(first) = names.get(name) {
@@ -149,10 +155,14 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
             }
         }
         let tls = o.opt(cx, "tls", |cx, v, at| tls(cx, v, at, base_dir));
+        let timeouts = o.or(cx, "timeouts", Default::default(), edge::timeouts);
+        let limits = o.or(cx, "limits", Default::default(), edge::limits);
         Some(Listener {
             name: name?,
             address: address?,
             tls: tls?,
+            timeouts: timeouts?,
+            limits: limits?,
         })
     });
     all(parsed)
@@ -310,6 +320,7 @@ fn service(
             "upstream",
             "strategy",
             "sessionAffinity",
+            "upgrades",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -363,6 +374,12 @@ fn service(
         strategy::strategy(cx, v, at, known, listeners)
     });
     let session_affinity = o.opt(cx, "sessionAffinity", policy::session_affinity);
+    let upgrades = o.or(
+        cx,
+        "upgrades",
+        crate::model::default_upgrades(),
+        edge::upgrades,
+    );
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -371,6 +388,7 @@ fn service(
         upstream: upstream?,
         strategy: strategy?,
         session_affinity: session_affinity?,
+        upgrades: upgrades?,
     })
 }
 
