@@ -1152,7 +1152,7 @@ fn several_problems_are_reported_at_once() {
     assert_eq!(
         lines,
         [
-            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls",
+            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, timeouts, limits",
             "services[0].canary.weight: must be between 0 and 100, got 101",
             "services[0].upstream.connectTimeout: invalid duration \"10 parsecs\": unexpected \" parsecs\" after 10 (use ms, s, m or h, like \"10s\" or \"1m30s\")",
             "services[1].name: duplicate service name \"checkout\" (also services[0])",
@@ -1260,3 +1260,4 @@ fn never_panics_on_odd_input() {
 }
 
 mod policies;
+mod edge;
