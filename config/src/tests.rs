@@ -1259,5 +1259,5 @@ fn never_panics_on_odd_input() {
     let _ = parse(&deep, base());
 }
 
-mod policies;
 mod edge;
+mod policies;

@@ -338,6 +338,8 @@ impl Activity {
             self.read_any.store(true, Ordering::Relaxed);
             self.http2
                 .store(bytes.starts_with(b"PRI "), Ordering::Relaxed);
+            // The first-byte deadline no longer applies.
+            self.changed.notify_one();
         }
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == NONE

@@ -4,6 +4,7 @@
 
 mod admin;
 mod blue_green;
+mod edge_conn;
 mod examples;
 mod forwarding;
 mod hot_swap;

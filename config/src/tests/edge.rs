@@ -42,11 +42,21 @@ fn every_key_is_read() {
     let t = &model.listeners[0].timeouts;
     let secs = |n| Duration::from_secs(n);
     assert_eq!(
-        (t.first_byte, t.tls_handshake, t.header_read, t.idle, t.http2_idle),
+        (
+            t.first_byte,
+            t.tls_handshake,
+            t.header_read,
+            t.idle,
+            t.http2_idle
+        ),
         (secs(1), secs(2), secs(3), secs(4), secs(5))
     );
     assert_eq!(
-        (t.http2_keep_alive_interval, t.http2_keep_alive_timeout, t.tunnel_idle),
+        (
+            t.http2_keep_alive_interval,
+            t.http2_keep_alive_timeout,
+            t.tunnel_idle
+        ),
         (secs(6), secs(7), secs(8))
     );
     let l = &model.listeners[0].limits;
@@ -68,7 +78,11 @@ fn every_key_is_read() {
     let model = ok(&format!(
         "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n{SERVICE}    upgrades: [WebSocket, my-proto]\n"
     ));
-    let names: Vec<&str> = model.services[0].upgrades.iter().map(|p| p.0.as_str()).collect();
+    let names: Vec<&str> = model.services[0]
+        .upgrades
+        .iter()
+        .map(|p| p.0.as_str())
+        .collect();
     assert_eq!(names, ["websocket", "my-proto"]);
     let model = ok(&format!(
         "listeners:\n  - name: public\n    address: 127.0.0.1:8080\n{SERVICE}    upgrades: []\n"
