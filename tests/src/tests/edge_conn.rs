@@ -74,16 +74,29 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 
 // === Silent and idle connections ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_silent_connections_are_closed_by_the_first_byte_timeout() {
-    const N: usize = 10_000;
-    // Both ends of every connection live in this process.
-    let wanted = (2 * N + 1_000) as u64;
+/// Set (to weir's address) in the child process that holds the client ends of the silent
+/// connections, so each process needs only one descriptor per connection.
+const SILENT_ADDR_ENV: &str = "WEIR_TEST_SILENT_CLIENTS_ADDR";
+/// Where the child process writes its result line.
+const SILENT_OUT_ENV: &str = "WEIR_TEST_SILENT_CLIENTS_OUT";
+const SILENT_N: usize = 10_000;
+
+/// Raises `RLIMIT_NOFILE` to `wanted`; `false` (with a message) when the hard limit is too low.
+fn enough_descriptors(wanted: u64) -> bool {
     let soft = rlimit::increase_nofile_limit(wanted).unwrap_or(0);
     if soft < wanted {
         eprintln!(
-            "SKIPPED: {N} silent connections need {wanted} file descriptors; RLIMIT_NOFILE allows {soft}"
+            "SKIPPED: {SILENT_N} silent connections need {wanted} file descriptors per process; RLIMIT_NOFILE allows {soft}"
         );
+        return false;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_silent_connections_are_closed_by_the_first_byte_timeout() {
+    let wanted = (SILENT_N + 1_000) as u64;
+    if !enough_descriptors(wanted) {
         return;
     }
     let upstream = Server::spawn("v1");
@@ -93,47 +106,112 @@ async fn ten_thousand_silent_connections_are_closed_by_the_first_byte_timeout() 
             "public",
             settings(|s| {
                 s.timeouts.first_byte = first_byte;
-                s.limits.max_connections = 2 * N;
+                s.limits.max_connections = 2 * SILENT_N;
             }),
         )
         .workers(2)
         .start();
     let addr = proxy.addr();
 
-    let start = Instant::now();
-    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
-    let mut clients = Vec::with_capacity(N);
-    for _ in 0..N {
-        let connecting = connecting.clone();
-        clients.push(tokio::spawn(async move {
-            let permit = connecting.acquire_owned().await.unwrap();
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            drop(permit);
-            let mut buf = [0u8; 1];
-            // Nothing sent: weir must close it (EOF or reset).
-            let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
-            matches!(read, Ok(Ok(0)) | Ok(Err(_)))
-        }));
+    // The clients run in a child process (this test binary, running only the helper below).
+    let exe = std::env::current_exe().expect("the test binary");
+    let out_dir = tempfile::tempdir().expect("a temporary folder");
+    let out = out_dir.path().join("result");
+    let out_path = out.clone();
+    let child = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args([
+                "tests::edge_conn::child_process_silent_clients",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SILENT_ADDR_ENV, addr.to_string())
+            .env(SILENT_OUT_ENV, &out_path)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the client process")
+    })
+    .await
+    .unwrap();
+    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(child.status.success(), "client process failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SILENT-CLIENTS "))
+        .unwrap_or_else(|| panic!("no result line from the client process: {stdout}"));
+    if line.starts_with("skipped") {
+        eprintln!("SKIPPED: the client process could not raise RLIMIT_NOFILE");
+        proxy.shutdown().await;
+        upstream.shutdown().await;
+        return;
     }
-    let mut closed = 0;
-    for client in clients {
-        closed += usize::from(client.await.unwrap());
-    }
-    let elapsed = start.elapsed();
-    assert_eq!(closed, N, "every silent connection is closed");
+    let mut fields = line.split_whitespace();
+    let closed: usize = fields.next().unwrap().parse().unwrap();
+    let secs: f64 = fields.next().unwrap().parse().unwrap();
+    let longest: f64 = fields.next().unwrap().parse().unwrap();
+    assert_eq!(closed, SILENT_N, "every silent connection is closed");
+    assert!(
+        longest < 10.0,
+        "closed near the timeout, not much later: {longest}s"
+    );
     assert_eventually!(proxy.connections().open("public") == 0);
     let counted = proxy.connections().timed_out("public", "first_byte");
-    assert_eq!(counted, N as u64);
+    assert_eq!(counted, SILENT_N as u64);
     // A client that speaks is still served.
     let reply = Http1::connect(addr).await.get("any", "/").await;
     assert_eq!(reply.status, 200);
     eprintln!(
-        "FIGURE: {N} silent connections all closed by the first-byte timeout ({first_byte:?}) \
-         in {:.2}s from the first connect; weir_connections_timed_out_total{{reason=\"first_byte\"}} = {counted}",
-        elapsed.as_secs_f64()
+        "FIGURE: {SILENT_N} silent connections all closed by the first-byte timeout ({first_byte:?}) \
+         in {secs:.2}s from the first connect (the longest any lived: {longest:.2}s); weir_connections_timed_out_total{{reason=\"first_byte\"}} = {counted}"
     );
     proxy.shutdown().await;
     upstream.shutdown().await;
+}
+
+/// Not a test on its own: the client side of
+/// [`ten_thousand_silent_connections_are_closed_by_the_first_byte_timeout`], run in a child
+/// process. Does nothing unless [`SILENT_ADDR_ENV`] is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_silent_clients() {
+    let Ok(addr) = std::env::var(SILENT_ADDR_ENV) else {
+        return;
+    };
+    let addr: SocketAddr = addr.parse().expect("an address");
+    let out = std::env::var(SILENT_OUT_ENV).expect("where to write the result");
+    if !enough_descriptors((SILENT_N + 1_000) as u64) {
+        std::fs::write(&out, "SILENT-CLIENTS skipped\n").expect("write the result");
+        return;
+    }
+    let start = Instant::now();
+    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
+    let mut clients = Vec::with_capacity(SILENT_N);
+    for _ in 0..SILENT_N {
+        let connecting = connecting.clone();
+        clients.push(tokio::spawn(async move {
+            let permit = connecting.acquire_owned().await.unwrap();
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let connected = Instant::now();
+            drop(permit);
+            let mut buf = [0u8; 1];
+            // Nothing sent: weir must close it (EOF or reset).
+            let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await;
+            (matches!(read, Ok(Ok(0)) | Ok(Err(_))), connected.elapsed())
+        }));
+    }
+    let mut closed = 0;
+    let mut longest = Duration::ZERO;
+    for client in clients {
+        let (was_closed, lived) = client.await.unwrap();
+        closed += usize::from(was_closed);
+        longest = longest.max(lived);
+    }
+    let line = format!(
+        "SILENT-CLIENTS {closed} {:.3} {:.3}\n",
+        start.elapsed().as_secs_f64(),
+        longest.as_secs_f64()
+    );
+    std::fs::write(&out, line).expect("write the result");
 }
 
 #[tokio::test]
