@@ -690,3 +690,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Touching<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn offered(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::UPGRADE, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_tunnelled() {
+        let websocket = weir_config::default_upgrades();
+        assert!(upgrade_allowed(&websocket, &offered("websocket")));
+        assert!(upgrade_allowed(&websocket, &offered("WebSocket")));
+        assert!(!upgrade_allowed(&websocket, &offered("h2c")));
+        assert!(!upgrade_allowed(&websocket, &offered("websocket, h2c")));
+        assert!(!upgrade_allowed(&websocket, &offered("foo/1.0")));
+        assert!(!upgrade_allowed(&websocket, &HeaderMap::new()));
+        assert!(!upgrade_allowed(&[], &offered("websocket")));
+        // Even an allowlist naming h2c (the config refuses it) never tunnels it.
+        let h2c = [UpgradeProtocol("h2c".into())];
+        assert!(!upgrade_allowed(&h2c, &offered("h2c")));
+        let custom = [UpgradeProtocol("my-proto".into())];
+        assert!(upgrade_allowed(&custom, &offered("my-proto/2")));
+    }
+
+    #[test]
+    fn slots_count_connections_and_shed_beyond_the_limit() {
+        let stats = ConnectionStats::new();
+        let listener = stats.listener("public");
+        let worker = Arc::new(WorkerConns::default());
+        let a = listener.try_acquire(&worker, 2).expect("first");
+        let b = listener.try_acquire(&worker, 2).expect("second");
+        assert!(listener.try_acquire(&worker, 2).is_none());
+        assert_eq!((stats.open("public"), stats.shed("public")), (2, 1));
+        let scope = TunnelScope::new(Duration::from_secs(1), listener.clone(), worker.clone());
+        let tunnel = scope.slot();
+        assert_eq!((stats.open("public"), worker.active()), (3, 3));
+        drop((a, b, tunnel));
+        assert_eq!((stats.open("public"), worker.active()), (0, 0));
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now);
+    }
+}

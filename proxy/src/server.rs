@@ -377,7 +377,10 @@ async fn drive<S>(
     let requests = activity.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         let in_flight = requests.request_started();
-        request.extensions_mut().insert(scope.clone());
+        // Only an upgrade can become a tunnel; other requests skip the extension map's allocation.
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request.extensions_mut().insert(scope.clone());
+        }
         let handled = forward::handle(worker.clone(), conn.clone(), request);
         async move {
             let response = match handled.await {
