@@ -12,7 +12,8 @@ use std::time::Duration;
 mod edge;
 
 pub use edge::{
-    default_upgrades, ListenerLimits, ListenerTimeouts, UpgradeProtocol, MIN_HEADER_BYTES,
+    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
+    MIN_HEADER_BYTES,
 };
 
 /// A whole validated config file.
@@ -28,6 +29,8 @@ pub struct Model {
     pub services: Vec<Service>,
     /// Analysis templates by name (`analysisTemplates`), in file order; names are unique.
     pub analysis_templates: Vec<AnalysisTemplate>,
+    /// Bounds across every listener (`limits`).
+    pub limits: GlobalLimits,
 }
 
 /// One client-facing listener.

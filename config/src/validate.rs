@@ -59,6 +59,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             "stateDir",
             "services",
             "analysisTemplates",
+            "limits",
         ],
     ) else {
         // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
@@ -97,6 +98,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             }
         }
     }
+    let limits = o.or(cx, "limits", Default::default(), edge::global_limits);
     let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
         walk::path_value(cx, v, at, base_dir)
     });
@@ -114,6 +116,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         state_dir: state_dir?,
         services: services?,
         analysis_templates: templates?,
+        limits: limits?,
     })
 }
 

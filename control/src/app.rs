@@ -135,6 +135,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
             (l.name.clone(), settings)
         })
         .collect();
+    serve_config.max_connections = model.limits.max_connections;
     weir_proxy::limits::register(&mut registry, serve_config.connections.clone());
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {

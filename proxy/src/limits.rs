@@ -78,29 +78,40 @@ impl TimeoutReason {
 /// The connection counters of one listener, shared by every worker.
 #[derive(Debug, Default)]
 pub(crate) struct ListenerConns {
+    /// Open connections of every listener (shared by all of them).
+    total: Arc<AtomicUsize>,
     open: AtomicUsize,
     shed: AtomicU64,
     timed_out: [AtomicU64; 6],
 }
 
 impl ListenerConns {
-    /// A slot for a new connection, or `None` (counted as shed) when `max` are open.
+    /// A slot for a new connection, or `None` (counted as shed) when `max` connections of this
+    /// listener, or `global_max` of all listeners, are open.
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         worker: &Arc<WorkerConns>,
         max: usize,
+        global_max: usize,
     ) -> Option<ConnSlot> {
+        let below = |max: usize| move |open: usize| (open < max).then_some(open + 1);
         let admitted = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < max).then_some(open + 1)
-            })
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(global_max))
             .is_ok();
-        if !admitted {
-            self.shed.fetch_add(1, Ordering::Relaxed);
-            return None;
+        if admitted
+            && self
+                .open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(max))
+                .is_ok()
+        {
+            return Some(ConnSlot::new(self.clone(), worker.clone()));
         }
-        Some(ConnSlot::new(self.clone(), worker.clone()))
+        if admitted {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     pub(crate) fn timed_out(&self, reason: TimeoutReason) {
@@ -156,6 +167,7 @@ impl ConnSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.listener.open.fetch_sub(1, Ordering::AcqRel);
+        self.listener.total.fetch_sub(1, Ordering::AcqRel);
         if self.worker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.worker.idle.notify_waiters();
         }
@@ -166,6 +178,7 @@ impl Drop for ConnSlot {
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionStats {
     listeners: Arc<Mutex<BTreeMap<String, Arc<ListenerConns>>>>,
+    total: Arc<AtomicUsize>,
 }
 
 impl ConnectionStats {
@@ -180,7 +193,20 @@ impl ConnectionStats {
             .listeners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        listeners.entry(listener.to_string()).or_default().clone()
+        listeners
+            .entry(listener.to_string())
+            .or_insert_with(|| {
+                Arc::new(ListenerConns {
+                    total: self.total.clone(),
+                    ..ListenerConns::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Open connections of every listener now.
+    pub fn open_total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
     }
 
     /// Open connections (tunnels included) of `listener` now.
@@ -615,6 +641,7 @@ impl TunnelScope {
     /// Counts the tunnel as a connection (the one it was upgraded from already passed the limit).
     pub(crate) fn slot(&self) -> ConnSlot {
         self.listener.open.fetch_add(1, Ordering::AcqRel);
+        self.listener.total.fetch_add(1, Ordering::AcqRel);
         ConnSlot::new(self.listener.clone(), self.worker.clone())
     }
 
@@ -724,15 +751,22 @@ mod tests {
         let stats = ConnectionStats::new();
         let listener = stats.listener("public");
         let worker = Arc::new(WorkerConns::default());
-        let a = listener.try_acquire(&worker, 2).expect("first");
-        let b = listener.try_acquire(&worker, 2).expect("second");
-        assert!(listener.try_acquire(&worker, 2).is_none());
+        let a = listener.try_acquire(&worker, 2, 3).expect("first");
+        let b = listener.try_acquire(&worker, 2, 3).expect("second");
+        assert!(listener.try_acquire(&worker, 2, 3).is_none());
         assert_eq!((stats.open("public"), stats.shed("public")), (2, 1));
+        // The global bound counts every listener.
+        let other = stats.listener("other");
+        let c = other.try_acquire(&worker, 2, 3).expect("third overall");
+        assert!(other.try_acquire(&worker, 2, 3).is_none(), "global bound");
+        assert_eq!((stats.open_total(), stats.shed("other")), (3, 1));
+        drop(c);
         let scope = TunnelScope::new(Duration::from_secs(1), listener.clone(), worker.clone());
         let tunnel = scope.slot();
         assert_eq!((stats.open("public"), worker.active()), (3, 3));
         drop((a, b, tunnel));
         assert_eq!((stats.open("public"), worker.active()), (0, 0));
+        assert_eq!(stats.open_total(), 0);
     }
 
     #[test]

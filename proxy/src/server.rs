@@ -52,6 +52,9 @@ pub struct ServeConfig {
     /// Timeouts and limits by listener name; a listener not named here gets the defaults
     /// ([`ListenerSettings::default`]).
     pub listeners: HashMap<String, ListenerSettings>,
+    /// Open client connections across all listeners (upgraded tunnels included); beyond it new
+    /// ones are shed. Default 50 000 (the config's top-level `limits.maxConnections`).
+    pub max_connections: usize,
     /// Where connection counts, sheds and timeouts are counted (register it with
     /// [`crate::limits::register`]).
     pub connections: ConnectionStats,
@@ -68,6 +71,7 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             access_log: false,
             listeners: HashMap::new(),
+            max_connections: weir_config::GlobalLimits::default().max_connections,
             connections: ConnectionStats::new(),
             mirror: MirrorLimits::default(),
         }
@@ -187,6 +191,7 @@ struct ListenerCtx {
     builder: auto::Builder<LocalExec>,
     conns: Arc<ListenerConns>,
     worker_conns: Arc<WorkerConns>,
+    global_max: usize,
 }
 
 /// hyper's connection settings for a listener; every value is clamped to what hyper and h2 accept
@@ -246,6 +251,7 @@ async fn run_worker(
             name: Rc::from(name.as_str()),
             settings,
             worker_conns: worker_conns.clone(),
+            global_max: config.max_connections,
         });
         accept_loops.push(tokio::task::spawn_local(accept_loop(
             ctx,
@@ -295,7 +301,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = ctx.conns.try_acquire(&ctx.worker_conns, max) else {
+        let Some(slot) = ctx
+            .conns
+            .try_acquire(&ctx.worker_conns, max, ctx.global_max)
+        else {
             // Shed: closed at once, counted in `weir_connections_shed_total`.
             tracing::debug!(listener = %ctx.name, %peer, "connection limit reached; shedding");
             drop(stream);

@@ -105,6 +105,12 @@ impl Builder {
         self
     }
 
+    /// Bounds open connections across all listeners (default: the config's default).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
     /// Binds one `127.0.0.1:0` socket per listener of the model, builds the route table and starts
     /// the data plane (one worker unless [`Builder::workers`] says otherwise).
     pub fn start(self) -> Proxy {

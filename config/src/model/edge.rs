@@ -77,6 +77,23 @@ pub struct ListenerLimits {
     pub http2_max_local_error_resets: usize,
 }
 
+/// Top-level `limits`: bounds across every listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalLimits {
+    /// `maxConnections` (default 50 000): open client connections across all listeners (upgraded
+    /// tunnels included); a connection beyond it is accepted and closed at once, counted as shed
+    /// on its listener. Keep it below the process's file-descriptor limit.
+    pub max_connections: usize,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        GlobalLimits {
+            max_connections: 50_000,
+        }
+    }
+}
+
 /// The smallest `maxHeaderBytes` (hyper's minimum read buffer).
 pub const MIN_HEADER_BYTES: u32 = 8 * 1024;
 

@@ -122,3 +122,23 @@ fn out_of_range_values_are_refused() {
         ],
     );
 }
+
+#[test]
+fn a_global_connection_limit() {
+    assert_eq!(ok(&with_listener("")).limits, GlobalLimits::default());
+    let model = ok(&format!(
+        "limits: {{maxConnections: 123}}\n{}",
+        with_listener("")
+    ));
+    assert_eq!(model.limits.max_connections, 123);
+    check(
+        &format!(
+            "limits: {{maxConnections: 0, other: 1}}\n{}",
+            with_listener("")
+        ),
+        &[
+            "limits.maxConnections: must be between 1 and …",
+            "limits.other: unknown field …",
+        ],
+    );
+}

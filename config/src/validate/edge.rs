@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::walk::{self, each, Cx, Obj};
-use crate::model::{ListenerLimits, ListenerTimeouts, UpgradeProtocol, MIN_HEADER_BYTES};
+use crate::model::{
+    GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol, MIN_HEADER_BYTES,
+};
 
 /// The longest accepted connection timeout: longer ones protect nothing, and the timers that
 /// run them must never overflow.
@@ -190,4 +192,16 @@ pub(super) fn upgrades(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<Upgra
         Some(UpgradeProtocol(name))
     });
     walk::all(parsed)
+}
+
+/// Top-level `limits`.
+pub(super) fn global_limits(cx: &mut Cx, value: &Value, at: &str) -> Option<GlobalLimits> {
+    let o = Obj::open(cx, value, at, &["maxConnections"])?;
+    let d = GlobalLimits::default();
+    let max_connections = o.or(cx, "maxConnections", d.max_connections, |cx, v, at| {
+        bounded(cx, v, at, 1, 10_000_000).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    });
+    Some(GlobalLimits {
+        max_connections: max_connections?,
+    })
 }

@@ -342,6 +342,43 @@ async fn the_connection_limit_sheds_the_excess_while_established_clients_are_ser
 }
 
 #[tokio::test]
+async fn the_global_connection_limit_counts_every_listener() {
+    let upstream = Server::spawn("v1");
+    let proxy = Proxy::builder(proxy::model(
+        &format!("listeners:\n  - {{name: a, address: 127.0.0.1:0}}\n  - {{name: b, address: 127.0.0.1:0}}\n{WEB}"),
+        &[("up", upstream.addr())],
+    ))
+    .max_connections(3)
+    .start();
+    let mut established = Vec::new();
+    for listener in ["a", "a", "b"] {
+        let mut client = Http1::connect(proxy.listener_addr(listener)).await;
+        assert_eq!(client.get("any", "/").await.status, 200);
+        established.push(client);
+    }
+    for listener in ["a", "b"] {
+        let mut stream = TcpStream::connect(proxy.listener_addr(listener))
+            .await
+            .unwrap();
+        let _ = stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: any\r\n\r\n")
+            .await;
+        let reply = read_to_close(&mut stream, Duration::from_secs(5)).await;
+        assert!(reply.is_empty(), "shed on {listener}");
+    }
+    let connections = proxy.connections();
+    assert_eq!((connections.shed("a"), connections.shed("b")), (1, 1));
+    assert_eq!(connections.open_total(), 3);
+    for client in &mut established {
+        assert_eq!(client.get("any", "/").await.status, 200);
+    }
+    eprintln!("FIGURE: global maxConnections 3 over two listeners: 3 served, the 4th and 5th shed (one per listener)");
+    drop(established);
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
 async fn oversized_or_too_many_headers_get_431() {
     let upstream = Server::spawn("v1");
     let proxy = web(
