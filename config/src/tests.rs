@@ -724,7 +724,7 @@ fn invalid_cases() {
         (
             "listeners: []\nservices: []\nextra: 1\n".to_string(),
             vec![
-                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates",
+                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates, limits",
                 "listeners: must not be empty",
                 "services: must not be empty",
             ],

@@ -215,6 +215,57 @@ async fn child_process_silent_clients() {
 }
 
 #[tokio::test]
+async fn a_stalled_tls_handshake_and_a_silent_tls_session_are_closed() {
+    let ca = crate::certs::TestCa::new();
+    let leaf = ca.leaf(&["secure.example.com"]);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    leaf.write(dir.path(), "secure");
+    let upstream = Server::spawn("v1");
+    let model = proxy::model_in(
+        dir.path(),
+        &format!(
+            "listeners:\n  - name: secure\n    address: 127.0.0.1:0\n    tls:\n      certificates: [{{certFile: secure.crt, keyFile: secure.key}}]\n{WEB}"
+        ),
+        &[("up", upstream.addr())],
+    );
+    let timeout = Duration::from_millis(300);
+    let proxy = Proxy::builder(model)
+        .tls("secure", crate::certs::material(&[&leaf]))
+        .listener_settings(
+            "secure",
+            settings(|s| {
+                s.timeouts.tls_handshake = timeout;
+                s.timeouts.first_byte = timeout;
+            }),
+        )
+        .start();
+    let addr = proxy.addr();
+
+    // No ClientHello at all.
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let reply = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    let handshake_closed = start.elapsed();
+    assert!(reply.is_empty());
+    assert!(handshake_closed >= timeout);
+    // Counted just after the socket is dropped.
+    assert_eventually!(proxy.connections().timed_out("secure", "tls_handshake") == 1);
+
+    // A finished handshake, then silence.
+    let config = client::tls_config_any_server(&[b"http/1.1"]);
+    let mut tls = client::tls_connect(addr, config, "secure.example.com").await;
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    let session_closed = start.elapsed();
+    assert_eq!(proxy.connections().timed_out("secure", "first_byte"), 1);
+    eprintln!("FIGURE: TLS: no ClientHello → closed after {handshake_closed:?} (tlsHandshake {timeout:?}); silent TLS session → closed after {session_closed:?} (firstByte {timeout:?})");
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_stalled_request_head_gets_408_and_is_closed() {
     let upstream = Server::spawn("v1");
     let header_read = Duration::from_millis(300);
