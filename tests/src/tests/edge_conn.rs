@@ -869,3 +869,37 @@ services:
     proxy.shutdown().await;
     upstream.shutdown().await;
 }
+
+// === The whole of weir ===
+
+#[tokio::test]
+async fn the_config_limits_apply_and_are_exported() {
+    let upstream = Server::spawn("v1");
+    let yaml = crate::weir::fill(
+        &format!(
+            "listeners:\n  - name: public\n    address: 127.0.0.1:0\n    limits: {{maxConnections: 1}}\n    timeouts: {{headerRead: 200ms}}\nadmin:\n  address: 127.0.0.1:0\n{WEB}"
+        ),
+        &[("up", upstream.addr())],
+    );
+    let weir = crate::weir::Weir::start(&yaml).await;
+    let mut client = Http1::connect(weir.addr()).await;
+    assert_eq!(client.get("any", "/").await.status, 200);
+    let mut stream = TcpStream::connect(weir.addr()).await.unwrap();
+    assert!(read_to_close(&mut stream, Duration::from_secs(5))
+        .await
+        .is_empty());
+    let admin = weir.admin();
+    let shed = r#"weir_connections_shed_total{listener="public"}"#;
+    let open = r#"weir_connections_open{listener="public"}"#;
+    assert_eq!(crate::admin::metric(admin, shed).await, Some(1.0));
+    assert_eq!(crate::admin::metric(admin, open).await, Some(1.0));
+    drop(client);
+    assert_eventually!(crate::admin::metric(admin, open).await == Some(0.0));
+    let reply = raw_exchange(weir.addr(), b"GET / HTTP/1.1\r\nHost: any\r\n").await;
+    assert_eq!(status_of(&reply), 408);
+    let timed_out = r#"weir_connections_timed_out_total{listener="public",reason="header_read"}"#;
+    assert_eventually!(crate::admin::metric(admin, timed_out).await == Some(1.0));
+    eprintln!("FIGURE: from the config file: maxConnections 1 sheds the 2nd connection, headerRead 200ms answers 408; {shed} = 1, {timed_out} = 1");
+    weir.shutdown().await;
+    upstream.shutdown().await;
+}
