@@ -9,6 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod edge;
+
+pub use edge::{
+    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
+    MIN_HEADER_BYTES,
+};
+
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
@@ -22,6 +29,8 @@ pub struct Model {
     pub services: Vec<Service>,
     /// Analysis templates by name (`analysisTemplates`), in file order; names are unique.
     pub analysis_templates: Vec<AnalysisTemplate>,
+    /// Bounds across every listener (`limits`).
+    pub limits: GlobalLimits,
 }
 
 /// One client-facing listener.
@@ -37,6 +46,10 @@ pub struct Listener {
     /// (`trustedProxies`, default none): from any other peer those headers are replaced, so a
     /// client cannot forge its address.
     pub trusted_proxies: TrustedProxies,
+    /// Connection timeouts (`timeouts`).
+    pub timeouts: ListenerTimeouts,
+    /// Connection and protocol limits (`limits`).
+    pub limits: ListenerLimits,
 }
 
 /// `listeners[].trustedProxies`: CIDR blocks (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -142,6 +155,9 @@ pub struct Service {
     pub strategy: Option<Strategy>,
     /// Sticky versions (`sessionAffinity`): a client keeps the version it was given.
     pub session_affinity: Option<SessionAffinity>,
+    /// Protocols clients may switch to with `Upgrade` (`upgrades`, default `[websocket]`); any
+    /// other upgrade request is forwarded as a plain request without its upgrade headers.
+    pub upgrades: Vec<UpgradeProtocol>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -725,7 +725,7 @@ fn invalid_cases() {
         (
             "listeners: []\nservices: []\nextra: 1\n".to_string(),
             vec![
-                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates",
+                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates, limits",
                 "listeners: must not be empty",
                 "services: must not be empty",
             ],
@@ -1153,7 +1153,7 @@ fn several_problems_are_reported_at_once() {
     assert_eq!(
         lines,
         [
-            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, trustedProxies",
+            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, trustedProxies, timeouts, limits",
             "services[0].canary.weight: must be between 0 and 100, got 101",
             "services[0].upstream.connectTimeout: invalid duration \"10 parsecs\": unexpected \" parsecs\" after 10 (use ms, s, m or h, like \"10s\" or \"1m30s\")",
             "services[1].name: duplicate service name \"checkout\" (also services[0])",
@@ -1261,6 +1261,7 @@ fn never_panics_on_odd_input() {
 }
 
 mod admin;
+mod edge;
 mod policies;
 
 #[test]

@@ -7,6 +7,7 @@
 //! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod edge;
 mod policy;
 mod strategy;
 mod template;
@@ -58,6 +59,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             "stateDir",
             "services",
             "analysisTemplates",
+            "limits",
         ],
     ) else {
         // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
@@ -93,6 +95,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             }
         }
     }
+    let limits = o.or(cx, "limits", Default::default(), edge::global_limits);
     let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
         walk::path_value(cx, v, at, base_dir)
     });
@@ -110,6 +113,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         state_dir: state_dir?,
         services: services?,
         analysis_templates: templates?,
+        limits: limits?,
     })
 }
 
@@ -122,7 +126,19 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<SocketAddr, usize> = BTreeMap::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        let o = Obj::open(cx, item, at, &["name", "address", "tls", "trustedProxies"])?;
+        let o = Obj::open(
+            cx,
+            item,
+            at,
+            &[
+                "name",
+                "address",
+                "tls",
+                "trustedProxies",
+                "timeouts",
+                "limits",
+            ],
+        )?;
         let name = o.req(cx, "name", walk::nonempty_string);
         if let Some(name) = &name {
             if let Some(first) = names.get(name) {
@@ -152,11 +168,15 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
             TrustedProxies::default(),
             trusted_proxies,
         );
+        let timeouts = o.or(cx, "timeouts", Default::default(), edge::timeouts);
+        let limits = o.or(cx, "limits", Default::default(), edge::limits);
         Some(Listener {
             name: name?,
             address: address?,
             tls: tls?,
             trusted_proxies: trusted_proxies?,
+            timeouts: timeouts?,
+            limits: limits?,
         })
     });
     all(parsed)
@@ -466,6 +486,7 @@ fn service(
             "upstream",
             "strategy",
             "sessionAffinity",
+            "upgrades",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -519,6 +540,12 @@ fn service(
         strategy::strategy(cx, v, at, known, listeners)
     });
     let session_affinity = o.opt(cx, "sessionAffinity", policy::session_affinity);
+    let upgrades = o.or(
+        cx,
+        "upgrades",
+        crate::model::default_upgrades(),
+        edge::upgrades,
+    );
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -527,6 +554,7 @@ fn service(
         upstream: upstream?,
         strategy: strategy?,
         session_affinity: session_affinity?,
+        upgrades: upgrades?,
     })
 }
 

@@ -159,6 +159,19 @@ pub async fn start_with(
     let mut serve_config = ServeConfig::new(options.workers);
     serve_config.drain_timeout = options.drain_timeout;
     serve_config.access_log = options.access_log;
+    serve_config.listeners = model
+        .listeners
+        .iter()
+        .map(|l| {
+            let settings = weir_proxy::ListenerSettings {
+                timeouts: l.timeouts.clone(),
+                limits: l.limits.clone(),
+            };
+            (l.name.clone(), settings)
+        })
+        .collect();
+    serve_config.max_connections = model.limits.max_connections;
+    weir_proxy::limits::register(&mut registry, serve_config.connections.clone());
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");

@@ -5,6 +5,8 @@
 //! - [`routes`]: the immutable [`routes::RouteTable`] snapshot and its channel ([`routes::channel`]
 //!   → one [`routes::Publisher`], many [`routes::Routes`]); compiled host/path matching, the
 //!   per-request rules ([`routes::rules`]) and the exact weighted split.
+//! - [`limits`]: connection limits and timeouts hyper has no knob for, tunnels' idle timeout,
+//!   and their Prometheus series.
 //! - [`server`]: worker threads, listeners, TLS termination, HTTP/1.1 + HTTP/2, graceful drain.
 //! - `forward`: the request path in stages (route → policy → mirror → upstream → record).
 //! - [`framing`]: HTTP/1 framing checks on the client's bytes (refuses ambiguous requests with 400
@@ -20,6 +22,7 @@ mod body;
 pub mod error;
 mod forward;
 pub mod framing;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod server;
@@ -29,6 +32,7 @@ mod upstream;
 
 pub use body::ProxyBody;
 pub use forward::MirrorLimits;
+pub use limits::{ConnectionStats, ListenerSettings};
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};
 pub use stats::Stats;

@@ -71,6 +71,8 @@ pub struct ServiceRoute {
     pub(crate) stable: ArmRoute,
     pub(crate) canary: Option<ArmRoute>,
     pub(crate) options: UpstreamOptions,
+    /// Protocols a client may switch to with `Upgrade` (`services[].upgrades`).
+    pub(crate) upgrades: Box<[weir_config::UpgradeProtocol]>,
     /// The control plane's decisions this route was built from.
     pub(crate) policy: Policy,
     /// Header/cookie routes in force, in order (empty without a canary arm).

@@ -1,10 +1,18 @@
 //! Listeners and workers: N threads, each a single-threaded tokio runtime accepting on every
 //! listener, terminating TLS, and serving HTTP/1.1, h2c and h2 with hyper.
 //!
+//! Each listener has its own timeouts and limits ([`ListenerSettings`]): connections beyond
+//! `maxConnections` are shed, and a watchdog per connection ([`crate::limits::Activity`]) closes
+//! one that sends nothing, stalls its head (408), idles between requests, or keeps an HTTP/2
+//! connection with no stream open.
+//!
 //! Shutdown: stop accepting, ask every connection to finish (HTTP/1 closes after its in-flight
-//! request, HTTP/2 sends GOAWAY), wait for them up to the drain timeout, then stop.
+//! request, HTTP/2 sends GOAWAY), wait for them and for upgraded tunnels up to the drain timeout,
+//! then close what is left.
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -13,15 +21,24 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+use weir_config::MIN_HEADER_BYTES;
 
 use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::framing::Inspect;
+use crate::limits::{
+    Activity, ActivityIo, ConnSlot, ConnectionStats, Expired, ListenerConns, ListenerSettings,
+    TimeoutReason, TrackedBody, TunnelScope, WorkerConns,
+};
 use crate::routes::Routes;
 
 /// On shutdown, how long connections keep being served (answers say `Connection: close`) before
@@ -33,27 +50,42 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 pub struct ServeConfig {
     /// Worker threads (at least 1).
     pub workers: usize,
-    /// How long in-flight requests may take to finish after shutdown begins.
+    /// How long in-flight requests and upgraded tunnels may take to finish after shutdown begins;
+    /// what is left then is closed.
     pub drain_timeout: Duration,
     /// Log one line per request under the `weir::access` target.
     pub access_log: bool,
-    /// Time allowed for a client to send a request head (slow-loris protection) and a TLS handshake.
-    pub header_timeout: Duration,
+    /// Timeouts and limits by listener name; a listener not named here gets the defaults
+    /// ([`ListenerSettings::default`]).
+    pub listeners: HashMap<String, ListenerSettings>,
+    /// Open client connections across all listeners (upgraded tunnels included); beyond it new
+    /// ones are shed. Default 50 000 (the config's top-level `limits.maxConnections`).
+    pub max_connections: usize,
+    /// Where connection counts, sheds and timeouts are counted (register it with
+    /// [`crate::limits::register`]).
+    pub connections: ConnectionStats,
     /// Bounds of traffic mirroring, per worker.
     pub mirror: MirrorLimits,
 }
 
 impl ServeConfig {
-    /// Defaults: one worker per core, 30 s drain, no access log, 30 s header timeout, default
-    /// mirror limits.
+    /// Defaults: one worker per core, 30 s drain, no access log, default listener settings,
+    /// default mirror limits.
     pub fn new(workers: usize) -> ServeConfig {
         ServeConfig {
             workers: workers.max(1),
             drain_timeout: Duration::from_secs(30),
             access_log: false,
-            header_timeout: Duration::from_secs(30),
+            listeners: HashMap::new(),
+            max_connections: weir_config::GlobalLimits::default().max_connections,
+            connections: ConnectionStats::new(),
             mirror: MirrorLimits::default(),
         }
+    }
+
+    /// The settings of listener `name`.
+    pub fn listener(&self, name: &str) -> ListenerSettings {
+        self.listeners.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -158,23 +190,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// Live connections of one worker, and a wake-up for when the last one ends.
-#[derive(Default)]
-struct Tracker {
-    active: Cell<usize>,
-    idle: Notify,
+/// What every connection of one listener on one worker shares.
+struct ListenerCtx {
+    name: Rc<str>,
+    settings: ListenerSettings,
+    builder: auto::Builder<LocalExec>,
+    conns: Arc<ListenerConns>,
+    worker_conns: Arc<WorkerConns>,
+    global_max: usize,
 }
 
-struct ConnGuard(Rc<Tracker>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let left = self.0.active.get() - 1;
-        self.0.active.set(left);
-        if left == 0 {
-            self.0.idle.notify_waiters();
-        }
-    }
+/// hyper's connection settings for a listener; every value is clamped to what hyper and h2 accept
+/// (they assert on out-of-range values).
+fn builder(settings: &ListenerSettings) -> auto::Builder<LocalExec> {
+    let limits = &settings.limits;
+    let timeouts = &settings.timeouts;
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Head and keep-alive timeouts are the watchdog's (hyper's would answer no 408 and would
+        // tie idle to the head timeout).
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES) as usize)
+        .max_headers(limits.max_headers.max(1));
+    // RFC 9113 bounds.
+    let window = |n: u32| n.clamp(65_535, (1 << 31) - 1);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(window(limits.http2_initial_stream_window))
+        .initial_connection_window_size(window(limits.http2_initial_connection_window))
+        .max_frame_size(limits.http2_max_frame_size.clamp(1 << 14, (1 << 24) - 1))
+        .max_header_list_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+        .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
+        .max_local_error_reset_streams(limits.http2_max_local_error_resets)
+        .keep_alive_interval(Some(timeouts.http2_keep_alive_interval))
+        .keep_alive_timeout(timeouts.http2_keep_alive_timeout);
+    builder
 }
 
 async fn run_worker(
@@ -184,15 +239,7 @@ async fn run_worker(
     shutdown: watch::Receiver<bool>,
 ) {
     let worker = Worker::new(&routes, config.access_log, &config.mirror);
-    let tracker = Rc::new(Tracker::default());
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Rc::new(builder);
+    let worker_conns = Arc::new(WorkerConns::default());
 
     let mut accept_loops = Vec::new();
     for (name, socket) in sockets {
@@ -203,14 +250,20 @@ async fn run_worker(
                 continue;
             }
         };
+        let settings = config.listener(&name);
+        let ctx = Rc::new(ListenerCtx {
+            builder: builder(&settings),
+            conns: config.connections.listener(&name),
+            name: Rc::from(name.as_str()),
+            settings,
+            worker_conns: worker_conns.clone(),
+            global_max: config.max_connections,
+        });
         accept_loops.push(tokio::task::spawn_local(accept_loop(
-            Rc::from(name.as_str()),
+            ctx,
             listener,
             worker.clone(),
-            builder.clone(),
-            tracker.clone(),
             shutdown.clone(),
-            config.header_timeout,
         )));
     }
     let mut shutdown_wait = shutdown.clone();
@@ -218,36 +271,27 @@ async fn run_worker(
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
-    // Connections saw the shutdown too and are finishing their in-flight requests.
-    let drained = async {
-        loop {
-            let notified = tracker.idle.notified();
-            if tracker.active.get() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    };
-    if tokio::time::timeout(config.drain_timeout, drained)
+    // Connections saw the shutdown too and are finishing their in-flight requests; upgraded
+    // tunnels hold their slot until they end. Whatever is left at the drain timeout is closed
+    // when the worker's runtime is dropped.
+    if tokio::time::timeout(config.drain_timeout, worker_conns.drained())
         .await
         .is_err()
     {
         tracing::warn!(
-            connections = tracker.active.get(),
+            connections = worker_conns.active(),
             "drain timeout reached; closing remaining connections"
         );
     }
 }
 
 async fn accept_loop(
-    name: Rc<str>,
+    ctx: Rc<ListenerCtx>,
     listener: TcpListener,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
-    tracker: Rc<Tracker>,
     mut shutdown: watch::Receiver<bool>,
-    handshake_timeout: Duration,
 ) {
+    let max = ctx.settings.limits.max_connections;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -258,48 +302,52 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = %name, %error, "accept failed");
+                tracing::warn!(listener = %ctx.name, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
+        let Some(slot) = ctx
+            .conns
+            .try_acquire(&ctx.worker_conns, max, ctx.global_max)
+        else {
+            // Shed: closed at once, counted in `weir_connections_shed_total`.
+            tracing::debug!(listener = %ctx.name, %peer, "connection limit reached; shedding");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tracker.active.set(tracker.active.get() + 1);
-        let guard = ConnGuard(tracker.clone());
         tokio::task::spawn_local(serve_connection(
-            name.clone(),
+            ctx.clone(),
             stream,
             peer,
             worker.clone(),
-            builder.clone(),
             shutdown.clone(),
-            handshake_timeout,
-            guard,
+            slot,
         ));
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    listener: Rc<str>,
+    ctx: Rc<ListenerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
     shutdown: watch::Receiver<bool>,
-    handshake_timeout: Duration,
-    _guard: ConnGuard,
+    _slot: ConnSlot,
 ) {
-    let tls = worker.table().tls(&listener).cloned();
+    let tls = worker.table().tls(&ctx.name).cloned();
     match tls {
         None => {
-            let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), false));
+            let conn = Rc::new(ConnInfo::new(peer.ip(), ctx.name.clone(), false));
             let stream = Inspect::new(stream); // HTTP/1 framing checks (crate::framing)
-            drive(TokioIo::new(stream), worker, conn, &builder, shutdown).await;
+            drive(stream, worker, conn, &ctx, shutdown).await;
         }
         Some(config) => {
-            let handshake =
-                tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(stream));
+            let handshake = tokio::time::timeout(
+                ctx.settings.timeouts.tls_handshake,
+                TlsAcceptor::from(config).accept(stream),
+            );
             // A client that has not finished its handshake has no request in flight: do not let it
             // hold the drain beyond a short grace (one mid-handshake as an upgrade begins
             // finishes it and is answered).
@@ -314,39 +362,62 @@ async fn serve_connection(
             };
             match accepted {
                 Ok(Ok(tls_stream)) => {
-                    let conn = Rc::new(ConnInfo::new(peer.ip(), listener.clone(), true));
+                    let conn = Rc::new(ConnInfo::new(peer.ip(), ctx.name.clone(), true));
                     let tls_stream = Inspect::new(tls_stream);
-                    drive(TokioIo::new(tls_stream), worker, conn, &builder, shutdown).await;
+                    drive(tls_stream, worker, conn, &ctx, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Err(_) => {
+                    ctx.conns.timed_out(TimeoutReason::TlsHandshake);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
         }
     }
 }
 
-async fn drive<I>(
-    io: I,
+/// How long a connection closed by a timeout may take to say so (408, GOAWAY).
+const GOODBYE: Duration = Duration::from_secs(1);
+
+async fn drive<S>(
+    stream: S,
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    builder: &auto::Builder<LocalExec>,
+    ctx: &ListenerCtx,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Activity::new();
+    // Not `Send`: fine, the connection runs on this worker's `LocalSet`.
+    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    let scope = TunnelScope::new(
+        ctx.settings.timeouts.tunnel_idle,
+        ctx.conns.clone(),
+        ctx.worker_conns.clone(),
+    );
+    let requests = activity.clone();
     // Once draining, HTTP/1 answers say `Connection: close`, so busy keep-alive clients move to
     // the listener's next owner (an upgraded weir) at a response boundary instead of having an
     // idle connection closed under a request they are sending.
     let draining = shutdown.clone();
     let h2 = Rc::new(Cell::new(false));
     let seen_h2 = h2.clone();
-    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let in_flight = requests.request_started();
         let http1 = request.version() <= hyper::Version::HTTP_11;
         seen_h2.set(!http1);
+        // Only an upgrade can become a tunnel; other requests skip the extension map's allocation.
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request.extensions_mut().insert(scope.clone());
+        }
         let draining = draining.clone();
-        let response = forward::handle(worker.clone(), conn.clone(), request);
+        let handled = forward::handle(worker.clone(), conn.clone(), request);
         async move {
-            let mut response = response.await?;
+            let mut response = match handled.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
             if http1
                 && *draining.borrow()
                 && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
@@ -356,14 +427,31 @@ async fn drive<I>(
                     hyper::header::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, in_flight)))
         }
     });
-    let mut connection = pin!(builder.serve_connection_with_upgrades(io, service));
+    let mut connection = pin!(ctx.builder.serve_connection_with_upgrades(io, service));
+    let timeouts = &ctx.settings.timeouts;
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(%error, "connection ended with an error");
+            }
+            return;
+        }
+        expired = activity.watch(timeouts) => {
+            match expired {
+                Expired::Close(reason) => ctx.conns.timed_out(reason),
+                Expired::RequestTimeout => {
+                    ctx.conns.timed_out(TimeoutReason::HeaderRead);
+                    activity.respond_408();
+                    let _ = tokio::time::timeout(GOODBYE, connection.as_mut()).await;
+                }
+                Expired::GoAway => {
+                    ctx.conns.timed_out(TimeoutReason::Http2Idle);
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOODBYE, connection.as_mut()).await;
+                }
             }
             return;
         }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use weir_config::{Model, Weight};
 use weir_proxy::routes::{Policy, TlsMaterial};
 use weir_proxy::stats::VersionStats;
-use weir_proxy::{MirrorLimits, Publisher, RouteTable, Routes, ServeConfig, Stats};
+use weir_proxy::{
+    ConnectionStats, ListenerSettings, MirrorLimits, Publisher, RouteTable, Routes, ServeConfig,
+    Stats,
+};
 
 /// The listeners block [`model`] adds when the YAML has none: one plain listener named `public`.
 /// Listener addresses in the model are never bound by the harness (it binds `127.0.0.1:0`).
@@ -96,6 +99,18 @@ impl Builder {
         self
     }
 
+    /// Gives listener `name` these timeouts and limits (default: the config's defaults).
+    pub fn listener_settings(mut self, name: &str, settings: ListenerSettings) -> Self {
+        self.config.listeners.insert(name.to_string(), settings);
+        self
+    }
+
+    /// Bounds open connections across all listeners (default: the config's default).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
     /// Binds one `127.0.0.1:0` socket per listener of the model, builds the route table and starts
     /// the data plane (one worker unless [`Builder::workers`] says otherwise).
     pub fn start(self) -> Proxy {
@@ -120,6 +135,7 @@ impl Builder {
                 socket: crate::bind_ephemeral(),
             })
             .collect();
+        let connections = config.connections.clone();
         let server = weir_proxy::spawn(listeners, routes.clone(), config).expect("start the proxy");
         let addrs = server.local_addrs().to_vec();
         Proxy {
@@ -130,6 +146,7 @@ impl Builder {
             model,
             tls,
             addrs,
+            connections,
         }
     }
 }
@@ -145,6 +162,7 @@ pub struct Proxy {
     model: Model,
     tls: BTreeMap<String, TlsMaterial>,
     addrs: Vec<(String, SocketAddr)>,
+    connections: ConnectionStats,
 }
 
 impl Proxy {
@@ -178,6 +196,11 @@ impl Proxy {
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no listener named {name:?}"))
             .1
+    }
+
+    /// Connection counts, sheds and timeouts by listener.
+    pub fn connections(&self) -> &ConnectionStats {
+        &self.connections
     }
 
     /// The stats registry the route tables record into.

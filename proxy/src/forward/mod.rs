@@ -147,7 +147,10 @@ pub(crate) async fn handle(
                 preview_host,
             };
             let decision = service.pick(&head);
-            let upgrade = upstream::is_upgrade(request.version(), request.headers());
+            // Only the protocols the service allows (`upgrades`) are tunnelled; any other
+            // upgrade request is forwarded as a plain one, without its upgrade headers.
+            let upgrade = upstream::is_upgrade(request.version(), request.headers())
+                && crate::limits::upgrade_allowed(&service.upgrades, request.headers());
             // Upgrades are never mirrored (a tunnel cannot be copied), and do not take a turn of
             // the mirror routes' percentages either, so those stay exact over the copyable requests.
             let mirror_to = if upgrade {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::{mirror, ConnInfo, Worker};
 use crate::body::{BodyGuard, BodyState, Phase, ProxyBody, RequestBody};
 use crate::error::ProxyError;
+use crate::limits::TunnelScope;
 use crate::routes::{ArmRoute, ServiceRoute};
 use crate::stats::{ClientErrorKind, UpstreamErrorKind, VersionStats};
 use crate::upstream::SendError;
@@ -250,6 +251,8 @@ async fn forward_upgrade(
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let addr = arm.upstreams[arm.next_index()].addr;
+    // The connection's tunnel settings and its place in the listener's count and the drain.
+    let scope = request.extensions_mut().remove::<TunnelScope>();
     let client_upgrade = hyper::upgrade::on(&mut request);
     let options = &service.options;
     let sent = tokio::time::timeout(
@@ -285,6 +288,8 @@ async fn forward_upgrade(
         ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
+    // Counted from now, so the tunnel takes over the connection's slot without a gap.
+    let slot = scope.as_ref().map(TunnelScope::slot);
     tokio::task::spawn_local(async move {
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
@@ -297,9 +302,17 @@ async fn forward_upgrade(
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let client = hyper_util::rt::TokioIo::new(client);
+        let upstream = hyper_util::rt::TokioIo::new(upstream);
+        match (scope, slot) {
+            (Some(scope), Some(slot)) => scope.run(slot, client, upstream).await,
+            _ => {
+                // Not reached through `server` (every connection carries its scope): still bounded.
+                let scope = TunnelScope::detached();
+                let slot = scope.slot();
+                scope.run(slot, client, upstream).await;
+            }
+        }
     });
     strip_hop_by_hop(response.headers_mut(), true);
     let (parts, _) = response.into_parts();

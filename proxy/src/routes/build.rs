@@ -188,6 +188,7 @@ impl RouteTable {
                 stable: arm(stats, service, &service.stable),
                 canary,
                 options: service.upstream.clone(),
+                upgrades: service.upgrades.clone().into(),
                 policy,
                 header_rules,
                 preview,

@@ -1,0 +1,777 @@
+//! Edge protection around client connections: per-listener connection limits (excess shed and
+//! counted), the timeouts hyper has no knob for (first byte, HTTP/1 head with a `408`, keep-alive
+//! idle, HTTP/2 idle), upgraded tunnels' idle timeout and their part in the drain, and the
+//! Prometheus series of all of it.
+//!
+//! Series (`listener` is the config's listener name; values are bounded):
+//! - `weir_connections_open{listener}`: open client connections, upgraded tunnels included;
+//! - `weir_connections_shed_total{listener}`: connections closed at once because the listener
+//!   was at `limits.maxConnections`;
+//! - `weir_connections_timed_out_total{listener,reason}`: connections closed by a timeout,
+//!   `reason` ∈ `first_byte`, `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use weir_config::{ListenerLimits, ListenerTimeouts, UpgradeProtocol};
+
+/// A listener's timeouts and limits (the config's `listeners[].timeouts` and `.limits`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Connection timeouts.
+    pub timeouts: ListenerTimeouts,
+    /// Connection and protocol limits.
+    pub limits: ListenerLimits,
+}
+
+/// Why a connection was closed by weir before the client or upstream ended it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimeoutReason {
+    FirstByte,
+    TlsHandshake,
+    HeaderRead,
+    Idle,
+    Http2Idle,
+    TunnelIdle,
+}
+
+impl TimeoutReason {
+    const ALL: [TimeoutReason; 6] = [
+        TimeoutReason::FirstByte,
+        TimeoutReason::TlsHandshake,
+        TimeoutReason::HeaderRead,
+        TimeoutReason::Idle,
+        TimeoutReason::Http2Idle,
+        TimeoutReason::TunnelIdle,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TimeoutReason::FirstByte => "first_byte",
+            TimeoutReason::TlsHandshake => "tls_handshake",
+            TimeoutReason::HeaderRead => "header_read",
+            TimeoutReason::Idle => "idle",
+            TimeoutReason::Http2Idle => "http2_idle",
+            TimeoutReason::TunnelIdle => "tunnel_idle",
+        }
+    }
+}
+
+/// The connection counters of one listener, shared by every worker.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerConns {
+    /// Open connections of every listener (shared by all of them).
+    total: Arc<AtomicUsize>,
+    open: AtomicUsize,
+    shed: AtomicU64,
+    timed_out: [AtomicU64; 6],
+}
+
+impl ListenerConns {
+    /// A slot for a new connection, or `None` (counted as shed) when `max` connections of this
+    /// listener, or `global_max` of all listeners, are open.
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        worker: &Arc<WorkerConns>,
+        max: usize,
+        global_max: usize,
+    ) -> Option<ConnSlot> {
+        let below = |max: usize| move |open: usize| (open < max).then_some(open + 1);
+        let admitted = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(global_max))
+            .is_ok();
+        if admitted
+            && self
+                .open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(max))
+                .is_ok()
+        {
+            return Some(ConnSlot::new(self.clone(), worker.clone()));
+        }
+        if admitted {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    pub(crate) fn timed_out(&self, reason: TimeoutReason) {
+        let index = TimeoutReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.timed_out[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The live connections of one worker, for its drain.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerConns {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl WorkerConns {
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no connection (or tunnel) of this worker is left.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open connection (or upgraded tunnel): counted in its listener's gauge and its worker's
+/// drain until dropped.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    listener: Arc<ListenerConns>,
+    worker: Arc<WorkerConns>,
+}
+
+impl ConnSlot {
+    /// Counts a connection without checking the limit: for a tunnel taking over from the
+    /// connection it was upgraded from (that one already passed the limit).
+    fn new(listener: Arc<ListenerConns>, worker: Arc<WorkerConns>) -> ConnSlot {
+        worker.active.fetch_add(1, Ordering::AcqRel);
+        ConnSlot { listener, worker }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.listener.open.fetch_sub(1, Ordering::AcqRel);
+        self.listener.total.fetch_sub(1, Ordering::AcqRel);
+        if self.worker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.worker.idle.notify_waiters();
+        }
+    }
+}
+
+/// Every listener's connection counters; cheap to clone. Register it with [`register`].
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionStats {
+    listeners: Arc<Mutex<BTreeMap<String, Arc<ListenerConns>>>>,
+    total: Arc<AtomicUsize>,
+}
+
+impl ConnectionStats {
+    /// New, empty counters.
+    pub fn new() -> ConnectionStats {
+        ConnectionStats::default()
+    }
+
+    /// The counters of `listener` (created on first use).
+    pub(crate) fn listener(&self, listener: &str) -> Arc<ListenerConns> {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners
+            .entry(listener.to_string())
+            .or_insert_with(|| {
+                Arc::new(ListenerConns {
+                    total: self.total.clone(),
+                    ..ListenerConns::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Open connections of every listener now.
+    pub fn open_total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Open connections (tunnels included) of `listener` now.
+    pub fn open(&self, listener: &str) -> usize {
+        self.listener(listener).open.load(Ordering::Acquire)
+    }
+
+    /// Connections of `listener` shed at its connection limit so far.
+    pub fn shed(&self, listener: &str) -> u64 {
+        self.listener(listener).shed.load(Ordering::Relaxed)
+    }
+
+    /// Connections of `listener` closed by a timeout so far, by reason (`first_byte`,
+    /// `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`).
+    pub fn timed_out(&self, listener: &str, reason: &str) -> u64 {
+        let conns = self.listener(listener);
+        TimeoutReason::ALL
+            .iter()
+            .zip(&conns.timed_out)
+            .filter(|(r, _)| r.as_str() == reason)
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Registers the connection series of `stats` in `registry`.
+pub fn register(registry: &mut Registry, stats: ConnectionStats) {
+    registry.register_collector(Box::new(ConnectionCollector { stats }));
+}
+
+#[derive(Debug)]
+struct ConnectionCollector {
+    stats: ConnectionStats,
+}
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let listeners: Vec<(String, Arc<ListenerConns>)> = self
+            .stats
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, conns)| (name.clone(), conns.clone()))
+            .collect();
+        let mut open = encoder.encode_descriptor(
+            "weir_connections_open",
+            "Open client connections (upgraded tunnels included), by listener",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, conns) in &listeners {
+            let value = i64::try_from(conns.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(open.encode_family(&[("listener", name.as_str())])?)?;
+        }
+        let mut shed = encoder.encode_descriptor(
+            "weir_connections_shed",
+            "Client connections closed at once because the listener was at its connection limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, conns) in &listeners {
+            ConstCounter::new(conns.shed.load(Ordering::Relaxed))
+                .encode(shed.encode_family(&[("listener", name.as_str())])?)?;
+        }
+        let mut timed_out = encoder.encode_descriptor(
+            "weir_connections_timed_out",
+            "Client connections closed by a timeout, by listener and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, conns) in &listeners {
+            for (reason, count) in TimeoutReason::ALL.iter().zip(&conns.timed_out) {
+                let labels = [("listener", name.as_str()), ("reason", reason.as_str())];
+                ConstCounter::new(count.load(Ordering::Relaxed))
+                    .encode(timed_out.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `t + d`, or a point decades away when that does not fit.
+pub(crate) fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(t)
+}
+
+// === Per-connection activity ===
+
+/// What a client connection is doing, seen from its bytes and its requests; drives the timeouts
+/// hyper has no knob for. Shared with the stream, which hyper requires to be `Send`: plain atomics
+/// on one thread, instants kept as milliseconds since `started`.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// When serving began (after the TLS handshake).
+    started: Instant,
+    /// A byte has been read.
+    read_any: AtomicBool,
+    /// The first bytes were the HTTP/2 preface.
+    http2: AtomicBool,
+    /// Requests (HTTP/2 streams) whose response has not ended.
+    in_flight: AtomicUsize,
+    /// When the last request in flight ended (or serving began), ms since `started`.
+    idle_since: AtomicU64,
+    /// When the first byte of a request head arrived with no request in flight (HTTP/1), ms
+    /// since `started`; [`NONE`] when no head is being read.
+    head_started: AtomicU64,
+    /// Set by the watchdog: answer 408 at the next read and end the stream.
+    respond_408: AtomicBool,
+    /// Wakes the watchdog when its deadline may have moved earlier.
+    changed: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// What the watchdog must do now.
+pub(crate) enum Expired {
+    /// Close without a word (nothing was asked yet, or the protocol has no way to say it).
+    Close(TimeoutReason),
+    /// HTTP/1 head not received in time: answer 408, then close.
+    RequestTimeout,
+    /// HTTP/2 with no stream open for too long: GOAWAY.
+    GoAway,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            read_any: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            respond_408: AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        after(self.started, Duration::from_millis(ms))
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.read_any.load(Ordering::Relaxed) {
+            self.read_any.store(true, Ordering::Relaxed);
+            self.http2
+                .store(bytes.starts_with(b"PRI "), Ordering::Relaxed);
+            // The first-byte deadline no longer applies.
+            self.changed.notify_one();
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == NONE
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.head_started.store(self.now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head was received: it is in flight until the returned guard drops (with its
+    /// response body).
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(NONE, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The next deadline; `None` while requests are in flight (their own timeouts apply).
+    fn deadline(&self, t: &ListenerTimeouts) -> Option<Instant> {
+        if !self.read_any.load(Ordering::Relaxed) {
+            return Some(after(self.started, t.first_byte));
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let idle_since = self.at(self.idle_since.load(Ordering::Relaxed));
+        if self.http2.load(Ordering::Relaxed) {
+            return Some(after(idle_since, t.http2_idle));
+        }
+        match self.head_started.load(Ordering::Relaxed) {
+            NONE => Some(after(idle_since, t.idle)),
+            head => Some(after(self.at(head), t.header_read)),
+        }
+    }
+
+    /// What has expired at `now`, if anything.
+    fn expired(&self, t: &ListenerTimeouts, now: Instant) -> Option<Expired> {
+        if self.deadline(t)? > now {
+            return None;
+        }
+        Some(if !self.read_any.load(Ordering::Relaxed) {
+            Expired::Close(TimeoutReason::FirstByte)
+        } else if self.http2.load(Ordering::Relaxed) {
+            Expired::GoAway
+        } else if self.head_started.load(Ordering::Relaxed) != NONE {
+            Expired::RequestTimeout
+        } else {
+            Expired::Close(TimeoutReason::Idle)
+        })
+    }
+
+    /// Waits until a timeout of this connection expires.
+    pub(crate) async fn watch(&self, t: &ListenerTimeouts) -> Expired {
+        loop {
+            let changed = self.changed.notified();
+            match self.deadline(t) {
+                None => changed.await,
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = changed => continue,
+                    }
+                }
+            }
+            if let Some(expired) = self.expired(t, Instant::now()) {
+                return expired;
+            }
+        }
+    }
+
+    /// Asks the stream to answer `408` and end at hyper's next read (only while hyper waits for
+    /// a request head, so nothing else is being written).
+    pub(crate) fn respond_408(&self) {
+        self.respond_408.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight on its connection; dropped with the response body (or the request).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until it ends.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> TrackedBody<B> {
+        TrackedBody {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.in_flight.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// A client stream that reports its reads to an [`Activity`] and can answer `408` on its own.
+#[derive(Debug)]
+pub(crate) struct ActivityIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    /// Bytes of the 408 response written so far.
+    written_408: usize,
+}
+
+impl<S> ActivityIo<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> ActivityIo<S> {
+        ActivityIo {
+            inner,
+            activity,
+            written_408: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ActivityIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.activity.respond_408.load(Ordering::Relaxed) {
+            while this.written_408 < REQUEST_TIMEOUT.len() {
+                let rest = &REQUEST_TIMEOUT[this.written_408..];
+                match Pin::new(&mut this.inner).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(n)) => this.written_408 += n,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // Flushed, then end of stream: hyper closes without answering anything itself.
+            return match Pin::new(&mut this.inner).poll_flush(cx) {
+                Poll::Ready(_) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.activity.on_read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// === Upgrades ===
+
+/// Whether a service lets a request with these headers switch protocols: every protocol its
+/// `Upgrade` header offers must be allowed (names compared without version, case-insensitively);
+/// `h2c` never is.
+pub(crate) fn upgrade_allowed(allowed: &[UpgradeProtocol], headers: &HeaderMap) -> bool {
+    let mut offered = headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("\u{0}").split(','))
+        .map(|token| token.trim())
+        .filter(|token| !token.is_empty())
+        .peekable();
+    if offered.peek().is_none() {
+        return false;
+    }
+    offered.all(|token| {
+        let name = token.split('/').next().unwrap_or(token);
+        !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|p| p.0.eq_ignore_ascii_case(name))
+    })
+}
+
+/// What an upgraded tunnel needs from the connection it came from: its idle timeout and its place
+/// in the listener's count and the worker's drain. Carried to the request handler as a request
+/// extension.
+#[derive(Clone, Debug)]
+pub(crate) struct TunnelScope {
+    pub(crate) idle: Duration,
+    listener: Arc<ListenerConns>,
+    worker: Arc<WorkerConns>,
+}
+
+impl TunnelScope {
+    pub(crate) fn new(
+        idle: Duration,
+        listener: Arc<ListenerConns>,
+        worker: Arc<WorkerConns>,
+    ) -> TunnelScope {
+        TunnelScope {
+            idle,
+            listener,
+            worker,
+        }
+    }
+
+    /// A scope counted nowhere, with the default tunnel idle timeout.
+    pub(crate) fn detached() -> TunnelScope {
+        TunnelScope::new(
+            ListenerTimeouts::default().tunnel_idle,
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    /// Counts the tunnel as a connection (the one it was upgraded from already passed the limit).
+    pub(crate) fn slot(&self) -> ConnSlot {
+        self.listener.open.fetch_add(1, Ordering::AcqRel);
+        self.listener.total.fetch_add(1, Ordering::AcqRel);
+        ConnSlot::new(self.listener.clone(), self.worker.clone())
+    }
+
+    /// Copies bytes both ways until either side closes or neither sends anything for `idle`;
+    /// counted as a connection (`slot`, from [`TunnelScope::slot`]) until then.
+    pub(crate) async fn run<A, B>(&self, _slot: ConnSlot, client: A, upstream: B)
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let last = Rc::new(Cell::new(Instant::now()));
+        let mut client = Touching {
+            inner: client,
+            last: last.clone(),
+        };
+        let mut upstream = Touching {
+            inner: upstream,
+            last: last.clone(),
+        };
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let mut copy = std::pin::pin!(copy);
+        loop {
+            let deadline = after(last.get(), self.idle);
+            tokio::select! {
+                _ = copy.as_mut() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if after(last.get(), self.idle) <= Instant::now() {
+                        self.listener.timed_out(TimeoutReason::TunnelIdle);
+                        tracing::debug!(idle = ?self.idle, "tunnel idle; closing");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stream that records when it last read a byte.
+struct Touching<S> {
+    inner: S,
+    last: Rc<Cell<Instant>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Touching<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Touching<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn offered(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::UPGRADE, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_tunnelled() {
+        let websocket = weir_config::default_upgrades();
+        assert!(upgrade_allowed(&websocket, &offered("websocket")));
+        assert!(upgrade_allowed(&websocket, &offered("WebSocket")));
+        assert!(!upgrade_allowed(&websocket, &offered("h2c")));
+        assert!(!upgrade_allowed(&websocket, &offered("websocket, h2c")));
+        assert!(!upgrade_allowed(&websocket, &offered("foo/1.0")));
+        assert!(!upgrade_allowed(&websocket, &HeaderMap::new()));
+        assert!(!upgrade_allowed(&[], &offered("websocket")));
+        // Even an allowlist naming h2c (the config refuses it) never tunnels it.
+        let h2c = [UpgradeProtocol("h2c".into())];
+        assert!(!upgrade_allowed(&h2c, &offered("h2c")));
+        let custom = [UpgradeProtocol("my-proto".into())];
+        assert!(upgrade_allowed(&custom, &offered("my-proto/2")));
+    }
+
+    #[test]
+    fn slots_count_connections_and_shed_beyond_the_limit() {
+        let stats = ConnectionStats::new();
+        let listener = stats.listener("public");
+        let worker = Arc::new(WorkerConns::default());
+        let a = listener.try_acquire(&worker, 2, 3).expect("first");
+        let b = listener.try_acquire(&worker, 2, 3).expect("second");
+        assert!(listener.try_acquire(&worker, 2, 3).is_none());
+        assert_eq!((stats.open("public"), stats.shed("public")), (2, 1));
+        // The global bound counts every listener.
+        let other = stats.listener("other");
+        let c = other.try_acquire(&worker, 2, 3).expect("third overall");
+        assert!(other.try_acquire(&worker, 2, 3).is_none(), "global bound");
+        assert_eq!((stats.open_total(), stats.shed("other")), (3, 1));
+        drop(c);
+        let scope = TunnelScope::new(Duration::from_secs(1), listener.clone(), worker.clone());
+        let tunnel = scope.slot();
+        assert_eq!((stats.open("public"), worker.active()), (3, 3));
+        drop((a, b, tunnel));
+        assert_eq!((stats.open("public"), worker.active()), (0, 0));
+        assert_eq!(stats.open_total(), 0);
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now);
+    }
+}
