@@ -93,7 +93,12 @@ fn enough_descriptors(wanted: u64) -> bool {
     true
 }
 
+/// Ignored in the parallel suite: 10,000 connections opened at once on a 2-core machine already
+/// busy with every other test overflow the kernel's accept queue, and a connection the kernel
+/// dropped before weir could accept it looks silent forever to its client. `.ci/run` runs it on
+/// its own right after the suite (`--ignored --exact`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone by .ci/run: 10,000 connections at once need a machine not busy with other tests"]
 async fn ten_thousand_silent_connections_are_closed_by_the_first_byte_timeout() {
     let wanted = (SILENT_N + 1_000) as u64;
     if !enough_descriptors(wanted) {
