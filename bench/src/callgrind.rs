@@ -626,7 +626,7 @@ traffic: 2.29MB (2402400) total, 1.70MB (1780000) headers (space savings 0.00%),
         ];
         let text = render(&counts, 2);
         assert!(
-            text.contains("  weir                 30000.0       30030.0    10.00%\n"),
+            text.contains("  weir                  30000.0       30030.0    10.00%\n"),
             "{text}"
         );
         assert!(

@@ -386,7 +386,9 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let response = http::get(self.addr, "/", Duration::from_secs(2))
+        // A proxy under valgrind (long `timeout`) may take seconds over its first request.
+        let get_timeout = (timeout / 10).max(Duration::from_secs(2));
+        let response = http::get(self.addr, "/", get_timeout)
             .with_context(|| format!("{} is up but GET / through it failed", self.proxy))?;
         if response.status != 200 || !matches!(response.body.as_str(), "stable\n" | "canary\n") {
             bail!(
