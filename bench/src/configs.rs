@@ -195,6 +195,25 @@ services:
     )
 }
 
+/// The affinity cookie of [`weir_sticky`].
+pub const STICKY_COOKIE_NAME: &str = "weir-bench";
+
+/// The request header the load generators send to [`weir_sticky`]: a valid affinity cookie with
+/// bucket 5000, on stable at the 10% split (only buckets below 1000 are on the canary), so every
+/// request is decided by the sticky rule and none gets a `Set-Cookie`.
+pub const STICKY_COOKIE: &str = "Cookie: weir-bench=5000";
+
+/// weir with the same stable and canary at weight 10 plus cookie-form session affinity; with
+/// [`STICKY_COOKIE`] on every request, the sticky rule (not the weighted split) decides each one.
+pub fn weir_sticky(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"{plain}    sessionAffinity:
+      cookieName: {STICKY_COOKIE_NAME}
+"#,
+        plain = weir(listen, admin, split),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +240,11 @@ mod tests {
             stable: 9001,
             canary: 9002,
         };
-        for yaml in [weir(8080, 3100, split), weir_policies(8080, 3100, split)] {
+        for yaml in [
+            weir(8080, 3100, split),
+            weir_policies(8080, 3100, split),
+            weir_sticky(8080, 3100, split),
+        ] {
             let model =
                 weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             assert_eq!(model.services.len(), 1);
@@ -230,5 +253,9 @@ mod tests {
             weir_config::parse(&weir_policies(8080, 3100, split), Path::new("/")).expect("valid");
         assert!(policies.services[0].session_affinity.is_some());
         assert!(policies.services[0].strategy.is_some());
+        let sticky =
+            weir_config::parse(&weir_sticky(8080, 3100, split), Path::new("/")).expect("valid");
+        assert!(sticky.services[0].session_affinity.is_some());
+        assert!(STICKY_COOKIE.starts_with(&format!("Cookie: {STICKY_COOKIE_NAME}=")));
     }
 }

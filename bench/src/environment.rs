@@ -15,11 +15,26 @@ pub struct Tools {
     pub taskset: PathBuf,
     pub strace: Option<PathBuf>,
     pub weir: Option<PathBuf>,
+    /// valgrind, callgrind_control and h2load, for `weir-bench callgrind`.
+    pub callgrind: Option<CallgrindTools>,
+}
+
+/// The programs of `weir-bench callgrind`.
+#[derive(Clone, Debug)]
+pub struct CallgrindTools {
+    pub valgrind: PathBuf,
+    pub callgrind_control: PathBuf,
+    pub h2load: PathBuf,
 }
 
 impl Tools {
     /// Finds the programs; `needs_*` say which are required for this run.
-    pub fn find(weir: Option<PathBuf>, needs_haproxy: bool, needs_strace: bool) -> Result<Tools> {
+    pub fn find(
+        weir: Option<PathBuf>,
+        needs_haproxy: bool,
+        needs_strace: bool,
+        needs_callgrind: bool,
+    ) -> Result<Tools> {
         let apt = |program: &str, package: &str| {
             find_program(program).with_context(|| {
                 format!(
@@ -53,6 +68,15 @@ impl Tools {
                 None
             },
             weir,
+            callgrind: if needs_callgrind {
+                Some(CallgrindTools {
+                    valgrind: apt("valgrind", "valgrind")?,
+                    callgrind_control: apt("callgrind_control", "valgrind")?,
+                    h2load: apt("h2load", "nghttp2-client")?,
+                })
+            } else {
+                None
+            },
         })
     }
 }
@@ -227,7 +251,7 @@ fn success_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// The first non-empty line `program args` prints on stdout or stderr, whatever its exit status.
-fn first_line(program: &Path, args: &[&str]) -> Option<String> {
+pub fn first_line(program: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     let text = format!(
         "{}\n{}",

@@ -11,6 +11,7 @@
 //! fast its builtin analysis rolls back a canary that starts failing, and whether it leaves healthy
 //! canaries alone. `weir-bench proxy` is the same as no subcommand.
 
+mod callgrind;
 mod configs;
 mod environment;
 mod http;
@@ -55,6 +56,9 @@ enum Command {
     /// Rollouts: time from a failing canary's first 5xx to canary weight 0, and false rollbacks
     /// of healthy canaries (weir in-process, no external tools).
     Rollback(rollout::RollbackArgs),
+    /// Deterministic CPU: user-space instructions per request of weir, weir with unmatched
+    /// policies and weir with a sticky cookie, under valgrind's callgrind (exactly N requests).
+    Callgrind(callgrind::CallgrindArgs),
 }
 
 /// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         None => run(cli.proxy),
         Some(Command::Proxy(args)) => run(args),
         Some(Command::Rollback(args)) => rollout::run(&args),
+        Some(Command::Callgrind(args)) => callgrind::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,17 +155,17 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
-    let weir = if proxies.contains(&Proxy::Weir) || proxies.contains(&Proxy::WeirPolicies) {
-        Some(match &args.weir {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()
-                .context("cannot find this executable to locate weir next to it")?
-                .with_file_name("weir"),
-        })
+    let weir = if proxies.iter().any(|p| p.is_weir()) {
+        Some(weir_binary(args.weir.as_ref())?)
     } else {
         None
     };
-    let tools = Tools::find(weir, proxies.contains(&Proxy::Haproxy), args.syscalls)?;
+    let tools = Tools::find(
+        weir,
+        proxies.contains(&Proxy::Haproxy),
+        args.syscalls,
+        false,
+    )?;
     let clock_ticks = procstat::clock_ticks()?;
     let environment = Environment::collect(&tools, clock_ticks);
     let settings = Settings {
@@ -248,6 +253,16 @@ fn run(args: Args) -> Result<()> {
         write_json(path, &report.to_json())?;
     }
     Ok(())
+}
+
+/// The weir binary: `path` if given, else `weir` next to this executable.
+pub(crate) fn weir_binary(path: Option<&PathBuf>) -> Result<PathBuf> {
+    match path {
+        Some(path) => Ok(path.clone()),
+        None => Ok(std::env::current_exe()
+            .context("cannot find this executable to locate weir next to it")?
+            .with_file_name("weir")),
+    }
 }
 
 /// Whole seconds from `10s`, `2m`, `1h` or a bare number.
@@ -346,5 +361,37 @@ mod tests {
             "proxy options do not mix with a subcommand"
         );
         assert!(Cli::try_parse_from(["weir-bench", "rollback", "--rate", "0"]).is_err());
+
+        let cli = Cli::try_parse_from(["weir-bench", "callgrind"]).unwrap();
+        match cli.command {
+            Some(Command::Callgrind(args)) => {
+                assert_eq!(
+                    (args.requests, args.connections, args.runs),
+                    (20_000, 10, 2)
+                );
+                assert_eq!(
+                    args.only,
+                    vec![Proxy::Weir, Proxy::WeirPolicies, Proxy::WeirSticky]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "weir-bench",
+            "callgrind",
+            "--requests",
+            "500",
+            "--only",
+            "weir,weir-policies",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Callgrind(args)) => {
+                assert_eq!(args.requests, 500);
+                assert_eq!(args.only, vec![Proxy::Weir, Proxy::WeirPolicies]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["weir-bench", "callgrind", "--requests", "0"]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Starting the upstreams and the proxies, and measuring one proxy for one round.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,6 +30,9 @@ pub enum Proxy {
     /// weir with a header route and session affinity configured that no request matches: what the
     /// traffic-policy rules cost on the path of a plain split.
     WeirPolicies,
+    /// weir with cookie-form session affinity, every request carrying a valid affinity cookie: the
+    /// sticky rule decides every request (all go to stable, see [`configs::STICKY_COOKIE`]).
+    WeirSticky,
     Nginx,
     Haproxy,
 }
@@ -39,8 +43,31 @@ impl Proxy {
         match self {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir-policies",
+            Proxy::WeirSticky => "weir-sticky",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
+        }
+    }
+
+    /// Whether this is one of weir's variants (which need the weir binary).
+    pub fn is_weir(self) -> bool {
+        matches!(self, Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky)
+    }
+
+    /// The canary's expected share of the requests, in percent: the split's, except where the sticky
+    /// cookie sends everything to stable.
+    pub fn expected_canary_percent(self) -> u32 {
+        match self {
+            Proxy::WeirSticky => 0,
+            _ => configs::CANARY_PERCENT,
+        }
+    }
+
+    /// Headers the load generators send with every request to this proxy.
+    pub fn request_headers(self) -> &'static [&'static str] {
+        match self {
+            Proxy::WeirSticky => &[configs::STICKY_COOKIE],
+            _ => &[],
         }
     }
 }
@@ -50,6 +77,7 @@ impl fmt::Display for Proxy {
         f.write_str(match self {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir+policies",
+            Proxy::WeirSticky => "weir+sticky",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -145,7 +173,13 @@ impl Bench {
         let upstream_before = self.upstreams.requests()?;
         let ticks_before = procstat::cpu_ticks(&pids)?;
         let started = Instant::now();
-        let wrk = self.load.run(&self.sup, &label, running.addr, seconds)?;
+        let wrk = self.load.run(
+            &self.sup,
+            &label,
+            running.addr,
+            seconds,
+            proxy.request_headers(),
+        )?;
         let wall = started.elapsed();
         let ticks_after = procstat::cpu_ticks(&pids)
             .with_context(|| format!("{proxy} lost a process during the run"))?;
@@ -186,7 +220,13 @@ impl Bench {
             &pids,
             &format!("{label}-strace"),
         )?;
-        let wrk = self.load.run(&self.sup, &label, running.addr, seconds)?;
+        let wrk = self.load.run(
+            &self.sup,
+            &label,
+            running.addr,
+            seconds,
+            proxy.request_headers(),
+        )?;
         let counts = tracer.finish()?;
         running.check_alive()?;
         Ok(SyscallRun {
@@ -203,6 +243,7 @@ impl Bench {
                 &format!("{label}-warmup"),
                 running.addr,
                 self.warmup_secs,
+                running.proxy.request_headers(),
             )?;
         }
         Ok(())
@@ -210,6 +251,18 @@ impl Bench {
 
     /// Writes the config for `proxy` into a fresh folder, starts it pinned to the proxy CPUs, waits until ready.
     fn start_proxy(&self, proxy: Proxy, label: &str) -> Result<Running> {
+        self.start_proxy_under(proxy, label, |_| Vec::new(), READY_TIMEOUT)
+    }
+
+    /// [`Bench::start_proxy`] with the proxy's command prefixed by `wrapper(dir)` (e.g. valgrind; `dir` is
+    /// the proxy's fresh folder) after `taskset`, and `ready_timeout` to become ready.
+    pub fn start_proxy_under(
+        &self,
+        proxy: Proxy,
+        label: &str,
+        wrapper: impl FnOnce(&Path) -> Vec<OsString>,
+        ready_timeout: Duration,
+    ) -> Result<Running> {
         let dir = self.sup.dir().join(label);
         fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let ports = http::free_ports(2)?;
@@ -217,17 +270,17 @@ impl Bench {
         let split = self.upstreams.split;
 
         let mut cmd = Command::new(&self.tools.taskset);
-        cmd.arg("-c").arg(&self.proxy_cpus);
+        cmd.arg("-c").arg(&self.proxy_cpus).args(wrapper(&dir));
         let mut admin_addr = None;
         match proxy {
-            Proxy::Weir | Proxy::WeirPolicies => {
+            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
-                let yaml = if proxy == Proxy::Weir {
-                    configs::weir(listen, admin, split)
-                } else {
-                    configs::weir_policies(listen, admin, split)
+                let yaml = match proxy {
+                    Proxy::WeirPolicies => configs::weir_policies(listen, admin, split),
+                    Proxy::WeirSticky => configs::weir_sticky(listen, admin, split),
+                    _ => configs::weir(listen, admin, split),
                 };
                 let config = write(&dir, "weir.yaml", &yaml)?;
                 // No access log (weir's default), warnings only, a short drain so stopping is quick.
@@ -265,24 +318,47 @@ impl Bench {
             proxy,
             proc,
             addr: local(listen),
+            dir,
         };
-        running.wait_ready(admin_addr)?;
+        running.wait_ready(admin_addr, ready_timeout)?;
         Ok(running)
+    }
+
+    /// The request counters of the stable and canary upstreams (each read counts itself).
+    pub fn upstream_requests(&self) -> Result<(u64, u64)> {
+        self.upstreams.requests()
     }
 }
 
 /// A started proxy; stopped when dropped.
-struct Running {
+pub struct Running {
     proxy: Proxy,
     proc: Proc,
     addr: SocketAddr,
+    /// Its folder in the temp dir (config, and whatever a wrapper writes there).
+    dir: PathBuf,
 }
 
 impl Running {
+    /// The id of the proxy's process (with a wrapper such as valgrind: the wrapper's, which runs it).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its folder in the temp dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Waits until the listener accepts connections (and weir's `/readyz` says 200), then checks that
     /// `GET /` is answered by one of the upstreams.
-    fn wait_ready(&self, admin: Option<SocketAddr>) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    fn wait_ready(&self, admin: Option<SocketAddr>, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
             let admin_ready = match admin {
@@ -304,13 +380,15 @@ impl Running {
                 bail!(
                     "{} not {what} after {}s; its output:\n{}",
                     self.proxy,
-                    READY_TIMEOUT.as_secs(),
+                    timeout.as_secs(),
                     self.proc.output_tail(20)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let response = http::get(self.addr, "/", Duration::from_secs(2))
+        // A proxy under valgrind (long `timeout`) may take seconds over its first request.
+        let get_timeout = (timeout / 10).max(Duration::from_secs(2));
+        let response = http::get(self.addr, "/", get_timeout)
             .with_context(|| format!("{} is up but GET / through it failed", self.proxy))?;
         if response.status != 200 || !matches!(response.body.as_str(), "stable\n" | "canary\n") {
             bail!(
@@ -324,7 +402,8 @@ impl Running {
         Ok(())
     }
 
-    fn check_alive(&self) -> Result<()> {
+    /// An error with the end of its output if it has exited.
+    pub fn check_alive(&self) -> Result<()> {
         if let Some(status) = self.proc.exited()? {
             bail!(
                 "{} exited with {status}; its output:\n{}",

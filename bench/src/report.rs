@@ -113,6 +113,7 @@ impl Report<'_> {
             (Proxy::Weir, Proxy::Haproxy),
             (Proxy::Weir, Proxy::Nginx),
             (Proxy::WeirPolicies, Proxy::Weir),
+            (Proxy::WeirSticky, Proxy::Weir),
         ]
         .into_iter()
         .filter_map(|(subject, other)| {
@@ -353,9 +354,10 @@ impl Report<'_> {
                     s.proxy, s.cpu_percent
                 ));
             }
-            if (s.canary_percent - f64::from(CANARY_PERCENT)).abs() > 1.0 {
+            let expected = s.proxy.expected_canary_percent();
+            if (s.canary_percent - f64::from(expected)).abs() > 1.0 {
                 notes.push(format!(
-                    "{} sent {:.2}% to the canary, not {CANARY_PERCENT}%",
+                    "{} sent {:.2}% to the canary, not {expected}%",
                     s.proxy, s.canary_percent
                 ));
             }

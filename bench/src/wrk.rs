@@ -46,13 +46,14 @@ impl WrkResult {
 }
 
 impl Load {
-    /// `taskset -c CPUS wrk -tT -cC -dNs --latency http://ADDR/`, waited for and parsed.
+    /// `taskset -c CPUS wrk -tT -cC -dNs --latency [-H HEADER]… http://ADDR/`, waited for and parsed.
     pub fn run(
         &self,
         sup: &Arc<Supervisor>,
         name: &str,
         target: SocketAddr,
         seconds: u64,
+        headers: &[&str],
     ) -> Result<WrkResult> {
         let mut cmd = Command::new(&self.taskset);
         cmd.arg("-c")
@@ -61,8 +62,11 @@ impl Load {
             .arg(format!("-t{}", self.threads))
             .arg(format!("-c{}", self.connections))
             .arg(format!("-d{seconds}s"))
-            .arg("--latency")
-            .arg(format!("http://{target}/"));
+            .arg("--latency");
+        for header in headers {
+            cmd.arg("-H").arg(header);
+        }
+        cmd.arg(format!("http://{target}/"));
         let proc = sup.spawn(name, cmd)?;
         let limit = Duration::from_secs(seconds + 30);
         let Some(status) = proc.wait_timeout(limit)? else {
