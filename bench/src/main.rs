@@ -16,6 +16,7 @@ mod environment;
 mod http;
 mod measure;
 mod procstat;
+mod reload;
 mod report;
 mod rollout;
 mod rollout_report;
@@ -55,6 +56,9 @@ enum Command {
     /// Rollouts: time from a failing canary's first 5xx to canary weight 0, and false rollbacks
     /// of healthy canaries (weir in-process, no external tools).
     Rollback(rollout::RollbackArgs),
+    /// Config reloads: weir's resident memory and reload time over repeated SIGHUPs of a large
+    /// config, and the admin API's latency meanwhile.
+    Reload(reload::ReloadArgs),
 }
 
 /// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         None => run(cli.proxy),
         Some(Command::Proxy(args)) => run(args),
         Some(Command::Rollback(args)) => rollout::run(&args),
+        Some(Command::Reload(args)) => reload::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

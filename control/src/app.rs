@@ -160,6 +160,7 @@ pub async fn start(options: RunOptions) -> Result<Running, StartError> {
         apply_tx,
         reloads,
         options.poll_interval,
+        reload::default_loader(),
     )));
     ready.store(true, Ordering::Release);
     Ok(Running {
