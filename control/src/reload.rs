@@ -339,3 +339,117 @@ fn fingerprint_files(path: &Path, last: Option<&[(PathBuf, Vec<u8>)]>) -> Vec<(P
 pub fn new_counter() -> ReloadCounter {
     Family::default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::time::Instant;
+    use weir_proxy::Stats;
+
+    use super::*;
+    use crate::engine::driver::{CommandError, Driver};
+    use crate::engine::rollout::Command;
+
+    /// A reload whose loading blocks for 5 s (a resolver that hangs on `localhost:PORT`, a slow
+    /// disk) leaves the control loop free: operator commands are answered at once and the
+    /// rollout keeps stepping on its 100 ms ticks; the reload applies when the load is done.
+    #[tokio::test]
+    async fn a_slow_load_does_not_stall_the_control_loop() {
+        const SLOW: Duration = Duration::from_secs(5);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weir.yaml");
+        let mut steps = String::new();
+        for weight in (5..=95).step_by(5) {
+            steps.push_str(&format!(
+                "          - setWeight: {weight}\n          - pause: {{ duration: 200ms }}\n"
+            ));
+        }
+        let config = format!(
+            r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+services:
+  - name: checkout
+    stable: {{ version: v1, upstreams: ["localhost:9001"] }}
+    canary: {{ version: v2, upstreams: ["localhost:9002"] }}
+    strategy:
+      canary:
+        steps:
+{steps}"#
+        );
+        std::fs::write(&path, config).expect("write");
+        let loaded = load(&path).expect("loads");
+        let reloads = ReloadCounter::default();
+        let (driver, _routes, handle) =
+            Driver::new(loaded.clone(), Stats::new(), reloads.clone()).expect("driver");
+        let (apply_tx, apply_rx) = mpsc::channel(4);
+        let driver_task = tokio::spawn(driver.run(apply_rx));
+
+        let (slow_started, mut started_rx) = tokio::sync::watch::channel(false);
+        let slow_loads = Arc::new(AtomicU32::new(0));
+        let loader: Loader = {
+            let slow_loads = slow_loads.clone();
+            Arc::new(move |path: &Path| {
+                slow_loads.fetch_add(1, Ordering::SeqCst);
+                slow_started.send_replace(true);
+                std::thread::sleep(SLOW);
+                load(path)
+            })
+        };
+        let (triggers_tx, triggers_rx) = mpsc::unbounded_channel();
+        let reload_task = tokio::spawn(run(
+            path.clone(),
+            Some(loaded),
+            triggers_rx,
+            apply_tx,
+            reloads.clone(),
+            Duration::from_secs(3600),
+            loader,
+        ));
+        triggers_tx.send(Trigger::Forced).expect("trigger");
+        started_rx
+            .wait_for(|started| *started)
+            .await
+            .expect("the slow load starts");
+        let load_started = Instant::now();
+
+        let generation = handle.generation();
+        let first_generation = *generation.borrow();
+        let mut probes = 0u32;
+        let mut slowest = Duration::ZERO;
+        while load_started.elapsed() < SLOW - Duration::from_millis(500) {
+            let at = Instant::now();
+            let answer = handle.command("nope", Command::Pause).await;
+            assert!(matches!(answer, Err(CommandError::UnknownService(_))));
+            slowest = slowest.max(at.elapsed());
+            probes += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let published = *generation.borrow() - first_generation;
+        let success = || reloads.get_or_create(&vec![("result", "success")]).get();
+        assert_eq!(success(), 0, "the reload is still loading");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while success() == 0 {
+            assert!(Instant::now() < deadline, "the reload never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let applied_after = load_started.elapsed();
+        eprintln!(
+            "slow load ({SLOW:?} blocking): {probes} commands through the control loop meanwhile, slowest {:.1} ms; {published} tables published by rollout ticks meanwhile; reload applied {:.2} s after the load began",
+            slowest.as_secs_f64() * 1e3,
+            applied_after.as_secs_f64()
+        );
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a command waited {slowest:?}"
+        );
+        assert!(
+            published >= 5,
+            "the rollout stalled: {published} tables in {SLOW:?}"
+        );
+        assert_eq!(slow_loads.load(Ordering::SeqCst), 1);
+        reload_task.abort();
+        driver_task.abort();
+        let _ = reload_task.await;
+        let _ = driver_task.await;
+    }
+}
