@@ -167,7 +167,8 @@ where
     }
 
     fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<B>, max_idle: usize) {
-        if sender.is_closed() {
+        // `maxIdlePerUpstream: 0` turns pooling off: the connection closes when dropped.
+        if sender.is_closed() || max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();

@@ -4,6 +4,7 @@
 
 mod admin;
 mod blue_green;
+mod config_edges;
 mod examples;
 mod forwarding;
 mod hot_swap;
