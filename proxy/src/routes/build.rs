@@ -268,3 +268,6 @@ fn arm(stats: &Stats, service: &Service, version: &weir_config::Version) -> ArmR
         stats: stats.handle(&service.name, &version.version),
     }
 }
+
+#[cfg(test)]
+mod fuzz;
