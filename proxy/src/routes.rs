@@ -57,6 +57,9 @@ pub struct RouteTable {
     generation: u64,
     hosts: HostIndex,
     services: Vec<ServiceRoute>,
+    /// Index of each service in `services` by name: [`RouteTable::service`] is called per
+    /// service when the control plane builds its status, so a scan would be quadratic.
+    by_name: std::collections::HashMap<Arc<str>, usize>,
     tls: Vec<ListenerTls>,
 }
 
@@ -175,6 +178,7 @@ impl RouteTable {
             generation: 0,
             hosts: HostIndex::default(),
             services: Vec::new(),
+            by_name: std::collections::HashMap::new(),
             tls: Vec::new(),
         }
     }
@@ -206,7 +210,9 @@ impl RouteTable {
 
     /// A service by name.
     pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
-        self.services.iter().find(|s| &*s.name == name)
+        self.by_name
+            .get(name)
+            .and_then(|&idx| self.services.get(idx))
     }
 
     /// The TLS server config of a listener, if it terminates TLS.

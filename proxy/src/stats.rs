@@ -428,7 +428,9 @@ impl Stats {
             .mirror
             .retain(|(service, version), _| keep(service, version));
         let Registry { primary, drops, .. } = &mut *registry;
-        drops.retain(|service, _| primary.keys().any(|(s, _)| s == service));
+        let services: std::collections::HashSet<&Arc<str>> =
+            primary.keys().map(|(service, _)| service).collect();
+        drops.retain(|service, _| services.contains(service));
     }
 
     /// Every handle, sorted by (service, version) for stable output.
