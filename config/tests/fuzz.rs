@@ -275,6 +275,7 @@ proptest! {
 /// The seeds themselves are valid (otherwise the mutations test little), and a huge step list
 /// (10,000 steps) is handled.
 #[test]
+#[allow(clippy::disallowed_types)] // a wall-clock figure; weir-config has no tokio clock
 fn seeds_validate_and_huge_lists_are_handled() {
     let mut valid = 0;
     for seed in SEEDS {

@@ -21,6 +21,9 @@ use weir_config::{ConfigError, Model};
 use weir_proxy::routes::TlsMaterial;
 use weir_proxy::tls::CertificatePem;
 
+/// The bytes of the config file and of every file it names, by path.
+type Fingerprint = Vec<(PathBuf, Vec<u8>)>;
+
 /// A config that loaded, with the certificate material its TLS listeners need.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -173,7 +176,7 @@ enum Attempt {
     /// The config loaded; the folders to watch for it.
     Loaded(Box<Loaded>, BTreeSet<PathBuf>),
     /// The config did not load; the files' bytes when it was tried.
-    Failed(ReloadError, Vec<(PathBuf, Vec<u8>)>),
+    Failed(ReloadError, Fingerprint),
 }
 
 /// Watches `path` and sends each config that loads and differs from the last one to `apply`.
@@ -209,7 +212,7 @@ pub async fn run(
         }
     };
     let mut watched = BTreeSet::new();
-    let mut last_attempt: Option<Arc<Vec<(PathBuf, Vec<u8>)>>> =
+    let mut last_attempt: Option<Arc<Fingerprint>> =
         initial.as_ref().map(|l| Arc::new(l.fingerprint.clone()));
     let mut update_watches = |dirs: BTreeSet<PathBuf>, watched: &mut BTreeSet<PathBuf>| {
         let Some(debouncer) = debouncer.as_mut() else {

@@ -154,7 +154,7 @@ fn the_window_stores_changes_only_and_forgets_removed_versions() {
     let busy = stats.handle("busy", "v1");
     let mut window = Window::new(stats.clone(), Duration::from_secs(60));
     let t0 = Instant::now();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     for second in 0..150u64 {
         // `busy` serves one request a second; s0 one request at second 20 only.
         busy.record(200, ms(1));
