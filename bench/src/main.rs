@@ -17,6 +17,7 @@ mod environment;
 mod http;
 mod measure;
 mod procstat;
+mod reload;
 mod report;
 mod rollout;
 mod rollout_report;
@@ -59,6 +60,9 @@ enum Command {
     /// Deterministic CPU: user-space instructions per request of weir, weir with unmatched
     /// policies and weir with a sticky cookie, under valgrind's callgrind (exactly N requests).
     Callgrind(callgrind::CallgrindArgs),
+    /// Config reloads: weir's resident memory and reload time over repeated SIGHUPs of a large
+    /// config, and the admin API's latency meanwhile.
+    Reload(reload::ReloadArgs),
 }
 
 /// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Some(Command::Proxy(args)) => run(args),
         Some(Command::Rollback(args)) => rollout::run(&args),
         Some(Command::Callgrind(args)) => callgrind::run(&args),
+        Some(Command::Reload(args)) => reload::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -216,6 +216,7 @@ pub async fn start_with(
         apply_tx,
         reloads,
         options.poll_interval,
+        reload::default_loader(),
     )));
     ready.store(true, Ordering::Release);
     Ok(Running {

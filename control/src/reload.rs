@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::RecursiveMode;
@@ -19,6 +20,9 @@ use tokio::sync::mpsc;
 use weir_config::{ConfigError, Model};
 use weir_proxy::routes::TlsMaterial;
 use weir_proxy::tls::CertificatePem;
+
+/// The bytes of the config file and of every file it names, by path.
+type Fingerprint = Vec<(PathBuf, Vec<u8>)>;
 
 /// A config that loaded, with the certificate material its TLS listeners need.
 #[derive(Clone, Debug)]
@@ -118,12 +122,12 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
     })
 }
 
-/// The folders to watch for `path` and the files `loaded` names: each file's folder, and the folder
+/// The folders to watch for `path` and the files of a fingerprint: each file's folder, and the folder
 /// of the file a symlink resolves to.
-fn watch_dirs(path: &Path, loaded: Option<&Loaded>) -> BTreeSet<PathBuf> {
+fn watch_dirs(path: &Path, fingerprint: Option<&[(PathBuf, Vec<u8>)]>) -> BTreeSet<PathBuf> {
     let mut files = vec![path.to_path_buf()];
-    if let Some(loaded) = loaded {
-        files.extend(loaded.fingerprint.iter().map(|(p, _)| p.clone()));
+    if let Some(fingerprint) = fingerprint {
+        files.extend(fingerprint.iter().map(|(p, _)| p.clone()));
     }
     let mut dirs = BTreeSet::new();
     for file in files {
@@ -156,8 +160,32 @@ pub enum Trigger {
     Forced,
 }
 
+/// How a config file is read and checked: [`load`] in production; tests substitute a slow or
+/// failing one. It runs on a blocking thread, never on the control thread.
+pub type Loader = Arc<dyn Fn(&Path) -> Result<Loaded, ReloadError> + Send + Sync>;
+
+/// The production [`Loader`]: [`load`].
+pub fn default_loader() -> Loader {
+    Arc::new(load)
+}
+
+/// What one attempt found, computed on a blocking thread.
+enum Attempt {
+    /// A file event, and the files are what the last attempt saw.
+    Unchanged,
+    /// The config loaded; the folders to watch for it.
+    Loaded(Box<Loaded>, BTreeSet<PathBuf>),
+    /// The config did not load; the files' bytes when it was tried.
+    Failed(ReloadError, Fingerprint),
+}
+
 /// Watches `path` and sends each config that loads and differs from the last one to `apply`.
 /// `triggers` carries SIGHUPs and other forced reloads. Returns when `apply` is closed.
+///
+/// Everything that touches the file system or the resolver (reading the files, parsing and
+/// validating, resolving upstream host names, reading certificates, canonicalizing watched
+/// paths) runs on tokio's blocking pool through `loader`, so a slow disk or DNS server never
+/// stalls the control thread, which also runs the rollout ticks and the admin API.
 pub async fn run(
     path: PathBuf,
     initial: Option<Loaded>,
@@ -165,6 +193,7 @@ pub async fn run(
     apply: mpsc::Sender<Box<Loaded>>,
     counter: ReloadCounter,
     poll_interval: Duration,
+    loader: Loader,
 ) {
     let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
     let events_tx_retry = events_tx.clone();
@@ -183,13 +212,13 @@ pub async fn run(
         }
     };
     let mut watched = BTreeSet::new();
-    let mut last_attempt: Option<Vec<(PathBuf, Vec<u8>)>> =
-        initial.as_ref().map(|l| l.fingerprint.clone());
-    let mut update_watches = |loaded: Option<&Loaded>, watched: &mut BTreeSet<PathBuf>| {
+    let mut last_attempt: Option<Arc<Fingerprint>> =
+        initial.as_ref().map(|l| Arc::new(l.fingerprint.clone()));
+    let mut update_watches = |dirs: BTreeSet<PathBuf>, watched: &mut BTreeSet<PathBuf>| {
         let Some(debouncer) = debouncer.as_mut() else {
             return;
         };
-        for dir in watch_dirs(&path, loaded) {
+        for dir in dirs {
             if !watched.contains(&dir) {
                 match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
@@ -202,7 +231,15 @@ pub async fn run(
             }
         }
     };
-    update_watches(initial.as_ref(), &mut watched);
+    let initial_dirs = {
+        let path = path.clone();
+        let fingerprint = last_attempt.clone();
+        blocking(move || watch_dirs(&path, fingerprint.as_deref().map(Vec::as_slice)))
+            .await
+            .unwrap_or_default()
+    };
+    drop(initial);
+    update_watches(initial_dirs, &mut watched);
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -212,30 +249,60 @@ pub async fn run(
             _ = poll.tick() => Trigger::FileEvent,
             _ = apply.closed() => return,
         };
-        let current = fingerprint_files(&path, last_attempt.as_deref());
-        if trigger == Trigger::FileEvent && last_attempt.as_deref() == Some(current.as_slice()) {
+        let attempt = {
+            let path = path.clone();
+            let last = last_attempt.clone();
+            let loader = loader.clone();
+            blocking(move || {
+                let current = fingerprint_files(&path, last.as_deref().map(Vec::as_slice));
+                if trigger == Trigger::FileEvent
+                    && last.as_deref().map(Vec::as_slice) == Some(current.as_slice())
+                {
+                    return Attempt::Unchanged;
+                }
+                match loader(&path) {
+                    Ok(loaded) => {
+                        let dirs = watch_dirs(&path, Some(&loaded.fingerprint));
+                        Attempt::Loaded(Box::new(loaded), dirs)
+                    }
+                    Err(error) => Attempt::Failed(error, current),
+                }
+            })
+            .await
+        };
+        let Some(attempt) = attempt else {
+            tracing::error!("the config reload task panicked; the last good config keeps serving");
             continue;
-        }
-        match load(&path) {
-            Ok(loaded) => {
-                last_attempt = Some(loaded.fingerprint.clone());
-                update_watches(Some(&loaded), &mut watched);
+        };
+        match attempt {
+            Attempt::Unchanged => {}
+            Attempt::Loaded(loaded, dirs) => {
+                last_attempt = Some(Arc::new(loaded.fingerprint.clone()));
+                update_watches(dirs, &mut watched);
                 tracing::info!(path = %path.display(), "config loaded");
-                if apply.send(Box::new(loaded)).await.is_err() {
+                if apply.send(loaded).await.is_err() {
                     return;
                 }
             }
-            Err(error) => {
+            Attempt::Failed(error, current) => {
                 // An editor writing in place may still be writing: if the files change within a
                 // moment, judge the newer content instead of counting a half-written file.
                 if trigger == Trigger::FileEvent {
                     tokio::time::sleep(SETTLE).await;
-                    if fingerprint_files(&path, last_attempt.as_deref()) != current {
+                    let now = {
+                        let path = path.clone();
+                        let last = last_attempt.clone();
+                        blocking(move || {
+                            fingerprint_files(&path, last.as_deref().map(Vec::as_slice))
+                        })
+                        .await
+                    };
+                    if now.as_ref() != Some(&current) {
                         let _ = events_tx_retry.send(());
                         continue;
                     }
                 }
-                last_attempt = Some(current);
+                last_attempt = Some(Arc::new(current));
                 counter.get_or_create(&vec![("result", "failure")]).inc();
                 let problems = error.problems();
                 tracing::error!(
@@ -249,6 +316,11 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Runs `work` on tokio's blocking pool; `None` if it panicked.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 /// The current bytes of the config file and of the files the last attempt named.
@@ -269,4 +341,118 @@ fn fingerprint_files(path: &Path, last: Option<&[(PathBuf, Vec<u8>)]>) -> Vec<(P
 /// Shared handle to the counter, registered once.
 pub fn new_counter() -> ReloadCounter {
     Family::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::time::Instant;
+    use weir_proxy::Stats;
+
+    use super::*;
+    use crate::engine::driver::{CommandError, Driver};
+    use crate::engine::rollout::Command;
+
+    /// A reload whose loading blocks for 5 s (a resolver that hangs on `localhost:PORT`, a slow
+    /// disk) leaves the control loop free: operator commands are answered at once and the
+    /// rollout keeps stepping on its 100 ms ticks; the reload applies when the load is done.
+    #[tokio::test]
+    async fn a_slow_load_does_not_stall_the_control_loop() {
+        const SLOW: Duration = Duration::from_secs(5);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("weir.yaml");
+        let mut steps = String::new();
+        for weight in (5..=95).step_by(5) {
+            steps.push_str(&format!(
+                "          - setWeight: {weight}\n          - pause: {{ duration: 200ms }}\n"
+            ));
+        }
+        let config = format!(
+            r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+services:
+  - name: checkout
+    stable: {{ version: v1, upstreams: ["localhost:9001"] }}
+    canary: {{ version: v2, upstreams: ["localhost:9002"] }}
+    strategy:
+      canary:
+        steps:
+{steps}"#
+        );
+        std::fs::write(&path, config).expect("write");
+        let loaded = load(&path).expect("loads");
+        let reloads = ReloadCounter::default();
+        let (driver, _routes, handle) =
+            Driver::new(loaded.clone(), Stats::new(), reloads.clone()).expect("driver");
+        let (apply_tx, apply_rx) = mpsc::channel(4);
+        let driver_task = tokio::spawn(driver.run(apply_rx));
+
+        let (slow_started, mut started_rx) = tokio::sync::watch::channel(false);
+        let slow_loads = Arc::new(AtomicU32::new(0));
+        let loader: Loader = {
+            let slow_loads = slow_loads.clone();
+            Arc::new(move |path: &Path| {
+                slow_loads.fetch_add(1, Ordering::SeqCst);
+                slow_started.send_replace(true);
+                std::thread::sleep(SLOW);
+                load(path)
+            })
+        };
+        let (triggers_tx, triggers_rx) = mpsc::unbounded_channel();
+        let reload_task = tokio::spawn(run(
+            path.clone(),
+            Some(loaded),
+            triggers_rx,
+            apply_tx,
+            reloads.clone(),
+            Duration::from_secs(3600),
+            loader,
+        ));
+        triggers_tx.send(Trigger::Forced).expect("trigger");
+        started_rx
+            .wait_for(|started| *started)
+            .await
+            .expect("the slow load starts");
+        let load_started = Instant::now();
+
+        let generation = handle.generation();
+        let first_generation = *generation.borrow();
+        let mut probes = 0u32;
+        let mut slowest = Duration::ZERO;
+        while load_started.elapsed() < SLOW - Duration::from_millis(500) {
+            let at = Instant::now();
+            let answer = handle.command("nope", Command::Pause).await;
+            assert!(matches!(answer, Err(CommandError::UnknownService(_))));
+            slowest = slowest.max(at.elapsed());
+            probes += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let published = *generation.borrow() - first_generation;
+        let success = || reloads.get_or_create(&vec![("result", "success")]).get();
+        assert_eq!(success(), 0, "the reload is still loading");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while success() == 0 {
+            assert!(Instant::now() < deadline, "the reload never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let applied_after = load_started.elapsed();
+        eprintln!(
+            "slow load ({SLOW:?} blocking): {probes} commands through the control loop meanwhile, slowest {:.1} ms; {published} tables published by rollout ticks meanwhile; reload applied {:.2} s after the load began",
+            slowest.as_secs_f64() * 1e3,
+            applied_after.as_secs_f64()
+        );
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a command waited {slowest:?}"
+        );
+        assert!(
+            published >= 5,
+            "the rollout stalled: {published} tables in {SLOW:?}"
+        );
+        assert_eq!(slow_loads.load(Ordering::SeqCst), 1);
+        reload_task.abort();
+        driver_task.abort();
+        let _ = reload_task.await;
+        let _ = driver_task.await;
+    }
 }

@@ -57,6 +57,9 @@ pub struct RouteTable {
     generation: u64,
     hosts: HostIndex,
     services: Vec<ServiceRoute>,
+    /// Index of each service in `services` by name: [`RouteTable::service`] is called per
+    /// service when the control plane builds its status, so a scan would be quadratic.
+    by_name: std::collections::HashMap<Arc<str>, usize>,
     tls: Vec<ListenerTls>,
     /// Each listener's `trustedProxies`, by listener name (listeners that trust nobody omitted).
     trusted_proxies: Vec<(String, weir_config::TrustedProxies)>,
@@ -179,6 +182,7 @@ impl RouteTable {
             generation: 0,
             hosts: HostIndex::default(),
             services: Vec::new(),
+            by_name: std::collections::HashMap::new(),
             tls: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -211,7 +215,9 @@ impl RouteTable {
 
     /// A service by name.
     pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
-        self.services.iter().find(|s| &*s.name == name)
+        self.by_name
+            .get(name)
+            .and_then(|&idx| self.services.get(idx))
     }
 
     /// Whether `listener` trusts the forwarded headers of `peer` (`trustedProxies`).

@@ -5,6 +5,7 @@
 mod admin;
 mod admin_security;
 mod blue_green;
+mod config_edges;
 mod edge_conn;
 mod edge_request;
 mod examples;

@@ -1,6 +1,6 @@
 //! Model + weights → [`RouteTable`]: compiles matchers and splits, attaches stats handles, builds TLS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
@@ -229,20 +229,29 @@ impl RouteTable {
             });
         }
 
-        stats.retain(|service, version| {
-            model.services.iter().any(|s| {
-                s.name == service
-                    && (s.stable.version == version
-                        || s.canary
-                            .as_ref()
-                            .is_some_and(|c| c.version.version == version))
+        // A set, not a scan of the services per version: with 10,000 services the scan was
+        // 200 million comparisons per reload.
+        let configured: HashSet<(&str, &str)> = model
+            .services
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(&s.stable)
+                    .chain(s.canary.as_ref().map(|c| &c.version))
+                    .map(|v| (s.name.as_str(), v.version.as_str()))
             })
-        });
+            .collect();
+        stats.retain(|service, version| configured.contains(&(service, version)));
 
+        // The first of duplicate names wins, as a scan would (validation rejects duplicates).
+        let mut by_name = HashMap::with_capacity(services.len());
+        for (idx, service) in services.iter().enumerate() {
+            by_name.entry(Arc::clone(&service.name)).or_insert(idx);
+        }
         Ok(RouteTable {
             generation: 0,
             hosts,
             services,
+            by_name,
             tls: listeners_tls,
             trusted_proxies: model
                 .listeners
@@ -275,3 +284,6 @@ fn arm(stats: &Stats, service: &Service, version: &weir_config::Version) -> ArmR
         stats: stats.handle(&service.name, &version.version),
     }
 }
+
+#[cfg(test)]
+mod fuzz;

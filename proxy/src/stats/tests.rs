@@ -143,3 +143,48 @@ fn mirror_traffic_has_its_own_handles_and_windows() {
     assert!(stats.get_of(TrafficKind::Mirror, "shop", "v2").is_none());
     assert!(stats.all_mirror_drops().is_empty());
 }
+
+#[test]
+fn the_window_stores_changes_only_and_forgets_removed_versions() {
+    let stats = Stats::new();
+    let services = 100;
+    let handles: Vec<_> = (0..services)
+        .map(|n| stats.handle(&format!("s{n}"), "v1"))
+        .collect();
+    let busy = stats.handle("busy", "v1");
+    let mut window = Window::new(stats.clone(), Duration::from_secs(60));
+    let t0 = Instant::now();
+    let started = Instant::now();
+    for second in 0..150u64 {
+        // `busy` serves one request a second; s0 one request at second 20 only.
+        busy.record(200, ms(1));
+        if second == 20 {
+            handles[0].record(500, ms(1));
+        }
+        window.sample(t0 + Duration::from_secs(second));
+    }
+    let stored: usize = window.series.values().map(|s| s.changes.len()).sum();
+    eprintln!(
+        "window: {} idle versions + 1 busy over 150 samples (60 s retention) keep {stored} snapshots ({:.0} ms of sampling)",
+        services,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    // One per idle version, the busy one's last 61 seconds (plus its baseline).
+    assert!(stored <= services + 63, "{stored} snapshots kept");
+    assert_eq!(window.times.len(), 62);
+    let now = t0 + Duration::from_secs(149);
+    let (busy_last, covered) = window.over("busy", "v1", Duration::from_secs(10), now);
+    assert_eq!((busy_last.requests, covered), (10, Duration::from_secs(10)));
+    let (longest, covered) = window.over("busy", "v1", Duration::from_secs(150), now);
+    assert_eq!(covered, Duration::from_secs(61), "bounded by the retention");
+    assert_eq!(longest.requests, 61);
+    let (s0, _) = window.over("s0", "v1", Duration::from_secs(30), now);
+    assert_eq!(s0.requests, 0, "its one request is older than the window");
+    let (s0_all, _) = window.over("s0", "v1", Duration::from_secs(150), now);
+    assert_eq!(s0_all.requests, 0, "and older than the retention");
+
+    drop(handles);
+    stats.retain(|service, _| service == "busy");
+    window.sample(t0 + Duration::from_secs(150));
+    assert_eq!(window.series.len(), 1, "removed versions are forgotten");
+}
