@@ -412,7 +412,10 @@ async fn drive<S>(
             request.extensions_mut().insert(scope.clone());
         }
         let draining = draining.clone();
-        let handled = forward::handle(worker.clone(), conn.clone(), request);
+        // Boxed: hyper moves the service's future into its dispatcher on every request, and the
+        // request path's future is several KiB; moving a pointer instead of copying it saves far
+        // more than the allocation costs (callgrind: ~9k instructions of memcpy per request).
+        let handled = Box::pin(forward::handle(worker.clone(), conn.clone(), request));
         async move {
             let mut response = match handled.await {
                 Ok(response) => response,
