@@ -131,8 +131,9 @@ backend split
     )
 }
 
-/// weir as the proxy under test.
-pub fn weir(listen: u16, admin: u16, split: Split) -> String {
+/// The listener, the admin address and service `bench` with its stable and canary (no weight):
+/// what every weir variant shares; each adds its own lines to the service.
+fn weir_service(listen: u16, admin: u16, split: Split) -> String {
     format!(
         r#"listeners:
   - name: bench
@@ -149,10 +150,17 @@ services:
     canary:
       version: canary
       upstreams: ["127.0.0.1:{canary}"]
-      weight: {CANARY_PERCENT}
 "#,
         stable = split.stable,
         canary = split.canary,
+    )
+}
+
+/// weir as the proxy under test.
+pub fn weir(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        "{}      weight: {CANARY_PERCENT}\n",
+        weir_service(listen, admin, split)
     )
 }
 
@@ -162,22 +170,7 @@ services:
 /// weighted split after the rules were evaluated.
 pub fn weir_policies(listen: u16, admin: u16, split: Split) -> String {
     format!(
-        r#"listeners:
-  - name: bench
-    address: 127.0.0.1:{listen}
-admin:
-  address: 127.0.0.1:{admin}
-services:
-  - name: bench
-    match:
-      hosts: ["*"]
-    stable:
-      version: stable
-      upstreams: ["127.0.0.1:{stable}"]
-    canary:
-      version: canary
-      upstreams: ["127.0.0.1:{canary}"]
-    sessionAffinity:
+        r#"{service}    sessionAffinity:
       header: x-bench-user
     strategy:
       canary:
@@ -190,8 +183,7 @@ services:
           - setWeight: {CANARY_PERCENT}
           - pause: {{}}
 "#,
-        stable = split.stable,
-        canary = split.canary,
+        service = weir_service(listen, admin, split),
     )
 }
 

@@ -400,7 +400,8 @@ async fn drive<S>(
     // Once draining, HTTP/1 answers say `Connection: close`, so busy keep-alive clients move to
     // the listener's next owner (an upgraded weir) at a response boundary instead of having an
     // idle connection closed under a request they are sending.
-    let draining = shutdown.clone();
+    // One receiver per connection, shared by its requests (an `Rc` clone, not a channel clone).
+    let draining = Rc::new(shutdown.clone());
     let h2 = Rc::new(Cell::new(false));
     let seen_h2 = h2.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
