@@ -454,5 +454,33 @@ async fn a_canary_failing_on_mirrored_traffic_is_rolled_back_before_serving_anyo
             .any(|l| l.starts_with("weir_mirror_requests_total") && l.contains("status=\"500\"")),
         "{metrics}"
     );
+    // Every series the Grafana dashboard queries is a family weir exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dashboards/weir.json"),
+    )
+    .expect("read the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("http_") || word.starts_with("weir_") {
+                    queried.push(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for series in queried {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| series.strip_suffix(suffix))
+            .unwrap_or(&series);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {series}, which weir does not export"
+        );
+    }
     weir.shutdown().await;
 }
