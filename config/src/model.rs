@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod dns;
 mod edge;
 
+pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
     MIN_HEADER_BYTES,
@@ -31,6 +33,8 @@ pub struct Model {
     pub analysis_templates: Vec<AnalysisTemplate>,
     /// Bounds across every listener (`limits`).
     pub limits: GlobalLimits,
+    /// How upstream host names are resolved and refreshed (`upstreamDns`).
+    pub upstream_dns: UpstreamDns,
 }
 
 /// One client-facing listener.
@@ -346,15 +350,6 @@ pub struct Canary {
     pub version: Version,
     /// The file-configured weight (`canary.weight`); `None` means 0 unless a strategy drives it.
     pub weight: Option<Weight>,
-}
-
-/// One upstream endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Upstream {
-    /// As written in the file (`127.0.0.1:9001`, `localhost:9001`); used as the `backend` label.
-    pub name: String,
-    /// The resolved socket address.
-    pub addr: SocketAddr,
 }
 
 /// Upstream connection settings (`services[].upstream`).

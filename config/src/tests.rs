@@ -132,11 +132,15 @@ fn tls_example_parses() {
         vec![
             Upstream {
                 name: "127.0.0.1:9001".into(),
-                addr: "127.0.0.1:9001".parse().unwrap()
+                host: UpstreamHost::Ip("127.0.0.1".parse().unwrap()),
+                port: 9001,
+                addrs: vec!["127.0.0.1:9001".parse().unwrap()],
             },
             Upstream {
                 name: "127.0.0.1:9002".into(),
-                addr: "127.0.0.1:9002".parse().unwrap()
+                host: UpstreamHost::Ip("127.0.0.1".parse().unwrap()),
+                port: 9002,
+                addrs: vec!["127.0.0.1:9002".parse().unwrap()],
             },
         ]
     );
@@ -361,8 +365,11 @@ fn defaults() {
     assert_eq!(s.matcher.hosts, vec![HostPattern::Any]);
     assert_eq!(s.matcher.path_prefix, "/");
     assert_eq!(s.stable.upstreams[0].name, "localhost:9001");
-    assert_eq!(s.stable.upstreams[0].addr.port(), 9001);
-    assert!(s.stable.upstreams[0].addr.ip().is_loopback());
+    // A host name is kept as written and resolved by the control plane, never here.
+    assert_eq!(s.stable.upstreams[0].hostname(), Some("localhost"));
+    assert_eq!(s.stable.upstreams[0].port, 9001);
+    assert!(s.stable.upstreams[0].addrs.is_empty());
+    assert_eq!(model.upstream_dns, UpstreamDns::default());
     assert_eq!(s.upstream, UpstreamOptions::default());
 }
 
@@ -725,7 +732,7 @@ fn invalid_cases() {
         (
             "listeners: []\nservices: []\nextra: 1\n".to_string(),
             vec![
-                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates, limits",
+                "extra: unknown field \"extra\", expected one of: listeners, admin, stateDir, services, analysisTemplates, limits…",
                 "listeners: must not be empty",
                 "services: must not be empty",
             ],
@@ -1261,6 +1268,7 @@ fn never_panics_on_odd_input() {
 }
 
 mod admin;
+mod dns;
 mod edge;
 mod policies;
 

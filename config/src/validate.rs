@@ -7,6 +7,7 @@
 //! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod dns;
 mod edge;
 mod policy;
 mod strategy;
@@ -14,7 +15,7 @@ mod template;
 mod walk;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde_yaml_ng::Value;
@@ -60,6 +61,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             "services",
             "analysisTemplates",
             "limits",
+            "upstreamDns",
         ],
     ) else {
         // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
@@ -96,6 +98,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         }
     }
     let limits = o.or(cx, "limits", Default::default(), edge::global_limits);
+    let upstream_dns = o.or(cx, "upstreamDns", Default::default(), dns::upstream_dns);
     let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
         walk::path_value(cx, v, at, base_dir)
     });
@@ -114,6 +117,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         services: services?,
         analysis_templates: templates?,
         limits: limits?,
+        upstream_dns: upstream_dns?,
     })
 }
 
@@ -631,7 +635,7 @@ fn upstreams(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<Upstream>> {
     let items = walk::nonempty_list(cx, value, at)?;
     let mut seen: Vec<String> = Vec::new();
     let parsed = each(cx, items, at, |cx, item, at, _| {
-        let upstream = upstream(cx, item, at)?;
+        let upstream = dns::upstream(cx, item, at)?;
         if seen.contains(&upstream.name) {
             cx.err(at, format!("duplicate upstream \"{}\"", upstream.name));
             return None;
@@ -640,64 +644,6 @@ fn upstreams(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<Upstream>> {
         Some(upstream)
     });
     all(parsed)
-}
-
-/// An upstream `HOST:PORT`, resolved now.
-fn upstream(cx: &mut Cx, value: &Value, at: &str) -> Option<Upstream> {
-    let written = walk::string(cx, value, at)?;
-    match resolve_upstream(&written) {
-        Ok(addr) => Some(Upstream {
-            name: written,
-            addr,
-        }),
-        Err(reason) => {
-            cx.err(
-                at,
-                format!("invalid upstream address \"{written}\": {reason}"),
-            );
-            None
-        }
-    }
-}
-
-fn resolve_upstream(written: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = written.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            return Err("port must not be 0".to_string());
-        }
-        return Ok(addr);
-    }
-    let Some((host, port)) = written.rsplit_once(':') else {
-        return Err("expected HOST:PORT".to_string());
-    };
-    if host.is_empty() {
-        return Err("missing host (expected HOST:PORT)".to_string());
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid port \"{port}\" (expected HOST:PORT)"))?;
-    if port == 0 {
-        return Err("port must not be 0".to_string());
-    }
-    if host.contains(':') {
-        return Err("IPv6 addresses must be in brackets, like [::1]:8080".to_string());
-    }
-    if let Some(bad) = host
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-    {
-        return Err(format!("invalid character {bad:?} in host \"{host}\""));
-    }
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{host}\": {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| format!("\"{host}\" resolves to no address"))
 }
 
 fn upstream_options(cx: &mut Cx, value: &Value, at: &str) -> Option<UpstreamOptions> {

@@ -51,6 +51,17 @@ pub enum BuildError {
         /// The listener name.
         listener: String,
     },
+    /// None of a version's upstreams has an address (host names that were never resolved: the
+    /// control plane resolves them before it builds a table).
+    #[error(
+        "service {service:?} version {version:?}: no upstream address (unresolved host names)"
+    )]
+    NoAddress {
+        /// The service name.
+        service: String,
+        /// The version label.
+        version: String,
+    },
 }
 
 // === impl RouteTable ===
@@ -93,6 +104,16 @@ impl RouteTable {
         let mut hosts = HostIndex::default();
         let mut services = Vec::with_capacity(model.services.len());
         for (idx, service) in model.services.iter().enumerate() {
+            let versions =
+                std::iter::once(&service.stable).chain(service.canary.as_ref().map(|c| &c.version));
+            for version in versions {
+                if version.upstreams.iter().all(|u| u.addrs.is_empty()) {
+                    return Err(BuildError::NoAddress {
+                        service: service.name.clone(),
+                        version: version.version.clone(),
+                    });
+                }
+            }
             for pattern in &service.matcher.hosts {
                 hosts.insert(pattern, &service.matcher.path_prefix, idx);
             }
@@ -272,13 +293,18 @@ pub fn file_weight(service: &Service) -> Weight {
         .unwrap_or(Weight::ZERO)
 }
 
+/// A version's arm: one endpoint per address of its upstreams (a host name stands for every
+/// address it resolved to), each address once. Never empty: `build` checks first.
 fn arm(stats: &Stats, service: &Service, version: &weir_config::Version) -> ArmRoute {
+    let mut seen = HashSet::new();
     ArmRoute {
         version: Arc::from(version.version.as_str()),
         upstreams: version
             .upstreams
             .iter()
-            .map(|u| UpstreamRoute { addr: u.addr })
+            .flat_map(|u| u.addrs.iter().copied())
+            .filter(|addr| seen.insert(*addr))
+            .map(|addr| UpstreamRoute { addr })
             .collect(),
         next_upstream: AtomicUsize::new(0),
         stats: stats.handle(&service.name, &version.version),

@@ -691,3 +691,57 @@ fn regex_matches_agree_on_every_worker_slot() {
         }
     });
 }
+
+#[test]
+fn a_host_name_is_one_endpoint_per_address_and_never_none() {
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: api
+    stable: { version: v1, upstreams: ["api.internal:8080", "127.0.0.1:8080"] }
+"#;
+    let mut model = weir_config::parse(text, Path::new("/")).expect("valid test config");
+    let stats = Stats::new();
+    let no_policies = BTreeMap::new();
+    let unresolved = RouteTable::build(
+        &model,
+        &no_policies,
+        &BTreeMap::new(),
+        &stats,
+        &RouteTable::empty(),
+    );
+    // The literal address alone serves the version.
+    let table = unresolved.expect("a literal address is enough");
+    let addrs: Vec<_> = table
+        .service("api")
+        .unwrap()
+        .stable()
+        .upstream_addrs()
+        .collect();
+    assert_eq!(addrs, vec!["127.0.0.1:8080".parse().unwrap()]);
+
+    model.services[0].stable.upstreams[0].addrs = vec![
+        "10.0.0.1:8080".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+        "10.0.0.2:8080".parse().unwrap(),
+    ];
+    let table = RouteTable::build(&model, &no_policies, &BTreeMap::new(), &stats, &table).unwrap();
+    let addrs: Vec<String> = table
+        .service("api")
+        .unwrap()
+        .stable()
+        .upstream_addrs()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        addrs,
+        ["10.0.0.1:8080", "127.0.0.1:8080", "10.0.0.2:8080"],
+        "each address once"
+    );
+
+    model.services[0].stable.upstreams.truncate(1);
+    model.services[0].stable.upstreams[0].addrs.clear();
+    let error =
+        RouteTable::build(&model, &no_policies, &BTreeMap::new(), &stats, &table).unwrap_err();
+    assert!(matches!(error, BuildError::NoAddress { .. }), "{error}");
+}
