@@ -61,7 +61,7 @@ async fn run(
         .expect("a canary")
         .version
         .upstreams[0]
-        .addr = canary.addr();
+        .addrs = vec![canary.addr()];
     model.services[0].upstream.response_timeout = Duration::from_millis(400);
     let proxy = Proxy::builder(model)
         .workers(1)
