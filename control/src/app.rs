@@ -13,8 +13,10 @@ use weir_proxy::{ServeConfig, Stats};
 
 use crate::api::server::{self as admin, AdminState, ServeOptions};
 use crate::engine::driver::{Driver, DriverError, Handle};
-use crate::reload::{self, ReloadError, Trigger};
+use crate::reload::{self, Loaded, ReloadError, Trigger};
+use crate::resolve::{self, Dns};
 use crate::upgrade::{self, Inherited};
+use weir_config::ConfigError;
 
 /// How `weir run` runs.
 #[derive(Clone, Debug)]
@@ -90,7 +92,30 @@ pub async fn start_with(
     options: RunOptions,
     inherited: &mut Inherited,
 ) -> Result<Running, StartError> {
-    let loaded = reload::load(&options.config_path).map_err(|error| invalid(&options, &error))?;
+    start_with_lookup(options, inherited, resolve::system_lookup()).await
+}
+
+/// [`start_with`], resolving upstream host names with `lookup` (tests substitute their own).
+pub async fn start_with_lookup(
+    options: RunOptions,
+    inherited: &mut Inherited,
+    lookup: resolve::Lookup,
+) -> Result<Running, StartError> {
+    let dns = Dns::new(lookup);
+    // Reading the files and resolving host names block: not on the control thread.
+    let loaded = {
+        let path = options.config_path.clone();
+        let dns = dns.clone();
+        tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
+            let mut loaded = reload::load(&path)?;
+            dns.resolve_model(&mut loaded.model)
+                .map_err(ConfigError::Invalid)?;
+            Ok(loaded)
+        })
+        .await
+        .map_err(|error| StartError::Spawn(std::io::Error::other(error.to_string())))?
+        .map_err(|error| invalid(&options, &error))?
+    };
     let model = loaded.model.clone();
 
     let mut listeners = Vec::new();
@@ -141,6 +166,7 @@ pub async fn start_with(
         let _ = reloads.get_or_create(&vec![("result", result)]);
     }
     let (mut driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
+    driver.set_dns(dns.clone());
     driver.set_listener_addrs(
         listeners
             .iter()
@@ -154,6 +180,11 @@ pub async fn start_with(
         "weir_config_reloads",
         "Config reload attempts by result",
         reloads.clone(),
+    );
+    registry.register(
+        "weir_dns_resolution_failures",
+        "Failed or empty re-resolutions of an upstream host name (its last good addresses are kept)",
+        dns.failures(),
     );
 
     let mut serve_config = ServeConfig::new(options.workers);
@@ -216,8 +247,9 @@ pub async fn start_with(
         apply_tx,
         reloads,
         options.poll_interval,
-        reload::default_loader(),
+        resolve::loader(reload::default_loader(), dns.clone()),
     )));
+    tasks.push(tokio::spawn(dns.refresh()));
     ready.store(true, Ordering::Release);
     Ok(Running {
         server,

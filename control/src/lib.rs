@@ -8,6 +8,8 @@
 //! - [`api`]: the admin HTTP server and the versioned types it serves (`/api/v1`), which are not
 //!   the persisted state.
 //! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
+//! - [`resolve`]: upstream host names, resolved at load and re-resolved on a timer off the
+//!   control thread.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
@@ -20,5 +22,6 @@ pub mod app;
 pub mod demo;
 pub mod engine;
 pub mod reload;
+pub mod resolve;
 pub mod telemetry;
 pub mod upgrade;

@@ -20,6 +20,7 @@ use crate::engine::rollout::blue_green;
 use crate::engine::rollout::{Command, Ctx, Due, Effects, Event, Rollout};
 use crate::engine::state::{Encoded, Prepared, StateError, Store};
 use crate::reload::{Loaded, ReloadCounter};
+use crate::resolve::Dns;
 
 /// How often rollouts are evaluated.
 const TICK: Duration = Duration::from_millis(100);
@@ -149,6 +150,9 @@ pub struct Driver {
     frozen: bool,
     /// Measurements that came back while frozen, handled again if the hand-over fails.
     deferred: Vec<Input>,
+    /// Upstream host names' current addresses, overlaid on every model served (see
+    /// [`Driver::set_dns`]); `None`: literal addresses only.
+    dns: Option<Dns>,
 }
 
 /// Handles to a running driver.
@@ -220,6 +224,7 @@ impl Driver {
             held: BTreeMap::new(),
             frozen: false,
             deferred: Vec::new(),
+            dns: None,
         };
         driver.flush_events();
         driver.persist_all();
@@ -238,13 +243,23 @@ impl Driver {
         self.listener_addrs = addrs.into_iter().collect();
     }
 
+    /// Serves upstream host names with `dns`'s answers: they are overlaid on every loaded model,
+    /// and a changed answer publishes a table when an upstream's addresses changed. The model
+    /// given to [`Driver::new`] must already be resolved ([`Dns::resolve_model`]).
+    pub fn set_dns(&mut self, dns: Dns) {
+        dns.track(&self.model);
+        self.dns = Some(dns);
+    }
+
     /// Runs until every [`Handle`] and the config sender are gone, or `shutdown` fires.
     pub async fn run(mut self, mut configs: mpsc::Receiver<Box<Loaded>>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut configs_open = true;
+        let mut dns_changes = self.dns.as_ref().map(Dns::changes);
         loop {
             tokio::select! {
+                () = next_change(&mut dns_changes) => self.on_dns_change(),
                 _ = tick.tick(), if !self.frozen => self.on_tick().await,
                 // While frozen, a new config waits in the channel (the new process reads the file).
                 loaded = configs.recv(), if configs_open && !self.frozen => match loaded {
@@ -763,9 +778,34 @@ impl Driver {
         Ok(self.publisher.publish(table))
     }
 
+    /// An upstream host name resolves to new addresses: overlays them on the served model and
+    /// publishes a table (same policies) only if an upstream's addresses changed. Neither a
+    /// rollout decision nor a state write, so it also runs while frozen.
+    fn on_dns_change(&mut self) {
+        let Some(dns) = &self.dns else {
+            return;
+        };
+        if !dns.overlay(&mut self.model) {
+            return;
+        }
+        let policies = policies(&self.model, &self.rollouts);
+        match self.publish(&self.model, &self.tls, &policies) {
+            Ok(generation) => {
+                tracing::info!(generation, "upstream addresses changed");
+                self.announce_generation();
+            }
+            Err(error) => tracing::error!(%error, "cannot publish a route table"),
+        }
+    }
+
     /// Applies a reloaded config: reconciles rollouts with it, then builds and publishes its table,
     /// or keeps the current one.
-    pub async fn apply(&mut self, loaded: Loaded) {
+    pub async fn apply(&mut self, mut loaded: Loaded) {
+        // The resolver's current answers win over those the loader saw: a DNS change while the
+        // file was being loaded is not lost.
+        if let Some(dns) = &self.dns {
+            dns.overlay(&mut loaded.model);
+        }
         if loaded.model.listeners != self.model.listeners {
             tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
         }
@@ -823,6 +863,9 @@ impl Driver {
             Ok(generation) => {
                 self.model = loaded.model;
                 self.tls = loaded.tls;
+                if let Some(dns) = &self.dns {
+                    dns.track(&self.model);
+                }
                 // A widening from a reload (rare: reconcile mostly narrows) is saved after it
                 // is served; a failed save is retried from the tick.
                 self.save_now(widened).await;
@@ -881,6 +924,20 @@ fn restore(
             tracing::error!(service = %service.name, %error, kept_as = ?aside, "rollout state unreadable: serving stable at 100% and pausing the rollout");
             Ok(Rollout::unreadable(service, &error.to_string(), now_ms))
         }
+    }
+}
+
+/// Waits for the next change of upstream addresses; never, without a resolver.
+async fn next_change(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The resolver state is gone (never while the driver holds it): stop listening.
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
