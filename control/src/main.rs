@@ -238,7 +238,17 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut all_valid = true;
     for file in files {
         match weir_control::reload::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(mut loaded) => {
+                println!("{}: ok", file.display());
+                // Host names are resolved where weir runs; here an unresolvable one is only
+                // reported, so validation works offline.
+                let dns = weir_control::resolve::Dns::new(weir_control::resolve::system_lookup());
+                if let Err(problems) = dns.resolve_model(&mut loaded.model) {
+                    for problem in problems {
+                        eprintln!("warning: {problem}");
+                    }
+                }
+            }
             Err(error) => {
                 all_valid = false;
                 let problems = error.problems();

@@ -944,3 +944,32 @@ async fn a_state_file_from_a_newer_weir_is_refused_and_kept() {
     );
     eprintln!("state format 99: weir refused to start ({status}), file kept");
 }
+
+/// `weir validate` works offline: a host name that does not resolve is a warning at its field
+/// path (weir run would refuse it until it resolves), not an invalid file.
+#[test]
+fn validate_reports_an_unresolvable_host_name_as_a_warning() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("names.yaml");
+    // `.invalid` never resolves (RFC 6761).
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nservices:\n  - name: shop\n    stable: {version: v1, upstreams: [\"127.0.0.1:9001\", \"backend.weir-test.invalid:9002\"]}\n",
+    )
+    .expect("write");
+    let started = Instant::now();
+    let output = validate(&[&path]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("names.yaml: ok"));
+    assert!(
+        stderr.lines().any(|l| l.starts_with(
+            "warning: services[0].stable.upstreams[1]: cannot resolve \"backend.weir-test.invalid:9002\""
+        )),
+        "{stderr}"
+    );
+    eprintln!(
+        "weir validate with an unresolvable host name: exit 0, 1 warning, in {:?}",
+        started.elapsed()
+    );
+}
