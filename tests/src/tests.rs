@@ -6,6 +6,7 @@ mod admin;
 mod admin_security;
 mod blue_green;
 mod config_edges;
+mod dns;
 mod edge_conn;
 mod edge_request;
 mod examples;

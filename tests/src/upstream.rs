@@ -127,7 +127,17 @@ impl Builder {
 
     /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
     pub fn spawn(self) -> Server {
-        let std_listener = crate::bind_ephemeral();
+        self.serve(crate::bind_ephemeral())
+    }
+
+    /// Binds `addr` (e.g. `127.0.0.2` and the port of another server, so that one host name
+    /// with one port stands for both); `None` if it cannot be bound.
+    pub fn spawn_at(self, addr: SocketAddr) -> Option<Server> {
+        let listener = std::net::TcpListener::bind(addr).ok()?;
+        Some(self.serve(listener))
+    }
+
+    fn serve(self, std_listener: std::net::TcpListener) -> Server {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local addr");
         let listener = tokio::net::TcpListener::from_std(std_listener).expect("register listener");

@@ -95,6 +95,31 @@ impl Weir {
         }
     }
 
+    /// [`Weir::start`] resolving upstream host names with `lookup` instead of the system
+    /// resolver; the start's error if weir does not start.
+    pub async fn try_start_with_lookup(
+        yaml: &str,
+        lookup: weir_control::resolve::Lookup,
+    ) -> Result<Weir, app::StartError> {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("weir.yaml");
+        std::fs::write(&path, yaml).expect("write the config");
+        let options = RunOptions {
+            config_path: path.clone(),
+            workers: 1,
+            drain_timeout: Duration::from_secs(2),
+            access_log: false,
+            poll_interval: Options::default().poll_interval,
+        };
+        let mut inherited = weir_control::upgrade::Inherited::default();
+        let running = app::start_with_lookup(options, &mut inherited, lookup).await?;
+        Ok(Weir {
+            dir,
+            path,
+            running: Some(running),
+        })
+    }
+
     /// The running weir.
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("weir is running")
