@@ -135,8 +135,8 @@ impl Dns {
         };
         // Looked up without the lock: a slow resolver must not hold up the driver's overlays.
         let mut failed = BTreeMap::new();
-        for host in wanted {
-            match (self.shared.lookup)(&host) {
+        for (host, answer) in lookup_all(&self.shared.lookup, wanted.into_iter().collect()) {
+            match answer {
                 Ok(answer) if !settings.select(&answer).is_empty() => {
                     self.state().known.insert(host, normalize(answer));
                 }
@@ -319,6 +319,43 @@ impl Dns {
         tracing::warn!(host, error = %reason, "cannot resolve an upstream host name: keeping its last good addresses");
         self.shared.failures.get_or_create(&labels(host)).inc();
     }
+}
+
+/// Looks every host up, [`MAX_CONCURRENT_LOOKUPS`] at a time on threads of their own (blocking):
+/// a config with many new names, or a resolver that times out, costs one timeout per batch
+/// rather than one per name.
+fn lookup_all(lookup: &Lookup, hosts: Vec<String>) -> Vec<(String, io::Result<Vec<IpAddr>>)> {
+    let mut answers = Vec::with_capacity(hosts.len());
+    if hosts.len() <= 1 {
+        answers.extend(hosts.into_iter().map(|host| {
+            let answer = lookup(&host);
+            (host, answer)
+        }));
+        return answers;
+    }
+    for batch in hosts.chunks(MAX_CONCURRENT_LOOKUPS) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = batch
+                .iter()
+                .map(|host| {
+                    std::thread::Builder::new()
+                        .name("weir-dns".into())
+                        .spawn_scoped(scope, move || lookup(host))
+                })
+                .collect();
+            for (host, thread) in batch.iter().zip(running) {
+                let answer = match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("the lookup panicked"))),
+                    // No thread to spare: look it up here.
+                    Err(_) => lookup(host),
+                };
+                answers.push((host.clone(), answer));
+            }
+        });
+    }
+    answers
 }
 
 /// Sorted, deduplicated, at most [`MAX_ANSWER`] addresses.

@@ -32,6 +32,8 @@ type Answers = HashMap<String, Result<Vec<IpAddr>, String>>;
 struct FakeDns {
     answers: Arc<Mutex<Answers>>,
     lookups: Arc<AtomicUsize>,
+    /// How long each lookup takes (a slow or hung resolver).
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeDns {
@@ -49,6 +51,10 @@ impl FakeDns {
             .insert(host.into(), Err("SERVFAIL".into()));
     }
 
+    fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().expect("fake DNS lock") = delay;
+    }
+
     fn lookups(&self) -> usize {
         self.lookups.load(Ordering::SeqCst)
     }
@@ -57,6 +63,9 @@ impl FakeDns {
         let fake = self.clone();
         Arc::new(move |host: &str| {
             fake.lookups.fetch_add(1, Ordering::SeqCst);
+            let delay = *fake.delay.lock().expect("fake DNS lock");
+            // The resolver's own latency, on the blocking thread weir runs it on.
+            std::thread::sleep(delay);
             match fake.answers.lock().expect("fake DNS lock").get(host) {
                 Some(Ok(ips)) => Ok(ips.clone()),
                 Some(Err(e)) => Err(io::Error::other(e.clone())),
@@ -395,6 +404,77 @@ async fn a_reload_racing_a_dns_change_loses_neither() {
     eprintln!(
         "reload racing a DNS change, 3 rounds: both applied each time, settled in {settled:?}"
     );
+    weir.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    canary.shutdown().await;
+}
+
+/// A resolver that takes 2 s per answer stalls nothing on the control thread: while refresh
+/// lookups hang, the admin API answers at once, a config reload (whose names are known) is
+/// applied, and traffic is served; the slow answer is applied when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_resolver_stalls_neither_the_admin_api_nor_reloads() {
+    let (a, b) = pair();
+    let canary = Server::spawn("c");
+    let dns = FakeDns::default();
+    dns.set(NAME, &[ip(&a)]);
+    let port = a.addr().port();
+    let with_weight = |weight: u32| {
+        format!(
+            "    canary: {{version: v2, upstreams: [\"{}\"], weight: {weight}}}\n",
+            canary.addr()
+        )
+    };
+    let weir = Weir::try_start_with_lookup(&config(port, &with_weight(0), "0"), dns.lookup())
+        .await
+        .unwrap_or_else(|error| panic!("weir does not start: {error}"));
+    let start = weir.generation();
+    dns.set_delay(Duration::from_secs(2));
+    dns.set(NAME, &[ip(&b)]);
+    let lookups = dns.lookups();
+    wait_for("a slow lookup starts", Duration::from_secs(5), || {
+        dns.lookups() > lookups
+    })
+    .await;
+    let hung = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut client = Http1::connect(weir.addr()).await;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        let status = admin::get(weir.admin(), "/api/v1/services").await.status;
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(status, 200);
+        assert_eq!(client.get(HOST, "/").await.served_by(), "a");
+    }
+    weir.write_atomic(&config(port, &with_weight(100), "100"));
+    weir.wait_generation_after(start, Duration::from_secs(1))
+        .await;
+    let reloaded = hung.elapsed();
+    assert!(
+        reloaded < Duration::from_millis(1500),
+        "the reload waited for the resolver: {reloaded:?}"
+    );
+    assert_eq!(client.get(HOST, "/").await.served_by(), "c");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "an admin request took {slowest:?} while DNS hung"
+    );
+    // The slow answer lands: weight 0 again shows the stable's new address.
+    weir.write_atomic(&config(port, &with_weight(0), "back"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(HOST, "/").await.served_by() != "b" {
+        assert!(
+            Instant::now() < deadline,
+            "the slow answer was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "resolver hung 2 s per lookup: slowest of 20 admin requests {slowest:?}, a reload applied {reloaded:?} into the hang, the slow answer served after {:?}",
+        hung.elapsed()
+    );
+    dns.set_delay(Duration::ZERO);
     weir.shutdown().await;
     a.shutdown().await;
     b.shutdown().await;
