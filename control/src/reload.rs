@@ -354,7 +354,7 @@ mod tests {
     use crate::engine::driver::{CommandError, Driver};
     use crate::engine::rollout::Command;
 
-    /// A reload whose loading blocks for 5 s (a resolver that hangs on `localhost:PORT`, a slow
+    /// A reload whose loading blocks for 5 s (a resolver that hangs on a new host name, a slow
     /// disk) leaves the control loop free: operator commands are answered at once and the
     /// rollout keeps stepping on its 100 ms ticks; the reload applies when the load is done.
     #[tokio::test]
@@ -372,8 +372,8 @@ mod tests {
             r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 services:
   - name: checkout
-    stable: {{ version: v1, upstreams: ["localhost:9001"] }}
-    canary: {{ version: v2, upstreams: ["localhost:9002"] }}
+    stable: {{ version: v1, upstreams: ["127.0.0.1:9001"] }}
+    canary: {{ version: v2, upstreams: ["127.0.0.1:9002"] }}
     strategy:
       canary:
         steps:
