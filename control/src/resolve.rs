@@ -155,6 +155,10 @@ impl Dns {
                 }
             }
         }
+        if failed.is_empty() {
+            self.overlay(model);
+            return Ok(());
+        }
         let mut problems = Vec::new();
         for (at, version) in versions(model) {
             for (idx, upstream) in version.upstreams.iter().enumerate() {
@@ -170,11 +174,7 @@ impl Dns {
                 ));
             }
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        self.overlay(model);
-        Ok(())
+        Err(problems)
     }
 
     /// Sets the addresses of every host-name upstream of `model` from the known answers (a name
