@@ -108,3 +108,35 @@ fn selection_prefers_ipv4_sorts_dedups_and_caps() {
         vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("::1")]
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 300, failure_persistence: None, ..Default::default() })]
+
+    /// Whatever is written as an upstream, validation never panics, and an accepted upstream is
+    /// a literal with exactly its own address or a lower-case name with none yet, on a non-zero
+    /// port.
+    #[test]
+    fn any_upstream_text_is_checked_without_panicking(
+        written in proptest::prop_oneof![
+            "([a-zA-Z0-9]{0,12}|[.:_\\[\\]-]|[0-9]{1,6}){0,12}",
+            "([a-zA-Z0-9_-]{1,10}[.]?){1,4}:[0-9]{1,6}",
+        ]
+    ) {
+        let yaml = with_upstreams(&format!("{written:?}"));
+        if let Ok(model) = parse(&yaml, std::path::Path::new("/")) {
+            let upstream = &model.services[0].stable.upstreams[0];
+            proptest::prop_assert!(upstream.port != 0);
+            match &upstream.host {
+                UpstreamHost::Ip(ip) => proptest::prop_assert_eq!(
+                    &upstream.addrs,
+                    &vec![std::net::SocketAddr::new(*ip, upstream.port)]
+                ),
+                UpstreamHost::Name(name) => {
+                    proptest::prop_assert!(upstream.addrs.is_empty());
+                    proptest::prop_assert_eq!(name, &name.to_ascii_lowercase());
+                    proptest::prop_assert!(!name.is_empty() && name.len() <= 253);
+                }
+            }
+        }
+    }
+}

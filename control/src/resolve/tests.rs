@@ -264,3 +264,18 @@ fn many_new_names_are_looked_up_in_parallel() {
     );
     eprintln!("24 new host names at 100 ms per lookup resolved in {took:?} (sequential: 2.4 s)");
 }
+
+/// `localhost` (often both `127.0.0.1` and `::1`) is `127.0.0.1` by default, where local test
+/// and demo backends listen.
+#[test]
+fn localhost_is_ipv4_by_default_with_the_system_resolver() {
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: s
+    stable: { version: v1, upstreams: ["localhost:9001"] }
+"#;
+    let mut m = weir_config::parse(text, Path::new("/")).unwrap();
+    Dns::new(system_lookup()).resolve_model(&mut m).unwrap();
+    assert_eq!(addrs(&m, false), ["127.0.0.1:9001"]);
+}
