@@ -1262,6 +1262,7 @@ fn never_panics_on_odd_input() {
 
 mod admin;
 mod edge;
+mod health;
 mod policies;
 
 #[test]

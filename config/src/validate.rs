@@ -8,6 +8,7 @@
 //! - [`template`]: `analysisTemplates[]` and template references.
 
 mod edge;
+mod health;
 mod policy;
 mod strategy;
 mod template;
@@ -487,6 +488,8 @@ fn service(
             "strategy",
             "sessionAffinity",
             "upgrades",
+            "outlierDetection",
+            "healthCheck",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -546,6 +549,13 @@ fn service(
         crate::model::default_upgrades(),
         edge::upgrades,
     );
+    let outlier_detection = o.or(
+        cx,
+        "outlierDetection",
+        crate::model::OutlierDetection::default(),
+        health::outlier_detection,
+    );
+    let health_check = o.opt(cx, "healthCheck", health::health_check);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -555,6 +565,8 @@ fn service(
         strategy: strategy?,
         session_affinity: session_affinity?,
         upgrades: upgrades?,
+        outlier_detection: outlier_detection?,
+        health_check: health_check?,
     })
 }
 
