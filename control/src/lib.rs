@@ -7,6 +7,8 @@
 //!   providers), persistence, and the driver that is the only writer of the route table.
 //! - [`api`]: the admin HTTP server and the versioned types it serves (`/api/v1`), which are not
 //!   the persisted state.
+//! - [`health`]: active health checks of upstreams (`services[].healthCheck`), one task per
+//!   upstream, flipping the data plane's shared health state.
 //! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
@@ -19,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod demo;
 pub mod engine;
+pub mod health;
 pub mod reload;
 pub mod telemetry;
 pub mod upgrade;

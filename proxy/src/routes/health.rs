@@ -55,8 +55,7 @@ impl Outlier {
     pub fn ejection_ms(&self, n: u32) -> u64 {
         let shift = n.saturating_sub(1).min(63);
         self.base_ms
-            .checked_mul(1u64 << shift)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << shift)
             .min(self.max_ms.max(self.base_ms))
     }
 
