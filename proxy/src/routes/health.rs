@@ -504,4 +504,50 @@ services:
         let _ = arm2.next_index();
         assert_eq!(arm2.health().fail_open_count(), before + 1);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the settings and the sequence of outcomes, a version always keeps an
+        /// available upstream, never has more than its cap out, and every ejection lasts between
+        /// the base and the cap.
+        #[test]
+        fn ejection_invariants(
+            n in 1u16..8,
+            consecutive in 1u32..4,
+            base_ms in 1u64..1_000,
+            max_ms in 1u64..100_000,
+            percent in 0u8..=100,
+            outcomes in proptest::collection::vec((0usize..8, proptest::bool::ANY, 0u64..500), 0..200),
+        ) {
+            let config = OutlierDetection {
+                enabled: true,
+                consecutive_failures: consecutive,
+                base_ejection_time: Duration::from_millis(base_ms),
+                max_ejection_time: Duration::from_millis(max_ms),
+                max_ejection_percent: percent,
+            };
+            let o = Outlier::compile(&config).unwrap();
+            let ups = version(n);
+            let t0 = Instant::now();
+            let mut elapsed = 0;
+            for (i, failed, step) in outcomes {
+                elapsed += step;
+                let now = t0 + Duration::from_millis(elapsed);
+                let up = &ups[i % ups.len()];
+                if failed {
+                    if let Some(length) = up.health.record_failure(&o, &ups, &mut LazyNow::at(now)) {
+                        let ms = u64::try_from(length.as_millis()).unwrap();
+                        proptest::prop_assert!(ms >= base_ms.min(max_ms.max(base_ms)));
+                        proptest::prop_assert!(ms <= max_ms.max(base_ms));
+                    }
+                } else {
+                    up.health.record_success(&o, &mut LazyNow::at(now));
+                }
+                let out = ups.iter().filter(|u| !u.health.is_available(now)).count();
+                proptest::prop_assert!(out <= o.max_ejected(ups.len()));
+                proptest::prop_assert!(out < ups.len());
+            }
+        }
+    }
 }

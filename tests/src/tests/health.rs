@@ -635,3 +635,61 @@ async fn weir_probes_follow_reloads_and_stop_on_shutdown() {
         "FIGURE: weir run: an upstream failing /healthz got 0 of 20 requests; after a reload removing it its probes stopped, and every probe stopped on shutdown"
     );
 }
+
+/// Probes that time out (a hanging upstream) mark it down and leave no connection behind; a
+/// hanging upstream's requests (no head within `responseTimeout`, 504) eject it too.
+#[tokio::test]
+async fn hanging_upstreams_are_taken_out_and_probes_leak_nothing() {
+    use crate::faulty::{self, Script};
+    let hang = faulty::Upstream::spawn(Script::Hang);
+    let (a, c) = (Flaky::spawn("v1"), Server::spawn("v2"));
+    let mut model = model(
+        a.addr,
+        hang.addr(),
+        c.addr(),
+        "    healthCheck: { path: /healthz, interval: 50ms, timeout: 30ms, unhealthyThreshold: 3 }\n",
+    );
+    model.services[0].upstream.response_timeout = Duration::from_millis(100);
+    let proxy = Proxy::builder(model).workers(1).start();
+    let mut checker = Checker::default();
+    checker.reconcile(&proxy.routes().current());
+    let started = Instant::now();
+    crate::assert_eventually!(healthy(&proxy, "v1", hang.addr()) == 0.0);
+    let down_after = started.elapsed();
+    let replies = burst(&proxy, 20).await;
+    assert!(replies
+        .iter()
+        .all(|r| r.0 == 200 && r.1 == a.addr.to_string()));
+    let probes = hang.accepted();
+    drop(checker);
+    // Every probe connection is closed: by its timeout, and the last one when the checker stops.
+    crate::assert_eventually!(hang.open() == 0, "{} probe connections open", hang.open());
+    proxy.shutdown().await;
+
+    // Without a health check, outlier detection ejects it after 2 timeouts (504 each).
+    let mut model = self::model(
+        a.addr,
+        hang.addr(),
+        c.addr(),
+        "    outlierDetection: { consecutiveFailures: 2 }\n",
+    );
+    model.services[0].upstream.response_timeout = Duration::from_millis(100);
+    let proxy = Proxy::builder(model).workers(1).start();
+    let replies = burst(&proxy, 20).await;
+    let timed_out = replies.iter().filter(|r| r.0 == 504).count();
+    assert_eq!(timed_out, 2);
+    assert_eq!(replies.iter().filter(|r| r.0 == 200).count(), 18);
+    assert_eq!(ejections(&proxy, hang.addr()), 1.0);
+    crate::assert_eventually!(
+        hang.open() == 0 && proxy.version_stats("shop", "v1").upstream_connections() <= 1,
+        "{} connections open at the hanging upstream",
+        hang.open()
+    );
+    eprintln!(
+        "FIGURE: hanging upstream: out by its probes (30ms timeout ×3) in {down_after:?}, {probes} probe connections, 0 left open; \
+         without probes ejected after {timed_out} × 504, then 18/18 requests 200; 0 connections leaked"
+    );
+    proxy.shutdown().await;
+    hang.shutdown().await;
+    c.shutdown().await;
+}
