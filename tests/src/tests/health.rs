@@ -411,7 +411,7 @@ async fn an_active_check_takes_an_upstream_out_and_back() {
         b.addr,
         c.addr(),
         "    outlierDetection: { enabled: false }
-    healthCheck: { path: /healthz, interval: 50ms, timeout: 50ms, healthyThreshold: 2, unhealthyThreshold: 2 }
+    healthCheck: { path: /healthz, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2 }
 ",
     );
     let proxy = Proxy::builder(model).workers(1).start();
@@ -452,7 +452,7 @@ async fn an_active_check_takes_an_upstream_out_and_back() {
         10
     );
     eprintln!(
-        "FIGURE: active check (50ms interval, 2 failures / 2 passes): out {down_after:?} after /healthz turned 503, 0 of 50 requests to it, back {up_after:?} after it turned 200"
+        "FIGURE: active check (100ms interval, 2 failures / 2 passes): out {down_after:?} after /healthz turned 503, 0 of 50 requests to it, back {up_after:?} after it turned 200"
     );
     drop(checker);
     let probes = a.probes.load(Relaxed);
@@ -534,7 +534,7 @@ async fn health_state_survives_a_rebuild_that_keeps_the_address() {
         Flaky::spawn("v1"),
     );
     let extra = "    outlierDetection: { consecutiveFailures: 2, baseEjectionTime: 1h, maxEjectionTime: 2h }
-    healthCheck: { path: /healthz, interval: 50ms, timeout: 50ms }
+    healthCheck: { path: /healthz, interval: 10s, timeout: 2s }
 ";
     let first = model(a.addr, b.addr, c.addr(), extra);
     let proxy = Proxy::builder(first).workers(1).start();
@@ -558,7 +558,7 @@ async fn health_state_survives_a_rebuild_that_keeps_the_address() {
     assert_eq!(healthy(&proxy, "v1", a.addr), 0.0, "still ejected");
     assert_eq!(ejections(&proxy, a.addr), 1.0);
     let b_probes = b.probes.load(Relaxed);
-    crate::assert_eventually!(d.probes.load(Relaxed) >= 2);
+    crate::assert_eventually!(d.probes.load(Relaxed) >= 1);
     assert!(
         b.probes.load(Relaxed) <= b_probes + 1,
         "no probes of a removed upstream"
@@ -586,7 +586,7 @@ async fn weir_probes_follow_reloads_and_stop_on_shutdown() {
   - name: shop
     match: {{ hosts: [shop.example.com] }}
     stable: {{ version: v1, upstreams: [{upstreams}] }}
-    healthCheck: {{ path: /healthz, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }}
+    healthCheck: {{ path: /healthz, interval: 100ms, timeout: 100ms, unhealthyThreshold: 2, healthyThreshold: 1 }}
 "
         )
     };
@@ -647,7 +647,7 @@ async fn hanging_upstreams_are_taken_out_and_probes_leak_nothing() {
         a.addr,
         hang.addr(),
         c.addr(),
-        "    healthCheck: { path: /healthz, interval: 50ms, timeout: 30ms, unhealthyThreshold: 3 }\n",
+        "    healthCheck: { path: /healthz, interval: 100ms, timeout: 90ms, unhealthyThreshold: 3 }\n",
     );
     model.services[0].upstream.response_timeout = Duration::from_millis(100);
     let proxy = Proxy::builder(model).workers(1).start();
@@ -686,7 +686,7 @@ async fn hanging_upstreams_are_taken_out_and_probes_leak_nothing() {
         hang.open()
     );
     eprintln!(
-        "FIGURE: hanging upstream: out by its probes (30ms timeout ×3) in {down_after:?}, {probes} probe connections, 0 left open; \
+        "FIGURE: hanging upstream: out by its probes (90ms timeout ×3) in {down_after:?}, {probes} probe connections, 0 left open; \
          without probes ejected after {timed_out} × 504, then 18/18 requests 200; 0 connections leaked"
     );
     proxy.shutdown().await;
