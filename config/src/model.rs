@@ -11,12 +11,14 @@ use std::time::Duration;
 
 mod dns;
 mod edge;
+mod health;
 
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
     MIN_HEADER_BYTES,
 };
+pub use health::{HealthCheck, OutlierDetection};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +164,10 @@ pub struct Service {
     /// Protocols clients may switch to with `Upgrade` (`upgrades`, default `[websocket]`); any
     /// other upgrade request is forwarded as a plain request without its upgrade headers.
     pub upgrades: Vec<UpgradeProtocol>,
+    /// Passive outlier detection inside each version (`outlierDetection`, on by default).
+    pub outlier_detection: OutlierDetection,
+    /// Active health checks of every upstream (`healthCheck`, off by default).
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -1270,6 +1270,7 @@ fn never_panics_on_odd_input() {
 mod admin;
 mod dns;
 mod edge;
+mod health;
 mod policies;
 
 #[test]

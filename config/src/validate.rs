@@ -9,6 +9,7 @@
 
 mod dns;
 mod edge;
+mod health;
 mod policy;
 mod strategy;
 mod template;
@@ -491,6 +492,8 @@ fn service(
             "strategy",
             "sessionAffinity",
             "upgrades",
+            "outlierDetection",
+            "healthCheck",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -550,6 +553,13 @@ fn service(
         crate::model::default_upgrades(),
         edge::upgrades,
     );
+    let outlier_detection = o.or(
+        cx,
+        "outlierDetection",
+        crate::model::OutlierDetection::default(),
+        health::outlier_detection,
+    );
+    let health_check = o.opt(cx, "healthCheck", health::health_check);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -559,6 +569,8 @@ fn service(
         strategy: strategy?,
         session_affinity: session_affinity?,
         upgrades: upgrades?,
+        outlier_detection: outlier_detection?,
+        health_check: health_check?,
     })
 }
 

@@ -203,6 +203,7 @@ pub async fn start_with_lookup(
         .collect();
     serve_config.max_connections = model.limits.max_connections;
     weir_proxy::limits::register(&mut registry, serve_config.connections.clone());
+    let health_routes = routes.clone();
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
@@ -240,6 +241,11 @@ pub async fn start_with_lookup(
     let (apply_tx, apply_rx) = mpsc::channel(4);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     tasks.push(tokio::spawn(driver.run(apply_rx)));
+    // Active health checks: their own tasks, reconciled after every publish.
+    tasks.push(tokio::spawn(crate::health::run(
+        health_routes,
+        handle.generation(),
+    )));
     tasks.push(tokio::spawn(reload::run(
         options.config_path.clone(),
         Some(loaded),

@@ -7,6 +7,8 @@
 //!   providers), persistence, and the driver that is the only writer of the route table.
 //! - [`api`]: the admin HTTP server and the versioned types it serves (`/api/v1`), which are not
 //!   the persisted state.
+//! - [`health`]: active health checks of upstreams (`services[].healthCheck`), one task per
+//!   upstream, flipping the data plane's shared health state.
 //! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
 //! - [`resolve`]: upstream host names, resolved at load and re-resolved on a timer off the
 //!   control thread.
@@ -21,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod demo;
 pub mod engine;
+pub mod health;
 pub mod reload;
 pub mod resolve;
 pub mod telemetry;

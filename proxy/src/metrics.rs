@@ -13,6 +13,12 @@
 //! ones: `weir_mirror_requests_total{service,version,status}`,
 //! `weir_mirror_request_duration_seconds{service,version}` and
 //! `weir_mirror_dropped_total{service,reason}`.
+//!
+//! Upstream health inside a version: `weir_upstream_healthy{service,version,upstream}` (1 when the
+//! upstream may get traffic: not ejected and not failed by its health check),
+//! `weir_upstream_ejections_total{service,version,upstream}` and
+//! `weir_upstream_fail_open_total{service,version}` (requests sent while no upstream of the
+//! version was available). `upstream` is the address, bounded by the config.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -160,6 +166,7 @@ impl Collector for DataPlaneCollector {
                 ConstGauge::new(count as i64).encode(rules.encode_family(&labels)?)?;
             }
         }
+        encode_health(&mut encoder, &table)?;
         let mut generation = encoder.encode_descriptor(
             "weir_route_table_generation",
             "Number of route tables published since start",
@@ -221,6 +228,66 @@ fn encode_exchanges(
                 &buckets,
                 None,
             )?;
+    }
+    Ok(())
+}
+
+/// The health series of every upstream in the current table.
+fn encode_health(
+    encoder: &mut DescriptorEncoder<'_>,
+    table: &crate::RouteTable,
+) -> Result<(), std::fmt::Error> {
+    let now = tokio::time::Instant::now();
+    let arms = || table.services().iter().flat_map(|s| s.arms());
+    let mut healthy = encoder.encode_descriptor(
+        "weir_upstream_healthy",
+        "1 when the upstream may get traffic (not ejected by outlier detection, not failed by its health check), by service, version and upstream address",
+        None,
+        MetricType::Gauge,
+    )?;
+    for arm in arms() {
+        for upstream in arm.upstreams() {
+            let addr = upstream.addr().to_string();
+            let health = upstream.health();
+            let labels = [
+                ("service", health.service()),
+                ("version", health.version()),
+                ("upstream", addr.as_str()),
+            ];
+            ConstGauge::new(i64::from(health.is_available(now)))
+                .encode(healthy.encode_family(&labels)?)?;
+        }
+    }
+    let mut ejections = encoder.encode_descriptor(
+        "weir_upstream_ejections",
+        "Ejections by passive outlier detection, by service, version and upstream address",
+        None,
+        MetricType::Counter,
+    )?;
+    for arm in arms() {
+        for upstream in arm.upstreams() {
+            let addr = upstream.addr().to_string();
+            let health = upstream.health();
+            let labels = [
+                ("service", health.service()),
+                ("version", health.version()),
+                ("upstream", addr.as_str()),
+            ];
+            ConstCounter::new(health.ejections()).encode(ejections.encode_family(&labels)?)?;
+        }
+    }
+    let mut fail_open = encoder.encode_descriptor(
+        "weir_upstream_fail_open",
+        "Requests sent while every upstream of the version was ejected or unhealthy (fail open), by service and version",
+        None,
+        MetricType::Counter,
+    )?;
+    for service in table.services() {
+        for arm in service.arms() {
+            let labels = [("service", service.name()), ("version", arm.version())];
+            ConstCounter::new(arm.health().fail_open_count())
+                .encode(fail_open.encode_family(&labels)?)?;
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! once and finishes on that snapshot whatever is published meanwhile.
 
 mod build;
+pub mod health;
 pub(crate) mod matcher;
 pub mod rules;
 pub mod split;
@@ -21,6 +22,7 @@ use http::HeaderValue;
 use weir_config::{HeaderRoute, MirrorRoute, UpstreamOptions, Weight};
 
 pub use self::build::{file_weight, BuildError, TlsMaterial};
+use self::health::{ArmHealth, LazyNow, Outlier, UpstreamHealth};
 use self::matcher::HostIndex;
 use self::rules::{Affinity, HeaderRule, MirrorRule, PreviewRule};
 pub use self::rules::{DecidedBy, RequestHead, RuleError};
@@ -88,6 +90,8 @@ pub struct ServiceRoute {
     pub(crate) mirror_rules: Box<[MirrorRule]>,
     /// Where mirrored exchanges and dropped copies are counted (with mirror routes in force).
     pub(crate) mirror_stats: Option<MirrorStatsHandles>,
+    /// Active health checks of the upstreams (`healthCheck`), run by the control plane.
+    pub(crate) health_check: Option<weir_config::HealthCheck>,
 }
 
 /// The stats handles of a service's mirror traffic, resolved when the table is built.
@@ -128,16 +132,42 @@ pub struct RuleCounts {
 /// One version of a service: its upstreams and stats handle.
 #[derive(Debug)]
 pub struct ArmRoute {
+    pub(crate) service: Arc<str>,
     pub(crate) version: Arc<str>,
     pub(crate) upstreams: Box<[UpstreamRoute]>,
     pub(crate) next_upstream: AtomicUsize,
     pub(crate) stats: Arc<VersionStats>,
+    /// Passive outlier detection, when on and the version has two or more upstreams.
+    pub(crate) outlier: Option<Outlier>,
+    /// Fail-open bookkeeping, shared across tables.
+    pub(crate) health: Arc<ArmHealth>,
 }
 
 /// One upstream address.
 #[derive(Debug, Clone)]
 pub struct UpstreamRoute {
     pub(crate) addr: std::net::SocketAddr,
+    /// The upstream as written in the file (`HOST:PORT`): the health probe's default `Host`.
+    pub(crate) name: Arc<str>,
+    /// Ejection and probe state, shared with every table that keeps this address.
+    pub(crate) health: Arc<UpstreamHealth>,
+}
+
+impl UpstreamRoute {
+    /// The address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The upstream as written in the file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its health state.
+    pub fn health(&self) -> &Arc<UpstreamHealth> {
+        &self.health
+    }
 }
 
 /// A listener's TLS server config, kept with the PEM it was built from so that a table that changes
@@ -266,6 +296,16 @@ impl ServiceRoute {
         self.canary.as_ref()
     }
 
+    /// The stable arm, then the canary arm if any.
+    pub fn arms(&self) -> impl Iterator<Item = &ArmRoute> {
+        std::iter::once(&self.stable).chain(self.canary.as_ref())
+    }
+
+    /// The active health check of its upstreams, if configured.
+    pub fn health_check(&self) -> Option<&weir_config::HealthCheck> {
+        self.health_check.as_ref()
+    }
+
     /// Picks the arm for a request by the rules, in order: header/cookie routes → blue-green
     /// preview → sticky assignment → the exact weighted split. Only requests that reach the split
     /// advance its sequence. Without a canary arm every request goes to stable.
@@ -359,15 +399,71 @@ impl ArmRoute {
         self.upstreams.iter().map(|u| u.addr)
     }
 
-    /// Round-robin start index for the next request.
+    /// The upstreams, with their health.
+    pub fn upstreams(&self) -> &[UpstreamRoute] {
+        &self.upstreams
+    }
+
+    /// Fail-open bookkeeping of this version.
+    pub fn health(&self) -> &Arc<ArmHealth> {
+        &self.health
+    }
+
+    /// The upstream for the next request: round-robin over the available ones (neither ejected
+    /// nor failed by their health check), with a scan bounded by the number of upstreams. When
+    /// none is available the round-robin choice is used anyway (fail open, counted and logged).
+    /// A version with one upstream reads nothing.
     #[inline]
     pub(crate) fn next_index(&self) -> usize {
-        if self.upstreams.len() == 1 {
+        let n = self.upstreams.len();
+        if n == 1 {
             return 0;
         }
-        self.next_upstream
+        let start = self
+            .next_upstream
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % self.upstreams.len()
+            % n;
+        let mut now = LazyNow::default();
+        for offset in 0..n {
+            let idx = (start + offset) % n;
+            if self.upstreams[idx].health.available(&mut now) {
+                self.health.recovered(&self.service, &self.version);
+                return idx;
+            }
+        }
+        self.health.failed_open(&self.service, &self.version);
+        start
+    }
+
+    /// The upstream to retry on after `attempt` tries starting at `first` (the request could not
+    /// be sent there): the next available one in round-robin order, else the next one (fail
+    /// open); `None` once every upstream was tried. Advances `attempt`.
+    pub(crate) fn retry_index(&self, first: usize, attempt: &mut usize) -> Option<usize> {
+        let n = self.upstreams.len();
+        let mut now = LazyNow::default();
+        let next = (*attempt + 1..n)
+            .find(|&a| self.upstreams[(first + a) % n].health.available(&mut now))
+            .or_else(|| (*attempt + 1 < n).then_some(*attempt + 1))?;
+        *attempt = next;
+        Some((first + next) % n)
+    }
+
+    /// Records how an exchange with upstream `idx` ended for outlier detection: `failed` for a
+    /// connect failure or timeout, a broken exchange, no head in time, or a status ≥ 500. Never
+    /// called for what a client caused. Free for a version with one upstream.
+    #[inline]
+    pub(crate) fn record_outcome(&self, idx: usize, failed: bool) {
+        let (Some(outlier), Some(upstream)) = (&self.outlier, self.upstreams.get(idx)) else {
+            return;
+        };
+        let mut now = LazyNow::default();
+        if failed {
+            upstream
+                .health
+                .record_failure(outlier, &self.upstreams, &mut now);
+        } else {
+            upstream.health.record_success(outlier, &mut now);
+        }
     }
 }
 

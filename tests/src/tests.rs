@@ -12,6 +12,7 @@ mod edge_request;
 mod examples;
 mod faults;
 mod forwarding;
+mod health;
 mod hot_swap;
 mod http2;
 mod metrics;

@@ -175,7 +175,9 @@ async fn respond_in_time<F: Future>(
     }
 }
 
-/// Sends over the pool, trying the arm's other upstreams when a connection cannot be made.
+/// Sends over the pool, trying the arm's other upstreams (the available ones first) when a
+/// connection cannot be made, and tells outlier detection how each upstream did: a failure it
+/// caused counts, a failure the client caused does not.
 async fn send(
     worker: &Rc<Worker>,
     service: &ServiceRoute,
@@ -185,11 +187,10 @@ async fn send(
     _start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let options = &service.options;
-    let n_upstreams = arm.upstreams.len();
     let first = arm.next_index();
-    let mut attempt = 0;
+    let (mut idx, mut attempt) = (first, 0);
     loop {
-        let addr = arm.upstreams[(first + attempt) % n_upstreams].addr;
+        let addr = arm.upstreams[idx].addr;
         let sent = respond_in_time(
             worker
                 .pool
@@ -200,6 +201,7 @@ async fn send(
         .await;
         let error = match sent {
             Ok(Ok((mut response, lease))) => {
+                arm.record_outcome(idx, response.status().is_server_error());
                 strip_hop_by_hop(response.headers_mut(), false);
                 let (parts, body) = response.into_parts();
                 let body =
@@ -222,17 +224,25 @@ async fn send(
             },
         };
         arm.stats.record_upstream_error(error.kind);
+        arm.record_outcome(idx, true);
         let retryable = matches!(
             error.kind,
             UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout
         );
-        match error.request {
-            Some(returned) if retryable && attempt + 1 < n_upstreams => {
+        // Retries stay within the arm: another version would hide a bad canary.
+        let next = match error.request {
+            Some(returned) if retryable => {
+                arm.retry_index(first, &mut attempt).map(|i| (i, returned))
+            }
+            _ => None,
+        };
+        match next {
+            Some((next, returned)) => {
                 tracing::debug!(%addr, message = %error.message, "trying the next upstream");
                 request = returned;
-                attempt += 1;
+                idx = next;
             }
-            _ => {
+            None => {
                 return Err(ProxyError::Upstream {
                     kind: error.kind,
                     message: error.message,
@@ -250,7 +260,8 @@ async fn forward_upgrade(
     arm: &ArmRoute,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let addr = arm.upstreams[arm.next_index()].addr;
+    let idx = arm.next_index();
+    let addr = arm.upstreams[idx].addr;
     // The connection's tunnel settings and its place in the listener's count and the drain.
     let scope = request.extensions_mut().remove::<TunnelScope>();
     let client_upgrade = hyper::upgrade::on(&mut request);
@@ -263,9 +274,13 @@ async fn forward_upgrade(
     )
     .await;
     let mut response = match sent {
-        Ok(Ok(response)) => response,
+        Ok(Ok(response)) => {
+            arm.record_outcome(idx, response.status().is_server_error());
+            response
+        }
         Ok(Err(error)) => {
             arm.stats.record_upstream_error(error.kind);
+            arm.record_outcome(idx, true);
             return Err(ProxyError::Upstream {
                 kind: error.kind,
                 message: error.message,
@@ -273,6 +288,7 @@ async fn forward_upgrade(
         }
         Err(_) => {
             arm.stats.record_upstream_error(UpstreamErrorKind::Timeout);
+            arm.record_outcome(idx, true);
             return Err(ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 message: format!("no response from {addr}"),

@@ -4,7 +4,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use weir_config::{Model, Service, Weight};
+
+use super::health::{ArmHealth, Outlier, UpstreamHealth};
 
 use super::matcher::HostIndex;
 use super::rules::{Affinity, Cond, HeaderRule, MirrorRule, PreviewRule, RuleError};
@@ -83,6 +87,7 @@ impl RouteTable {
         stats: &Stats,
         previous: &RouteTable,
     ) -> Result<RouteTable, BuildError> {
+        let previous_health = PreviousHealth::of(previous);
         let previous_sequences: HashMap<&str, &Arc<AtomicU64>> = previous
             .services
             .iter()
@@ -135,7 +140,7 @@ impl RouteTable {
             let canary = service
                 .canary
                 .as_ref()
-                .map(|c| arm(stats, service, &c.version));
+                .map(|c| arm(stats, service, &c.version, &previous_health));
             let weight = if canary.is_some() {
                 weight
             } else {
@@ -206,7 +211,7 @@ impl RouteTable {
                 name: Arc::from(service.name.as_str()),
                 split: Split::new(weight, has_canary, sequence),
                 weight,
-                stable: arm(stats, service, &service.stable),
+                stable: arm(stats, service, &service.stable, &previous_health),
                 canary,
                 options: service.upstream.clone(),
                 upgrades: service.upgrades.clone().into(),
@@ -216,6 +221,7 @@ impl RouteTable {
                 affinity,
                 mirror_rules,
                 mirror_stats,
+                health_check: service.health_check.clone(),
             });
         }
         hosts.finish();
@@ -293,21 +299,86 @@ pub fn file_weight(service: &Service) -> Weight {
         .unwrap_or(Weight::ZERO)
 }
 
+/// The health states of the table being replaced, by (service, version, address) and by
+/// (service, version): an address still configured keeps its ejection and probe state.
+struct PreviousHealth<'t> {
+    upstreams: HashMap<(&'t str, &'t str, SocketAddr), &'t Arc<UpstreamHealth>>,
+    arms: HashMap<(&'t str, &'t str), &'t Arc<ArmHealth>>,
+}
+
+impl<'t> PreviousHealth<'t> {
+    fn of(previous: &'t RouteTable) -> Self {
+        let arms = || previous.services.iter().flat_map(|s| s.arms());
+        PreviousHealth {
+            upstreams: arms()
+                .flat_map(|a| {
+                    a.upstreams
+                        .iter()
+                        .map(move |u| ((&*a.service, &*a.version, u.addr), &u.health))
+                })
+                .collect(),
+            arms: arms()
+                .map(|a| ((&*a.service, &*a.version), &a.health))
+                .collect(),
+        }
+    }
+}
+
 /// A version's arm: one endpoint per address of its upstreams (a host name stands for every
 /// address it resolved to), each address once. Never empty: `build` checks first.
-fn arm(stats: &Stats, service: &Service, version: &weir_config::Version) -> ArmRoute {
+fn arm(
+    stats: &Stats,
+    service: &Service,
+    version: &weir_config::Version,
+    previous: &PreviousHealth<'_>,
+) -> ArmRoute {
+    let service_name: Arc<str> = Arc::from(service.name.as_str());
+    let version_name: Arc<str> = Arc::from(version.version.as_str());
+    let outlier = Outlier::compile(&service.outlier_detection);
     let mut seen = HashSet::new();
+    let upstreams: Box<[UpstreamRoute]> = version
+        .upstreams
+        .iter()
+        .flat_map(|u| u.addrs.iter().map(move |addr| (u, *addr)))
+        .filter(|(_, addr)| seen.insert(*addr))
+        .map(|(u, addr)| {
+            let key = (service.name.as_str(), version.version.as_str(), addr);
+            let health = match previous.upstreams.get(&key) {
+                Some(&health) => {
+                    if outlier.is_none() {
+                        health.clear_ejection();
+                    }
+                    if service.health_check.is_none() {
+                        health.set_probe_healthy(true);
+                    }
+                    Arc::clone(health)
+                }
+                None => Arc::new(UpstreamHealth::new(
+                    service_name.clone(),
+                    version_name.clone(),
+                    addr,
+                )),
+            };
+            UpstreamRoute {
+                addr,
+                name: Arc::from(u.name.as_str()),
+                health,
+            }
+        })
+        .collect();
+    let health = previous
+        .arms
+        .get(&(service.name.as_str(), version.version.as_str()))
+        .map(|&h| Arc::clone(h))
+        .unwrap_or_default();
     ArmRoute {
-        version: Arc::from(version.version.as_str()),
-        upstreams: version
-            .upstreams
-            .iter()
-            .flat_map(|u| u.addrs.iter().copied())
-            .filter(|addr| seen.insert(*addr))
-            .map(|addr| UpstreamRoute { addr })
-            .collect(),
+        service: service_name,
+        version: version_name,
+        outlier: outlier.filter(|_| upstreams.len() > 1),
+        upstreams,
         next_upstream: AtomicUsize::new(0),
         stats: stats.handle(&service.name, &version.version),
+        health,
     }
 }
 
