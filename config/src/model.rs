@@ -12,7 +12,7 @@ use std::time::Duration;
 mod edge;
 
 pub use edge::{
-    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
+    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
     MIN_HEADER_BYTES,
 };
 
