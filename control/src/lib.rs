@@ -10,6 +10,9 @@
 //! - [`reload`]: the file watcher (notify + debouncer), SIGHUP, loading and certificate reading.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
+//! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
+//! - [`listeners`]: listener settings on reload (new connections get them) and the listener
+//!   changes that need a restart.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -19,6 +22,8 @@ pub mod api;
 pub mod app;
 pub mod demo;
 pub mod engine;
+pub mod listeners;
+pub mod memory;
 pub mod reload;
 pub mod telemetry;
 pub mod upgrade;

@@ -7,6 +7,7 @@ mod admin_security;
 mod blue_green;
 mod config_edges;
 mod edge_conn;
+mod edge_memory;
 mod edge_request;
 mod examples;
 mod faults;

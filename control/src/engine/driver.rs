@@ -149,7 +149,12 @@ pub struct Driver {
     frozen: bool,
     /// Measurements that came back while frozen, handled again if the hand-over fails.
     deferred: Vec<Input>,
+    /// Called with each reloaded model once it is served (listener settings, memory limit).
+    on_applied: Option<OnApplied>,
 }
+
+/// What the driver calls with every config it applies.
+pub type OnApplied = Box<dyn FnMut(&Model) + Send>;
 
 /// Handles to a running driver.
 #[derive(Clone)]
@@ -220,6 +225,7 @@ impl Driver {
             held: BTreeMap::new(),
             frozen: false,
             deferred: Vec::new(),
+            on_applied: None,
         };
         driver.flush_events();
         driver.persist_all();
@@ -231,6 +237,11 @@ impl Driver {
             generation: generation_rx,
         };
         Ok((driver, routes, handle))
+    }
+
+    /// Calls `hook` with every reloaded config once its table is served.
+    pub fn on_applied(&mut self, hook: OnApplied) {
+        self.on_applied = Some(hook);
     }
 
     /// Gives the client listeners' bound addresses (by name), used for `{{preview.url}}`.
@@ -766,9 +777,6 @@ impl Driver {
     /// Applies a reloaded config: reconciles rollouts with it, then builds and publishes its table,
     /// or keeps the current one.
     pub async fn apply(&mut self, loaded: Loaded) {
-        if loaded.model.listeners != self.model.listeners {
-            tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
-        }
         if loaded.model.admin != self.model.admin || loaded.model.state_dir != self.model.state_dir
         {
             tracing::warn!("admin or stateDir settings changed: they take effect after a restart");
@@ -823,6 +831,9 @@ impl Driver {
             Ok(generation) => {
                 self.model = loaded.model;
                 self.tls = loaded.tls;
+                if let Some(hook) = self.on_applied.as_mut() {
+                    hook(&self.model);
+                }
                 // A widening from a reload (rare: reconcile mostly narrows) is saved after it
                 // is served; a failed save is retried from the tick.
                 self.save_now(widened).await;

@@ -909,7 +909,7 @@ async fn the_config_limits_apply_and_are_exported() {
         .await
         .is_empty());
     let admin = weir.admin();
-    let shed = r#"weir_connections_shed_total{listener="public"}"#;
+    let shed = r#"weir_connections_shed_total{listener="public",reason="connections"}"#;
     let open = r#"weir_connections_open{listener="public"}"#;
     assert_eq!(crate::admin::metric(admin, shed).await, Some(1.0));
     assert_eq!(crate::admin::metric(admin, open).await, Some(1.0));
