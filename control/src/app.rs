@@ -188,6 +188,7 @@ pub async fn start_with(
         live: serve_config.live.clone(),
         memory: memory.limit_sender(),
         gauge: crate::listeners::PendingGauge::default(),
+        reported: Default::default(),
     };
     listener_hook.register(&mut registry);
     driver.on_applied(Box::new(move |model| listener_hook.apply(model)));

@@ -92,6 +92,8 @@ pub struct ReloadHook {
     pub memory: mpsc::Sender<MemoryLimit>,
     /// `weir_listener_restart_pending`.
     pub gauge: PendingGauge,
+    /// Every listener name the gauge has reported (set back to 0 once resolved).
+    pub reported: std::collections::BTreeSet<String>,
 }
 
 impl ReloadHook {
@@ -128,8 +130,9 @@ impl ReloadHook {
         let _ = self.memory.send(model.limits.max_memory);
         let pending = pending(&self.served, model);
         // Every listener ever reported stays in the family (at 0 once resolved).
-        let names: Vec<String> = self.served.keys().chain(pending.keys()).cloned().collect();
-        for name in names {
+        self.reported.extend(self.served.keys().cloned());
+        self.reported.extend(pending.keys().cloned());
+        for name in self.reported.iter().cloned() {
             let value = i64::from(pending.contains_key(&name));
             self.gauge
                 .get_or_create(&vec![("listener".into(), name)])
