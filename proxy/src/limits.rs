@@ -951,6 +951,44 @@ mod tests {
     }
 
     #[test]
+    fn live_settings_change_only_when_they_differ() {
+        let live = LiveSettings::new();
+        assert_eq!(live.version(), 0);
+        assert_eq!(live.current().max_connections, 50_000, "the default limit");
+        let mut snapshot = SettingsSnapshot::default();
+        assert!(!live.set(snapshot.clone()), "unchanged");
+        snapshot.max_connections = 3;
+        assert!(live.set(snapshot.clone()));
+        assert_eq!((live.version(), live.current().max_connections), (1, 3));
+        assert!(!live.set(snapshot));
+        assert_eq!(live.version(), 1);
+    }
+
+    #[test]
+    fn refusals_and_memory_sheds_are_counted_by_reason() {
+        let stats = ConnectionStats::new();
+        let conns = stats.listener("public");
+        for refusal in crate::framing::Refusal::ALL {
+            conns.refused(RefuseReason::Framing(refusal));
+        }
+        conns.refused(RefuseReason::BadHost);
+        conns.refused(RefuseReason::BadHost);
+        for refusal in crate::framing::Refusal::ALL {
+            assert_eq!(stats.refused("public", refusal.as_str()), 1, "{refusal:?}");
+        }
+        assert_eq!(stats.refused("public", "bad_host"), 2);
+        assert_eq!(stats.refused("public", "nonsense"), 0);
+        conns.shed_for_memory();
+        assert_eq!(stats.shed_for("public", "memory"), 1);
+        assert_eq!(stats.shed_for("public", "connections"), 0);
+        assert_eq!(stats.shed("public"), 1);
+        let pressure = MemoryPressure::new();
+        let clone = pressure.clone();
+        clone.set(true);
+        assert!(pressure.is_over());
+    }
+
+    #[test]
     fn deadlines_never_overflow() {
         let now = Instant::now();
         assert!(after(now, Duration::MAX) > now);
