@@ -104,9 +104,9 @@ async fn over_max_memory_new_connections_are_shed_and_established_ones_served() 
     let resumed_in = start.elapsed();
     assert_eq!(Http1::connect(addr).await.get("any", "/").await.status, 200);
     eprintln!(
-        "FIGURE: maxMemory 1MiB (RSS {:.0} MiB): new connections shed {flagged_in:?} after the reload, \
+        "FIGURE: maxMemory 1MiB (RSS {:.0} MiB): new connections shed {flagged_in:?} after the config file was rewritten, \
          {NEW}/{NEW} further ones shed ({series} = {counted}), {served}/20 requests of the established \
-         keep-alive client served; maxMemory 1TiB: accepting again {resumed_in:?} after the reload",
+         keep-alive client served; maxMemory 1TiB: accepting again {resumed_in:?} after the rewrite",
         resident / 1_048_576.0
     );
     drop(established);
@@ -291,7 +291,7 @@ async fn child_process_h2_send_buffer() {
     for _ in 0..H2_CONNECTIONS {
         clients.push(never_reading_client(proxy.addr()).await);
     }
-    // Until the upstreams are blocked: nothing more written for 500 ms (at most 20 s).
+    // Until the upstreams are blocked: nothing more written for 1 s (at most 20 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = u64::MAX;
     let mut stable_since = Instant::now();
@@ -301,7 +301,7 @@ async fn child_process_h2_send_buffer() {
         if now != last {
             last = now;
             stable_since = Instant::now();
-        } else if stable_since.elapsed() >= Duration::from_millis(500) && now > 0 {
+        } else if stable_since.elapsed() >= Duration::from_secs(1) && now > 0 {
             break;
         }
     }
