@@ -10,8 +10,9 @@
 //!   was over `limits.maxMemory`, see [`MemoryPressure`]);
 //! - `weir_requests_refused_total{listener,reason}`: HTTP/1 requests refused with `400` before
 //!   anything reached a service (the framing checks of [`crate::framing`], `reason` one of
-//!   [`crate::framing::Refusal::as_str`], and `bad_host` for a missing, repeated or mismatched
-//!   `Host`); never counted against a version;
+//!   [`crate::framing::Refusal::as_str`], `bad_host` for a missing, repeated or mismatched
+//!   `Host`, `header_too_large` for a head over the listener's header limits, answered `431`);
+//!   never counted against a version;
 //! - `weir_connections_timed_out_total{listener,reason}`: connections closed by a timeout,
 //!   `reason` ∈ `first_byte`, `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`.
 
@@ -101,25 +102,37 @@ pub(crate) enum RefuseReason {
     Framing(crate::framing::Refusal),
     /// A missing, repeated or mismatched `Host`.
     BadHost,
+    /// An HTTP/1 head over `maxHeaderBytes` or with more than `maxHeaders` fields (hyper
+    /// answers `431` and closes).
+    HeaderTooLarge,
 }
 
-const REFUSE_REASONS: usize = crate::framing::Refusal::ALL.len() + 1;
+/// The reasons after the framing ones, in index order.
+const OTHER_REASONS: [&str; 2] = ["bad_host", "header_too_large"];
+const REFUSE_REASONS: usize = crate::framing::Refusal::ALL.len() + OTHER_REASONS.len();
 
 impl RefuseReason {
     fn index(self) -> usize {
+        let framing = crate::framing::Refusal::ALL.len();
         match self {
             RefuseReason::Framing(refusal) => crate::framing::Refusal::ALL
                 .iter()
                 .position(|r| *r == refusal)
                 .unwrap_or(0),
-            RefuseReason::BadHost => REFUSE_REASONS - 1,
+            RefuseReason::BadHost => framing,
+            RefuseReason::HeaderTooLarge => framing + 1,
         }
     }
 
     fn name(index: usize) -> &'static str {
-        crate::framing::Refusal::ALL
-            .get(index)
-            .map_or("bad_host", |r| r.as_str())
+        let framing = crate::framing::Refusal::ALL.len();
+        match crate::framing::Refusal::ALL.get(index) {
+            Some(refusal) => refusal.as_str(),
+            None => OTHER_REASONS
+                .get(index - framing)
+                .copied()
+                .unwrap_or("other"),
+        }
     }
 }
 
@@ -973,6 +986,8 @@ mod tests {
         }
         conns.refused(RefuseReason::BadHost);
         conns.refused(RefuseReason::BadHost);
+        conns.refused(RefuseReason::HeaderTooLarge);
+        assert_eq!(stats.refused("public", "header_too_large"), 1);
         for refusal in crate::framing::Refusal::ALL {
             assert_eq!(stats.refused("public", refusal.as_str()), 1, "{refusal:?}");
         }

@@ -37,8 +37,8 @@ use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::framing::Inspect;
 use crate::limits::{
     Activity, ActivityIo, ConnSlot, ConnectionStats, Expired, ListenerConns, ListenerSettings,
-    LiveSettings, MemoryPressure, SettingsSnapshot, TimeoutReason, TrackedBody, TunnelScope,
-    WorkerConns,
+    LiveSettings, MemoryPressure, RefuseReason, SettingsSnapshot, TimeoutReason, TrackedBody,
+    TunnelScope, WorkerConns,
 };
 use crate::routes::Routes;
 
@@ -501,6 +501,13 @@ async fn drive<S>(
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
+                // hyper answered 431 itself (head over maxHeaderBytes or maxHeaders).
+                if error
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse_too_large)
+                {
+                    ctx.conns.refused(RefuseReason::HeaderTooLarge);
+                }
                 tracing::debug!(%error, "connection ended with an error");
             }
             return;

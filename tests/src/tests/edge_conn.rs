@@ -1135,6 +1135,12 @@ async fn refused_requests_are_counted_by_listener_and_reason_never_by_version() 
         let reply = raw_exchange(addr, raw).await;
         assert_eq!(status_of(&reply), 400, "{reason}");
     }
+    // A head over maxHeaderBytes (32 KiB): hyper answers 431.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: any\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    assert_eq!(status_of(&raw_exchange(addr, huge.as_bytes()).await), 431);
     let metrics = crate::admin::metrics(admin).await;
     for (reason, _) in cases {
         let series =
@@ -1163,8 +1169,8 @@ async fn refused_requests_are_counted_by_listener_and_reason_never_by_version() 
     );
     assert_eq!(upstream.requests(), 0, "nothing reached the upstream");
     eprintln!(
-        "FIGURE: {} refused requests, each counted once in weir_requests_refused_total{{listener,reason}} ({}), 0 in http_requests_total, 0 reached the upstream",
-        cases.len(),
+        "FIGURE: {} refused requests, each counted once in weir_requests_refused_total{{listener,reason}} ({}, header_too_large), 0 in http_requests_total, 0 reached the upstream",
+        cases.len() + 1,
         cases.map(|(r, _)| r).join(", ")
     );
     weir.shutdown().await;
