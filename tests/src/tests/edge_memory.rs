@@ -121,7 +121,7 @@ async fn over_max_memory_new_connections_are_shed_and_established_ones_served() 
 const H2_CAP_ENV: &str = "WEIR_TEST_H2_SEND_BUFFER";
 /// Where the child writes its result line.
 const H2_OUT_ENV: &str = "WEIR_TEST_H2_SEND_BUFFER_OUT";
-const H2_CONNECTIONS: usize = 2;
+const H2_CONNECTIONS: usize = 1;
 const H2_STREAMS: u32 = 100;
 
 /// An upstream answering every request with an endless chunked body (16 KiB chunks as fast as
