@@ -15,7 +15,7 @@ mod health;
 
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
-    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol,
+    default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};

@@ -79,6 +79,8 @@ pub struct Running {
     /// Duplicates of every listening socket (admin included), by hand-over name, for a binary
     /// upgrade ([`upgrade::hand_over`]).
     handover: Vec<(String, std::net::TcpListener)>,
+    /// The memory sampler (stops when dropped).
+    _memory: crate::memory::MemoryGuard,
 }
 
 /// Loads the config, binds every listener and starts serving.
@@ -204,6 +206,24 @@ pub async fn start_with_lookup(
     serve_config.max_connections = model.limits.max_connections;
     weir_proxy::limits::register(&mut registry, serve_config.connections.clone());
     let health_routes = routes.clone();
+    // Memory-pressure shedding and listener settings on reload (crate::memory, crate::listeners).
+    let memory =
+        crate::memory::MemoryGuard::start(serve_config.memory.clone(), model.limits.max_memory)
+            .map_err(StartError::Spawn)?;
+    memory.register(&mut registry);
+    let mut listener_hook = crate::listeners::ReloadHook {
+        served: model
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .collect(),
+        live: serve_config.live.clone(),
+        memory: memory.limit_sender(),
+        gauge: crate::listeners::PendingGauge::default(),
+        reported: Default::default(),
+    };
+    listener_hook.register(&mut registry);
+    driver.on_applied(Box::new(move |model| listener_hook.apply(model)));
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
@@ -266,6 +286,7 @@ pub async fn start_with_lookup(
         tasks,
         ready,
         handover,
+        _memory: memory,
     })
 }
 

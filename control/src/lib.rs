@@ -14,6 +14,9 @@
 //!   control thread.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
+//! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
+//! - [`listeners`]: listener settings on reload (new connections get them) and the listener
+//!   changes that need a restart.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -24,6 +27,8 @@ pub mod app;
 pub mod demo;
 pub mod engine;
 pub mod health;
+pub mod listeners;
+pub mod memory;
 pub mod reload;
 pub mod resolve;
 pub mod telemetry;

@@ -79,7 +79,29 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A short, stable name (log field).
+    /// Every refusal, in a fixed order (the metric's reason set).
+    pub const ALL: [Refusal; 18] = [
+        Refusal::BareLf,
+        Refusal::BareCr,
+        Refusal::BadRequestLine,
+        Refusal::ObsFold,
+        Refusal::BadHeaderName,
+        Refusal::BadHeaderValue,
+        Refusal::LookalikeFramingHeader,
+        Refusal::BadContentLength,
+        Refusal::DuplicateContentLength,
+        Refusal::BadTransferEncoding,
+        Refusal::DuplicateTransferEncoding,
+        Refusal::ContentLengthWithTransferEncoding,
+        Refusal::TransferEncodingInHttp10,
+        Refusal::DuplicateHost,
+        Refusal::BadChunkSize,
+        Refusal::ChunkSizeOverflow,
+        Refusal::BadChunkExtension,
+        Refusal::BadChunkEnd,
+    ];
+
+    /// A short, stable name (log field, and the `reason` of `weir_requests_refused_total`).
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::BareLf => "bare_lf",
@@ -655,6 +677,8 @@ pin_project_lite::pin_project! {
         cut: &'static [u8],
         // Whether the cut is in a head (else in a body).
         head_cut: bool,
+        // Where refusals are counted (`weir_requests_refused_total`).
+        counter: Option<std::sync::Arc<crate::limits::ListenerConns>>,
     }
 }
 
@@ -665,7 +689,14 @@ impl<S> Inspect<S> {
             scanner: Scanner::new(),
             cut: &[],
             head_cut: false,
+            counter: None,
         }
+    }
+
+    /// Counts refusals in the listener's `weir_requests_refused_total`.
+    pub(crate) fn counted(mut self, conns: std::sync::Arc<crate::limits::ListenerConns>) -> Self {
+        self.counter = Some(conns);
+        self
     }
 }
 
@@ -702,6 +733,9 @@ impl<S: AsyncRead> AsyncRead for Inspect<S> {
                 reason = refused.reason.as_str(),
                 "refused an ambiguous HTTP/1 request"
             );
+            if let Some(counter) = this.counter.as_ref() {
+                counter.refused(crate::limits::RefuseReason::Framing(refused.reason));
+            }
             let cut = if refused.in_head { CUT_HEAD } else { CUT_BODY };
             // The refused byte was filled, so at least one byte of the cut fits.
             buf.set_filled(before + refused.at);

@@ -5,8 +5,14 @@
 //!
 //! Series (`listener` is the config's listener name; values are bounded):
 //! - `weir_connections_open{listener}`: open client connections, upgraded tunnels included;
-//! - `weir_connections_shed_total{listener}`: connections closed at once because the listener
-//!   was at `limits.maxConnections`;
+//! - `weir_connections_shed_total{listener,reason}`: connections closed at once, `reason` ∈
+//!   `connections` (the listener or the process was at `maxConnections`), `memory` (the process
+//!   was over `limits.maxMemory`, see [`MemoryPressure`]);
+//! - `weir_requests_refused_total{listener,reason}`: HTTP/1 requests refused with `400` before
+//!   anything reached a service (the framing checks of [`crate::framing`], `reason` one of
+//!   [`crate::framing::Refusal::as_str`], `bad_host` for a missing, repeated or mismatched
+//!   `Host`, `header_too_large` for a head over the listener's header limits, answered `431`);
+//!   never counted against a version;
 //! - `weir_connections_timed_out_total{listener,reason}`: connections closed by a timeout,
 //!   `reason` ∈ `first_byte`, `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`.
 
@@ -83,6 +89,51 @@ pub(crate) struct ListenerConns {
     open: AtomicUsize,
     shed: AtomicU64,
     timed_out: [AtomicU64; 6],
+    /// Connections shed while the process was over `limits.maxMemory`.
+    shed_memory: AtomicU64,
+    /// Requests refused, by [`RefuseReason::index`].
+    refused: [AtomicU64; REFUSE_REASONS],
+}
+
+/// Why a request was refused before reaching a service (`weir_requests_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefuseReason {
+    /// The HTTP/1 framing checks.
+    Framing(crate::framing::Refusal),
+    /// A missing, repeated or mismatched `Host`.
+    BadHost,
+    /// An HTTP/1 head over `maxHeaderBytes` or with more than `maxHeaders` fields (hyper
+    /// answers `431` and closes).
+    HeaderTooLarge,
+}
+
+/// The reasons after the framing ones, in index order.
+const OTHER_REASONS: [&str; 2] = ["bad_host", "header_too_large"];
+const REFUSE_REASONS: usize = crate::framing::Refusal::ALL.len() + OTHER_REASONS.len();
+
+impl RefuseReason {
+    fn index(self) -> usize {
+        let framing = crate::framing::Refusal::ALL.len();
+        match self {
+            RefuseReason::Framing(refusal) => crate::framing::Refusal::ALL
+                .iter()
+                .position(|r| *r == refusal)
+                .unwrap_or(0),
+            RefuseReason::BadHost => framing,
+            RefuseReason::HeaderTooLarge => framing + 1,
+        }
+    }
+
+    fn name(index: usize) -> &'static str {
+        let framing = crate::framing::Refusal::ALL.len();
+        match crate::framing::Refusal::ALL.get(index) {
+            Some(refusal) => refusal.as_str(),
+            None => OTHER_REASONS
+                .get(index - framing)
+                .copied()
+                .unwrap_or("other"),
+        }
+    }
 }
 
 impl ListenerConns {
@@ -112,6 +163,16 @@ impl ListenerConns {
         }
         self.shed.fetch_add(1, Ordering::Relaxed);
         None
+    }
+
+    /// Counts a connection shed because the process is over its memory limit.
+    pub(crate) fn shed_for_memory(&self) {
+        self.shed_memory.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused request.
+    pub(crate) fn refused(&self, reason: RefuseReason) {
+        self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn timed_out(&self, reason: TimeoutReason) {
@@ -214,9 +275,34 @@ impl ConnectionStats {
         self.listener(listener).open.load(Ordering::Acquire)
     }
 
-    /// Connections of `listener` shed at its connection limit so far.
+    /// Connections of `listener` shed so far, for any reason.
     pub fn shed(&self, listener: &str) -> u64 {
-        self.listener(listener).shed.load(Ordering::Relaxed)
+        let conns = self.listener(listener);
+        conns.shed.load(Ordering::Relaxed) + conns.shed_memory.load(Ordering::Relaxed)
+    }
+
+    /// Connections of `listener` shed so far for `reason`: `connections` (a connection limit) or
+    /// `memory` (over `limits.maxMemory`).
+    pub fn shed_for(&self, listener: &str, reason: &str) -> u64 {
+        let conns = self.listener(listener);
+        match reason {
+            "connections" => conns.shed.load(Ordering::Relaxed),
+            "memory" => conns.shed_memory.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Requests of `listener` refused so far for `reason` (a [`crate::framing::Refusal`] name or
+    /// `bad_host`).
+    pub fn refused(&self, listener: &str, reason: &str) -> u64 {
+        let conns = self.listener(listener);
+        conns
+            .refused
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| RefuseReason::name(*index) == reason)
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Connections of `listener` closed by a timeout so far, by reason (`first_byte`,
@@ -264,13 +350,34 @@ impl Collector for ConnectionCollector {
         }
         let mut shed = encoder.encode_descriptor(
             "weir_connections_shed",
-            "Client connections closed at once because the listener was at its connection limit",
+            "Client connections closed at once, by listener and reason (connections: a connection \
+             limit; memory: the process over limits.maxMemory)",
             None,
             MetricType::Counter,
         )?;
         for (name, conns) in &listeners {
-            ConstCounter::new(conns.shed.load(Ordering::Relaxed))
-                .encode(shed.encode_family(&[("listener", name.as_str())])?)?;
+            for (reason, count) in [("connections", &conns.shed), ("memory", &conns.shed_memory)] {
+                let labels = [("listener", name.as_str()), ("reason", reason)];
+                ConstCounter::new(count.load(Ordering::Relaxed))
+                    .encode(shed.encode_family(&labels)?)?;
+            }
+        }
+        let mut refused = encoder.encode_descriptor(
+            "weir_requests_refused",
+            "HTTP/1 requests refused with 400 before reaching a service (ambiguous framing, bad \
+             Host), by listener and reason; never counted against a version",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, conns) in &listeners {
+            for (index, count) in conns.refused.iter().enumerate() {
+                let labels = [
+                    ("listener", name.as_str()),
+                    ("reason", RefuseReason::name(index)),
+                ];
+                ConstCounter::new(count.load(Ordering::Relaxed))
+                    .encode(refused.encode_family(&labels)?)?;
+            }
         }
         let mut timed_out = encoder.encode_descriptor(
             "weir_connections_timed_out",
@@ -286,6 +393,93 @@ impl Collector for ConnectionCollector {
             }
         }
         Ok(())
+    }
+}
+
+// === Memory pressure and live settings ===
+
+/// Whether the process is over its memory limit (`limits.maxMemory`): set by a sampler outside the
+/// data plane (it never reads files), read by every accept loop, which then sheds new connections
+/// (`weir_connections_shed_total{reason="memory"}`) while established ones keep being served.
+/// Cheap to clone; all clones share one flag.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryPressure(Arc<AtomicBool>);
+
+impl MemoryPressure {
+    /// A flag that is not set.
+    pub fn new() -> MemoryPressure {
+        MemoryPressure::default()
+    }
+
+    /// Sets (`true`: shed new connections) or clears the flag.
+    pub fn set(&self, over: bool) {
+        self.0.store(over, Ordering::Release);
+    }
+
+    /// Whether new connections are shed now.
+    pub fn is_over(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What every new connection is served with: each listener's settings and the process-wide
+/// connection limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsSnapshot {
+    /// Settings by listener name; a listener not named gets the defaults.
+    pub listeners: std::collections::HashMap<String, ListenerSettings>,
+    /// Open client connections across all listeners (top-level `limits.maxConnections`).
+    pub max_connections: usize,
+}
+
+impl Default for SettingsSnapshot {
+    /// Every listener with the default settings, the default global connection limit.
+    fn default() -> Self {
+        SettingsSnapshot {
+            listeners: std::collections::HashMap::new(),
+            max_connections: weir_config::GlobalLimits::default().max_connections,
+        }
+    }
+}
+
+/// The listener settings in force, replaceable while serving (a config reload): connections
+/// accepted afterwards get the new timeouts and limits, open ones keep those they started with.
+/// Cheap to clone; all clones share one value.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSettings(Arc<LiveInner>);
+
+#[derive(Debug, Default)]
+struct LiveInner {
+    current: arc_swap::ArcSwap<SettingsSnapshot>,
+    /// Bumped on every change, so accept loops rebuild their per-listener state only then.
+    version: AtomicU64,
+}
+
+impl LiveSettings {
+    /// The default settings ([`SettingsSnapshot::default`]).
+    pub fn new() -> LiveSettings {
+        LiveSettings::default()
+    }
+
+    /// Replaces the settings for connections accepted from now on; `false` (nothing done) when
+    /// they are unchanged.
+    pub fn set(&self, settings: SettingsSnapshot) -> bool {
+        if *self.0.current.load_full() == settings {
+            return false;
+        }
+        self.0.current.store(Arc::new(settings));
+        self.0.version.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// The settings in force.
+    pub fn current(&self) -> Arc<SettingsSnapshot> {
+        self.0.current.load_full()
+    }
+
+    /// Changes so far (0 before the first [`LiveSettings::set`]).
+    pub fn version(&self) -> u64 {
+        self.0.version.load(Ordering::Acquire)
     }
 }
 
@@ -767,6 +961,46 @@ mod tests {
         drop((a, b, tunnel));
         assert_eq!((stats.open("public"), worker.active()), (0, 0));
         assert_eq!(stats.open_total(), 0);
+    }
+
+    #[test]
+    fn live_settings_change_only_when_they_differ() {
+        let live = LiveSettings::new();
+        assert_eq!(live.version(), 0);
+        assert_eq!(live.current().max_connections, 50_000, "the default limit");
+        let mut snapshot = SettingsSnapshot::default();
+        assert!(!live.set(snapshot.clone()), "unchanged");
+        snapshot.max_connections = 3;
+        assert!(live.set(snapshot.clone()));
+        assert_eq!((live.version(), live.current().max_connections), (1, 3));
+        assert!(!live.set(snapshot));
+        assert_eq!(live.version(), 1);
+    }
+
+    #[test]
+    fn refusals_and_memory_sheds_are_counted_by_reason() {
+        let stats = ConnectionStats::new();
+        let conns = stats.listener("public");
+        for refusal in crate::framing::Refusal::ALL {
+            conns.refused(RefuseReason::Framing(refusal));
+        }
+        conns.refused(RefuseReason::BadHost);
+        conns.refused(RefuseReason::BadHost);
+        conns.refused(RefuseReason::HeaderTooLarge);
+        assert_eq!(stats.refused("public", "header_too_large"), 1);
+        for refusal in crate::framing::Refusal::ALL {
+            assert_eq!(stats.refused("public", refusal.as_str()), 1, "{refusal:?}");
+        }
+        assert_eq!(stats.refused("public", "bad_host"), 2);
+        assert_eq!(stats.refused("public", "nonsense"), 0);
+        conns.shed_for_memory();
+        assert_eq!(stats.shed_for("public", "memory"), 1);
+        assert_eq!(stats.shed_for("public", "connections"), 0);
+        assert_eq!(stats.shed("public"), 1);
+        let pressure = MemoryPressure::new();
+        let clone = pressure.clone();
+        clone.set(true);
+        assert!(pressure.is_over());
     }
 
     #[test]

@@ -37,7 +37,8 @@ use crate::forward::{self, ConnInfo, MirrorLimits, Worker};
 use crate::framing::Inspect;
 use crate::limits::{
     Activity, ActivityIo, ConnSlot, ConnectionStats, Expired, ListenerConns, ListenerSettings,
-    TimeoutReason, TrackedBody, TunnelScope, WorkerConns,
+    LiveSettings, MemoryPressure, RefuseReason, SettingsSnapshot, TimeoutReason, TrackedBody,
+    TunnelScope, WorkerConns,
 };
 use crate::routes::Routes;
 
@@ -66,6 +67,12 @@ pub struct ServeConfig {
     pub connections: ConnectionStats,
     /// Bounds of traffic mirroring, per worker.
     pub mirror: MirrorLimits,
+    /// The settings in force: [`spawn`] sets them from `listeners` and `max_connections`; replace
+    /// them ([`LiveSettings::set`], e.g. on a config reload) and connections accepted afterwards
+    /// get the new ones (open connections keep theirs).
+    pub live: LiveSettings,
+    /// Set while the process is over its memory limit: new connections are shed.
+    pub memory: MemoryPressure,
 }
 
 impl ServeConfig {
@@ -80,6 +87,8 @@ impl ServeConfig {
             max_connections: weir_config::GlobalLimits::default().max_connections,
             connections: ConnectionStats::new(),
             mirror: MirrorLimits::default(),
+            live: LiveSettings::new(),
+            memory: MemoryPressure::new(),
         }
     }
 
@@ -140,6 +149,10 @@ pub fn spawn(listeners: Vec<Listener>, routes: Routes, config: ServeConfig) -> i
         local_addrs.push((listener.name.clone(), listener.socket.local_addr()?));
     }
     let listeners = Arc::new(listeners);
+    config.live.set(SettingsSnapshot {
+        listeners: config.listeners.clone(),
+        max_connections: config.max_connections,
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut workers = Vec::new();
     let mut done = Vec::new();
@@ -190,7 +203,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// What every connection of one listener on one worker shares.
+/// What every connection of one listener on one worker shares (rebuilt when the settings in
+/// force change: a connection keeps the one it was accepted with).
 struct ListenerCtx {
     name: Rc<str>,
     settings: ListenerSettings,
@@ -198,6 +212,32 @@ struct ListenerCtx {
     conns: Arc<ListenerConns>,
     worker_conns: Arc<WorkerConns>,
     global_max: usize,
+    /// The [`LiveSettings::version`] these settings come from.
+    version: u64,
+}
+
+impl ListenerCtx {
+    /// The context of listener `name` with the settings in force now.
+    fn current(
+        name: Rc<str>,
+        live: &LiveSettings,
+        conns: Arc<ListenerConns>,
+        worker_conns: Arc<WorkerConns>,
+    ) -> ListenerCtx {
+        // The version first: a change racing with this read is picked up at the next accept.
+        let version = live.version();
+        let snapshot = live.current();
+        let settings = snapshot.listeners.get(&*name).cloned().unwrap_or_default();
+        ListenerCtx {
+            builder: builder(&settings),
+            name,
+            settings,
+            conns,
+            worker_conns,
+            global_max: snapshot.max_connections,
+            version,
+        }
+    }
 }
 
 /// hyper's connection settings for a listener; every value is clamped to what hyper and h2 accept
@@ -227,6 +267,7 @@ fn builder(settings: &ListenerSettings) -> auto::Builder<LocalExec> {
         .max_header_list_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
         .max_pending_accept_reset_streams(limits.http2_max_pending_resets)
         .max_local_error_reset_streams(limits.http2_max_local_error_resets)
+        .max_send_buf_size(limits.http2_max_send_buffer_size.max(1024) as usize)
         .keep_alive_interval(Some(timeouts.http2_keep_alive_interval))
         .keep_alive_timeout(timeouts.http2_keep_alive_timeout);
     builder
@@ -250,20 +291,19 @@ async fn run_worker(
                 continue;
             }
         };
-        let settings = config.listener(&name);
-        let ctx = Rc::new(ListenerCtx {
-            builder: builder(&settings),
-            conns: config.connections.listener(&name),
-            name: Rc::from(name.as_str()),
-            settings,
-            worker_conns: worker_conns.clone(),
-            global_max: config.max_connections,
-        });
+        let ctx = Rc::new(ListenerCtx::current(
+            Rc::from(name.as_str()),
+            &config.live,
+            config.connections.listener(&name),
+            worker_conns.clone(),
+        ));
         accept_loops.push(tokio::task::spawn_local(accept_loop(
             ctx,
             listener,
             worker.clone(),
             shutdown.clone(),
+            config.live.clone(),
+            config.memory.clone(),
         )));
     }
     let mut shutdown_wait = shutdown.clone();
@@ -286,12 +326,13 @@ async fn run_worker(
 }
 
 async fn accept_loop(
-    ctx: Rc<ListenerCtx>,
+    mut ctx: Rc<ListenerCtx>,
     listener: TcpListener,
     worker: Rc<Worker>,
     mut shutdown: watch::Receiver<bool>,
+    live: LiveSettings,
+    memory: MemoryPressure,
 ) {
-    let max = ctx.settings.limits.max_connections;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -307,6 +348,22 @@ async fn accept_loop(
                 continue;
             }
         };
+        if memory.is_over() {
+            // Shed for memory: closed at once, counted with `reason="memory"`; the sampler that
+            // sets the flag logs each episode.
+            ctx.conns.shed_for_memory();
+            drop(stream);
+            continue;
+        }
+        if live.version() != ctx.version {
+            ctx = Rc::new(ListenerCtx::current(
+                ctx.name.clone(),
+                &live,
+                ctx.conns.clone(),
+                ctx.worker_conns.clone(),
+            ));
+        }
+        let max = ctx.settings.limits.max_connections;
         let Some(slot) = ctx
             .conns
             .try_acquire(&ctx.worker_conns, max, ctx.global_max)
@@ -339,8 +396,11 @@ async fn serve_connection(
     let tls = worker.table().tls(&ctx.name).cloned();
     match tls {
         None => {
-            let conn = Rc::new(ConnInfo::new(peer.ip(), ctx.name.clone(), false));
-            let stream = Inspect::new(stream); // HTTP/1 framing checks (crate::framing)
+            let conn = Rc::new(
+                ConnInfo::new(peer.ip(), ctx.name.clone(), false).counted(ctx.conns.clone()),
+            );
+            // HTTP/1 framing checks (crate::framing)
+            let stream = Inspect::new(stream).counted(ctx.conns.clone());
             drive(stream, worker, conn, &ctx, shutdown).await;
         }
         Some(config) => {
@@ -362,8 +422,10 @@ async fn serve_connection(
             };
             match accepted {
                 Ok(Ok(tls_stream)) => {
-                    let conn = Rc::new(ConnInfo::new(peer.ip(), ctx.name.clone(), true));
-                    let tls_stream = Inspect::new(tls_stream);
+                    let conn = Rc::new(
+                        ConnInfo::new(peer.ip(), ctx.name.clone(), true).counted(ctx.conns.clone()),
+                    );
+                    let tls_stream = Inspect::new(tls_stream).counted(ctx.conns.clone());
                     drive(tls_stream, worker, conn, &ctx, shutdown).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -439,6 +501,13 @@ async fn drive<S>(
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
+                // hyper answered 431 itself (head over maxHeaderBytes or maxHeaders).
+                if error
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse_too_large)
+                {
+                    ctx.conns.refused(RefuseReason::HeaderTooLarge);
+                }
                 tracing::debug!(%error, "connection ended with an error");
             }
             return;

@@ -8,6 +8,7 @@ mod blue_green;
 mod config_edges;
 mod dns;
 mod edge_conn;
+mod edge_memory;
 mod edge_request;
 mod examples;
 mod faults;

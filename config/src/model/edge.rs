@@ -75,6 +75,13 @@ pub struct ListenerLimits {
     /// `http2MaxLocalErrorResets` (default 256): streams weir had to reset for the client's
     /// protocol errors; past it the connection is closed with GOAWAY.
     pub http2_max_local_error_resets: usize,
+    /// `http2MaxSendBufferSize` (default 32 KiB, Envoy's per-connection buffer limit; between
+    /// 1 KiB and 16 MiB): response bytes weir buffers per HTTP/2 stream beyond what the client's
+    /// flow-control window and socket take. A client that stops reading its responses makes weir
+    /// hold at most this much (plus one upstream read) per open stream, not hyper's 400 KiB.
+    /// HTTP/1 connections are bounded by `maxHeaderBytes` both ways (hyper's read and write
+    /// buffers).
+    pub http2_max_send_buffer_size: u32,
 }
 
 /// Top-level `limits`: bounds across every listener.
@@ -84,14 +91,33 @@ pub struct GlobalLimits {
     /// tunnels included); a connection beyond it is accepted and closed at once, counted as shed
     /// on its listener. Keep it below the process's file-descriptor limit.
     pub max_connections: usize,
+    /// `maxMemory` (default [`MemoryLimit::Auto`]): the process's resident memory above which new
+    /// client connections are shed (accepted and closed at once, counted with
+    /// `reason="memory"`) while established ones keep being served, as Envoy's overload
+    /// manager stops accepting connections at a heap threshold.
+    pub max_memory: MemoryLimit,
 }
 
 impl Default for GlobalLimits {
     fn default() -> Self {
         GlobalLimits {
             max_connections: 50_000,
+            max_memory: MemoryLimit::Auto,
         }
     }
+}
+
+/// Top-level `limits.maxMemory`: when new connections are shed for memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// `auto` (the default): 95% of the memory limit of the process's cgroup (v2 `memory.max`,
+    /// else v1 `memory.limit_in_bytes`) when one is set, else no limit. Read at start and on
+    /// every reload.
+    Auto,
+    /// `off`: never shed for memory.
+    Off,
+    /// A size (`512MiB`, `2GB`, `1073741824`): resident memory (RSS) in bytes.
+    Bytes(u64),
 }
 
 /// The smallest `maxHeaderBytes` (hyper's minimum read buffer).
@@ -109,6 +135,7 @@ impl Default for ListenerLimits {
             http2_max_frame_size: 16 * 1024,
             http2_max_pending_resets: 20,
             http2_max_local_error_resets: 256,
+            http2_max_send_buffer_size: 32 * 1024,
         }
     }
 }

@@ -142,3 +142,60 @@ fn a_global_connection_limit() {
         ],
     );
 }
+
+#[test]
+fn memory_limit_and_send_buffer() {
+    let model = ok(&with_listener(""));
+    assert_eq!(model.limits.max_memory, MemoryLimit::Auto);
+    assert_eq!(
+        model.listeners[0].limits.http2_max_send_buffer_size,
+        32 * 1024
+    );
+    for (written, expected) in [
+        ("auto", MemoryLimit::Auto),
+        ("\"off\"", MemoryLimit::Off),
+        ("OFF", MemoryLimit::Off),
+        ("1MiB", MemoryLimit::Bytes(1 << 20)),
+        ("2 GB", MemoryLimit::Bytes(2_000_000_000)),
+        ("512mib", MemoryLimit::Bytes(512 << 20)),
+        ("1048576", MemoryLimit::Bytes(1 << 20)),
+    ] {
+        let model = ok(&format!(
+            "limits: {{maxMemory: {written}}}\n{}",
+            with_listener("")
+        ));
+        assert_eq!(model.limits.max_memory, expected, "{written}");
+    }
+    let model = ok(&with_listener(
+        "    limits: { http2MaxSendBufferSize: 64KiB }\n",
+    ));
+    assert_eq!(
+        model.listeners[0].limits.http2_max_send_buffer_size,
+        64 * 1024
+    );
+    for (written, problem) in [
+        (
+            "1000",
+            "limits.maxMemory: must be at least 1MiB (or auto, off), got 1000 bytes",
+        ),
+        (
+            "12 parsecs",
+            "limits.maxMemory: \"12 parsecs\" is not a size …",
+        ),
+        ("-5", "limits.maxMemory: must be a size in bytes …"),
+        (
+            "99999999999TiB",
+            "limits.maxMemory: \"99999999999TiB\" is not a size …",
+        ),
+        ("[1]", "limits.maxMemory: must be a size in bytes …"),
+    ] {
+        check(
+            &format!("limits: {{maxMemory: {written}}}\n{}", with_listener("")),
+            &[problem],
+        );
+    }
+    check(
+        &with_listener("    limits: { http2MaxSendBufferSize: 100 }\n"),
+        &["listeners[0].limits.http2MaxSendBufferSize: must be between 1KiB and 16MiB, got 100 bytes"],
+    );
+}

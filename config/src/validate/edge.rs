@@ -6,7 +6,7 @@ use serde_yaml_ng::Value;
 
 use super::walk::{self, each, Cx, Obj};
 use crate::model::{
-    GlobalLimits, ListenerLimits, ListenerTimeouts, UpgradeProtocol, MIN_HEADER_BYTES,
+    GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol, MIN_HEADER_BYTES,
 };
 
 /// The longest accepted connection timeout: longer ones protect nothing, and the timers that
@@ -95,6 +95,7 @@ pub(super) fn limits(cx: &mut Cx, value: &Value, at: &str) -> Option<ListenerLim
             "http2MaxFrameSize",
             "http2MaxPendingResets",
             "http2MaxLocalErrorResets",
+            "http2MaxSendBufferSize",
         ],
     )?;
     let d = ListenerLimits::default();
@@ -148,6 +149,19 @@ pub(super) fn limits(cx: &mut Cx, value: &Value, at: &str) -> Option<ListenerLim
         d.http2_max_local_error_resets,
         |cx, v, at| bounded(cx, v, at, 1, 100_000).map(as_usize),
     );
+    let http2_max_send_buffer_size = o.or(
+        cx,
+        "http2MaxSendBufferSize",
+        d.http2_max_send_buffer_size,
+        |cx, v, at| {
+            let n = size(cx, v, at)?;
+            if !(1024..=16 * 1024 * 1024).contains(&n) {
+                cx.err(at, format!("must be between 1KiB and 16MiB, got {n} bytes"));
+                return None;
+            }
+            Some(as_u32(n))
+        },
+    );
     Some(ListenerLimits {
         max_connections: max_connections?,
         max_header_bytes: max_header_bytes?,
@@ -158,6 +172,7 @@ pub(super) fn limits(cx: &mut Cx, value: &Value, at: &str) -> Option<ListenerLim
         http2_max_frame_size: http2_max_frame_size?,
         http2_max_pending_resets: http2_max_pending_resets?,
         http2_max_local_error_resets: http2_max_local_error_resets?,
+        http2_max_send_buffer_size: http2_max_send_buffer_size?,
     })
 }
 
@@ -196,12 +211,81 @@ pub(super) fn upgrades(cx: &mut Cx, value: &Value, at: &str) -> Option<Vec<Upgra
 
 /// Top-level `limits`.
 pub(super) fn global_limits(cx: &mut Cx, value: &Value, at: &str) -> Option<GlobalLimits> {
-    let o = Obj::open(cx, value, at, &["maxConnections"])?;
+    let o = Obj::open(cx, value, at, &["maxConnections", "maxMemory"])?;
     let d = GlobalLimits::default();
     let max_connections = o.or(cx, "maxConnections", d.max_connections, |cx, v, at| {
         bounded(cx, v, at, 1, 10_000_000).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     });
+    let max_memory = o.or(cx, "maxMemory", d.max_memory, memory_limit);
     Some(GlobalLimits {
         max_connections: max_connections?,
+        max_memory: max_memory?,
     })
+}
+
+/// `limits.maxMemory`: `auto`, `off`, or a size of at least 1 MiB.
+fn memory_limit(cx: &mut Cx, value: &Value, at: &str) -> Option<MemoryLimit> {
+    match value.as_str().map(str::trim) {
+        Some(word) if word.eq_ignore_ascii_case("auto") => return Some(MemoryLimit::Auto),
+        Some(word) if word.eq_ignore_ascii_case("off") => return Some(MemoryLimit::Off),
+        _ => {}
+    }
+    let n = size(cx, value, at)?;
+    if n < 1024 * 1024 {
+        cx.err(
+            at,
+            format!("must be at least 1MiB (or auto, off), got {n} bytes"),
+        );
+        return None;
+    }
+    Some(MemoryLimit::Bytes(n))
+}
+
+/// A byte size: a plain integer, or a number followed by a unit: `B`, `K`/`KB`/`M`/`MB`/`G`/`GB`/
+/// `T`/`TB` (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), case-insensitive, with
+/// optional space between.
+pub(super) fn size(cx: &mut Cx, value: &Value, at: &str) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let Some(text) = value.as_str() else {
+        cx.err(at, "must be a size in bytes (1048576, 512KiB, 64MiB, 2GB)");
+        return None;
+    };
+    match parse_size(text) {
+        Some(n) => Some(n),
+        None => {
+            cx.err(
+                at,
+                format!("\"{text}\" is not a size (1048576, 512KiB, 64MiB, 2GB)"),
+            );
+            None
+        }
+    }
+}
+
+/// Parses `text` as [`size`] does.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(multiplier)
 }

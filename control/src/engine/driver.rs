@@ -153,7 +153,12 @@ pub struct Driver {
     /// Upstream host names' current addresses, overlaid on every model served (see
     /// [`Driver::set_dns`]); `None`: literal addresses only.
     dns: Option<Dns>,
+    /// Called with each reloaded model once it is served (listener settings, memory limit).
+    on_applied: Option<OnApplied>,
 }
+
+/// What the driver calls with every config it applies.
+pub type OnApplied = Box<dyn FnMut(&Model) + Send>;
 
 /// Handles to a running driver.
 #[derive(Clone)]
@@ -225,6 +230,7 @@ impl Driver {
             frozen: false,
             deferred: Vec::new(),
             dns: None,
+            on_applied: None,
         };
         driver.flush_events();
         driver.persist_all();
@@ -236,6 +242,11 @@ impl Driver {
             generation: generation_rx,
         };
         Ok((driver, routes, handle))
+    }
+
+    /// Calls `hook` with every reloaded config once its table is served.
+    pub fn on_applied(&mut self, hook: OnApplied) {
+        self.on_applied = Some(hook);
     }
 
     /// Gives the client listeners' bound addresses (by name), used for `{{preview.url}}`.
@@ -806,9 +817,6 @@ impl Driver {
         if let Some(dns) = &self.dns {
             dns.overlay(&mut loaded.model);
         }
-        if loaded.model.listeners != self.model.listeners {
-            tracing::warn!("listener addresses changed: the new listeners take effect after a restart; certificates and routes apply now");
-        }
         if loaded.model.admin != self.model.admin || loaded.model.state_dir != self.model.state_dir
         {
             tracing::warn!("admin or stateDir settings changed: they take effect after a restart");
@@ -865,6 +873,9 @@ impl Driver {
                 self.tls = loaded.tls;
                 if let Some(dns) = &self.dns {
                     dns.track(&self.model);
+                }
+                if let Some(hook) = self.on_applied.as_mut() {
+                    hook(&self.model);
                 }
                 // A widening from a reload (rare: reconcile mostly narrows) is saved after it
                 // is served; a failed save is retried from the tick.

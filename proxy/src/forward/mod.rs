@@ -62,6 +62,8 @@ pub(crate) struct ConnInfo {
     listener: Rc<str>,
     /// Whether that listener terminates TLS.
     tls: bool,
+    /// Where requests refused for their `Host` are counted (`weir_requests_refused_total`).
+    refusals: Option<Arc<crate::limits::ListenerConns>>,
 }
 
 // === impl Worker ===
@@ -105,7 +107,14 @@ impl ConnInfo {
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
+            refusals: None,
         }
+    }
+
+    /// Counts this connection's refused requests in its listener's series.
+    pub(crate) fn counted(mut self, conns: Arc<crate::limits::ListenerConns>) -> ConnInfo {
+        self.refusals = Some(conns);
+        self
     }
 
     /// Whether the peer's forwarded headers are trusted (appended to rather than replaced).
@@ -132,6 +141,9 @@ pub(crate) async fn handle(
     conn.trusted(&table);
     let response = match route(&table, &request) {
         Err(error) => {
+            if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
+                refusals.refused(crate::limits::RefuseReason::BadHost);
+            }
             if worker.access_log {
                 AccessLine::of(&request).log(error.status(), "-", "-", start);
             }

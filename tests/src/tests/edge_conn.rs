@@ -909,7 +909,7 @@ async fn the_config_limits_apply_and_are_exported() {
         .await
         .is_empty());
     let admin = weir.admin();
-    let shed = r#"weir_connections_shed_total{listener="public"}"#;
+    let shed = r#"weir_connections_shed_total{listener="public",reason="connections"}"#;
     let open = r#"weir_connections_open{listener="public"}"#;
     assert_eq!(crate::admin::metric(admin, shed).await, Some(1.0));
     assert_eq!(crate::admin::metric(admin, open).await, Some(1.0));
@@ -920,6 +920,262 @@ async fn the_config_limits_apply_and_are_exported() {
     let timed_out = r#"weir_connections_timed_out_total{listener="public",reason="header_read"}"#;
     assert_eventually!(crate::admin::metric(admin, timed_out).await == Some(1.0));
     eprintln!("FIGURE: from the config file: maxConnections 1 sheds the 2nd connection, headerRead 200ms answers 408; {shed} = 1, {timed_out} = 1");
+    weir.shutdown().await;
+    upstream.shutdown().await;
+}
+
+// === Listener settings on reload ===
+
+/// A config with one `public` listener carrying `listener` (indented under it) and the `web`
+/// service on `upstream`.
+fn reloadable(listener: &str, upstream: SocketAddr) -> String {
+    crate::weir::fill(
+        &format!(
+            "listeners:\n  - name: public\n    address: 127.0.0.1:0\n{listener}admin:\n  address: 127.0.0.1:0\n{WEB}"
+        ),
+        &[("up", upstream)],
+    )
+}
+
+/// Rewrites `weir`'s config; waits until a new table is served (not necessarily this one's: the
+/// poll and the file watcher may both apply the previous rewrite, so check effects eventually).
+async fn reload_with(weir: &crate::weir::Weir, text: &str) {
+    let generation = weir.generation();
+    // The file watcher (or the 200 ms poll) picks it up once; a forced reload besides could
+    // apply it twice, and a later wait could see the second.
+    weir.write_atomic(text);
+    weir.wait_generation_after(generation, Duration::from_secs(10))
+        .await;
+}
+
+/// Whether a request forging `X-Forwarded-For`, on a fresh connection, is served with the forged
+/// value kept (the peer trusted) — `false` when the connection is shed or the value replaced.
+async fn served_and_trusted(addr: SocketAddr) -> bool {
+    let reply = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: any\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    String::from_utf8_lossy(&reply).contains("203.0.113.7, 127.0.0.1")
+}
+
+#[tokio::test]
+async fn listener_timeouts_limits_and_trust_apply_to_new_connections_on_reload() {
+    let upstream = Server::builder("v1").echo_request().spawn();
+    let weir = crate::weir::Weir::start(&reloadable(
+        "    limits: {maxConnections: 1}\n",
+        upstream.addr(),
+    ))
+    .await;
+    let addr = weir.addr();
+    let admin = weir.admin();
+    let mut established = Http1::connect(addr).await;
+    assert_eq!(established.get("any", "/").await.status, 200);
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        read_to_close(&mut second, Duration::from_secs(5))
+            .await
+            .is_empty(),
+        "maxConnections 1 sheds the second connection"
+    );
+
+    let short = Duration::from_millis(300);
+    reload_with(
+        &weir,
+        &reloadable(
+            "    limits: {maxConnections: 3}\n    timeouts: {firstByte: 300ms, idle: 300ms}\n    trustedProxies: [127.0.0.1/32]\n",
+            upstream.addr(),
+        ),
+    )
+    .await;
+    // maxConnections 3 (a second connection is served) and trustedProxies apply to new
+    // connections. (Eventually: the harness's poll and file watcher may both apply a rewrite, so
+    // the generation can move before this one is in.)
+    assert_eventually!(served_and_trusted(addr).await);
+    // firstByte 300ms: a new silent connection is closed by it.
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(read_to_close(&mut silent, Duration::from_secs(5))
+        .await
+        .is_empty());
+    let silent_closed = start.elapsed();
+    assert!(silent_closed >= short && silent_closed < Duration::from_secs(5));
+    assert_eventually!(weir_metric(admin, "first_byte").await >= 1.0);
+    // idle 300ms: a new keep-alive connection is closed after its request.
+    let mut idle = Http1::connect(addr).await;
+    assert_eq!(idle.get("any", "/").await.status, 200);
+    let start = Instant::now();
+    assert_eventually!(idle.is_closed());
+    let idle_closed = start.elapsed();
+    // The connection accepted before the reload keeps its settings (idle 60s).
+    tokio::time::sleep(2 * short).await;
+    assert!(
+        !established.is_closed(),
+        "the old connection keeps its idle timeout"
+    );
+    assert_eq!(established.get("any", "/").await.status, 200);
+    let pending = r#"weir_listener_restart_pending{listener="public"}"#;
+    assert_eq!(crate::admin::metric(admin, pending).await, Some(0.0));
+    eprintln!(
+        "FIGURE: reload of listener settings: maxConnections 1→3 (a 2nd and 3rd connection served), \
+         trustedProxies applied to the next connection, firstByte 300ms closed a new silent connection \
+         in {silent_closed:?}, idle 300ms closed a new keep-alive one {idle_closed:?} after its answer; the \
+         connection from before the reload was still served after {:?} idle",
+        2 * short
+    );
+    drop(established);
+    weir.shutdown().await;
+    upstream.shutdown().await;
+}
+
+/// `weir_connections_timed_out_total{listener="public",reason}`.
+async fn weir_metric(admin: SocketAddr, reason: &str) -> f64 {
+    let series =
+        format!(r#"weir_connections_timed_out_total{{listener="public",reason="{reason}"}}"#);
+    crate::admin::metric(admin, &series).await.unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn listener_changes_that_need_a_restart_are_reported() {
+    let upstream = Server::spawn("v1");
+    let original = reloadable("", upstream.addr());
+    let weir = crate::weir::Weir::start(&original).await;
+    let addr = weir.addr();
+    let admin = weir.admin();
+    // Another address for `public`, and a new listener: both wait for a restart.
+    let moved = crate::weir::fill(
+        &format!(
+            "listeners:\n  - name: public\n    address: 127.0.0.2:0\n  - name: extra\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{WEB}"
+        ),
+        &[("up", upstream.addr())],
+    );
+    reload_with(&weir, &moved).await;
+    let pending =
+        |listener: &str| format!(r#"weir_listener_restart_pending{{listener="{listener}"}}"#);
+    // The generation moves as the table is published, just before the settings are applied.
+    assert_eventually!(crate::admin::metric(admin, &pending("public")).await == Some(1.0));
+    assert_eventually!(crate::admin::metric(admin, &pending("extra")).await == Some(1.0));
+    // The bound listener keeps serving meanwhile; routes of the reload apply.
+    assert_eq!(Http1::connect(addr).await.get("any", "/").await.status, 200);
+    // Back to what is served: nothing pending.
+    reload_with(&weir, &original).await;
+    assert_eventually!(crate::admin::metric(admin, &pending("public")).await == Some(0.0));
+    assert_eventually!(crate::admin::metric(admin, &pending("extra")).await == Some(0.0));
+    eprintln!("FIGURE: a reload moving a listener and adding one: weir_listener_restart_pending = 1 for both (and a warning each), the bound listener served on; reverted: 0");
+    weir.shutdown().await;
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_certificate_rewritten_on_disk_serves_new_handshakes_after_reload() {
+    let ca = crate::certs::TestCa::new();
+    let first = ca.leaf(&["secure.example.com"]);
+    let second = ca.leaf(&["secure.example.com"]);
+    let upstream = Server::spawn("v1");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    first.write(dir.path(), "secure");
+    let path = dir.path().join("weir.yaml");
+    let text = crate::weir::fill(
+        &format!(
+            "listeners:\n  - name: secure\n    address: 127.0.0.1:0\n    tls:\n      certificates: [{{certFile: secure.crt, keyFile: secure.key}}]\nadmin:\n  address: 127.0.0.1:0\n{WEB}"
+        ),
+        &[("up", upstream.addr())],
+    );
+    std::fs::write(&path, &text).expect("write the config");
+    let weir = crate::weir::Weir::start_at(dir, path, crate::weir::Options::default()).await;
+    let config = client::tls_config(&[ca.der()], &[b"http/1.1"], rustls::ALL_VERSIONS);
+    let old = client::tls_connect(weir.addr(), config.clone(), "secure.example.com").await;
+    assert_eq!(client::peer_leaf(&old), first.der);
+
+    second.write(weir.dir(), "secure");
+    // Picked up by the file watcher (certificate folders are watched) or the poll.
+    assert_eventually!(
+        client::peer_leaf(
+            &client::tls_connect(weir.addr(), config.clone(), "secure.example.com").await
+        ) == second.der
+    );
+    // The session from before keeps working.
+    let mut old = Http1::handshake(old).await;
+    assert_eq!(old.get("secure.example.com", "/").await.status, 200);
+    eprintln!("FIGURE: certificate files rewritten + reload: the next handshake got the new certificate, the session from before was still served");
+    weir.shutdown().await;
+    upstream.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_requests_are_counted_by_listener_and_reason_never_by_version() {
+    let upstream = Server::spawn("v1");
+    let weir = crate::weir::Weir::start(&reloadable("", upstream.addr())).await;
+    let addr = weir.addr();
+    let admin = weir.admin();
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "content_length_with_transfer_encoding",
+            b"POST / HTTP/1.1\r\nHost: any\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "bad_transfer_encoding",
+            b"POST / HTTP/1.1\r\nHost: any\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        ("bare_lf", b"GET / HTTP/1.1\nHost: any\r\n\r\n"),
+        (
+            "bad_chunk_size",
+            b"POST / HTTP/1.1\r\nHost: any\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        ),
+        (
+            "duplicate_host",
+            b"GET / HTTP/1.1\r\nHost: any\r\nHost: other\r\n\r\n",
+        ),
+        (
+            "bad_host",
+            b"GET http://one.example/ HTTP/1.1\r\nHost: two.example\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (reason, raw) in cases {
+        let reply = raw_exchange(addr, raw).await;
+        assert_eq!(status_of(&reply), 400, "{reason}");
+    }
+    // A head over maxHeaderBytes (32 KiB): hyper answers 431.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: any\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    assert_eq!(status_of(&raw_exchange(addr, huge.as_bytes()).await), 431);
+    // Counted as hyper's connection ends, which may be just after the client saw it close.
+    let too_large = r#"weir_requests_refused_total{listener="public",reason="header_too_large"}"#;
+    assert_eventually!(crate::admin::metric(admin, too_large).await == Some(1.0));
+    let metrics = crate::admin::metrics(admin).await;
+    for (reason, _) in cases {
+        let series =
+            format!(r#"weir_requests_refused_total{{listener="public",reason="{reason}"}}"#);
+        assert_eq!(
+            crate::metrics::sample(&metrics, &series),
+            Some(1.0),
+            "{series}"
+        );
+    }
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_requests_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        refused,
+        (cases.len() + 1) as f64,
+        "each counted once, under its own reason"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("http_requests_total{") && l.contains("status=\"4")),
+        "never against a version"
+    );
+    assert_eq!(upstream.requests(), 0, "nothing reached the upstream");
+    eprintln!(
+        "FIGURE: {} refused requests, each counted once in weir_requests_refused_total{{listener,reason}} ({}, header_too_large), 0 in http_requests_total, 0 reached the upstream",
+        cases.len() + 1,
+        cases.map(|(r, _)| r).join(", ")
+    );
     weir.shutdown().await;
     upstream.shutdown().await;
 }
