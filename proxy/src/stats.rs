@@ -264,6 +264,16 @@ impl VersionStats {
         &self.version
     }
 
+    /// The service label, shared (interned) by everything that names this service.
+    pub(crate) fn service_label(&self) -> &Arc<str> {
+        &self.service
+    }
+
+    /// The version label, shared (interned) by everything that names this version.
+    pub(crate) fn version_label(&self) -> &Arc<str> {
+        &self.version
+    }
+
     /// Records one response: its status and the time to its head.
     #[inline]
     pub fn record(&self, status: u16, latency: Duration) {
@@ -427,6 +437,11 @@ impl Stats {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether `self` and `other` are the same registry (clones of one [`Stats`]).
+    pub fn same_registry(&self, other: &Stats) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The handle for (service, version), created on first use.
