@@ -217,6 +217,7 @@ pub async fn start_with(
         reloads,
         options.poll_interval,
         reload::default_loader(),
+        handle.offload(),
     )));
     ready.store(true, Ordering::Release);
     Ok(Running {

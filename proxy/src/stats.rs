@@ -520,6 +520,12 @@ impl Stats {
         self.all_of(TrafficKind::Primary)
     }
 
+    /// Every handle of `traffic`, in no particular order.
+    fn unsorted_of(&self, traffic: TrafficKind) -> Vec<Arc<VersionStats>> {
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.map(traffic).values().cloned().collect()
+    }
+
     /// Every handle of `traffic`, sorted by (service, version).
     pub fn all_of(&self, traffic: TrafficKind) -> Vec<Arc<VersionStats>> {
         let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -582,13 +588,26 @@ impl Window {
     /// Takes a sample of every version now and forgets samples older than the retention.
     pub fn sample(&mut self, now: Instant) {
         for traffic in [TrafficKind::Primary, TrafficKind::Mirror] {
-            for v in self.stats.all_of(traffic) {
-                let snapshot = v.snapshot();
+            // Unsorted: the order does not matter here (sorting 20,000 versions every second
+            // was most of this function's cost with 10,000 services).
+            for v in self.stats.unsorted_of(traffic) {
                 let series = self
                     .series
                     .entry((traffic, (v.service.clone(), v.version.clone())))
                     .or_default();
                 series.seen = Some(now);
+                // Every recorded response adds one to one latency bucket: an unchanged bucket
+                // total means nothing was recorded since the last change, and the 500 status
+                // counters need not be read.
+                let recorded: u64 = v.buckets.iter().map(|b| b.load(Relaxed)).sum();
+                if series
+                    .changes
+                    .back()
+                    .is_some_and(|(_, s)| s.buckets.iter().sum::<u64>() == recorded)
+                {
+                    continue;
+                }
+                let snapshot = v.snapshot();
                 if series.changes.back().map(|(_, s)| s) != Some(&snapshot) {
                     series.changes.push_back((now, snapshot));
                 }
