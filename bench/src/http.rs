@@ -15,20 +15,31 @@ pub struct Response {
 
 /// `GET path` on a fresh connection with `Connection: close`; each step times out after `timeout`.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    request(addr, "GET", path, timeout)
+}
+
+/// `method path` on a fresh connection (no body), its response read to the end.
+pub fn request(addr: SocketAddr, method: &str, path: &str, timeout: Duration) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: weir-bench\r\n\r\n");
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: weir-bench\r\n{length}\r\n"
+    );
     stream
         .write_all(request.as_bytes())
-        .with_context(|| format!("cannot send GET {path} to {addr}"))?;
+        .with_context(|| format!("cannot send {method} {path} to {addr}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .with_context(|| format!("cannot read the response to GET {path} from {addr}"))?;
-    parse_response(&raw).with_context(|| format!("bad response to GET {path} from {addr}"))
+        .with_context(|| format!("cannot read the response to {method} {path} from {addr}"))?;
+    parse_response(&raw).with_context(|| format!("bad response to {method} {path} from {addr}"))
 }
 
 /// Whether something accepts TCP connections on `addr`.

@@ -7,7 +7,11 @@
 //! (`VmRSS` from `/proc/PID/status`) after the first load and along the reloads, how long each
 //! reload took from SIGHUP to "config applied", and the latency of `GET /healthz` on the admin
 //! API, polled all along from another thread: the admin API runs on the control thread, so a
-//! reload that blocks that thread shows up there. The temp dir is removed at the end.
+//! reload that blocks that thread shows up there. A second prober sends an operator command for
+//! a service that does not exist (`POST /api/v1/services/weir-bench-probe/pause`, answered 404 by
+//! the rollout driver itself): its latency is how long the driver's loop, which also runs the
+//! rollout ticks, was unavailable. With `--state-dir` the config has a `stateDir` in the temp dir
+//! (rollout state files are written, as in production). The temp dir is removed at the end.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -45,6 +49,10 @@ pub struct ReloadArgs {
     /// Keep the temp dir (config and weir's output) and print its path.
     #[arg(long)]
     keep_temp: bool,
+
+    /// Give the config a `stateDir` (in the temp dir): rollout state is written to files.
+    #[arg(long)]
+    state_dir: bool,
 }
 
 /// Runs the reload benchmark.
@@ -70,8 +78,12 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
     let ports = http::free_ports(2)?;
     let admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], ports[1]));
     let config = sup.dir().join("weir.yaml");
-    std::fs::write(&config, config_text(args.services, ports[0], ports[1]))
-        .with_context(|| format!("cannot write {}", config.display()))?;
+    let state_dir = args.state_dir.then(|| sup.dir().join("state"));
+    std::fs::write(
+        &config,
+        config_text(args.services, ports[0], ports[1], state_dir.as_deref()),
+    )
+    .with_context(|| format!("cannot write {}", config.display()))?;
 
     let mut cmd = Command::new(&weir);
     cmd.args(["--log-level", "info", "run", "--workers", "1", "--config"])
@@ -108,21 +120,25 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         rss_first / 1024
     );
 
-    // The admin prober: GET /healthz every 20 ms on a fresh connection, latencies kept.
+    // The probers, every 20 ms on a fresh connection, latencies kept: the admin API itself, and
+    // a command the rollout driver answers (404: no such service).
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let prober = {
+    let driver_latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let probe = |method: &'static str,
+                 path: &'static str,
+                 status: u16,
+                 into: &Arc<Mutex<Vec<Duration>>>| {
         let stop = stop.clone();
-        let latencies = latencies.clone();
+        let into = into.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let at = Instant::now();
-                let ok = http::get(admin, "/healthz", Duration::from_secs(30))
-                    .is_ok_and(|r| r.status == 200);
+                let ok = http::request(admin, method, path, Duration::from_secs(30))
+                    .is_ok_and(|r| r.status == status);
                 let took = at.elapsed();
                 if ok {
-                    latencies
-                        .lock()
+                    into.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(took);
                 }
@@ -130,6 +146,15 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
             }
         })
     };
+    let probers = [
+        probe("GET", "/healthz", 200, &latencies),
+        probe(
+            "POST",
+            "/api/v1/services/weir-bench-probe/pause",
+            404,
+            &driver_latencies,
+        ),
+    ];
 
     let applied_before = count_applied(&proc.output()?);
     let mut reload_times = Vec::with_capacity(args.reloads as usize);
@@ -167,7 +192,9 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let rss_settled = rss_kib(proc.pid())?;
     stop.store(true, Ordering::Relaxed);
-    let _ = prober.join();
+    for prober in probers {
+        let _ = prober.join();
+    }
 
     let mut times = reload_times.clone();
     times.sort_unstable();
@@ -176,6 +203,11 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     admin.sort_unstable();
+    let mut driver = driver_latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    driver.sort_unstable();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -191,6 +223,14 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
         quantile(&admin, 0.5) * 1e3,
         quantile(&admin, 0.99) * 1e3,
         quantile(&admin, 1.0) * 1e3
+    );
+    let _ = writeln!(
+        out,
+        "driver loop (a command answered by the driver) during reloads ({} probes): median {:.1}ms, p99 {:.1}ms, max {:.1}ms",
+        driver.len(),
+        quantile(&driver, 0.5) * 1e3,
+        quantile(&driver, 0.99) * 1e3,
+        quantile(&driver, 1.0) * 1e3
     );
     let last = rss_series.last().map_or(rss_first, |&(_, rss)| rss);
     let _ = writeln!(
@@ -211,8 +251,18 @@ pub fn run(args: &ReloadArgs) -> Result<()> {
 }
 
 /// The config: `services` services, one host each; every tenth with a rollout paused at 10%.
-fn config_text(services: u32, listen: u16, admin: u16) -> String {
-    let mut text = format!(
+fn config_text(
+    services: u32,
+    listen: u16,
+    admin: u16,
+    state_dir: Option<&std::path::Path>,
+) -> String {
+    let mut text = String::new();
+    if let Some(dir) = state_dir {
+        let _ = writeln!(text, "stateDir: {}", dir.display());
+    }
+    let _ = write!(
+        text,
         "listeners:\n  - name: public\n    address: 127.0.0.1:{listen}\nadmin:\n  address: 127.0.0.1:{admin}\nservices:\n"
     );
     for n in 0..services {

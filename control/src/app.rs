@@ -274,6 +274,7 @@ pub async fn start_with_lookup(
         reloads,
         options.poll_interval,
         resolve::loader(reload::default_loader(), dns.clone()),
+        handle.offload(),
     )));
     tasks.push(tokio::spawn(dns.refresh()));
     ready.store(true, Ordering::Release);

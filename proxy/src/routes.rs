@@ -57,11 +57,18 @@ impl From<Weight> for Policy {
 #[derive(Debug)]
 pub struct RouteTable {
     generation: u64,
-    hosts: HostIndex,
-    services: Vec<ServiceRoute>,
+    /// Shared with the next table when no service's name, matcher or preview hosts moved.
+    hosts: Arc<HostIndex>,
+    /// Shared with the next table when its config and policy did not change (see
+    /// [`RouteTable::build`]): a reload that changes one service rebuilds one route.
+    services: Vec<Arc<ServiceRoute>>,
     /// Index of each service in `services` by name: [`RouteTable::service`] is called per
-    /// service when the control plane builds its status, so a scan would be quadratic.
-    by_name: std::collections::HashMap<Arc<str>, usize>,
+    /// service when the control plane builds its status, so a scan would be quadratic. Shared
+    /// like `hosts`.
+    by_name: Arc<std::collections::HashMap<Arc<str>, usize>>,
+    /// The config and stats registry this table was built from, so that the next build can
+    /// tell what did not change (`None` for [`RouteTable::empty`]).
+    built_from: Option<build::BuiltFrom>,
     tls: Vec<ListenerTls>,
     /// Each listener's `trustedProxies`, by listener name (listeners that trust nobody omitted).
     trusted_proxies: Vec<(String, weir_config::TrustedProxies)>,
@@ -210,9 +217,10 @@ impl RouteTable {
     pub fn empty() -> RouteTable {
         RouteTable {
             generation: 0,
-            hosts: HostIndex::default(),
+            hosts: Arc::default(),
             services: Vec::new(),
-            by_name: std::collections::HashMap::new(),
+            by_name: Arc::default(),
+            built_from: None,
             tls: Vec::new(),
             trusted_proxies: Vec::new(),
         }
@@ -235,11 +243,12 @@ impl RouteTable {
     pub fn route_target(&self, host: &str, path: &str) -> Option<(&ServiceRoute, bool)> {
         self.hosts
             .lookup_target(host, path)
-            .and_then(|(idx, preview)| self.services.get(idx).map(|s| (s, preview)))
+            .and_then(|(idx, preview)| self.services.get(idx).map(|s| (&**s, preview)))
     }
 
-    /// Every compiled service, in file order.
-    pub fn services(&self) -> &[ServiceRoute] {
+    /// Every compiled service, in file order (a route is shared with the tables before and after
+    /// it for as long as its config and policy do not change).
+    pub fn services(&self) -> &[Arc<ServiceRoute>] {
         &self.services
     }
 
@@ -248,6 +257,7 @@ impl RouteTable {
         self.by_name
             .get(name)
             .and_then(|&idx| self.services.get(idx))
+            .map(|s| &**s)
     }
 
     /// Whether `listener` trusts the forwarded headers of `peer` (`trustedProxies`).

@@ -264,6 +264,16 @@ impl VersionStats {
         &self.version
     }
 
+    /// The service label, shared (interned) by everything that names this service.
+    pub(crate) fn service_label(&self) -> &Arc<str> {
+        &self.service
+    }
+
+    /// The version label, shared (interned) by everything that names this version.
+    pub(crate) fn version_label(&self) -> &Arc<str> {
+        &self.version
+    }
+
     /// Records one response: its status and the time to its head.
     #[inline]
     pub fn record(&self, status: u16, latency: Duration) {
@@ -429,6 +439,11 @@ impl Stats {
         Self::default()
     }
 
+    /// Whether `self` and `other` are the same registry (clones of one [`Stats`]).
+    pub fn same_registry(&self, other: &Stats) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The handle for (service, version), created on first use.
     pub fn handle(&self, service: &str, version: &str) -> Arc<VersionStats> {
         self.handle_of(TrafficKind::Primary, service, version)
@@ -505,6 +520,12 @@ impl Stats {
         self.all_of(TrafficKind::Primary)
     }
 
+    /// Every handle of `traffic`, in no particular order.
+    fn unsorted_of(&self, traffic: TrafficKind) -> Vec<Arc<VersionStats>> {
+        let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.map(traffic).values().cloned().collect()
+    }
+
     /// Every handle of `traffic`, sorted by (service, version).
     pub fn all_of(&self, traffic: TrafficKind) -> Vec<Arc<VersionStats>> {
         let registry = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -567,13 +588,26 @@ impl Window {
     /// Takes a sample of every version now and forgets samples older than the retention.
     pub fn sample(&mut self, now: Instant) {
         for traffic in [TrafficKind::Primary, TrafficKind::Mirror] {
-            for v in self.stats.all_of(traffic) {
-                let snapshot = v.snapshot();
+            // Unsorted: the order does not matter here (sorting 20,000 versions every second
+            // was most of this function's cost with 10,000 services).
+            for v in self.stats.unsorted_of(traffic) {
                 let series = self
                     .series
                     .entry((traffic, (v.service.clone(), v.version.clone())))
                     .or_default();
                 series.seen = Some(now);
+                // Every recorded response adds one to one latency bucket: an unchanged bucket
+                // total means nothing was recorded since the last change, and the 500 status
+                // counters need not be read.
+                let recorded: u64 = v.buckets.iter().map(|b| b.load(Relaxed)).sum();
+                if series
+                    .changes
+                    .back()
+                    .is_some_and(|(_, s)| s.buckets.iter().sum::<u64>() == recorded)
+                {
+                    continue;
+                }
+                let snapshot = v.snapshot();
                 if series.changes.back().map(|(_, s)| s) != Some(&snapshot) {
                     series.changes.push_back((now, snapshot));
                 }

@@ -211,6 +211,11 @@ impl Store {
 // === impl Encoded ===
 
 impl Encoded {
+    /// The file's contents.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Writes and syncs the temporary file (mode 0600, created exclusively, never through a
     /// link); the state file is unchanged until [`Prepared::commit`]. Blocking.
     pub fn prepare(self) -> Result<Prepared, StateError> {

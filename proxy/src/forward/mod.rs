@@ -75,12 +75,27 @@ impl Worker {
         access_log: bool,
         mirror: &MirrorLimits,
     ) -> Rc<Worker> {
-        Rc::new(Worker {
+        let worker = Rc::new(Worker {
             routes: RefCell::new(routes.cache()),
             pool: Pool::new(),
             mirror: mirror::Mirror::spawn(mirror),
             access_log,
-        })
+        });
+        // The cache keeps the table this worker loaded last until its next request: an idle
+        // worker would hold a replaced table (and its config) for good. Look again every second.
+        let weak = Rc::downgrade(&worker);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(worker) = weak.upgrade() else {
+                    return;
+                };
+                drop(worker.table());
+            }
+        });
+        worker
     }
 
     /// The current table (one atomic read when unchanged).

@@ -68,18 +68,19 @@ pub enum BuildError {
     },
 }
 
+/// What a table was built from: the next build compares its config with this one's to reuse
+/// the routes, host index and name index that did not change.
+#[derive(Debug)]
+pub(crate) struct BuiltFrom {
+    model: Arc<Model>,
+    stats: Stats,
+}
+
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Compiles `model` into a table.
-    ///
-    /// - `policies` gives the control plane's decisions per service name (weight, header and
-    ///   mirror routes, preview); a service not in it gets its file weight (`canary.weight`, or 0)
-    ///   and no routes.
-    /// - `tls` gives each TLS listener's PEM material by listener name.
-    /// - `previous` is the table being replaced: split sequences carry over (so splits stay exact
-    ///   across swaps) and TLS configs built from identical material are reused.
-    /// - Stats handles come from `stats`; versions no longer configured are dropped from it.
+    /// Compiles `model` into a table. Like [`RouteTable::build_shared`], after cloning `model`
+    /// (which the table keeps); the control plane calls `build_shared` with the `Arc` it holds.
     pub fn build(
         model: &Model,
         policies: &BTreeMap<String, Policy>,
@@ -87,144 +88,81 @@ impl RouteTable {
         stats: &Stats,
         previous: &RouteTable,
     ) -> Result<RouteTable, BuildError> {
-        let previous_health = PreviousHealth::of(previous);
-        let previous_sequences: HashMap<&str, &Arc<AtomicU64>> = previous
-            .services
-            .iter()
-            .filter_map(|s| match &s.split {
-                Split::Weighted { sequence, .. } => Some((&*s.name, sequence)),
-                _ => None,
-            })
-            .collect();
-        let previous_mirrors: HashMap<(&str, &str), &Arc<AtomicU64>> = previous
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.mirror_rules
-                    .iter()
-                    .filter_map(move |r| r.sequence().map(|seq| ((&*s.name, &*r.name), seq)))
-            })
-            .collect();
+        RouteTable::build_shared(&Arc::new(model.clone()), policies, tls, stats, previous)
+    }
 
-        let mut hosts = HostIndex::default();
+    /// Compiles `model` into a table.
+    ///
+    /// - `policies` gives the control plane's decisions per service name (weight, header and
+    ///   mirror routes, preview); a service not in it gets its file weight (`canary.weight`, or 0)
+    ///   and no routes.
+    /// - `tls` gives each TLS listener's PEM material by listener name.
+    /// - `previous` is the table being replaced: split sequences carry over (so splits stay exact
+    ///   across swaps) and TLS configs built from identical material are reused. A service whose
+    ///   config (the whole `services[]` entry) and policy are equal to the ones `previous` was
+    ///   built from keeps its compiled route: the same `Arc<ServiceRoute>`, so the same arms,
+    ///   stats handles, rules and counters, and nothing allocated for it. The host and name
+    ///   indexes are shared too while no service's name, order, matcher or preview hosts changed.
+    ///   A reload that changes nothing, or one service, therefore rebuilds nothing, or one route.
+    /// - Stats handles come from `stats`; versions no longer configured are dropped from it.
+    ///   Routes are reused only from a table built with the same `stats`.
+    ///
+    /// The table keeps `model` (an `Arc`, shared with the caller) for the next build's comparison.
+    pub fn build_shared(
+        model: &Arc<Model>,
+        policies: &BTreeMap<String, Policy>,
+        tls: &BTreeMap<String, TlsMaterial>,
+        stats: &Stats,
+        previous: &RouteTable,
+    ) -> Result<RouteTable, BuildError> {
+        // The previous config, when its routes can be reused (built over the same registry).
+        let reusable = previous
+            .built_from
+            .as_ref()
+            .filter(|from| from.stats.same_registry(stats))
+            .map(|from| &*from.model);
+        let mut same_layout =
+            reusable.is_some_and(|before| before.services.len() == model.services.len());
+
+        let mut previous_sequences: Option<HashMap<&str, &Arc<AtomicU64>>> = None;
+        let mut previous_mirrors: Option<HashMap<(&str, &str), &Arc<AtomicU64>>> = None;
+        let mut previous_health: Option<PreviousHealth<'_>> = None;
         let mut services = Vec::with_capacity(model.services.len());
         for (idx, service) in model.services.iter().enumerate() {
-            let versions =
-                std::iter::once(&service.stable).chain(service.canary.as_ref().map(|c| &c.version));
-            for version in versions {
-                if version.upstreams.iter().all(|u| u.addrs.is_empty()) {
-                    return Err(BuildError::NoAddress {
-                        service: service.name.clone(),
-                        version: version.version.clone(),
-                    });
+            let file_policy;
+            let policy = match policies.get(&service.name) {
+                Some(policy) => policy,
+                None => {
+                    file_policy = Policy::from(file_weight(service));
+                    &file_policy
                 }
+            };
+            if same_layout {
+                same_layout = reusable
+                    .and_then(|before| before.services.get(idx))
+                    .is_some_and(|before| same_place(before, service));
             }
-            for pattern in &service.matcher.hosts {
-                hosts.insert(pattern, &service.matcher.path_prefix, idx);
-            }
-            let blue_green = service.strategy.as_ref().and_then(|s| s.blue_green());
-            if let Some(blue_green) = blue_green {
-                for pattern in &blue_green.preview.hosts {
-                    hosts.insert_target(pattern, &service.matcher.path_prefix, idx, true);
-                }
-            }
-            let policy = policies
-                .get(&service.name)
-                .cloned()
-                .unwrap_or_else(|| Policy::from(file_weight(service)));
-            let weight = policy.weight;
-            let sequence = previous_sequences
-                .get(service.name.as_str())
-                .map(|s| Arc::clone(s))
-                .unwrap_or_default();
-            let canary = service
-                .canary
-                .as_ref()
-                .map(|c| arm(stats, service, &c.version, &previous_health));
-            let weight = if canary.is_some() {
-                weight
-            } else {
-                Weight::ZERO
-            };
-            let rule_error = |source| BuildError::Rule {
-                service: service.name.clone(),
-                source,
-            };
-            let has_canary = canary.is_some();
-            let header_rules = if has_canary {
-                policy
-                    .header_routes
-                    .iter()
-                    .filter(|r| !r.any_of.is_empty())
-                    .map(HeaderRule::compile)
-                    .collect::<Result<Box<_>, _>>()
-                    .map_err(rule_error)?
-            } else {
-                Box::default()
-            };
-            let mirror_rules = if has_canary {
-                policy
-                    .mirror_routes
-                    .iter()
-                    .filter(|r| !r.any_of.is_empty())
-                    .map(|r| {
-                        let sequence = previous_mirrors
-                            .get(&(service.name.as_str(), r.name.as_str()))
-                            .map(|s| Arc::clone(s))
-                            .unwrap_or_default();
-                        MirrorRule::compile(r, sequence)
-                    })
-                    .collect::<Result<Box<_>, _>>()
-                    .map_err(rule_error)?
-            } else {
-                Box::default()
-            };
-            let preview = blue_green
-                .map(|bg| -> Result<PreviewRule, RuleError> {
-                    Ok(PreviewRule {
-                        active: policy.preview,
-                        listener: bg.preview.listener.as_deref().map(Into::into),
-                        headers: bg
-                            .preview
-                            .headers
-                            .iter()
-                            .map(Cond::compile)
-                            .collect::<Result<_, _>>()?,
-                    })
-                })
-                .transpose()
-                .map_err(rule_error)?;
-            let affinity = service
-                .session_affinity
-                .as_ref()
-                .map(|a| Affinity::compile(&a.key, a.max_age))
-                .transpose()
-                .map_err(rule_error)?;
-            let mirror_stats = match (&service.canary, mirror_rules.is_empty()) {
-                (Some(c), false) => Some(MirrorStatsHandles {
-                    exchanges: stats.mirror_handle(&service.name, &c.version.version),
-                    drops: stats.mirror_drops(&service.name),
-                }),
-                _ => None,
-            };
-            services.push(ServiceRoute {
-                name: Arc::from(service.name.as_str()),
-                split: Split::new(weight, has_canary, sequence),
-                weight,
-                stable: arm(stats, service, &service.stable, &previous_health),
-                canary,
-                options: service.upstream.clone(),
-                upgrades: service.upgrades.clone().into(),
-                policy,
-                header_rules,
-                preview,
-                affinity,
-                mirror_rules,
-                mirror_stats,
-                health_check: service.health_check.clone(),
+            let unchanged = reusable.and_then(|before| {
+                let &at = previous.by_name.get(service.name.as_str())?;
+                let route = previous.services.get(at)?;
+                (before.services.get(at)? == service && route.policy == *policy).then_some(route)
             });
+            if let Some(route) = unchanged {
+                services.push(Arc::clone(route));
+                continue;
+            }
+            let sequences = previous_sequences.get_or_insert_with(|| sequences_of(previous));
+            let mirrors = previous_mirrors.get_or_insert_with(|| mirror_sequences_of(previous));
+            let health = previous_health.get_or_insert_with(|| PreviousHealth::of(previous));
+            let route = compile(service, policy.clone(), stats, sequences, mirrors, health)?;
+            services.push(Arc::new(route));
         }
-        hosts.finish();
+
+        let (hosts, by_name) = if same_layout {
+            (Arc::clone(&previous.hosts), Arc::clone(&previous.by_name))
+        } else {
+            (Arc::new(host_index(model)), Arc::new(name_index(&services)))
+        };
 
         let mut listeners_tls = Vec::new();
         for listener in model.listeners.iter().filter(|l| l.tls.is_some()) {
@@ -269,16 +207,15 @@ impl RouteTable {
             .collect();
         stats.retain(|service, version| configured.contains(&(service, version)));
 
-        // The first of duplicate names wins, as a scan would (validation rejects duplicates).
-        let mut by_name = HashMap::with_capacity(services.len());
-        for (idx, service) in services.iter().enumerate() {
-            by_name.entry(Arc::clone(&service.name)).or_insert(idx);
-        }
         Ok(RouteTable {
             generation: 0,
             hosts,
             services,
             by_name,
+            built_from: Some(BuiltFrom {
+                model: Arc::clone(model),
+                stats: stats.clone(),
+            }),
             tls: listeners_tls,
             trusted_proxies: model
                 .listeners
@@ -288,6 +225,196 @@ impl RouteTable {
                 .collect(),
         })
     }
+
+    /// How many of this table's routes are shared with `other` (the same compiled route).
+    pub fn shared_routes(&self, other: &RouteTable) -> usize {
+        let theirs: HashSet<*const ServiceRoute> = other.services.iter().map(Arc::as_ptr).collect();
+        self.services
+            .iter()
+            .filter(|s| theirs.contains(&Arc::as_ptr(s)))
+            .count()
+    }
+}
+
+/// Whether `service` takes the same place in the host and name indexes as `before` did at the
+/// same position: same name, matcher and blue-green preview hosts.
+fn same_place(before: &Service, service: &Service) -> bool {
+    fn preview_hosts(service: &Service) -> Option<&[weir_config::HostPattern]> {
+        service
+            .strategy
+            .as_ref()
+            .and_then(|s| s.blue_green())
+            .map(|bg| bg.preview.hosts.as_slice())
+    }
+    before.name == service.name
+        && before.matcher == service.matcher
+        && preview_hosts(before) == preview_hosts(service)
+}
+
+/// Each weighted service's split sequence in `previous`, by name.
+fn sequences_of(previous: &RouteTable) -> HashMap<&str, &Arc<AtomicU64>> {
+    previous
+        .services
+        .iter()
+        .filter_map(|s| match &s.split {
+            Split::Weighted { sequence, .. } => Some((&*s.name, sequence)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each mirror route's sequence in `previous`, by (service, route) name.
+fn mirror_sequences_of(previous: &RouteTable) -> HashMap<(&str, &str), &Arc<AtomicU64>> {
+    previous
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.mirror_rules
+                .iter()
+                .filter_map(move |r| r.sequence().map(|seq| ((&*s.name, &*r.name), seq)))
+        })
+        .collect()
+}
+
+/// The host index of `model`: each service's hosts and blue-green preview hosts.
+fn host_index(model: &Model) -> HostIndex {
+    let mut hosts = HostIndex::default();
+    for (idx, service) in model.services.iter().enumerate() {
+        for pattern in &service.matcher.hosts {
+            hosts.insert(pattern, &service.matcher.path_prefix, idx);
+        }
+        if let Some(blue_green) = service.strategy.as_ref().and_then(|s| s.blue_green()) {
+            for pattern in &blue_green.preview.hosts {
+                hosts.insert_target(pattern, &service.matcher.path_prefix, idx, true);
+            }
+        }
+    }
+    hosts.finish();
+    hosts
+}
+
+/// Each service's position by name; the first of duplicate names wins, as a scan would
+/// (validation rejects duplicates).
+fn name_index(services: &[Arc<ServiceRoute>]) -> HashMap<Arc<str>, usize> {
+    let mut by_name = HashMap::with_capacity(services.len());
+    for (idx, service) in services.iter().enumerate() {
+        by_name.entry(Arc::clone(&service.name)).or_insert(idx);
+    }
+    by_name
+}
+
+/// Compiles one service's route with `policy`, carrying its split and mirror sequences over.
+fn compile(
+    service: &Service,
+    policy: Policy,
+    stats: &Stats,
+    previous_sequences: &HashMap<&str, &Arc<AtomicU64>>,
+    previous_mirrors: &HashMap<(&str, &str), &Arc<AtomicU64>>,
+    previous_health: &PreviousHealth<'_>,
+) -> Result<ServiceRoute, BuildError> {
+    let versions =
+        std::iter::once(&service.stable).chain(service.canary.as_ref().map(|c| &c.version));
+    for version in versions {
+        if version.upstreams.iter().all(|u| u.addrs.is_empty()) {
+            return Err(BuildError::NoAddress {
+                service: service.name.clone(),
+                version: version.version.clone(),
+            });
+        }
+    }
+    let blue_green = service.strategy.as_ref().and_then(|s| s.blue_green());
+    let sequence = previous_sequences
+        .get(service.name.as_str())
+        .map(|s| Arc::clone(s))
+        .unwrap_or_default();
+    let stable = arm(stats, service, &service.stable, previous_health);
+    let canary = service
+        .canary
+        .as_ref()
+        .map(|c| arm(stats, service, &c.version, previous_health));
+    let weight = if canary.is_some() {
+        policy.weight
+    } else {
+        Weight::ZERO
+    };
+    let rule_error = |source| BuildError::Rule {
+        service: service.name.clone(),
+        source,
+    };
+    let has_canary = canary.is_some();
+    let header_rules = if has_canary {
+        policy
+            .header_routes
+            .iter()
+            .filter(|r| !r.any_of.is_empty())
+            .map(HeaderRule::compile)
+            .collect::<Result<Box<_>, _>>()
+            .map_err(rule_error)?
+    } else {
+        Box::default()
+    };
+    let mirror_rules = if has_canary {
+        policy
+            .mirror_routes
+            .iter()
+            .filter(|r| !r.any_of.is_empty())
+            .map(|r| {
+                let sequence = previous_mirrors
+                    .get(&(service.name.as_str(), r.name.as_str()))
+                    .map(|s| Arc::clone(s))
+                    .unwrap_or_default();
+                MirrorRule::compile(r, sequence)
+            })
+            .collect::<Result<Box<_>, _>>()
+            .map_err(rule_error)?
+    } else {
+        Box::default()
+    };
+    let preview = blue_green
+        .map(|bg| -> Result<PreviewRule, RuleError> {
+            Ok(PreviewRule {
+                active: policy.preview,
+                listener: bg.preview.listener.as_deref().map(Into::into),
+                headers: bg
+                    .preview
+                    .headers
+                    .iter()
+                    .map(Cond::compile)
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .transpose()
+        .map_err(rule_error)?;
+    let affinity = service
+        .session_affinity
+        .as_ref()
+        .map(|a| Affinity::compile(&a.key, a.max_age))
+        .transpose()
+        .map_err(rule_error)?;
+    let mirror_stats = match (&service.canary, mirror_rules.is_empty()) {
+        (Some(c), false) => Some(MirrorStatsHandles {
+            exchanges: stats.mirror_handle(&service.name, &c.version.version),
+            drops: stats.mirror_drops(&service.name),
+        }),
+        _ => None,
+    };
+    Ok(ServiceRoute {
+        // The stats registry's interned label: one allocation per service name, not per table.
+        name: Arc::clone(stable.stats.service_label()),
+        split: Split::new(weight, has_canary, sequence),
+        weight,
+        stable,
+        canary,
+        options: service.upstream.clone(),
+        upgrades: service.upgrades.clone().into(),
+        policy,
+        header_rules,
+        preview,
+        affinity,
+        mirror_rules,
+        mirror_stats,
+        health_check: service.health_check.clone(),
+    })
 }
 
 /// The weight the file gives a service's canary (0 without one).
@@ -332,8 +459,10 @@ fn arm(
     version: &weir_config::Version,
     previous: &PreviousHealth<'_>,
 ) -> ArmRoute {
-    let service_name: Arc<str> = Arc::from(service.name.as_str());
-    let version_name: Arc<str> = Arc::from(version.version.as_str());
+    let stats = stats.handle(&service.name, &version.version);
+    // Interned: the stats handle's labels, not allocated per table.
+    let service_name: Arc<str> = Arc::clone(stats.service_label());
+    let version_name: Arc<str> = Arc::clone(stats.version_label());
     let outlier = Outlier::compile(&service.outlier_detection);
     let mut seen = HashSet::new();
     let upstreams: Box<[UpstreamRoute]> = version
@@ -377,7 +506,7 @@ fn arm(
         outlier: outlier.filter(|_| upstreams.len() > 1),
         upstreams,
         next_upstream: AtomicUsize::new(0),
-        stats: stats.handle(&service.name, &version.version),
+        stats,
         health,
     }
 }
