@@ -56,6 +56,9 @@ pub(crate) struct ConnInfo {
     client_ip: HeaderValue,
     /// The client's node for `Forwarded: for=` (RFC 7239: IPv6 quoted and bracketed).
     forwarded_for: String,
+    /// The `Forwarded` element of the connection's latest request, by the host it names (a
+    /// keep-alive client names the same host every time).
+    forwarded: RefCell<Option<(Option<HeaderValue>, Option<HeaderValue>)>>,
     /// `http` or `https`.
     proto: HeaderValue,
     /// The name of the listener the connection came in on.
@@ -102,10 +105,24 @@ impl ConnInfo {
             trusted: Cell::new(None),
             client_ip,
             forwarded_for,
+            forwarded: RefCell::new(None),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
         }
+    }
+
+    /// weir's `Forwarded` element for a request to `host` (`None` when it is not a valid value).
+    fn forwarded(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let mut cached = self.forwarded.borrow_mut();
+        if let Some((cached_host, element)) = &*cached {
+            if cached_host.as_ref() == host {
+                return element.clone();
+            }
+        }
+        let element = upstream::forwarded_element(self, host);
+        *cached = Some((host.cloned(), element.clone()));
+        element
     }
 
     /// Whether the peer's forwarded headers are trusted (appended to rather than replaced).

@@ -366,44 +366,101 @@ pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, 
     *request.version_mut() = Version::HTTP_11;
     let trusted = conn.trusted.get().unwrap_or(false);
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-    if !trusted {
+    let seen = Seen::of(headers);
+    strip_seen(headers, upgrade, seen);
+    if seen.forwarded && !trusted {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(header::FORWARDED);
     }
+    // No forwarded header left (the common case): each is inserted without looking for one.
+    let fresh = !seen.forwarded || !trusted;
     if let Some(host) = &original_host {
         if from_authority {
             headers.insert(header::HOST, host.clone());
         }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
+        if fresh || !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if fresh || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     }
-    let forwarded_for = append_list(headers, &X_FORWARDED_FOR, conn.client_ip.as_bytes())
-        .unwrap_or_else(|| conn.client_ip.clone());
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    // RFC 7239: one element per hop; the host is quoted (it may carry a port), and left out when
-    // it could not be quoted safely.
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    element.push_str(&conn.forwarded_for);
-    if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
-        if !host.contains(['"', '\\']) {
-            element.push_str(";host=\"");
-            element.push_str(host);
-            element.push('"');
+    // RFC 7239: one element per hop.
+    let element = conn.forwarded(original_host.as_ref());
+    if fresh {
+        headers.insert(X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+        if let Some(element) = element {
+            headers.insert(header::FORWARDED, element);
+        }
+    } else {
+        let forwarded_for = append_list(headers, &X_FORWARDED_FOR, conn.client_ip.as_bytes())
+            .unwrap_or_else(|| conn.client_ip.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+        if let Some(element) = element {
+            if let Some(forwarded) = append_list(headers, &header::FORWARDED, element.as_bytes()) {
+                headers.insert(header::FORWARDED, forwarded);
+            }
         }
     }
-    element.push_str(";proto=");
-    element.push_str(if conn.tls { "https" } else { "http" });
-    if let Some(forwarded) = append_list(headers, &header::FORWARDED, element.as_bytes()) {
-        headers.insert(header::FORWARDED, forwarded);
+}
+
+/// weir's own RFC 7239 element for a request from `conn` to `host`: the host is quoted (it may
+/// carry a port), and left out when it could not be quoted safely.
+pub(super) fn forwarded_element(
+    conn: &ConnInfo,
+    host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let mut element = BytesMut::with_capacity(64);
+    element.put_slice(b"for=");
+    element.put_slice(conn.forwarded_for.as_bytes());
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if !host.contains(['"', '\\']) {
+            element.put_slice(b";host=\"");
+            element.put_slice(host.as_bytes());
+            element.put_slice(b"\"");
+        }
     }
+    element.put_slice(b";proto=");
+    element.put_slice(if conn.tls { b"https" } else { b"http" });
+    HeaderValue::from_maybe_shared(element.freeze()).ok()
+}
+
+/// What one pass over a message's header names found.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// `Connection`.
+    connection: bool,
+    /// A header that is hop-by-hop by definition ([`is_hop_by_hop`]).
+    fixed: bool,
+    /// `X-Forwarded-For`, `-Proto`, `-Host` or `Forwarded`.
+    forwarded: bool,
+}
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            if *name == header::CONNECTION {
+                seen.connection = true;
+            } else if is_hop_by_hop(name) {
+                seen.fixed = true;
+            } else if is_forwarded(name) {
+                seen.forwarded = true;
+            }
+        }
+        seen
+    }
+}
+
+/// One of the forwarded headers weir sets.
+#[inline]
+fn is_forwarded(name: &HeaderName) -> bool {
+    name == header::FORWARDED
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
 }
 
 /// The list header `name` (all its lines, in order: one list, RFC 9110 §5.3) with `item` appended,
@@ -426,16 +483,13 @@ fn append_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> Option<He
 /// One pass over the names decides what to do, so a message without hop-by-hop headers costs no
 /// hash lookups, and `Connection: keep-alive` costs one.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut has_connection = false;
-    let mut has_fixed = false;
-    for name in headers.keys() {
-        if *name == header::CONNECTION {
-            has_connection = true;
-        } else if is_hop_by_hop(name) {
-            has_fixed = true;
-        }
-    }
-    if has_connection {
+    let seen = Seen::of(headers);
+    strip_seen(headers, upgrade, seen);
+}
+
+/// [`strip_hop_by_hop`] with the names already looked at.
+fn strip_seen(headers: &mut HeaderMap, upgrade: bool, seen: Seen) {
+    if seen.connection {
         // Tokens naming other headers; `Vec::new` does not allocate until one is found.
         let mut listed = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
@@ -456,7 +510,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    if has_fixed {
+    if seen.fixed {
         headers.remove(&KEEP_ALIVE);
         headers.remove(&PROXY_CONNECTION);
         headers.remove(header::TE);
