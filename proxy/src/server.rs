@@ -388,7 +388,7 @@ async fn drive<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
+    let activity = Activity::new(&ctx.settings.timeouts);
     // Not `Send`: fine, the connection runs on this worker's `LocalSet`.
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
     let scope = TunnelScope::new(
@@ -435,7 +435,6 @@ async fn drive<S>(
         }
     });
     let mut connection = pin!(ctx.builder.serve_connection_with_upgrades(io, service));
-    let timeouts = &ctx.settings.timeouts;
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
@@ -443,7 +442,7 @@ async fn drive<S>(
             }
             return;
         }
-        expired = activity.watch(timeouts) => {
+        expired = activity.watch() => {
             match expired {
                 Expired::Close(reason) => ctx.conns.timed_out(reason),
                 Expired::RequestTimeout => {
