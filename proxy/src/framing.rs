@@ -700,18 +700,32 @@ impl Scanner {
     }
 }
 
+#[inline]
 fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
-        | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+    TCHAR[usize::from(b)]
 }
 
+/// [`is_tchar`] as a table (one load per byte in the loops over names and methods).
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(b as u8,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
+            | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+        b += 1;
+    }
+    table
+};
+
 /// A byte allowed in a header value: HTAB, SP, VCHAR, obs-text.
+#[inline]
 fn is_value_byte(b: u8) -> bool {
     b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
 /// A byte allowed in a request target: VCHAR and obs-text (no whitespace or controls).
+#[inline]
 fn is_target_byte(b: u8) -> bool {
     matches!(b, 0x21..=0x7e | 0x80..=0xff)
 }
@@ -759,7 +773,8 @@ fn all_value_bytes(value: &[u8]) -> bool {
 }
 
 /// How many leading bytes of `bytes` satisfy `ok`.
-fn run_of(bytes: &[u8], ok: fn(u8) -> bool) -> usize {
+#[inline]
+fn run_of(bytes: &[u8], ok: impl Fn(u8) -> bool) -> usize {
     bytes.iter().position(|&b| !ok(b)).unwrap_or(bytes.len())
 }
 
