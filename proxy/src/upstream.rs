@@ -135,8 +135,10 @@ where
         loop {
             let (mut sender, reused) = match self.checkout(addr, options.idle_timeout).await {
                 Some(sender) => (sender, true),
-                None => match self
-                    .connect(addr, options.connect_timeout, false, counted)
+                // Boxed: dialing (connect, its timer, the handshake) is the cold path, and its
+                // future would otherwise make every request's future larger, which is moved on
+                // each await.
+                None => match Box::pin(self.connect(addr, options.connect_timeout, false, counted))
                     .await
                 {
                     Ok(sender) => (sender, false),

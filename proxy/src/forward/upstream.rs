@@ -48,7 +48,8 @@ pub(super) async fn forward(
 ) -> Response<ProxyBody> {
     prepare_request(&mut request, conn, upgrade);
     let outcome = if upgrade {
-        forward_upgrade(worker, service, arm, request).await
+        // Boxed: a rare path whose future would otherwise enlarge every request's.
+        Box::pin(forward_upgrade(worker, service, arm, request)).await
     } else {
         let options = &service.options;
         // A declared length over the limit is refused before anything reaches the upstream.
