@@ -17,6 +17,7 @@
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use arc_swap::{ArcSwap, Cache};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::error::ProxyError;
@@ -43,6 +44,45 @@ pub(crate) struct Worker {
     pool: Rc<Pool<RequestBody>>,
     mirror: mirror::Mirror,
     access_log: bool,
+    /// Response timers of finished requests, for the next ones ([`Worker::timer`]).
+    timers: RefCell<Vec<Pin<Box<Sleep>>>>,
+}
+
+/// Timers kept for reuse per worker (about the requests a worker has in flight at once).
+const SPARE_TIMERS: usize = 256;
+
+/// A timer lent by [`Worker::timer`]; goes back to the worker when dropped.
+pub(crate) struct Timer<'w> {
+    worker: &'w Worker,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timer<'_> {
+    /// Sets the timer to fire at `deadline`.
+    pub(crate) fn reset(&mut self, deadline: Instant) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves when the deadline has passed.
+    pub(crate) async fn sleep(&mut self) {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            let mut timers = self.worker.timers.borrow_mut();
+            if timers.len() < SPARE_TIMERS {
+                timers.push(sleep);
+            }
+        }
+    }
 }
 
 /// Per-connection facts added to every request.
@@ -81,7 +121,28 @@ impl Worker {
             pool: Pool::new(),
             mirror: mirror::Mirror::spawn(mirror),
             access_log,
+            timers: RefCell::new(Vec::new()),
         })
+    }
+
+    /// A timer set for `deadline`. A finished request's timer is reused: it is still in the
+    /// runtime's timer wheel, and moving it to a later deadline is one atomic exchange, where a
+    /// new timer is inserted into the wheel and removed again (each under the driver's lock).
+    /// A spare timer that fires before it is reused wakes its last request's connection once,
+    /// for nothing.
+    pub(crate) fn timer(&self, deadline: Instant) -> Timer<'_> {
+        let spare = self.timers.borrow_mut().pop();
+        let sleep = match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Timer {
+            worker: self,
+            sleep: Some(sleep),
+        }
     }
 
     /// The current table (one atomic read when unchanged).

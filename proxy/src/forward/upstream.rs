@@ -148,13 +148,13 @@ enum Waited {
 /// the last piece of body handed to it, or from the end of the body, but never while weir waits
 /// on the client for more body (the body's own `requestBodyTimeout` governs that time).
 async fn respond_in_time<F: Future>(
+    worker: &Worker,
     sending: F,
     state: &BodyState,
     timeout: Duration,
 ) -> Result<F::Output, Waited> {
     let mut sending = pin!(sending);
-    let sleep = tokio::time::sleep(timeout);
-    let mut sleep = pin!(sleep);
+    let mut timer = None;
     loop {
         let deadline = match state.phase() {
             Phase::Upstream(since) | Phase::Done(since) => since + timeout,
@@ -162,11 +162,17 @@ async fn respond_in_time<F: Future>(
             Phase::Client(_) => Instant::now() + timeout,
             Phase::Failed(kind) => return Err(Waited::Client(kind)),
         };
-        sleep.as_mut().reset(deadline);
+        let sleep = match &mut timer {
+            None => timer.insert(worker.timer(deadline)),
+            Some(timer) => {
+                timer.reset(deadline);
+                timer
+            }
+        };
         tokio::select! {
             biased;
             out = &mut sending => return Ok(out),
-            () = &mut sleep => match state.phase() {
+            () = sleep.sleep() => match state.phase() {
                 Phase::Upstream(since) | Phase::Done(since) if Instant::now() >= since + timeout => {
                     return Err(Waited::Timeout)
                 }
@@ -192,6 +198,7 @@ async fn send(
     loop {
         let addr = arm.upstreams[(first + attempt) % n_upstreams].addr;
         let sent = respond_in_time(
+            worker,
             worker
                 .pool
                 .send_counted(addr, options, request, Some(&arm.stats)),
