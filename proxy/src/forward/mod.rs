@@ -99,6 +99,8 @@ pub(crate) struct ConnInfo {
     /// The `Forwarded` element of the connection's latest request, by the host it names (a
     /// keep-alive client names the same host every time).
     forwarded: RefCell<Option<(Option<HeaderValue>, Option<HeaderValue>)>>,
+    /// The latest `Host` value found valid on this connection.
+    valid_host: RefCell<Option<HeaderValue>>,
     /// `http` or `https`.
     proto: HeaderValue,
     /// The name of the listener the connection came in on.
@@ -167,10 +169,26 @@ impl ConnInfo {
             client_ip,
             forwarded_for,
             forwarded: RefCell::new(None),
+            valid_host: RefCell::new(None),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
         }
+    }
+
+    /// Whether `host` is a valid `Host` value: an authority without userinfo (which has no place
+    /// in Host, RFC 9110 §7.2). The connection's latest valid value is remembered, so a
+    /// keep-alive client naming the same host every time has it parsed once.
+    fn valid_host(&self, host: &HeaderValue) -> bool {
+        if self.valid_host.borrow().as_ref() == Some(host) {
+            return true;
+        }
+        let valid = http::uri::Authority::try_from(host.as_bytes())
+            .is_ok_and(|authority| !authority.as_str().contains('@'));
+        if valid {
+            *self.valid_host.borrow_mut() = Some(host.clone());
+        }
+        valid
     }
 
     /// weir's `Forwarded` element for a request to `host` (`None` when it is not a valid value).
@@ -208,7 +226,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let table = worker.table();
     conn.trusted(&table);
-    let response = match route(&table, &request) {
+    let response = match route(&table, &conn, &request) {
         Err(error) => {
             if worker.access_log {
                 AccessLine::of(&request).log(error.status(), "-", "-", start);
@@ -275,6 +293,7 @@ pub(crate) async fn handle(
 /// virtual host of the upstream.
 fn route<'t>(
     table: &'t RouteTable,
+    conn: &ConnInfo,
     request: &Request<Incoming>,
 ) -> Result<(&'t ServiceRoute, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
@@ -285,23 +304,25 @@ fn route<'t>(
     let host_header = match host_header {
         // An empty Host (allowed for a target without an authority, RFC 9112 §3.2) names no host.
         Some(value) if value.is_empty() && request.uri().authority().is_none() => None,
-        Some(value) => Some(
-            http::uri::Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadHost)?,
-        ),
+        Some(value) if conn.valid_host(value) => Some(value),
+        Some(_) => return Err(ProxyError::BadHost),
         None => None,
     };
     let host = match request.uri().authority() {
         // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
         Some(authority) => {
-            if let Some(header) = &host_header {
-                if !same_authority(authority, header, request.uri().scheme_str()) {
+            if let Some(header) = host_header {
+                let header = http::uri::Authority::try_from(header.as_bytes())
+                    .map_err(|_| ProxyError::BadHost)?;
+                if !same_authority(authority, &header, request.uri().scheme_str()) {
                     return Err(ProxyError::BadHost);
                 }
             }
             authority.host()
         }
-        None => match &host_header {
-            Some(value) => strip_port(value.as_str()),
+        None => match host_header {
+            // Valid, so visible ASCII.
+            Some(value) => strip_port(value.to_str().map_err(|_| ProxyError::BadHost)?),
             // HTTP/1.1 requires a Host line (it may be empty); HTTP/1.0 clients without one only
             // reach a `*` service.
             None if request.version() == Version::HTTP_11
@@ -312,13 +333,6 @@ fn route<'t>(
             None => "",
         },
     };
-    if host_header
-        .as_ref()
-        .is_some_and(|h| h.as_str().contains('@'))
-    {
-        // Userinfo has no place in Host (RFC 9110 §7.2).
-        return Err(ProxyError::BadHost);
-    }
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
