@@ -440,7 +440,8 @@ pub(super) fn forwarded_element(
 struct Seen {
     /// `Connection`.
     connection: bool,
-    /// A header that is hop-by-hop by definition ([`is_hop_by_hop`]).
+    /// A header that is hop-by-hop by definition, whatever `Connection` lists: `TE`, `Trailer`,
+    /// `Upgrade`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Proxy-Authorization`.
     fixed: bool,
     /// `X-Forwarded-For`, `-Proto`, `-Host` or `Forwarded`.
     forwarded: bool,
@@ -450,25 +451,31 @@ impl Seen {
     fn of(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         for name in headers.keys() {
-            if *name == header::CONNECTION {
-                seen.connection = true;
-            } else if is_hop_by_hop(name) {
-                seen.fixed = true;
-            } else if is_forwarded(name) {
-                seen.forwarded = true;
+            // By length first: most names are none of these, and fail at one comparison.
+            let name = name.as_str();
+            match name.len() {
+                2 => seen.fixed |= name == "te",
+                7 => seen.fixed |= name == "trailer" || name == "upgrade",
+                9 => seen.forwarded |= name == "forwarded",
+                10 => {
+                    seen.connection |= name == "connection";
+                    seen.fixed |= name == "keep-alive";
+                }
+                15 => seen.forwarded |= name == "x-forwarded-for",
+                16 => {
+                    seen.fixed |= name == "proxy-connection";
+                    seen.forwarded |= name == "x-forwarded-host";
+                }
+                17 => {
+                    seen.fixed |= name == "transfer-encoding";
+                    seen.forwarded |= name == "x-forwarded-proto";
+                }
+                19 => seen.fixed |= name == "proxy-authorization",
+                _ => {}
             }
         }
         seen
     }
-}
-
-/// One of the forwarded headers weir sets.
-#[inline]
-fn is_forwarded(name: &HeaderName) -> bool {
-    name == header::FORWARDED
-        || *name == X_FORWARDED_FOR
-        || *name == X_FORWARDED_PROTO
-        || *name == X_FORWARDED_HOST
 }
 
 /// The list header `name` (all its lines, in order: one list, RFC 9110 §5.3) with `item` appended,
@@ -500,20 +507,23 @@ fn strip_seen(headers: &mut HeaderMap, upgrade: bool, seen: Seen) {
     if seen.connection {
         // Tokens naming other headers; `Vec::new` does not allocate until one is found.
         let mut listed = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',').map(str::trim) {
-                let ignored = ["", "upgrade", "keep-alive", "close"]
-                    .iter()
-                    .any(|t| token.eq_ignore_ascii_case(t));
-                if !ignored {
-                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                        listed.push(name);
+        // One lookup to read and remove the field.
+        if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+            for value in connection.iter() {
+                let Ok(value) = value.to_str() else { continue };
+                for token in value.split(',').map(str::trim) {
+                    let ignored = ["", "upgrade", "keep-alive", "close"]
+                        .iter()
+                        .any(|t| token.eq_ignore_ascii_case(t));
+                    if !ignored {
+                        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                            listed.push(name);
+                        }
                     }
                 }
             }
+            drop(connection.remove_entry_mult());
         }
-        headers.remove(header::CONNECTION);
         for name in listed {
             headers.remove(name);
         }
@@ -532,18 +542,6 @@ fn strip_seen(headers: &mut HeaderMap, upgrade: bool, seen: Seen) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// Hop-by-hop by definition, whatever `Connection` lists.
-#[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::UPGRADE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
 }
 
 #[cfg(test)]
@@ -568,6 +566,51 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn one_pass_finds_every_hop_by_hop_and_forwarded_name() {
+        let fixed = [
+            "te",
+            "trailer",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authorization",
+        ];
+        let forwarded = [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ];
+        let seen = |name: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-other", HeaderValue::from_static("1"));
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+            let seen = Seen::of(&headers);
+            (seen.connection, seen.fixed, seen.forwarded)
+        };
+        assert_eq!(seen("connection"), (true, false, false));
+        for name in fixed {
+            assert_eq!(seen(name), (false, true, false), "{name}");
+        }
+        for name in forwarded {
+            assert_eq!(seen(name), (false, false, true), "{name}");
+        }
+        for name in [
+            "host",
+            "x-forwarded-fo",
+            "keep-alives",
+            "content-length",
+            "tf",
+        ] {
+            assert_eq!(seen(name), (false, false, false), "{name}");
+        }
     }
 
     #[test]
