@@ -27,7 +27,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodyState, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::routes::matcher::strip_port;
 use crate::routes::{RequestHead, RouteTable, ServiceRoute};
@@ -101,6 +101,8 @@ pub(crate) struct ConnInfo {
     forwarded: RefCell<Option<(Option<HeaderValue>, Option<HeaderValue>)>>,
     /// The latest `Host` value found valid on this connection.
     valid_host: RefCell<Option<HeaderValue>>,
+    /// The body state of the connection's latest request, reused once nothing else holds it.
+    body_state: RefCell<Option<Rc<BodyState>>>,
     /// `http` or `https`.
     proto: HeaderValue,
     /// The name of the listener the connection came in on.
@@ -170,6 +172,7 @@ impl ConnInfo {
             forwarded_for,
             forwarded: RefCell::new(None),
             valid_host: RefCell::new(None),
+            body_state: RefCell::new(None),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
@@ -189,6 +192,19 @@ impl ConnInfo {
             *self.valid_host.borrow_mut() = Some(host.clone());
         }
         valid
+    }
+
+    /// A fresh [`BodyState`] for a request: the previous request's, when its exchange is over
+    /// (nothing but this connection holds it), so a keep-alive connection allocates none.
+    pub(crate) fn body_state(&self, now: Instant, complete: bool) -> Rc<BodyState> {
+        let mut slot = self.body_state.borrow_mut();
+        if let Some(state) = slot.as_ref().filter(|state| Rc::strong_count(state) == 1) {
+            state.restart(now, complete);
+            return state.clone();
+        }
+        let state = BodyState::new(now, complete);
+        *slot = Some(state.clone());
+        state
     }
 
     /// weir's `Forwarded` element for a request to `host` (`None` when it is not a valid value).

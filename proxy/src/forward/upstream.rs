@@ -62,7 +62,7 @@ pub(super) async fn forward(
             Err(ProxyError::Client(ClientErrorKind::BodyTooLarge))
         } else {
             let complete = request.body().is_end_stream();
-            let state = BodyState::new(start, complete);
+            let state = conn.body_state(start, complete);
             // A request without a body has nothing to guard (and allocates no guard).
             let guard = (!complete).then(|| {
                 BodyGuard::new(
