@@ -347,7 +347,7 @@ pub(crate) enum Expired {
 
 /// `d` in whole ms (rounded up, so a timeout never fires early), capped far below overflow.
 fn ms(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(NONE / 4).min(NONE / 4)
 }
 
