@@ -796,6 +796,79 @@ mod tests {
         assert_eq!(stats.open_total(), 0);
     }
 
+    /// The watchdog is never woken by the request path: its timer alone must catch each
+    /// deadline on time, however the state changed since it was set.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_catches_every_deadline_without_being_woken() {
+        let timeouts = ListenerTimeouts {
+            first_byte: Duration::from_secs(10),
+            header_read: Duration::from_secs(3),
+            idle: Duration::from_secs(7),
+            http2_idle: Duration::from_secs(60),
+            ..ListenerTimeouts::default()
+        };
+        let secs = |s: u64| Duration::from_secs(s);
+        // A request in flight for 100 s, then idle: closed 7 s after it ended.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        activity.on_read(b"GET / HTTP/1.1\r\n");
+        let request = activity.request_started();
+        let script = async {
+            tokio::time::sleep(secs(100)).await;
+            drop(request);
+        };
+        let (expired, ()) = tokio::join!(activity.watch(), script);
+        assert!(matches!(expired, Expired::Close(TimeoutReason::Idle)));
+        let idle = start.elapsed();
+        assert!(
+            idle >= secs(107) && idle < secs(107) + Duration::from_millis(5),
+            "{idle:?}"
+        );
+
+        // Idle 1 s after a request, then a head that stalls: 408 3 s after its first byte, before
+        // the idle deadline (8 s).
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        activity.on_read(b"GET / HTTP/1.1\r\n");
+        let request = activity.request_started();
+        let script = async {
+            tokio::time::sleep(secs(1)).await;
+            drop(request);
+            tokio::time::sleep(secs(1)).await;
+            activity.on_read(b"GET");
+        };
+        let (expired, ()) = tokio::join!(activity.watch(), script);
+        assert!(matches!(expired, Expired::RequestTimeout));
+        let head = start.elapsed();
+        assert!(
+            head >= secs(5) && head < secs(5) + Duration::from_millis(5),
+            "{head:?}"
+        );
+
+        // Nothing sent: the first-byte timeout.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        let expired = activity.watch().await;
+        assert!(matches!(expired, Expired::Close(TimeoutReason::FirstByte)));
+        assert!(
+            start.elapsed() >= secs(10) && start.elapsed() < secs(10) + Duration::from_millis(5)
+        );
+
+        // HTTP/2 with no stream: GOAWAY 60 s after the preface.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        tokio::time::sleep(secs(2)).await;
+        activity.on_read(b"PRI * HTTP/2.0\r\n");
+        let expired = activity.watch().await;
+        assert!(matches!(expired, Expired::GoAway));
+        let h2 = start.elapsed();
+        assert!(
+            h2 >= secs(62) && h2 < secs(62) + Duration::from_millis(5),
+            "{h2:?}"
+        );
+        eprintln!("watchdog: idle close at {idle:?}, 408 at {head:?}, GOAWAY at {h2:?} (paused clock, no wake-ups from the request path)");
+    }
+
     #[test]
     fn deadlines_never_overflow() {
         let now = Instant::now();
