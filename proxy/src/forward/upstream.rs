@@ -510,12 +510,6 @@ fn strip_seen(headers: &mut HeaderMap, upgrade: bool, seen: Seen) {
         // One lookup to read and remove the field.
         if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
             for value in connection.iter() {
-                // The usual value names no header: no need to split it.
-                let bytes = value.as_bytes();
-                if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close")
-                {
-                    continue;
-                }
                 let Ok(value) = value.to_str() else { continue };
                 for token in value.split(',').map(str::trim) {
                     let ignored = ["", "upgrade", "keep-alive", "close"]
