@@ -44,13 +44,20 @@ pub(crate) struct BodyState {
 
 impl BodyState {
     pub(crate) fn new(now: Instant, complete: bool) -> Rc<BodyState> {
-        Rc::new(BodyState {
-            phase: Cell::new(if complete {
-                Phase::Done(now)
-            } else {
-                Phase::Upstream(now)
-            }),
-        })
+        let state = Rc::new(BodyState {
+            phase: Cell::new(Phase::Done(now)),
+        });
+        state.restart(now, complete);
+        state
+    }
+
+    /// Makes a state that nothing else holds new again (see `ConnInfo::body_state`).
+    pub(crate) fn restart(&self, now: Instant, complete: bool) {
+        self.phase.set(if complete {
+            Phase::Done(now)
+        } else {
+            Phase::Upstream(now)
+        });
     }
 
     pub(crate) fn phase(&self) -> Phase {

@@ -495,10 +495,23 @@ pub(crate) fn after(t: Instant, d: Duration) -> Instant {
 /// What a client connection is doing, seen from its bytes and its requests; drives the timeouts
 /// hyper has no knob for. Shared with the stream, which hyper requires to be `Send`: plain atomics
 /// on one thread, instants kept as milliseconds since `started`.
+///
+/// The request path only records what happened (a few relaxed stores and a clock read per
+/// request); it never wakes the watchdog. The watchdog's one timer is never set later than one
+/// `recheck` (the shortest of the header-read, idle and HTTP/2 idle timeouts) ahead, and every
+/// deadline a change can bring is at least `recheck` after that change, so no deadline can fall
+/// before the timer fires: when it fires, the watchdog reads the state and acts or sets it again.
 #[derive(Debug)]
 pub(crate) struct Activity {
     /// When serving began (after the TLS handshake).
     started: Instant,
+    /// The connection's timeouts, in ms.
+    first_byte: u64,
+    header_read: u64,
+    idle: u64,
+    http2_idle: u64,
+    /// The shortest of `header_read`, `idle` and `http2_idle` (at least 1 ms).
+    recheck: u64,
     /// A byte has been read.
     read_any: AtomicBool,
     /// The first bytes were the HTTP/2 preface.
@@ -512,8 +525,6 @@ pub(crate) struct Activity {
     head_started: AtomicU64,
     /// Set by the watchdog: answer 408 at the next read and end the stream.
     respond_408: AtomicBool,
-    /// Wakes the watchdog when its deadline may have moved earlier.
-    changed: Notify,
 }
 
 const NONE: u64 = u64::MAX;
@@ -528,22 +539,33 @@ pub(crate) enum Expired {
     GoAway,
 }
 
+/// `d` in whole ms (rounded up, so a timeout never fires early), capped far below overflow.
+fn ms(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(NONE / 4).min(NONE / 4)
+}
+
 impl Activity {
-    pub(crate) fn new() -> Arc<Activity> {
+    pub(crate) fn new(t: &ListenerTimeouts) -> Arc<Activity> {
+        let (header_read, idle, http2_idle) = (ms(t.header_read), ms(t.idle), ms(t.http2_idle));
         Arc::new(Activity {
             started: Instant::now(),
+            first_byte: ms(t.first_byte),
+            header_read,
+            idle,
+            http2_idle,
+            recheck: header_read.min(idle).min(http2_idle).max(1),
             read_any: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             respond_408: AtomicBool::new(false),
-            changed: Notify::new(),
         })
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NONE - 1)
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NONE / 4)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -556,17 +578,18 @@ impl Activity {
         }
         if !self.read_any.load(Ordering::Relaxed) {
             self.read_any.store(true, Ordering::Relaxed);
-            self.http2
-                .store(bytes.starts_with(b"PRI "), Ordering::Relaxed);
-            // The first-byte deadline no longer applies.
-            self.changed.notify_one();
+            let http2 = bytes.starts_with(b"PRI ");
+            self.http2.store(http2, Ordering::Relaxed);
+            if http2 {
+                // HTTP/2 is idle (no stream open) from its preface on.
+                self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+            }
         }
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == NONE
             && !self.http2.load(Ordering::Relaxed)
         {
             self.head_started.store(self.now_ms(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -578,27 +601,28 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// The next deadline; `None` while requests are in flight (their own timeouts apply).
-    fn deadline(&self, t: &ListenerTimeouts) -> Option<Instant> {
+    /// The next deadline (ms since `started`); `None` while requests are in flight (their own
+    /// timeouts apply).
+    fn deadline(&self) -> Option<u64> {
         if !self.read_any.load(Ordering::Relaxed) {
-            return Some(after(self.started, t.first_byte));
+            return Some(self.first_byte);
         }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let idle_since = self.at(self.idle_since.load(Ordering::Relaxed));
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
         if self.http2.load(Ordering::Relaxed) {
-            return Some(after(idle_since, t.http2_idle));
+            return Some(idle_since.saturating_add(self.http2_idle));
         }
-        match self.head_started.load(Ordering::Relaxed) {
-            NONE => Some(after(idle_since, t.idle)),
-            head => Some(after(self.at(head), t.header_read)),
-        }
+        Some(match self.head_started.load(Ordering::Relaxed) {
+            NONE => idle_since.saturating_add(self.idle),
+            head => head.saturating_add(self.header_read),
+        })
     }
 
-    /// What has expired at `now`, if anything.
-    fn expired(&self, t: &ListenerTimeouts, now: Instant) -> Option<Expired> {
-        if self.deadline(t)? > now {
+    /// What has expired at `now` (ms since `started`), if anything.
+    fn expired(&self, now: u64) -> Option<Expired> {
+        if self.deadline()? > now {
             return None;
         }
         Some(if !self.read_any.load(Ordering::Relaxed) {
@@ -612,22 +636,26 @@ impl Activity {
         })
     }
 
+    /// When the watchdog must look next, from `now`: the deadline, but never more than `recheck`
+    /// ahead (see [`Activity`]).
+    fn next_check(&self, now: u64) -> Instant {
+        let horizon = now.saturating_add(self.recheck);
+        self.at(self
+            .deadline()
+            .map_or(horizon, |deadline| deadline.min(horizon)))
+    }
+
     /// Waits until a timeout of this connection expires.
-    pub(crate) async fn watch(&self, t: &ListenerTimeouts) -> Expired {
+    pub(crate) async fn watch(&self) -> Expired {
+        let timer = tokio::time::sleep_until(self.next_check(self.now_ms()));
+        let mut timer = std::pin::pin!(timer);
         loop {
-            let changed = self.changed.notified();
-            match self.deadline(t) {
-                None => changed.await,
-                Some(deadline) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => {}
-                        _ = changed => continue,
-                    }
-                }
-            }
-            if let Some(expired) = self.expired(t, Instant::now()) {
+            timer.as_mut().await;
+            let now = self.now_ms();
+            if let Some(expired) = self.expired(now) {
                 return expired;
             }
+            timer.as_mut().reset(self.next_check(now));
         }
     }
 
@@ -646,7 +674,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
-            self.0.changed.notify_one();
         }
     }
 }
@@ -961,6 +988,79 @@ mod tests {
         drop((a, b, tunnel));
         assert_eq!((stats.open("public"), worker.active()), (0, 0));
         assert_eq!(stats.open_total(), 0);
+    }
+
+    /// The watchdog is never woken by the request path: its timer alone must catch each
+    /// deadline on time, however the state changed since it was set.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_catches_every_deadline_without_being_woken() {
+        let timeouts = ListenerTimeouts {
+            first_byte: Duration::from_secs(10),
+            header_read: Duration::from_secs(3),
+            idle: Duration::from_secs(7),
+            http2_idle: Duration::from_secs(60),
+            ..ListenerTimeouts::default()
+        };
+        let secs = |s: u64| Duration::from_secs(s);
+        // A request in flight for 100 s, then idle: closed 7 s after it ended.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        activity.on_read(b"GET / HTTP/1.1\r\n");
+        let request = activity.request_started();
+        let script = async {
+            tokio::time::sleep(secs(100)).await;
+            drop(request);
+        };
+        let (expired, ()) = tokio::join!(activity.watch(), script);
+        assert!(matches!(expired, Expired::Close(TimeoutReason::Idle)));
+        let idle = start.elapsed();
+        assert!(
+            idle >= secs(107) && idle < secs(107) + Duration::from_millis(5),
+            "{idle:?}"
+        );
+
+        // Idle 1 s after a request, then a head that stalls: 408 3 s after its first byte, before
+        // the idle deadline (8 s).
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        activity.on_read(b"GET / HTTP/1.1\r\n");
+        let request = activity.request_started();
+        let script = async {
+            tokio::time::sleep(secs(1)).await;
+            drop(request);
+            tokio::time::sleep(secs(1)).await;
+            activity.on_read(b"GET");
+        };
+        let (expired, ()) = tokio::join!(activity.watch(), script);
+        assert!(matches!(expired, Expired::RequestTimeout));
+        let head = start.elapsed();
+        assert!(
+            head >= secs(5) && head < secs(5) + Duration::from_millis(5),
+            "{head:?}"
+        );
+
+        // Nothing sent: the first-byte timeout.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        let expired = activity.watch().await;
+        assert!(matches!(expired, Expired::Close(TimeoutReason::FirstByte)));
+        assert!(
+            start.elapsed() >= secs(10) && start.elapsed() < secs(10) + Duration::from_millis(5)
+        );
+
+        // HTTP/2 with no stream: GOAWAY 60 s after the preface.
+        let activity = Activity::new(&timeouts);
+        let start = Instant::now();
+        tokio::time::sleep(secs(2)).await;
+        activity.on_read(b"PRI * HTTP/2.0\r\n");
+        let expired = activity.watch().await;
+        assert!(matches!(expired, Expired::GoAway));
+        let h2 = start.elapsed();
+        assert!(
+            h2 >= secs(62) && h2 < secs(62) + Duration::from_millis(5),
+            "{h2:?}"
+        );
+        eprintln!("watchdog: idle close at {idle:?}, 408 at {head:?}, GOAWAY at {h2:?} (paused clock, no wake-ups from the request path)");
     }
 
     #[test]

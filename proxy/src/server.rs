@@ -16,9 +16,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::Request;
@@ -450,7 +452,7 @@ async fn drive<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
+    let activity = Activity::new(&ctx.settings.timeouts);
     // Not `Send`: fine, the connection runs on this worker's `LocalSet`.
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
     let scope = TunnelScope::new(
@@ -497,7 +499,10 @@ async fn drive<S>(
         }
     });
     let mut connection = pin!(ctx.builder.serve_connection_with_upgrades(io, service));
-    let timeouts = &ctx.settings.timeouts;
+    // The connection task wakes several times per request; the watchdog and the shutdown signal
+    // are polled only when they were woken themselves.
+    let watchdog = Gated::new(activity.watch());
+    let stop = Gated::new(shutdown.wait_for(|stop| *stop));
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
@@ -512,7 +517,7 @@ async fn drive<S>(
             }
             return;
         }
-        expired = activity.watch(timeouts) => {
+        expired = watchdog => {
             match expired {
                 Expired::Close(reason) => ctx.conns.timed_out(reason),
                 Expired::RequestTimeout => {
@@ -528,7 +533,7 @@ async fn drive<S>(
             }
             return;
         }
-        _ = shutdown.wait_for(|stop| *stop) => {}
+        _ = stop => {}
     }
     // A request already on its way (a connection accepted just before, a keep-alive client
     // mid-send) is answered (with `Connection: close`) rather than cut; then idle ones close.
@@ -543,6 +548,74 @@ async fn drive<S>(
     connection.as_mut().graceful_shutdown();
     if let Err(error) = connection.await {
         tracing::debug!(%error, "connection ended with an error while draining");
+    }
+}
+
+/// Whether a [`Gated`] future was woken, and the task to wake then.
+struct Flag {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that shares its task with others (a `select!` branch) but is polled only after
+    /// its own waker fired (and on its first poll), so the others' wake-ups do not poll it.
+    struct Gated<F> {
+        #[pin]
+        inner: F,
+        flag: Arc<Flag>,
+        waker: Waker,
+        // The task waker last handed to `flag`.
+        task: Option<Waker>,
+    }
+}
+
+impl<F> Gated<F> {
+    fn new(inner: F) -> Gated<F> {
+        let flag = Arc::new(Flag {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        Gated {
+            inner,
+            waker: Waker::from(flag.clone()),
+            flag,
+            task: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if !this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            *this.task = Some(cx.waker().clone());
+            *this
+                .flag
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        }
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.inner.poll(&mut Context::from_waker(this.waker))
     }
 }
 

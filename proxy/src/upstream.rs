@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,8 +30,49 @@ use crate::stats::{UpstreamErrorKind, VersionStats};
 /// A worker's idle upstream connections, by address, for request bodies of type `B` (the
 /// client's streamed body for primary requests, a complete copy for mirrored ones).
 pub(crate) struct Pool<B> {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>>>,
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<AddrHasher>>>,
     builder: http1::Builder,
+}
+
+/// A cheap hash for upstream addresses (looked up twice per request): the keys come from the
+/// config, not from clients, so SipHash's flooding resistance buys nothing here.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the high bits, which the multiply mixes best, into the low ones hashbrown uses.
+        self.0 ^ (self.0 >> 29)
+    }
 }
 
 struct Idle<B> {
@@ -66,7 +108,7 @@ where
         let mut builder = http1::Builder::new();
         builder.max_buf_size(256 * 1024);
         Rc::new(Pool {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(HashMap::default()),
             builder,
         })
     }
@@ -93,8 +135,10 @@ where
         loop {
             let (mut sender, reused) = match self.checkout(addr, options.idle_timeout).await {
                 Some(sender) => (sender, true),
-                None => match self
-                    .connect(addr, options.connect_timeout, false, counted)
+                // Boxed: dialing (connect, its timer, the handshake) is the cold path, and its
+                // future would otherwise make every request's future larger, which is moved on
+                // each await.
+                None => match Box::pin(self.connect(addr, options.connect_timeout, false, counted))
                     .await
                 {
                     Ok(sender) => (sender, false),

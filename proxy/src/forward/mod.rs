@@ -17,6 +17,7 @@
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -24,9 +25,9 @@ use arc_swap::{ArcSwap, Cache};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodyState, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::routes::matcher::strip_port;
 use crate::routes::{RequestHead, RouteTable, ServiceRoute};
@@ -43,6 +44,45 @@ pub(crate) struct Worker {
     pool: Rc<Pool<RequestBody>>,
     mirror: mirror::Mirror,
     access_log: bool,
+    /// Response timers of finished requests, for the next ones ([`Worker::timer`]).
+    timers: RefCell<Vec<Pin<Box<Sleep>>>>,
+}
+
+/// Timers kept for reuse per worker (about the requests a worker has in flight at once).
+const SPARE_TIMERS: usize = 256;
+
+/// A timer lent by [`Worker::timer`]; goes back to the worker when dropped.
+pub(crate) struct Timer<'w> {
+    worker: &'w Worker,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timer<'_> {
+    /// Sets the timer to fire at `deadline`.
+    pub(crate) fn reset(&mut self, deadline: Instant) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves when the deadline has passed.
+    pub(crate) async fn sleep(&mut self) {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            let mut timers = self.worker.timers.borrow_mut();
+            if timers.len() < SPARE_TIMERS {
+                timers.push(sleep);
+            }
+        }
+    }
 }
 
 /// Per-connection facts added to every request.
@@ -56,6 +96,13 @@ pub(crate) struct ConnInfo {
     client_ip: HeaderValue,
     /// The client's node for `Forwarded: for=` (RFC 7239: IPv6 quoted and bracketed).
     forwarded_for: String,
+    /// The `Forwarded` element of the connection's latest request, by the host it names (a
+    /// keep-alive client names the same host every time).
+    forwarded: RefCell<Option<(Option<HeaderValue>, Option<HeaderValue>)>>,
+    /// The latest `Host` value found valid on this connection.
+    valid_host: RefCell<Option<HeaderValue>>,
+    /// The body state of the connection's latest request, reused once nothing else holds it.
+    body_state: RefCell<Option<Rc<BodyState>>>,
     /// `http` or `https`.
     proto: HeaderValue,
     /// The name of the listener the connection came in on.
@@ -80,6 +127,7 @@ impl Worker {
             pool: Pool::new(),
             mirror: mirror::Mirror::spawn(mirror),
             access_log,
+            timers: RefCell::new(Vec::new()),
         });
         // The cache keeps the table this worker loaded last until its next request: an idle
         // worker would hold a replaced table (and its config) for good. Look again every second.
@@ -96,6 +144,26 @@ impl Worker {
             }
         });
         worker
+    }
+
+    /// A timer set for `deadline`. A finished request's timer is reused: it is still in the
+    /// runtime's timer wheel, and moving it to a later deadline is one atomic exchange, where a
+    /// new timer is inserted into the wheel and removed again (each under the driver's lock).
+    /// A spare timer that fires before it is reused wakes its last request's connection once,
+    /// for nothing.
+    pub(crate) fn timer(&self, deadline: Instant) -> Timer<'_> {
+        let spare = self.timers.borrow_mut().pop();
+        let sleep = match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Timer {
+            worker: self,
+            sleep: Some(sleep),
+        }
     }
 
     /// The current table (one atomic read when unchanged).
@@ -119,6 +187,9 @@ impl ConnInfo {
             trusted: Cell::new(None),
             client_ip,
             forwarded_for,
+            forwarded: RefCell::new(None),
+            valid_host: RefCell::new(None),
+            body_state: RefCell::new(None),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
             tls,
@@ -130,6 +201,47 @@ impl ConnInfo {
     pub(crate) fn counted(mut self, conns: Arc<crate::limits::ListenerConns>) -> ConnInfo {
         self.refusals = Some(conns);
         self
+    }
+
+    /// Whether `host` is a valid `Host` value: an authority without userinfo (which has no place
+    /// in Host, RFC 9110 §7.2). The connection's latest valid value is remembered, so a
+    /// keep-alive client naming the same host every time has it parsed once.
+    fn valid_host(&self, host: &HeaderValue) -> bool {
+        if self.valid_host.borrow().as_ref() == Some(host) {
+            return true;
+        }
+        let valid = http::uri::Authority::try_from(host.as_bytes())
+            .is_ok_and(|authority| !authority.as_str().contains('@'));
+        if valid {
+            *self.valid_host.borrow_mut() = Some(host.clone());
+        }
+        valid
+    }
+
+    /// A fresh [`BodyState`] for a request: the previous request's, when its exchange is over
+    /// (nothing but this connection holds it), so a keep-alive connection allocates none.
+    pub(crate) fn body_state(&self, now: Instant, complete: bool) -> Rc<BodyState> {
+        let mut slot = self.body_state.borrow_mut();
+        if let Some(state) = slot.as_ref().filter(|state| Rc::strong_count(state) == 1) {
+            state.restart(now, complete);
+            return state.clone();
+        }
+        let state = BodyState::new(now, complete);
+        *slot = Some(state.clone());
+        state
+    }
+
+    /// weir's `Forwarded` element for a request to `host` (`None` when it is not a valid value).
+    fn forwarded(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let mut cached = self.forwarded.borrow_mut();
+        if let Some((cached_host, element)) = &*cached {
+            if cached_host.as_ref() == host {
+                return element.clone();
+            }
+        }
+        let element = upstream::forwarded_element(self, host);
+        *cached = Some((host.cloned(), element.clone()));
+        element
     }
 
     /// Whether the peer's forwarded headers are trusted (appended to rather than replaced).
@@ -154,7 +266,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let table = worker.table();
     conn.trusted(&table);
-    let response = match route(&table, &request) {
+    let response = match route(&table, &conn, &request) {
         Err(error) => {
             if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
                 refusals.refused(crate::limits::RefuseReason::BadHost);
@@ -224,6 +336,7 @@ pub(crate) async fn handle(
 /// virtual host of the upstream.
 fn route<'t>(
     table: &'t RouteTable,
+    conn: &ConnInfo,
     request: &Request<Incoming>,
 ) -> Result<(&'t ServiceRoute, bool), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
@@ -234,23 +347,25 @@ fn route<'t>(
     let host_header = match host_header {
         // An empty Host (allowed for a target without an authority, RFC 9112 §3.2) names no host.
         Some(value) if value.is_empty() && request.uri().authority().is_none() => None,
-        Some(value) => Some(
-            http::uri::Authority::try_from(value.as_bytes()).map_err(|_| ProxyError::BadHost)?,
-        ),
+        Some(value) if conn.valid_host(value) => Some(value),
+        Some(_) => return Err(ProxyError::BadHost),
         None => None,
     };
     let host = match request.uri().authority() {
         // HTTP/2 (`:authority`) and absolute-form HTTP/1 requests.
         Some(authority) => {
-            if let Some(header) = &host_header {
-                if !same_authority(authority, header, request.uri().scheme_str()) {
+            if let Some(header) = host_header {
+                let header = http::uri::Authority::try_from(header.as_bytes())
+                    .map_err(|_| ProxyError::BadHost)?;
+                if !same_authority(authority, &header, request.uri().scheme_str()) {
                     return Err(ProxyError::BadHost);
                 }
             }
             authority.host()
         }
-        None => match &host_header {
-            Some(value) => strip_port(value.as_str()),
+        None => match host_header {
+            // Valid, so visible ASCII.
+            Some(value) => strip_port(value.to_str().map_err(|_| ProxyError::BadHost)?),
             // HTTP/1.1 requires a Host line (it may be empty); HTTP/1.0 clients without one only
             // reach a `*` service.
             None if request.version() == Version::HTTP_11
@@ -261,13 +376,6 @@ fn route<'t>(
             None => "",
         },
     };
-    if host_header
-        .as_ref()
-        .is_some_and(|h| h.as_str().contains('@'))
-    {
-        // Userinfo has no place in Host (RFC 9110 §7.2).
-        return Err(ProxyError::BadHost);
-    }
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

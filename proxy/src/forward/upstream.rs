@@ -48,7 +48,8 @@ pub(super) async fn forward(
 ) -> Response<ProxyBody> {
     prepare_request(&mut request, conn, upgrade);
     let outcome = if upgrade {
-        forward_upgrade(worker, service, arm, request).await
+        // Boxed: a rare path whose future would otherwise enlarge every request's.
+        Box::pin(forward_upgrade(worker, service, arm, request)).await
     } else {
         let options = &service.options;
         // A declared length over the limit is refused before anything reaches the upstream.
@@ -61,7 +62,7 @@ pub(super) async fn forward(
             Err(ProxyError::Client(ClientErrorKind::BodyTooLarge))
         } else {
             let complete = request.body().is_end_stream();
-            let state = BodyState::new(start, complete);
+            let state = conn.body_state(start, complete);
             // A request without a body has nothing to guard (and allocates no guard).
             let guard = (!complete).then(|| {
                 BodyGuard::new(
@@ -147,13 +148,13 @@ enum Waited {
 /// the last piece of body handed to it, or from the end of the body, but never while weir waits
 /// on the client for more body (the body's own `requestBodyTimeout` governs that time).
 async fn respond_in_time<F: Future>(
+    worker: &Worker,
     sending: F,
     state: &BodyState,
     timeout: Duration,
 ) -> Result<F::Output, Waited> {
     let mut sending = pin!(sending);
-    let sleep = tokio::time::sleep(timeout);
-    let mut sleep = pin!(sleep);
+    let mut timer = None;
     loop {
         let deadline = match state.phase() {
             Phase::Upstream(since) | Phase::Done(since) => since + timeout,
@@ -161,11 +162,17 @@ async fn respond_in_time<F: Future>(
             Phase::Client(_) => Instant::now() + timeout,
             Phase::Failed(kind) => return Err(Waited::Client(kind)),
         };
-        sleep.as_mut().reset(deadline);
+        let sleep = match &mut timer {
+            None => timer.insert(worker.timer(deadline)),
+            Some(timer) => {
+                timer.reset(deadline);
+                timer
+            }
+        };
         tokio::select! {
             biased;
             out = &mut sending => return Ok(out),
-            () = &mut sleep => match state.phase() {
+            () = sleep.sleep() => match state.phase() {
                 Phase::Upstream(since) | Phase::Done(since) if Instant::now() >= since + timeout => {
                     return Err(Waited::Timeout)
                 }
@@ -192,6 +199,7 @@ async fn send(
     loop {
         let addr = arm.upstreams[idx].addr;
         let sent = respond_in_time(
+            worker,
             worker
                 .pool
                 .send_counted(addr, options, request, Some(&arm.stats)),
@@ -382,43 +390,107 @@ pub(super) fn prepare_request(request: &mut Request<Incoming>, conn: &ConnInfo, 
     *request.version_mut() = Version::HTTP_11;
     let trusted = conn.trusted.get().unwrap_or(false);
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-    if !trusted {
+    let seen = Seen::of(headers);
+    strip_seen(headers, upgrade, seen);
+    if seen.forwarded && !trusted {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(header::FORWARDED);
     }
+    // No forwarded header left (the common case): each is inserted without looking for one.
+    let fresh = !seen.forwarded || !trusted;
     if let Some(host) = &original_host {
         if from_authority {
             headers.insert(header::HOST, host.clone());
         }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
+        if fresh || !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if fresh || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     }
-    let forwarded_for = append_list(headers, &X_FORWARDED_FOR, conn.client_ip.as_bytes())
-        .unwrap_or_else(|| conn.client_ip.clone());
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    // RFC 7239: one element per hop; the host is quoted (it may carry a port), and left out when
-    // it could not be quoted safely.
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    element.push_str(&conn.forwarded_for);
-    if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
-        if !host.contains(['"', '\\']) {
-            element.push_str(";host=\"");
-            element.push_str(host);
-            element.push('"');
+    // RFC 7239: one element per hop.
+    let element = conn.forwarded(original_host.as_ref());
+    if fresh {
+        headers.insert(X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+        if let Some(element) = element {
+            headers.insert(header::FORWARDED, element);
+        }
+    } else {
+        let forwarded_for = append_list(headers, &X_FORWARDED_FOR, conn.client_ip.as_bytes())
+            .unwrap_or_else(|| conn.client_ip.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+        if let Some(element) = element {
+            if let Some(forwarded) = append_list(headers, &header::FORWARDED, element.as_bytes()) {
+                headers.insert(header::FORWARDED, forwarded);
+            }
         }
     }
-    element.push_str(";proto=");
-    element.push_str(if conn.tls { "https" } else { "http" });
-    if let Some(forwarded) = append_list(headers, &header::FORWARDED, element.as_bytes()) {
-        headers.insert(header::FORWARDED, forwarded);
+}
+
+/// weir's own RFC 7239 element for a request from `conn` to `host`: the host is quoted (it may
+/// carry a port), and left out when it could not be quoted safely.
+pub(super) fn forwarded_element(
+    conn: &ConnInfo,
+    host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let mut element = BytesMut::with_capacity(64);
+    element.put_slice(b"for=");
+    element.put_slice(conn.forwarded_for.as_bytes());
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if !host.contains(['"', '\\']) {
+            element.put_slice(b";host=\"");
+            element.put_slice(host.as_bytes());
+            element.put_slice(b"\"");
+        }
+    }
+    element.put_slice(b";proto=");
+    element.put_slice(if conn.tls { b"https" } else { b"http" });
+    HeaderValue::from_maybe_shared(element.freeze()).ok()
+}
+
+/// What one pass over a message's header names found.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// `Connection`.
+    connection: bool,
+    /// A header that is hop-by-hop by definition, whatever `Connection` lists: `TE`, `Trailer`,
+    /// `Upgrade`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Proxy-Authorization`.
+    fixed: bool,
+    /// `X-Forwarded-For`, `-Proto`, `-Host` or `Forwarded`.
+    forwarded: bool,
+}
+
+impl Seen {
+    fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            // By length first: most names are none of these, and fail at one comparison.
+            let name = name.as_str();
+            match name.len() {
+                2 => seen.fixed |= name == "te",
+                7 => seen.fixed |= name == "trailer" || name == "upgrade",
+                9 => seen.forwarded |= name == "forwarded",
+                10 => {
+                    seen.connection |= name == "connection";
+                    seen.fixed |= name == "keep-alive";
+                }
+                15 => seen.forwarded |= name == "x-forwarded-for",
+                16 => {
+                    seen.fixed |= name == "proxy-connection";
+                    seen.forwarded |= name == "x-forwarded-host";
+                }
+                17 => {
+                    seen.fixed |= name == "transfer-encoding";
+                    seen.forwarded |= name == "x-forwarded-proto";
+                }
+                19 => seen.fixed |= name == "proxy-authorization",
+                _ => {}
+            }
+        }
+        seen
     }
 }
 
@@ -442,37 +514,37 @@ fn append_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> Option<He
 /// One pass over the names decides what to do, so a message without hop-by-hop headers costs no
 /// hash lookups, and `Connection: keep-alive` costs one.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut has_connection = false;
-    let mut has_fixed = false;
-    for name in headers.keys() {
-        if *name == header::CONNECTION {
-            has_connection = true;
-        } else if is_hop_by_hop(name) {
-            has_fixed = true;
-        }
-    }
-    if has_connection {
+    let seen = Seen::of(headers);
+    strip_seen(headers, upgrade, seen);
+}
+
+/// [`strip_hop_by_hop`] with the names already looked at.
+fn strip_seen(headers: &mut HeaderMap, upgrade: bool, seen: Seen) {
+    if seen.connection {
         // Tokens naming other headers; `Vec::new` does not allocate until one is found.
         let mut listed = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',').map(str::trim) {
-                let ignored = ["", "upgrade", "keep-alive", "close"]
-                    .iter()
-                    .any(|t| token.eq_ignore_ascii_case(t));
-                if !ignored {
-                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                        listed.push(name);
+        // One lookup to read and remove the field.
+        if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+            for value in connection.iter() {
+                let Ok(value) = value.to_str() else { continue };
+                for token in value.split(',').map(str::trim) {
+                    let ignored = ["", "upgrade", "keep-alive", "close"]
+                        .iter()
+                        .any(|t| token.eq_ignore_ascii_case(t));
+                    if !ignored {
+                        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                            listed.push(name);
+                        }
                     }
                 }
             }
+            drop(connection.remove_entry_mult());
         }
-        headers.remove(header::CONNECTION);
         for name in listed {
             headers.remove(name);
         }
     }
-    if has_fixed {
+    if seen.fixed {
         headers.remove(&KEEP_ALIVE);
         headers.remove(&PROXY_CONNECTION);
         headers.remove(header::TE);
@@ -486,18 +558,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// Hop-by-hop by definition, whatever `Connection` lists.
-#[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::UPGRADE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
 }
 
 #[cfg(test)]
@@ -522,6 +582,51 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn one_pass_finds_every_hop_by_hop_and_forwarded_name() {
+        let fixed = [
+            "te",
+            "trailer",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "proxy-authorization",
+        ];
+        let forwarded = [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ];
+        let seen = |name: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-other", HeaderValue::from_static("1"));
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+            let seen = Seen::of(&headers);
+            (seen.connection, seen.fixed, seen.forwarded)
+        };
+        assert_eq!(seen("connection"), (true, false, false));
+        for name in fixed {
+            assert_eq!(seen(name), (false, true, false), "{name}");
+        }
+        for name in forwarded {
+            assert_eq!(seen(name), (false, false, true), "{name}");
+        }
+        for name in [
+            "host",
+            "x-forwarded-fo",
+            "keep-alives",
+            "content-length",
+            "tf",
+        ] {
+            assert_eq!(seen(name), (false, false, false), "{name}");
+        }
     }
 
     #[test]
