@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod stats;
+mod tasks;
 pub mod tls;
 mod upstream;
 

@@ -14,7 +14,9 @@
 //!   `Host`, `header_too_large` for a head over the listener's header limits, answered `431`);
 //!   never counted against a version;
 //! - `weir_connections_timed_out_total{listener,reason}`: connections closed by a timeout,
-//!   `reason` ∈ `first_byte`, `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`.
+//!   `reason` ∈ `first_byte`, `tls_handshake`, `header_read`, `idle`, `http2_idle`, `tunnel_idle`;
+//! - `weir_tasks_alive`: tasks serving traffic (client and upstream connections, HTTP/2 streams,
+//!   tunnels, mirrored requests), see [`ConnectionStats::tasks`].
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -240,6 +242,8 @@ impl Drop for ConnSlot {
 pub struct ConnectionStats {
     listeners: Arc<Mutex<BTreeMap<String, Arc<ListenerConns>>>>,
     total: Arc<AtomicUsize>,
+    /// Live tasks serving traffic (see `crate::tasks`).
+    tasks: Arc<AtomicUsize>,
 }
 
 impl ConnectionStats {
@@ -263,6 +267,17 @@ impl ConnectionStats {
                 })
             })
             .clone()
+    }
+
+    /// Live tasks serving traffic now: client and upstream connections, HTTP/2 streams, tunnels
+    /// and mirrored requests (`weir_tasks_alive`). Back at its idle level once traffic ends.
+    pub fn tasks(&self) -> usize {
+        self.tasks.load(Ordering::Relaxed)
+    }
+
+    /// The counter worker threads count their tasks in.
+    pub(crate) fn task_counter(&self) -> Arc<AtomicUsize> {
+        self.tasks.clone()
     }
 
     /// Open connections of every listener now.
@@ -338,6 +353,13 @@ impl Collector for ConnectionCollector {
             .iter()
             .map(|(name, conns)| (name.clone(), conns.clone()))
             .collect();
+        let tasks = encoder.encode_descriptor(
+            "weir_tasks_alive",
+            "Tasks serving traffic: client and upstream connections, HTTP/2 streams, tunnels, mirrored requests",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(self.stats.tasks()).unwrap_or(i64::MAX)).encode(tasks)?;
         let mut open = encoder.encode_descriptor(
             "weir_connections_open",
             "Open client connections (upgraded tunnels included), by listener",

@@ -170,10 +170,12 @@ pub fn spawn(listeners: Vec<Listener>, routes: Routes, config: ServeConfig) -> i
         let routes = routes.clone();
         let config = config.clone();
         let shutdown_rx = shutdown_rx.clone();
+        let tasks = config.connections.task_counter();
         let handle = std::thread::Builder::new()
             .name(format!("weir-worker-{idx}"))
             .spawn(move || {
                 crate::routes::rules::set_worker_slot(idx);
+                crate::tasks::set_counter(tasks);
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, run_worker(sockets, routes, config, shutdown_rx));
                 drop(local);
@@ -376,7 +378,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve_connection(
+        crate::tasks::spawn_local(serve_connection(
             ctx.clone(),
             stream,
             peer,
@@ -628,6 +630,6 @@ where
     F: Future + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::task::spawn_local(future);
+        crate::tasks::spawn_local(future);
     }
 }

@@ -281,12 +281,12 @@ where
                     )
                 })?;
         if upgrades {
-            tokio::task::spawn_local(async move {
+            crate::tasks::spawn_local(async move {
                 let _ = connection.with_upgrades().await;
             });
         } else {
             let open = counted.map(|stats| OpenConnection::new(stats.clone()));
-            tokio::task::spawn_local(async move {
+            crate::tasks::spawn_local(async move {
                 let _ = connection.await;
                 drop(open);
             });

@@ -229,7 +229,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, limit: Arc<Semaphore>) {
             return;
         };
         let pool = pool.clone();
-        tokio::task::spawn_local(async move {
+        crate::tasks::spawn_local(async move {
             exchange(&pool, job).await;
             drop(permit);
         });

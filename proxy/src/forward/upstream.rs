@@ -314,7 +314,7 @@ async fn forward_upgrade(
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     // Counted from now, so the tunnel takes over the connection's slot without a gap.
     let slot = scope.as_ref().map(TunnelScope::slot);
-    tokio::task::spawn_local(async move {
+    crate::tasks::spawn_local(async move {
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
             (client, upstream) => {

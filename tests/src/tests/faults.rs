@@ -2,7 +2,7 @@
 //! garbage or enormous heads, next to a healthy stable. Each fault gets its status, is charged to
 //! the canary (status and `weir_upstream_errors_total` kind), leaves the stable untouched, and
 //! leaks no connection: the canary's upstream sees every connection closed and weir's own gauge of
-//! open upstream connections returns to zero.
+//! open upstream connections returns to zero; and leaks no task (`ConnectionStats::tasks`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -134,8 +134,18 @@ async fn run(
     );
     let pooled = stable.upstream_connections();
     assert!(pooled <= 1, "{name}: {pooled} connections to the stable");
+    // No task left behind either: once the clients are gone, the only task weir still runs for
+    // this traffic is the pooled stable connection's.
+    crate::assert_eventually!(
+        timeout = Duration::from_secs(5),
+        proxy.connections().tasks() as u64 == stable.upstream_connections(),
+        "{name}: {} tasks alive, {} pooled connections",
+        proxy.connections().tasks(),
+        stable.upstream_connections()
+    );
+    let tasks = proxy.connections().tasks();
     let figure = format!(
-        "{name}: {}×{} charged to v2 ({kind:?}), stable {}×200, 0 leaked connections (weir gauge v2=0, v1={pooled}), {took:?}",
+        "{name}: {}×{} charged to v2 ({kind:?}), stable {}×200, 0 leaked connections (weir gauge v2=0, v1={pooled}), 0 leaked tasks ({tasks} alive = the pooled connection's), {took:?}",
         N / 2,
         status.as_u16(),
         N / 2
