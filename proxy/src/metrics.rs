@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::routes::health::UpstreamHealth;
 use crate::routes::Routes;
 use crate::stats::{
     ClientErrorKind, MirrorDropReason, Stats, TrafficKind, UpstreamErrorKind, VersionStats,
@@ -239,24 +240,28 @@ fn encode_health(
 ) -> Result<(), std::fmt::Error> {
     let now = tokio::time::Instant::now();
     let arms = || table.services().iter().flat_map(|s| s.arms());
+    let upstreams: Vec<(String, &UpstreamHealth)> = arms()
+        .flat_map(|arm| arm.upstreams())
+        .map(|upstream| (upstream.addr().to_string(), &**upstream.health()))
+        .collect();
+    fn labels<'a>(
+        (addr, health): &'a (String, &'a UpstreamHealth),
+    ) -> [(&'static str, &'a str); 3] {
+        [
+            ("service", health.service()),
+            ("version", health.version()),
+            ("upstream", addr.as_str()),
+        ]
+    }
     let mut healthy = encoder.encode_descriptor(
         "weir_upstream_healthy",
         "1 when the upstream may get traffic (not ejected by outlier detection, not failed by its health check), by service, version and upstream address",
         None,
         MetricType::Gauge,
     )?;
-    for arm in arms() {
-        for upstream in arm.upstreams() {
-            let addr = upstream.addr().to_string();
-            let health = upstream.health();
-            let labels = [
-                ("service", health.service()),
-                ("version", health.version()),
-                ("upstream", addr.as_str()),
-            ];
-            ConstGauge::new(i64::from(health.is_available(now)))
-                .encode(healthy.encode_family(&labels)?)?;
-        }
+    for entry in &upstreams {
+        ConstGauge::new(i64::from(entry.1.is_available(now)))
+            .encode(healthy.encode_family(&labels(entry))?)?;
     }
     let mut ejections = encoder.encode_descriptor(
         "weir_upstream_ejections",
@@ -264,17 +269,8 @@ fn encode_health(
         None,
         MetricType::Counter,
     )?;
-    for arm in arms() {
-        for upstream in arm.upstreams() {
-            let addr = upstream.addr().to_string();
-            let health = upstream.health();
-            let labels = [
-                ("service", health.service()),
-                ("version", health.version()),
-                ("upstream", addr.as_str()),
-            ];
-            ConstCounter::new(health.ejections()).encode(ejections.encode_family(&labels)?)?;
-        }
+    for entry in &upstreams {
+        ConstCounter::new(entry.1.ejections()).encode(ejections.encode_family(&labels(entry))?)?;
     }
     let mut fail_open = encoder.encode_descriptor(
         "weir_upstream_fail_open",

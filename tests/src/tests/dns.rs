@@ -92,6 +92,21 @@ fn ip(server: &Server) -> IpAddr {
 }
 
 /// Service `api`: stable `v1` on `NAME:port` (plus `canary` lines), refreshed every 100 ms.
+/// The `canary:` line of [`config`]: `canary` at `weight` percent.
+fn canary_line(canary: &Server, weight: u32) -> String {
+    format!(
+        "    canary: {{version: v2, upstreams: [\"{}\"], weight: {weight}}}\n",
+        canary.addr()
+    )
+}
+
+/// Starts `weir run` on `text` with `dns` as its resolver.
+async fn start(text: &str, dns: &FakeDns) -> Weir {
+    Weir::try_start_with_lookup(text, dns.lookup())
+        .await
+        .unwrap_or_else(|error| panic!("weir does not start: {error}"))
+}
+
 fn config(port: u16, canary: &str, tag: &str) -> String {
     format!(
         "{HEADER}# {tag}\nupstreamDns: {{refreshRate: 100ms}}\nservices:\n  - name: api\n    match: {{hosts: [\"{HOST}\"]}}\n    stable: {{version: v1, upstreams: [\"{NAME}:{port}\"]}}\n{canary}"
@@ -350,15 +365,8 @@ async fn a_reload_racing_a_dns_change_loses_neither() {
     let dns = FakeDns::default();
     dns.set(NAME, &[ip(&a)]);
     let port = a.addr().port();
-    let with_weight = |weight: u32| {
-        format!(
-            "    canary: {{version: v2, upstreams: [\"{}\"], weight: {weight}}}\n",
-            canary.addr()
-        )
-    };
-    let weir = Weir::try_start_with_lookup(&config(port, &with_weight(0), "0"), dns.lookup())
-        .await
-        .unwrap_or_else(|error| panic!("weir does not start: {error}"));
+    let with_weight = |weight: u32| canary_line(&canary, weight);
+    let weir = start(&config(port, &with_weight(0), "0"), &dns).await;
     let mut settled = Vec::new();
     for (round, (server, weight)) in [(&b, 50), (&a, 25), (&b, 10)].into_iter().enumerate() {
         let started = Instant::now();
@@ -420,15 +428,8 @@ async fn a_slow_resolver_stalls_neither_the_admin_api_nor_reloads() {
     let dns = FakeDns::default();
     dns.set(NAME, &[ip(&a)]);
     let port = a.addr().port();
-    let with_weight = |weight: u32| {
-        format!(
-            "    canary: {{version: v2, upstreams: [\"{}\"], weight: {weight}}}\n",
-            canary.addr()
-        )
-    };
-    let weir = Weir::try_start_with_lookup(&config(port, &with_weight(0), "0"), dns.lookup())
-        .await
-        .unwrap_or_else(|error| panic!("weir does not start: {error}"));
+    let with_weight = |weight: u32| canary_line(&canary, weight);
+    let weir = start(&config(port, &with_weight(0), "0"), &dns).await;
     let start = weir.generation();
     dns.set_delay(Duration::from_secs(2));
     dns.set(NAME, &[ip(&b)]);
