@@ -353,4 +353,44 @@ mod tests {
         assert_eq!(parse_q(""), None);
         assert_eq!(parse_q("0.x"), None);
     }
+
+    #[test]
+    fn a_flush_makes_everything_written_so_far_decodable() {
+        let data: Vec<u8> = b"{\"id\": 1, \"name\": \"weir\"}\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(300_000)
+            .collect();
+        for algorithm in [Gzip, Brotli, Zstd] {
+            for level in [
+                CompressionLevel::Fast,
+                CompressionLevel::Default,
+                CompressionLevel::Best,
+            ] {
+                let mut encoder = Encoder::new(algorithm, level).unwrap();
+                encoder.write(&data).unwrap();
+                encoder.flush().unwrap();
+                let flushed = encoder.take();
+                // The stream is not finished: read until the decoder runs out of input.
+                let mut reader: Box<dyn std::io::Read> = match algorithm {
+                    Gzip => Box::new(flate2::read::GzDecoder::new(&flushed[..])),
+                    Brotli => Box::new(brotli::Decompressor::new(&flushed[..], 4096)),
+                    Zstd => Box::new(zstd::stream::read::Decoder::new(&flushed[..]).unwrap()),
+                };
+                let mut out = vec![0; data.len() + 1];
+                let mut total = 0;
+                while let Ok(n) = reader.read(&mut out[total..]) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                assert_eq!(total, data.len(), "{algorithm:?} {level:?}");
+                let mut rest = encoder.finish().unwrap();
+                assert!(!rest.is_empty());
+                rest.clear();
+            }
+        }
+    }
 }
