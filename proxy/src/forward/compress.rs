@@ -342,6 +342,38 @@ mod tests {
     }
 
     #[test]
+    fn head_requests_and_upgrades_are_never_compressed() {
+        let policy = Policy::new(&Compression::default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(policy.for_request(&Method::HEAD, &headers, false), None);
+        assert_eq!(policy.for_request(&Method::GET, &headers, true), None);
+        assert_eq!(
+            policy.for_request(&Method::GET, &headers, false),
+            Some(Some(Gzip))
+        );
+        assert_eq!(
+            policy.for_request(&Method::GET, &HeaderMap::new(), false),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn vary_is_added_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, Accept-Encoding"),
+        );
+        add_vary(&mut headers);
+        assert_eq!(headers.get_all(header::VARY).iter().count(), 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        add_vary(&mut headers);
+        assert_eq!(headers.get_all(header::VARY).iter().count(), 2);
+    }
+
+    #[test]
     fn q_values_parse_per_rfc() {
         assert_eq!(parse_q("1"), Some(1000));
         assert_eq!(parse_q("1.000"), Some(1000));

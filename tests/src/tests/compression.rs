@@ -244,6 +244,17 @@ async fn accept_encoding_negotiation_picks_the_coding_and_the_body_decodes_the_s
         }
     }
     drop(conn);
+    // HTTP/2 clients get the same.
+    let h2 = crate::client::Http2::connect(proxy.addr()).await;
+    let mut request = client::get_url("http://api.example.com/r?len=4096");
+    request
+        .headers_mut()
+        .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+    let reply = h2.fetch(request).await;
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(reply.header("content-encoding"), Some("br"));
+    assert_eq!(decode(&reply), expected);
+    drop(h2);
     proxy.shutdown().await;
 
     // weir's own order and list: a coding not offered is never used.
