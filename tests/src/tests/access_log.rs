@@ -131,3 +131,45 @@ async fn combined_lines_match_the_apache_format_with_weir_fields() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+/// An upgraded connection is logged once with its 101, and the tunnel works with the log on
+/// (compression on as well: it never touches a tunnel).
+#[tokio::test]
+async fn upgrades_are_logged_and_tunnel_with_the_log_and_compression_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Server::builder("v1").upgrades().spawn();
+    let (log, lines) = AccessLog::channel(AccessLogFormat::Json);
+    let model = crate::proxy::model(
+        "services:\n  - name: chat\n    match: {hosts: [\"chat.example.com\"]}\n    \
+         stable: {version: v1, upstreams: [\"${up}\"]}\n    compression: {contentTypes: [\"text/*\", \"application/*\"]}\n",
+        &[("up", upstream.addr())],
+    );
+    let proxy = Proxy::builder(model).access_log(log).start();
+    let mut client = Http1::connect(proxy.addr()).await;
+    let mut request = client::get("chat.example.com", "/socket");
+    let headers = request.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+    headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
+    headers.insert(
+        "sec-websocket-key",
+        HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+    );
+    let response = client.send(request).await.expect("a response");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().get(header::CONTENT_ENCODING).is_none());
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    tunnel.write_all(b"hello").await.unwrap();
+    let mut echoed = [0; 5];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"hello");
+    let json: serde_json::Value = serde_json::from_str(&next_line(&lines)).unwrap();
+    assert_eq!(json["status"], 101);
+    assert_eq!(json["version"], "v1");
+    eprintln!("upgrade with access log and compression on: 101 logged, tunnel echoed 5 bytes");
+    drop(tunnel);
+    drop(client);
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}
