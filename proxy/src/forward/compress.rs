@@ -105,6 +105,8 @@ impl Policy {
     /// Rewrites the head of a response about to be compressed with `algorithm`.
     pub(crate) fn compress_head(headers: &mut HeaderMap, algorithm: CompressionAlgorithm) {
         headers.remove(header::CONTENT_LENGTH);
+        // Ranges of the compressed stream are not served (nginx's gzip does the same).
+        headers.remove(header::ACCEPT_RANGES);
         headers.insert(
             header::CONTENT_ENCODING,
             HeaderValue::from_static(algorithm.token()),

@@ -5,7 +5,10 @@
 //!    assignment → the exact weighted split;
 //! 3. [`mirror`]: copy the request to the canary when a mirror route takes it;
 //! 4. [`upstream`]: send to the arm's upstreams, stream the response back;
-//! 5. record: the arm's stats (in [`upstream`]) and the access log (here).
+//! 5. record: the arm's stats (in [`upstream`]);
+//! 6. respond (here): [`compress`] the response when the service asks for it and the client
+//!    accepts it, and count it for the [`access`] log; both wrap the body ([`layered`]) only when
+//!    on, so a service without compression and a weir without `--access-log` pay a branch each.
 //!
 //! The stages are plain async functions rather than tower services: each runs on a worker's
 //! single-threaded runtime over `Rc` state, and a `Service` stack would add `poll_ready` plumbing
