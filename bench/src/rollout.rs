@@ -535,6 +535,7 @@ impl Weir {
             workers: 1,
             drain_timeout: Duration::from_secs(2),
             access_log: false,
+            access_log_format: Default::default(),
             // Every rewrite is followed by a forced reload; the poll only backs that up.
             poll_interval: Duration::from_secs(30),
         };

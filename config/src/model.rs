@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod compression;
 mod dns;
 mod edge;
 mod health;
 
+pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
@@ -168,6 +170,8 @@ pub struct Service {
     pub outlier_detection: OutlierDetection,
     /// Active health checks of every upstream (`healthCheck`, off by default).
     pub health_check: Option<HealthCheck>,
+    /// Response compression (`compression`, off by default).
+    pub compression: Option<Compression>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -1268,6 +1268,7 @@ fn never_panics_on_odd_input() {
 }
 
 mod admin;
+mod compression;
 mod dns;
 mod edge;
 mod health;

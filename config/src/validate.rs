@@ -7,6 +7,7 @@
 //! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod compression;
 mod dns;
 mod edge;
 mod health;
@@ -494,6 +495,7 @@ fn service(
             "upgrades",
             "outlierDetection",
             "healthCheck",
+            "compression",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -560,6 +562,7 @@ fn service(
         health::outlier_detection,
     );
     let health_check = o.opt(cx, "healthCheck", health::health_check);
+    let compression = o.opt(cx, "compression", compression::compression);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -571,6 +574,7 @@ fn service(
         upgrades: upgrades?,
         outlier_detection: outlier_detection?,
         health_check: health_check?,
+        compression: compression?,
     })
 }
 

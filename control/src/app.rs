@@ -27,8 +27,10 @@ pub struct RunOptions {
     pub workers: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
-    /// Log every request under the `weir::access` target.
+    /// Log every request (to stdout, by the `weir-access-log` thread).
     pub access_log: bool,
+    /// The access log's line format.
+    pub access_log_format: weir_proxy::AccessLogFormat,
     /// How often the config file is re-read in case a file event was missed.
     pub poll_interval: Duration,
 }
@@ -191,7 +193,11 @@ pub async fn start_with_lookup(
 
     let mut serve_config = ServeConfig::new(options.workers);
     serve_config.drain_timeout = options.drain_timeout;
-    serve_config.access_log = options.access_log;
+    if options.access_log {
+        serve_config.access_log = Some(
+            weir_proxy::AccessLog::stdout(options.access_log_format).map_err(StartError::Spawn)?,
+        );
+    }
     serve_config.listeners = model
         .listeners
         .iter()

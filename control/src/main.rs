@@ -58,9 +58,14 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         drain_timeout: Duration,
-        /// Log one line per request (target `weir::access`).
+        /// Log one line per request to stdout, written by its own thread (see
+        /// `--access-log-format`).
         #[arg(long)]
         access_log: bool,
+        /// The access log's format: `combined` (Apache's, weir's fields appended) or `json`
+        /// (one object per line).
+        #[arg(long, value_enum, default_value = "combined")]
+        access_log_format: AccessFormat,
         /// On SIGUSR2, how long the new process may take to become ready before it is killed
         /// and this one keeps serving.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -86,6 +91,15 @@ enum Command {
     Operator(cli::CliCommand),
 }
 
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AccessFormat {
+    /// Apache combined, then `key="value"` fields.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     weir_config::parse_duration(text)
 }
@@ -104,6 +118,7 @@ fn main() -> ExitCode {
             workers,
             drain_timeout,
             access_log,
+            access_log_format,
             upgrade_timeout,
         } => {
             let workers = workers
@@ -114,6 +129,10 @@ fn main() -> ExitCode {
                     workers,
                     drain_timeout,
                     access_log,
+                    access_log_format: match access_log_format {
+                        AccessFormat::Combined => weir_proxy::AccessLogFormat::Combined,
+                        AccessFormat::Json => weir_proxy::AccessLogFormat::Json,
+                    },
                     poll_interval: Duration::from_secs(5),
                 },
                 upgrade_timeout,

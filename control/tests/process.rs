@@ -973,3 +973,81 @@ fn validate_reports_an_unresolvable_host_name_as_a_warning() {
         started.elapsed()
     );
 }
+
+/// `weir run --access-log --access-log-format json`: the real binary writes one JSON object per
+/// request on stdout (its own logs stay on stderr), each naming the version that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_goes_to_stdout_as_json_lines_naming_the_version() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 50
+          - pause: {}",
+    );
+    let access = setup.dir.path().join("access.log");
+    let stdout = File::create(&access).expect("create the access log file");
+    let stderr = File::create(setup.log_path()).expect("create the log file");
+    let mut weir = Guard::spawn(
+        Command::new(WEIR)
+            .arg("run")
+            .arg("--config")
+            .arg(setup.config_path())
+            .args(["--workers", "1", "--drain-timeout", "1s"])
+            .args(["--access-log", "--access-log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr),
+        "weir run --access-log",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(http(setup.admin, "GET", "/readyz").await, Ok((200, _))) {
+        assert!(weir.exited().is_none(), "weir exited:\n{}", setup.log());
+        assert!(
+            Instant::now() < deadline,
+            "weir not ready:\n{}",
+            setup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    setup
+        .wait_for("weight 50", Duration::from_secs(10), |s| {
+            s["canaryWeight"] == 50.0
+        })
+        .await;
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let (status, version) = proxied(setup.public).await;
+        assert_eq!(status, 200);
+        served.push(version);
+    }
+    let lines = loop {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= served.len() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "only {} access lines:\n{text}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), served.len(), "{lines:?}");
+    for (line, version) in lines.iter().zip(&served) {
+        let json: Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(json["version"], version.as_str(), "{line}");
+        assert_eq!(json["service"], "shop");
+        assert_eq!(json["status"], 200);
+    }
+    assert!(
+        !setup.log().contains("\"bytes_sent\""),
+        "no access line on stderr"
+    );
+    let canary = served.iter().filter(|v| *v == "v2").count();
+    assert_eq!(canary, 10);
+    eprintln!("weir run --access-log: 20 JSON lines on stdout, {canary} naming v2, the rest v1");
+    weir.kill();
+}

@@ -311,6 +311,8 @@ enum Kind {
         /// and a response body broken by the client's failure is not the upstream's fault.
         request: Option<Rc<BodyState>>,
     },
+    /// Compressed and/or counted for the access log (`forward::layered`).
+    Layered(Box<crate::forward::layered::Layered>),
 }
 
 // === impl ProxyBody ===
@@ -327,6 +329,13 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
+        }
+    }
+
+    /// `layered`'s body (compression, access log).
+    pub(crate) fn layered(layered: crate::forward::layered::Layered) -> Self {
+        ProxyBody {
+            kind: Kind::Layered(Box::new(layered)),
         }
     }
 
@@ -388,6 +397,7 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Layered(layered) => layered.poll_frame(cx),
             Kind::Upstream {
                 inner,
                 lease,
@@ -419,6 +429,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Layered(layered) => layered.is_end_stream(),
         }
     }
 
@@ -427,6 +438,7 @@ impl Body for ProxyBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Layered(layered) => layered.size_hint(),
         }
     }
 }

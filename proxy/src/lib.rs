@@ -32,7 +32,7 @@ pub mod tls;
 mod upstream;
 
 pub use body::ProxyBody;
-pub use forward::MirrorLimits;
+pub use forward::{AccessLog, AccessLogFormat, MirrorLimits};
 pub use limits::{ConnectionStats, ListenerSettings};
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};

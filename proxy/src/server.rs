@@ -56,8 +56,8 @@ pub struct ServeConfig {
     /// How long in-flight requests and upgraded tunnels may take to finish after shutdown begins;
     /// what is left then is closed.
     pub drain_timeout: Duration,
-    /// Log one line per request under the `weir::access` target.
-    pub access_log: bool,
+    /// The access log (one line per request), off by default.
+    pub access_log: Option<crate::forward::AccessLog>,
     /// Timeouts and limits by listener name; a listener not named here gets the defaults
     /// ([`ListenerSettings::default`]).
     pub listeners: HashMap<String, ListenerSettings>,
@@ -84,7 +84,7 @@ impl ServeConfig {
         ServeConfig {
             workers: workers.max(1),
             drain_timeout: Duration::from_secs(30),
-            access_log: false,
+            access_log: None,
             listeners: HashMap::new(),
             max_connections: weir_config::GlobalLimits::default().max_connections,
             connections: ConnectionStats::new(),
@@ -283,7 +283,7 @@ async fn run_worker(
     config: ServeConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let worker = Worker::new(&routes, config.access_log, &config.mirror);
+    let worker = Worker::new(&routes, config.access_log.clone(), &config.mirror);
     let worker_conns = Arc::new(WorkerConns::default());
 
     let mut accept_loops = Vec::new();

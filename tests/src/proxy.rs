@@ -86,6 +86,12 @@ impl Builder {
         self
     }
 
+    /// Writes the access log to `log` (default: off).
+    pub fn access_log(mut self, log: weir_proxy::AccessLog) -> Self {
+        self.config.access_log = Some(log);
+        self
+    }
+
     /// Runs `workers` worker threads (default 1).
     pub fn workers(mut self, workers: usize) -> Self {
         self.config.workers = workers.max(1);

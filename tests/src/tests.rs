@@ -2,9 +2,11 @@
 //! plane's: `reload`, `rollout`, `policies_rollout`, `admin`, `prometheus`, `examples`). Every socket is on `127.0.0.1:0`;
 //! every test shuts down what it started.
 
+mod access_log;
 mod admin;
 mod admin_security;
 mod blue_green;
+mod compression;
 mod config_edges;
 mod dns;
 mod edge_conn;

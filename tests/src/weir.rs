@@ -84,6 +84,7 @@ impl Weir {
             workers: options.workers,
             drain_timeout: Duration::from_secs(2),
             access_log: false,
+            access_log_format: Default::default(),
             poll_interval: options.poll_interval,
         })
         .await
@@ -109,6 +110,7 @@ impl Weir {
             workers: 1,
             drain_timeout: Duration::from_secs(2),
             access_log: false,
+            access_log_format: Default::default(),
             poll_interval: Options::default().poll_interval,
         };
         let mut inherited = weir_control::upgrade::Inherited::default();

@@ -107,6 +107,7 @@ async fn demo(keep: bool) -> anyhow::Result<ExitCode> {
         workers: 1,
         drain_timeout: Duration::from_secs(5),
         access_log: false,
+        access_log_format: Default::default(),
         poll_interval: Duration::from_millis(500),
     })
     .await

@@ -5,7 +5,10 @@
 //!    assignment → the exact weighted split;
 //! 3. [`mirror`]: copy the request to the canary when a mirror route takes it;
 //! 4. [`upstream`]: send to the arm's upstreams, stream the response back;
-//! 5. record: the arm's stats (in [`upstream`]) and the access log (here).
+//! 5. record: the arm's stats (in [`upstream`]);
+//! 6. respond (here): [`compress`] the response when the service asks for it and the client
+//!    accepts it, and count it for the [`access`] log; both wrap the body ([`layered`]) only when
+//!    on, so a service without compression and a weir without `--access-log` pay a branch each.
 //!
 //! The stages are plain async functions rather than tower services: each runs on a worker's
 //! single-threaded runtime over `Rc` state, and a `Service` stack would add `poll_ready` plumbing
@@ -23,7 +26,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Cache};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -31,11 +34,18 @@ use crate::body::{BodyState, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::routes::matcher::strip_port;
 use crate::routes::{RequestHead, RouteTable, ServiceRoute};
+
+use self::access::AccessLine;
+use self::layered::Layered;
 use crate::upstream::Pool;
 
+pub(crate) mod access;
+pub(crate) mod compress;
+pub(crate) mod layered;
 pub(crate) mod mirror;
 mod upstream;
 
+pub use self::access::{AccessLog, AccessLogFormat};
 pub use self::mirror::MirrorLimits;
 
 /// State shared by every connection of one worker thread.
@@ -43,7 +53,8 @@ pub(crate) struct Worker {
     routes: RefCell<Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>>,
     pool: Rc<Pool<RequestBody>>,
     mirror: mirror::Mirror,
-    access_log: bool,
+    /// The access log, when on (`--access-log`).
+    access_log: Option<AccessLog>,
     /// Response timers of finished requests, for the next ones ([`Worker::timer`]).
     timers: RefCell<Vec<Pin<Box<Sleep>>>>,
 }
@@ -119,7 +130,7 @@ impl Worker {
     /// A worker's state; starts its mirror sender, so call it inside the worker's `LocalSet`.
     pub(crate) fn new(
         routes: &crate::routes::Routes,
-        access_log: bool,
+        access_log: Option<AccessLog>,
         mirror: &MirrorLimits,
     ) -> Rc<Worker> {
         let worker = Rc::new(Worker {
@@ -265,16 +276,23 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = worker.table();
-    conn.trusted(&table);
+    let trusted = conn.trusted(&table);
     let response = match route(&table, &conn, &request) {
         Err(error) => {
             if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
                 refusals.refused(crate::limits::RefuseReason::BadHost);
             }
-            if worker.access_log {
-                AccessLine::of(&request).log(error.status(), "-", "-", start);
+            let response = error.to_response();
+            match &worker.access_log {
+                Some(log) => {
+                    let line = AccessLine::of(&request, conn.peer, trusted, start);
+                    let pending = line.pending(log.clone(), response.status(), None, None, None);
+                    let (parts, body) = response.into_parts();
+                    let body = ProxyBody::layered(Layered::new(body, None, Some(pending)));
+                    Response::from_parts(parts, body)
+                }
+                None => response,
             }
-            error.to_response()
         }
         Ok((service, preview_host)) => {
             let head = RequestHead {
@@ -298,7 +316,14 @@ pub(crate) async fn handle(
                 service.mirror(&head, decision.canary)
             };
             // Only taken when the access log is on: the request moves upstream.
-            let line = worker.access_log.then(|| AccessLine::of(&request));
+            let line = worker
+                .access_log
+                .as_ref()
+                .map(|_| AccessLine::of(&request, conn.peer, trusted, start));
+            // What the client accepts, when the service compresses (never an upgrade or HEAD).
+            let accept = service.compression.as_deref().and_then(|policy| {
+                policy.for_request(request.method(), request.headers(), upgrade)
+            });
             let mut response = upstream::forward(
                 &worker,
                 &conn,
@@ -313,13 +338,30 @@ pub(crate) async fn handle(
             if let Some(cookie) = decision.set_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            if let Some(line) = line {
-                line.log(
-                    response.status(),
-                    service.name(),
-                    decision.arm.version(),
-                    start,
-                );
+            let encoder = match (service.compression.as_deref(), accept) {
+                (Some(policy), Some(choice)) => compress_response(policy, choice, &mut response),
+                _ => None,
+            };
+            let pending = match (&worker.access_log, line) {
+                (Some(log), Some(line)) => {
+                    let upstream = response
+                        .extensions()
+                        .get::<access::UpstreamAddr>()
+                        .map(|a| a.0);
+                    Some(line.pending(
+                        log.clone(),
+                        response.status(),
+                        Some(service.name.clone()),
+                        Some(decision.arm.version.clone()),
+                        upstream,
+                    ))
+                }
+                _ => None,
+            };
+            if encoder.is_some() || pending.is_some() {
+                let (parts, body) = response.into_parts();
+                let body = ProxyBody::layered(Layered::new(body, encoder, pending));
+                response = Response::from_parts(parts, body);
             }
             response
         }
@@ -401,34 +443,23 @@ fn same_authority(
         && authority.port_u16().or(default) == host.port_u16().or(default)
 }
 
-/// What the access log says about a request, kept before the request moves upstream.
-struct AccessLine {
-    method: http::Method,
-    host: Option<HeaderValue>,
-    uri: Uri,
-}
-
-impl AccessLine {
-    fn of(request: &Request<Incoming>) -> AccessLine {
-        AccessLine {
-            method: request.method().clone(),
-            host: request.headers().get(header::HOST).cloned(),
-            uri: request.uri().clone(),
-        }
+/// Decides whether `response` is compressed (`choice`: what the client accepts best) and
+/// rewrites its head if so; a response that could be compressed varies on `Accept-Encoding`
+/// whatever the client accepted.
+fn compress_response(
+    policy: &compress::Policy,
+    choice: Option<weir_config::CompressionAlgorithm>,
+    response: &mut Response<ProxyBody>,
+) -> Option<compress::Encoder> {
+    use http_body::Body as _;
+    if response.body().is_end_stream() || !policy.eligible(response.status(), response.headers()) {
+        return None;
     }
-
-    fn log(&self, status: StatusCode, service: &str, version: &str, start: Instant) {
-        tracing::info!(
-            target: "weir::access",
-            method = %self.method,
-            host = self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            uri = %self.uri,
-            status = status.as_u16(),
-            service,
-            version,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        );
-    }
+    compress::add_vary(response.headers_mut());
+    let algorithm = choice?;
+    let encoder = policy.encoder(algorithm)?;
+    compress::Policy::compress_head(response.headers_mut(), algorithm);
+    Some(encoder)
 }
 
 #[cfg(test)]

@@ -211,6 +211,11 @@ async fn send(
             Ok(Ok((mut response, lease))) => {
                 arm.record_outcome(idx, response.status().is_server_error());
                 strip_hop_by_hop(response.headers_mut(), false);
+                if worker.access_log.is_some() {
+                    response
+                        .extensions_mut()
+                        .insert(super::access::UpstreamAddr(addr));
+                }
                 let (parts, body) = response.into_parts();
                 let body =
                     ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));

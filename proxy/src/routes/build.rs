@@ -414,6 +414,10 @@ fn compile(
         mirror_rules,
         mirror_stats,
         health_check: service.health_check.clone(),
+        compression: service
+            .compression
+            .as_ref()
+            .map(|c| Box::new(crate::forward::compress::Policy::new(c))),
     })
 }
 

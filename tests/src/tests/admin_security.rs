@@ -353,6 +353,7 @@ async fn a_non_loopback_admin_without_a_token_does_not_start() {
             workers: 1,
             drain_timeout: Duration::from_secs(1),
             access_log: false,
+            access_log_format: Default::default(),
             poll_interval: Duration::from_secs(60),
         })
         .await;
