@@ -12,6 +12,7 @@ use std::time::Duration;
 mod dns;
 mod edge;
 mod health;
+mod ratelimit;
 
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
@@ -19,6 +20,7 @@ pub use edge::{
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};
+pub use ratelimit::{RateLimit, RateLimitKey};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,6 +170,8 @@ pub struct Service {
     pub outlier_detection: OutlierDetection,
     /// Active health checks of every upstream (`healthCheck`, off by default).
     pub health_check: Option<HealthCheck>,
+    /// Token-bucket rate limit per client key (`rateLimit`, off by default).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -11,6 +11,7 @@ mod dns;
 mod edge;
 mod health;
 mod policy;
+mod ratelimit;
 mod strategy;
 mod template;
 mod walk;
@@ -494,6 +495,7 @@ fn service(
             "upgrades",
             "outlierDetection",
             "healthCheck",
+            "rateLimit",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -560,6 +562,7 @@ fn service(
         health::outlier_detection,
     );
     let health_check = o.opt(cx, "healthCheck", health::health_check);
+    let rate_limit = o.opt(cx, "rateLimit", ratelimit::rate_limit);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -571,6 +574,7 @@ fn service(
         upgrades: upgrades?,
         outlier_detection: outlier_detection?,
         health_check: health_check?,
+        rate_limit: rate_limit?,
     })
 }
 

@@ -99,6 +99,8 @@ pub struct ServiceRoute {
     pub(crate) mirror_stats: Option<MirrorStatsHandles>,
     /// Active health checks of the upstreams (`healthCheck`), run by the control plane.
     pub(crate) health_check: Option<weir_config::HealthCheck>,
+    /// The rate limiter (`rateLimit`), carried across tables while its config is unchanged.
+    pub(crate) rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 /// The stats handles of a service's mirror traffic, resolved when the table is built.

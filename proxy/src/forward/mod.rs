@@ -276,7 +276,25 @@ pub(crate) async fn handle(
             }
             error.to_response()
         }
-        Ok((service, preview_host)) => {
+        Ok((service, preview_host)) => 'served: {
+            // Rate limits are decided before any version is picked: a refusal is never charged
+            // to a version and does not advance the split.
+            if let Some(limiter) = &service.rate_limit {
+                let trusted = |ip| table.trusts(&conn.listener, ip);
+                let peer_trusted = conn.trusted.get() == Some(true);
+                if let Err(limited) = limiter.check_request(
+                    start,
+                    conn.peer,
+                    peer_trusted,
+                    trusted,
+                    request.headers(),
+                ) {
+                    if worker.access_log {
+                        AccessLine::of(&request).log(limited.status(), service.name(), "-", start);
+                    }
+                    break 'served limited.to_response();
+                }
+            }
             let head = RequestHead {
                 method: request.method(),
                 path: request.uri().path(),
