@@ -318,6 +318,11 @@ impl ServiceRoute {
         self.health_check.as_ref()
     }
 
+    /// The rate limiter (`rateLimit`), if configured.
+    pub fn rate_limiter(&self) -> Option<&Arc<crate::ratelimit::RateLimiter>> {
+        self.rate_limit.as_ref()
+    }
+
     /// Picks the arm for a request by the rules, in order: header/cookie routes → blue-green
     /// preview → sticky assignment → the exact weighted split. Only requests that reach the split
     /// advance its sequence. Without a canary arm every request goes to stable.
