@@ -206,6 +206,16 @@ pub fn weir_sticky(listen: u16, admin: u16, split: Split) -> String {
     )
 }
 
+/// [`weir`] with a per-client-IP rate limit far above any load (it never refuses): the cost of
+/// the limiter on every request.
+pub fn weir_ratelimit(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"{plain}    rateLimit: {{requestsPerSecond: 1000000, burst: 1000000, key: clientIp}}
+"#,
+        plain = weir(listen, admin, split),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +246,7 @@ mod tests {
             weir(8080, 3100, split),
             weir_policies(8080, 3100, split),
             weir_sticky(8080, 3100, split),
+            weir_ratelimit(8080, 3100, split),
         ] {
             let model =
                 weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

@@ -33,6 +33,8 @@ pub enum Proxy {
     /// weir with cookie-form session affinity, every request carrying a valid affinity cookie: the
     /// sticky rule decides every request (all go to stable, see [`configs::STICKY_COOKIE`]).
     WeirSticky,
+    /// weir with a per-client-IP rate limit that never triggers: what the limiter costs per request.
+    WeirRatelimit,
     Nginx,
     Haproxy,
 }
@@ -44,6 +46,7 @@ impl Proxy {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir-policies",
             Proxy::WeirSticky => "weir-sticky",
+            Proxy::WeirRatelimit => "weir-ratelimit",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
         }
@@ -51,7 +54,10 @@ impl Proxy {
 
     /// Whether this is one of weir's variants (which need the weir binary).
     pub fn is_weir(self) -> bool {
-        matches!(self, Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky)
+        matches!(
+            self,
+            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirRatelimit
+        )
     }
 
     /// The canary's expected share of the requests, in percent: the split's, except where the sticky
@@ -78,6 +84,7 @@ impl fmt::Display for Proxy {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir+policies",
             Proxy::WeirSticky => "weir+sticky",
+            Proxy::WeirRatelimit => "weir+ratelimit",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -273,13 +280,14 @@ impl Bench {
         cmd.arg("-c").arg(&self.proxy_cpus).args(wrapper(&dir));
         let mut admin_addr = None;
         match proxy {
-            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky => {
+            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirRatelimit => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
                 let yaml = match proxy {
                     Proxy::WeirPolicies => configs::weir_policies(listen, admin, split),
                     Proxy::WeirSticky => configs::weir_sticky(listen, admin, split),
+                    Proxy::WeirRatelimit => configs::weir_ratelimit(listen, admin, split),
                     _ => configs::weir(listen, admin, split),
                 };
                 let config = write(&dir, "weir.yaml", &yaml)?;

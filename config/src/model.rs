@@ -13,6 +13,7 @@ mod compression;
 mod dns;
 mod edge;
 mod health;
+mod ratelimit;
 
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
@@ -21,6 +22,7 @@ pub use edge::{
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};
+pub use ratelimit::{RateLimit, RateLimitKey};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,6 +174,8 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     /// Response compression (`compression`, off by default).
     pub compression: Option<Compression>,
+    /// Token-bucket rate limit per client key (`rateLimit`, off by default).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -1273,6 +1273,7 @@ mod dns;
 mod edge;
 mod health;
 mod policies;
+mod ratelimit;
 
 #[test]
 fn trusted_proxies_and_request_body_options() {

@@ -12,6 +12,7 @@ mod dns;
 mod edge;
 mod health;
 mod policy;
+mod ratelimit;
 mod strategy;
 mod template;
 mod walk;
@@ -496,6 +497,7 @@ fn service(
             "outlierDetection",
             "healthCheck",
             "compression",
+            "rateLimit",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -563,6 +565,7 @@ fn service(
     );
     let health_check = o.opt(cx, "healthCheck", health::health_check);
     let compression = o.opt(cx, "compression", compression::compression);
+    let rate_limit = o.opt(cx, "rateLimit", ratelimit::rate_limit);
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -575,6 +578,7 @@ fn service(
         outlier_detection: outlier_detection?,
         health_check: health_check?,
         compression: compression?,
+        rate_limit: rate_limit?,
     })
 }
 

@@ -24,6 +24,7 @@ mod forward;
 pub mod framing;
 pub mod limits;
 pub mod metrics;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod stats;

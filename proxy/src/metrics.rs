@@ -19,6 +19,9 @@
 //! `weir_upstream_ejections_total{service,version,upstream}` and
 //! `weir_upstream_fail_open_total{service,version}` (requests sent while no upstream of the
 //! version was available). `upstream` is the address, bounded by the config.
+//!
+//! Rate limits: `weir_rate_limited_total{service}` (requests refused with 429, never counted
+//! against a version).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -168,6 +171,7 @@ impl Collector for DataPlaneCollector {
             }
         }
         encode_health(&mut encoder, &table)?;
+        crate::ratelimit::encode(&mut encoder, &table)?;
         let mut generation = encoder.encode_descriptor(
             "weir_route_table_generation",
             "Number of route tables published since start",

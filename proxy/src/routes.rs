@@ -101,6 +101,8 @@ pub struct ServiceRoute {
     pub(crate) health_check: Option<weir_config::HealthCheck>,
     /// Response compression (`compression`), compiled.
     pub(crate) compression: Option<Box<crate::forward::compress::Policy>>,
+    /// The rate limiter (`rateLimit`), carried across tables while its config is unchanged.
+    pub(crate) rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 /// The stats handles of a service's mirror traffic, resolved when the table is built.
@@ -316,6 +318,11 @@ impl ServiceRoute {
     /// The active health check of its upstreams, if configured.
     pub fn health_check(&self) -> Option<&weir_config::HealthCheck> {
         self.health_check.as_ref()
+    }
+
+    /// The rate limiter (`rateLimit`), if configured.
+    pub fn rate_limiter(&self) -> Option<&Arc<crate::ratelimit::RateLimiter>> {
+        self.rate_limit.as_ref()
     }
 
     /// Picks the arm for a request by the rules, in order: header/cookie routes → blue-green

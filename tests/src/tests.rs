@@ -23,6 +23,7 @@ mod mirror;
 mod policies;
 mod policies_rollout;
 mod prometheus;
+mod ratelimit;
 mod reload;
 mod rollout;
 mod routing;

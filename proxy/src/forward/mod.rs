@@ -294,7 +294,32 @@ pub(crate) async fn handle(
                 None => response,
             }
         }
-        Ok((service, preview_host)) => {
+        Ok((service, preview_host)) => 'served: {
+            // Rate limits are decided before any version is picked: a refusal is never charged
+            // to a version and does not advance the split.
+            if let Some(limiter) = &service.rate_limit {
+                let trusts = |ip| table.trusts(&conn.listener, ip);
+                if let Err(limited) =
+                    limiter.check_request(start, conn.peer, trusted, trusts, request.headers())
+                {
+                    let response = limited.to_response();
+                    let Some(log) = &worker.access_log else {
+                        break 'served response;
+                    };
+                    // Logged with its service and no version: no version was picked.
+                    let line = AccessLine::of(&request, conn.peer, trusted, start);
+                    let pending = line.pending(
+                        log.clone(),
+                        response.status(),
+                        Some(Arc::clone(&service.name)),
+                        None,
+                        None,
+                    );
+                    let (parts, body) = response.into_parts();
+                    let body = ProxyBody::layered(Layered::new(body, None, Some(pending)));
+                    break 'served Response::from_parts(parts, body);
+                }
+            }
             let head = RequestHead {
                 method: request.method(),
                 path: request.uri().path(),

@@ -154,7 +154,13 @@ impl RouteTable {
             let sequences = previous_sequences.get_or_insert_with(|| sequences_of(previous));
             let mirrors = previous_mirrors.get_or_insert_with(|| mirror_sequences_of(previous));
             let health = previous_health.get_or_insert_with(|| PreviousHealth::of(previous));
-            let route = compile(service, policy.clone(), stats, sequences, mirrors, health)?;
+            let mut route = compile(service, policy.clone(), stats, sequences, mirrors, health)?;
+            route.rate_limit = crate::ratelimit::RateLimiter::carry(
+                service.rate_limit.as_ref(),
+                previous
+                    .service(&service.name)
+                    .and_then(|s| s.rate_limit.as_ref()),
+            );
             services.push(Arc::new(route));
         }
 
@@ -418,6 +424,7 @@ fn compile(
             .compression
             .as_ref()
             .map(|c| Box::new(crate::forward::compress::Policy::new(c))),
+        rate_limit: None,
     })
 }
 
