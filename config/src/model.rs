@@ -12,6 +12,7 @@ use std::time::Duration;
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
@@ -19,6 +20,9 @@ pub use edge::{
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};
+pub use ingress::{
+    HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
+};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +60,8 @@ pub struct Listener {
     pub timeouts: ListenerTimeouts,
     /// Connection and protocol limits (`limits`).
     pub limits: ListenerLimits,
+    /// `redirect`: every request on this listener is answered with a redirect (default: none).
+    pub redirect: Option<Redirect>,
 }
 
 /// `listeners[].trustedProxies`: CIDR blocks (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -168,6 +174,10 @@ pub struct Service {
     pub outlier_detection: OutlierDetection,
     /// Active health checks of every upstream (`healthCheck`, off by default).
     pub health_check: Option<HealthCheck>,
+    /// `rewrite`: the path prefix and/or host the upstream is sent (default: none).
+    pub rewrite: Option<Rewrite>,
+    /// `headers`: header rules for the upstream request and the response (default: none).
+    pub headers: HeaderRules,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

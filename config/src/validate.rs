@@ -10,6 +10,7 @@
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 mod policy;
 mod strategy;
 mod template;
@@ -142,6 +143,7 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
                 "trustedProxies",
                 "timeouts",
                 "limits",
+                "redirect",
             ],
         )?;
         let name = o.req(cx, "name", walk::nonempty_string);
@@ -175,6 +177,10 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
         );
         let timeouts = o.or(cx, "timeouts", Default::default(), edge::timeouts);
         let limits = o.or(cx, "limits", Default::default(), edge::limits);
+        let redirect = o.opt(cx, "redirect", |cx, v, at| {
+            let port = address.map(|a| a.port()).filter(|p| *p != 0);
+            ingress::redirect(cx, v, at, o.has("tls"), port)
+        });
         Some(Listener {
             name: name?,
             address: address?,
@@ -182,6 +188,7 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
             trusted_proxies: trusted_proxies?,
             timeouts: timeouts?,
             limits: limits?,
+            redirect: redirect?,
         })
     });
     all(parsed)
@@ -494,6 +501,8 @@ fn service(
             "upgrades",
             "outlierDetection",
             "healthCheck",
+            "rewrite",
+            "headers",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -560,6 +569,15 @@ fn service(
         health::outlier_detection,
     );
     let health_check = o.opt(cx, "healthCheck", health::health_check);
+    let rewrite = o.opt(cx, "rewrite", ingress::rewrite);
+    let labels: Vec<String> = stable_label
+        .iter()
+        .cloned()
+        .chain(version_label(o.get("canary")))
+        .collect();
+    let headers = o.or(cx, "headers", Default::default(), |cx, v, at| {
+        ingress::headers(cx, v, at, &labels)
+    });
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -571,6 +589,8 @@ fn service(
         upgrades: upgrades?,
         outlier_detection: outlier_detection?,
         health_check: health_check?,
+        rewrite: rewrite?,
+        headers: headers?,
     })
 }
 

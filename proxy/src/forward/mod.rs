@@ -34,6 +34,7 @@ use crate::routes::{RequestHead, RouteTable, ServiceRoute};
 use crate::upstream::Pool;
 
 pub(crate) mod mirror;
+pub(crate) mod request_id;
 mod upstream;
 
 pub use self::mirror::MirrorLimits;
@@ -261,22 +262,42 @@ impl ConnInfo {
 pub(crate) async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = worker.table();
-    conn.trusted(&table);
+    let trusted = conn.trusted(&table);
+    // Hook for ACME http-01 (`/.well-known/acme-challenge/`): it must be answered here, BEFORE
+    // the listener's redirect, so a plain listener that redirects to https can still prove a
+    // domain.
+    if let Some(redirect) = table.redirect(&conn.listener) {
+        let response = match redirect.location(&request) {
+            Some((code, location)) => {
+                let mut response = Response::new(ProxyBody::empty());
+                *response.status_mut() = code;
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            None => ProxyError::BadHost.to_response(),
+        };
+        if worker.access_log {
+            AccessLine::of(&request).log(response.status(), "-", "-", "-", start);
+        }
+        return Ok(response);
+    }
     let response = match route(&table, &conn, &request) {
         Err(error) => {
             if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
                 refusals.refused(crate::limits::RefuseReason::BadHost);
             }
             if worker.access_log {
-                AccessLine::of(&request).log(error.status(), "-", "-", start);
+                AccessLine::of(&request).log(error.status(), "-", "-", "-", start);
             }
             error.to_response()
         }
         Ok((service, preview_host)) => {
+            // `X-Request-Id`: the trusted peer's, or a new one; sent upstream and returned.
+            let request_id = request_id::assign(request.headers_mut(), trusted);
             let head = RequestHead {
                 method: request.method(),
                 path: request.uri().path(),
@@ -313,11 +334,19 @@ pub(crate) async fn handle(
             if let Some(cookie) = decision.set_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
+            response.headers_mut().insert(
+                crate::routes::rewrite::X_REQUEST_ID.clone(),
+                request_id.clone(),
+            );
+            if let Some(ingress) = &service.ingress {
+                ingress.on_response(&mut response, decision.canary, &request_id);
+            }
             if let Some(line) = line {
                 line.log(
                     response.status(),
                     service.name(),
                     decision.arm.version(),
+                    request_id.to_str().unwrap_or("-"),
                     start,
                 );
             }
@@ -417,7 +446,14 @@ impl AccessLine {
         }
     }
 
-    fn log(&self, status: StatusCode, service: &str, version: &str, start: Instant) {
+    fn log(
+        &self,
+        status: StatusCode,
+        service: &str,
+        version: &str,
+        request_id: &str,
+        start: Instant,
+    ) {
         tracing::info!(
             target: "weir::access",
             method = %self.method,
@@ -426,6 +462,7 @@ impl AccessLine {
             status = status.as_u16(),
             service,
             version,
+            request_id,
             duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         );
     }

@@ -223,6 +223,17 @@ impl RouteTable {
                 .filter(|l| !l.trusted_proxies.is_empty())
                 .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
                 .collect(),
+            redirects: model
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    let redirect = l.redirect.as_ref()?;
+                    Some((
+                        l.name.clone(),
+                        super::rewrite::RedirectTo::compile(redirect, l.tls.is_some()),
+                    ))
+                })
+                .collect(),
         })
     }
 
@@ -414,6 +425,7 @@ fn compile(
         mirror_rules,
         mirror_stats,
         health_check: service.health_check.clone(),
+        ingress: super::rewrite::Ingress::compile(service),
     })
 }
 
