@@ -1271,6 +1271,7 @@ mod admin;
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 mod policies;
 
 #[test]
