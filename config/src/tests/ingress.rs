@@ -74,7 +74,10 @@ fn bad_redirects_are_refused_with_their_paths() {
 
 #[test]
 fn rewrites_are_read_and_checked() {
-    let model = ok(&config("", "    rewrite: { pathPrefix: /, host: internal.api:8080 }\n"));
+    let model = ok(&config(
+        "",
+        "    rewrite: { pathPrefix: /, host: internal.api:8080 }\n",
+    ));
     assert_eq!(
         model.services[0].rewrite,
         Some(Rewrite {
