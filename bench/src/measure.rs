@@ -33,6 +33,9 @@ pub enum Proxy {
     /// weir with cookie-form session affinity, every request carrying a valid affinity cookie: the
     /// sticky rule decides every request (all go to stable, see [`configs::STICKY_COOKIE`]).
     WeirSticky,
+    /// weir with the ingress rules of issue #8 on every request: a path rewrite and two header
+    /// rules (one on the request, one on the response naming the version), no rule deciding.
+    WeirIngress,
     Nginx,
     Haproxy,
 }
@@ -44,6 +47,7 @@ impl Proxy {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir-policies",
             Proxy::WeirSticky => "weir-sticky",
+            Proxy::WeirIngress => "weir-ingress",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
         }
@@ -51,7 +55,10 @@ impl Proxy {
 
     /// Whether this is one of weir's variants (which need the weir binary).
     pub fn is_weir(self) -> bool {
-        matches!(self, Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky)
+        matches!(
+            self,
+            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirIngress
+        )
     }
 
     /// The canary's expected share of the requests, in percent: the split's, except where the sticky
@@ -78,6 +85,7 @@ impl fmt::Display for Proxy {
             Proxy::Weir => "weir",
             Proxy::WeirPolicies => "weir+policies",
             Proxy::WeirSticky => "weir+sticky",
+            Proxy::WeirIngress => "weir+ingress",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -273,13 +281,14 @@ impl Bench {
         cmd.arg("-c").arg(&self.proxy_cpus).args(wrapper(&dir));
         let mut admin_addr = None;
         match proxy {
-            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky => {
+            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirIngress => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
                 let yaml = match proxy {
                     Proxy::WeirPolicies => configs::weir_policies(listen, admin, split),
                     Proxy::WeirSticky => configs::weir_sticky(listen, admin, split),
+                    Proxy::WeirIngress => configs::weir_ingress(listen, admin, split),
                     _ => configs::weir(listen, admin, split),
                 };
                 let config = write(&dir, "weir.yaml", &yaml)?;

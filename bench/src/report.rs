@@ -114,6 +114,7 @@ impl Report<'_> {
             (Proxy::Weir, Proxy::Nginx),
             (Proxy::WeirPolicies, Proxy::Weir),
             (Proxy::WeirSticky, Proxy::Weir),
+            (Proxy::WeirIngress, Proxy::Weir),
         ]
         .into_iter()
         .filter_map(|(subject, other)| {
