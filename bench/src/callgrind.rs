@@ -45,7 +45,7 @@ pub struct CallgrindArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
 
-    /// weir variants to measure, comma-separated (weir, weir-policies, weir-sticky, weir-ratelimit).
+    /// weir variants to measure, comma-separated (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress).
     #[arg(
         long,
         value_enum,
@@ -105,7 +105,7 @@ pub fn run(args: &CallgrindArgs) -> Result<()> {
     proxies.sort_unstable();
     proxies.dedup();
     if let Some(other) = proxies.iter().find(|p| !p.is_weir()) {
-        bail!("callgrind measures weir's variants only (weir, weir-policies, weir-sticky, weir-ratelimit), not {other}");
+        bail!("callgrind measures weir's variants only (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress), not {other}");
     }
     if args.connections as u64 > args.requests {
         bail!(

@@ -187,6 +187,23 @@ pub fn weir_policies(listen: u16, admin: u16, split: Split) -> String {
     )
 }
 
+/// weir with the same 90/10 split plus issue #8's ingress rules on every request: the path
+/// rewritten (`/` → `/bench/`) and two header rules (a fixed request header, a response header
+/// naming the version that served).
+pub fn weir_ingress(listen: u16, admin: u16, split: Split) -> String {
+    format!(
+        r#"{plain}    rewrite:
+      pathPrefix: /bench/
+    headers:
+      request:
+        set: {{x-env: bench}}
+      response:
+        set: {{x-served-by: "{{{{version}}}}"}}
+"#,
+        plain = weir(listen, admin, split),
+    )
+}
+
 /// The affinity cookie of [`weir_sticky`].
 pub const STICKY_COOKIE_NAME: &str = "weir-bench";
 
@@ -247,6 +264,7 @@ mod tests {
             weir_policies(8080, 3100, split),
             weir_sticky(8080, 3100, split),
             weir_ratelimit(8080, 3100, split),
+            weir_ingress(8080, 3100, split),
         ] {
             let model =
                 weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
@@ -259,6 +277,10 @@ mod tests {
         let sticky =
             weir_config::parse(&weir_sticky(8080, 3100, split), Path::new("/")).expect("valid");
         assert!(sticky.services[0].session_affinity.is_some());
+        let ingress =
+            weir_config::parse(&weir_ingress(8080, 3100, split), Path::new("/")).expect("valid");
+        assert!(ingress.services[0].rewrite.is_some());
+        assert!(!ingress.services[0].headers.is_empty());
         assert!(STICKY_COOKIE.starts_with(&format!("Cookie: {STICKY_COOKIE_NAME}=")));
     }
 }

@@ -35,6 +35,9 @@ pub enum Proxy {
     WeirSticky,
     /// weir with a per-client-IP rate limit that never triggers: what the limiter costs per request.
     WeirRatelimit,
+    /// weir with the ingress rules of issue #8 on every request: a path rewrite and two header
+    /// rules (one on the request, one on the response naming the version), no rule deciding.
+    WeirIngress,
     Nginx,
     Haproxy,
 }
@@ -47,6 +50,7 @@ impl Proxy {
             Proxy::WeirPolicies => "weir-policies",
             Proxy::WeirSticky => "weir-sticky",
             Proxy::WeirRatelimit => "weir-ratelimit",
+            Proxy::WeirIngress => "weir-ingress",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
         }
@@ -56,7 +60,11 @@ impl Proxy {
     pub fn is_weir(self) -> bool {
         matches!(
             self,
-            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirRatelimit
+            Proxy::Weir
+                | Proxy::WeirPolicies
+                | Proxy::WeirSticky
+                | Proxy::WeirRatelimit
+                | Proxy::WeirIngress
         )
     }
 
@@ -85,6 +93,7 @@ impl fmt::Display for Proxy {
             Proxy::WeirPolicies => "weir+policies",
             Proxy::WeirSticky => "weir+sticky",
             Proxy::WeirRatelimit => "weir+ratelimit",
+            Proxy::WeirIngress => "weir+ingress",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -280,7 +289,11 @@ impl Bench {
         cmd.arg("-c").arg(&self.proxy_cpus).args(wrapper(&dir));
         let mut admin_addr = None;
         match proxy {
-            Proxy::Weir | Proxy::WeirPolicies | Proxy::WeirSticky | Proxy::WeirRatelimit => {
+            Proxy::Weir
+            | Proxy::WeirPolicies
+            | Proxy::WeirSticky
+            | Proxy::WeirRatelimit
+            | Proxy::WeirIngress => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
@@ -288,6 +301,7 @@ impl Bench {
                     Proxy::WeirPolicies => configs::weir_policies(listen, admin, split),
                     Proxy::WeirSticky => configs::weir_sticky(listen, admin, split),
                     Proxy::WeirRatelimit => configs::weir_ratelimit(listen, admin, split),
+                    Proxy::WeirIngress => configs::weir_ingress(listen, admin, split),
                     _ => configs::weir(listen, admin, split),
                 };
                 let config = write(&dir, "weir.yaml", &yaml)?;

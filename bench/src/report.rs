@@ -115,6 +115,7 @@ impl Report<'_> {
             (Proxy::WeirPolicies, Proxy::Weir),
             (Proxy::WeirSticky, Proxy::Weir),
             (Proxy::WeirRatelimit, Proxy::Weir),
+            (Proxy::WeirIngress, Proxy::Weir),
         ]
         .into_iter()
         .filter_map(|(subject, other)| {

@@ -13,6 +13,7 @@ mod compression;
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 mod ratelimit;
 
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
@@ -22,6 +23,9 @@ pub use edge::{
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};
+pub use ingress::{
+    HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
+};
 pub use ratelimit::{RateLimit, RateLimitKey};
 
 /// A whole validated config file.
@@ -60,6 +64,8 @@ pub struct Listener {
     pub timeouts: ListenerTimeouts,
     /// Connection and protocol limits (`limits`).
     pub limits: ListenerLimits,
+    /// `redirect`: every request on this listener is answered with a redirect (default: none).
+    pub redirect: Option<Redirect>,
 }
 
 /// `listeners[].trustedProxies`: CIDR blocks (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -176,6 +182,10 @@ pub struct Service {
     pub compression: Option<Compression>,
     /// Token-bucket rate limit per client key (`rateLimit`, off by default).
     pub rate_limit: Option<RateLimit>,
+    /// `rewrite`: the path prefix and/or host the upstream is sent (default: none).
+    pub rewrite: Option<Rewrite>,
+    /// `headers`: header rules for the upstream request and the response (default: none).
+    pub headers: HeaderRules,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -1160,7 +1160,7 @@ fn several_problems_are_reported_at_once() {
     assert_eq!(
         lines,
         [
-            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, trustedProxies, timeouts, limits",
+            "listeners[0].colour: unknown field \"colour\", expected one of: name, address, tls, trustedProxies, timeouts, limits, redirect",
             "services[0].canary.weight: must be between 0 and 100, got 101",
             "services[0].upstream.connectTimeout: invalid duration \"10 parsecs\": unexpected \" parsecs\" after 10 (use ms, s, m or h, like \"10s\" or \"1m30s\")",
             "services[1].name: duplicate service name \"checkout\" (also services[0])",
@@ -1272,6 +1272,7 @@ mod compression;
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 mod policies;
 mod ratelimit;
 

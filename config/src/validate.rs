@@ -11,6 +11,7 @@ mod compression;
 mod dns;
 mod edge;
 mod health;
+mod ingress;
 mod policy;
 mod ratelimit;
 mod strategy;
@@ -144,6 +145,7 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
                 "trustedProxies",
                 "timeouts",
                 "limits",
+                "redirect",
             ],
         )?;
         let name = o.req(cx, "name", walk::nonempty_string);
@@ -177,6 +179,10 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
         );
         let timeouts = o.or(cx, "timeouts", Default::default(), edge::timeouts);
         let limits = o.or(cx, "limits", Default::default(), edge::limits);
+        let redirect = o.opt(cx, "redirect", |cx, v, at| {
+            let port = address.map(|a| a.port()).filter(|p| *p != 0);
+            ingress::redirect(cx, v, at, o.has("tls"), port)
+        });
         Some(Listener {
             name: name?,
             address: address?,
@@ -184,6 +190,7 @@ fn listeners(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Ve
             trusted_proxies: trusted_proxies?,
             timeouts: timeouts?,
             limits: limits?,
+            redirect: redirect?,
         })
     });
     all(parsed)
@@ -498,6 +505,8 @@ fn service(
             "healthCheck",
             "compression",
             "rateLimit",
+            "rewrite",
+            "headers",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -566,6 +575,15 @@ fn service(
     let health_check = o.opt(cx, "healthCheck", health::health_check);
     let compression = o.opt(cx, "compression", compression::compression);
     let rate_limit = o.opt(cx, "rateLimit", ratelimit::rate_limit);
+    let rewrite = o.opt(cx, "rewrite", ingress::rewrite);
+    let labels: Vec<String> = stable_label
+        .iter()
+        .cloned()
+        .chain(version_label(o.get("canary")))
+        .collect();
+    let headers = o.or(cx, "headers", Default::default(), |cx, v, at| {
+        ingress::headers(cx, v, at, &labels)
+    });
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -579,6 +597,8 @@ fn service(
         health_check: health_check?,
         compression: compression?,
         rate_limit: rate_limit?,
+        rewrite: rewrite?,
+        headers: headers?,
     })
 }
 

@@ -11,6 +11,7 @@
 mod build;
 pub mod health;
 pub(crate) mod matcher;
+pub(crate) mod rewrite;
 pub mod rules;
 pub mod split;
 
@@ -72,6 +73,8 @@ pub struct RouteTable {
     tls: Vec<ListenerTls>,
     /// Each listener's `trustedProxies`, by listener name (listeners that trust nobody omitted).
     trusted_proxies: Vec<(String, weir_config::TrustedProxies)>,
+    /// Each listener's `redirect`, by listener name (listeners without one omitted).
+    redirects: Vec<(String, rewrite::RedirectTo)>,
 }
 
 /// A compiled service.
@@ -103,6 +106,8 @@ pub struct ServiceRoute {
     pub(crate) compression: Option<Box<crate::forward::compress::Policy>>,
     /// The rate limiter (`rateLimit`), carried across tables while its config is unchanged.
     pub(crate) rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// `rewrite` and `headers`, compiled (`None` without either).
+    pub(crate) ingress: Option<Box<rewrite::Ingress>>,
 }
 
 /// The stats handles of a service's mirror traffic, resolved when the table is built.
@@ -227,6 +232,7 @@ impl RouteTable {
             built_from: None,
             tls: Vec::new(),
             trusted_proxies: Vec::new(),
+            redirects: Vec::new(),
         }
     }
 
@@ -270,6 +276,14 @@ impl RouteTable {
             .iter()
             .find(|(name, _)| name == listener)
             .is_some_and(|(_, trusted)| trusted.contains(peer))
+    }
+
+    /// The listener's `redirect`, if it has one.
+    pub(crate) fn redirect(&self, listener: &str) -> Option<&rewrite::RedirectTo> {
+        self.redirects
+            .iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, redirect)| redirect)
     }
 
     /// The TLS server config of a listener, if it terminates TLS.

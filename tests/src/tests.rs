@@ -18,6 +18,7 @@ mod forwarding;
 mod health;
 mod hot_swap;
 mod http2;
+mod ingress_rewrite;
 mod metrics;
 mod mirror;
 mod policies;

@@ -43,6 +43,7 @@ pub(crate) mod access;
 pub(crate) mod compress;
 pub(crate) mod layered;
 pub(crate) mod mirror;
+pub(crate) mod request_id;
 mod upstream;
 
 pub use self::access::{AccessLog, AccessLogFormat};
@@ -272,29 +273,46 @@ impl ConnInfo {
 pub(crate) async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = worker.table();
     let trusted = conn.trusted(&table);
+    // Hook for ACME http-01 (`/.well-known/acme-challenge/`): it must be answered here, BEFORE
+    // the listener's redirect, so a plain listener that redirects to https can still prove a
+    // domain.
+    if let Some(redirect) = table.redirect(&conn.listener) {
+        let response = match redirect.location(&request) {
+            Some((code, location)) => {
+                let mut response = Response::new(ProxyBody::empty());
+                *response.status_mut() = code;
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            None => ProxyError::BadHost.to_response(),
+        };
+        return Ok(logged(
+            &worker, &conn, trusted, start, &request, response, None,
+        ));
+    }
     let response = match route(&table, &conn, &request) {
         Err(error) => {
             if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
                 refusals.refused(crate::limits::RefuseReason::BadHost);
             }
-            let response = error.to_response();
-            match &worker.access_log {
-                Some(log) => {
-                    let line = AccessLine::of(&request, conn.peer, trusted, start);
-                    let pending = line.pending(log.clone(), response.status(), None, None, None);
-                    let (parts, body) = response.into_parts();
-                    let body = ProxyBody::layered(Layered::new(body, None, Some(pending)));
-                    Response::from_parts(parts, body)
-                }
-                None => response,
-            }
+            logged(
+                &worker,
+                &conn,
+                trusted,
+                start,
+                &request,
+                error.to_response(),
+                None,
+            )
         }
         Ok((service, preview_host)) => 'served: {
+            // `X-Request-Id`: the trusted peer's, or a new one; sent upstream, returned, logged.
+            let request_id = request_id::assign(request.headers_mut(), trusted);
             // Rate limits are decided before any version is picked: a refusal is never charged
             // to a version and does not advance the split.
             if let Some(limiter) = &service.rate_limit {
@@ -302,22 +320,15 @@ pub(crate) async fn handle(
                 if let Err(limited) =
                     limiter.check_request(start, conn.peer, trusted, trusts, request.headers())
                 {
-                    let response = limited.to_response();
-                    let Some(log) = &worker.access_log else {
-                        break 'served response;
-                    };
+                    let mut response = limited.to_response();
+                    response
+                        .headers_mut()
+                        .insert(crate::routes::rewrite::X_REQUEST_ID.clone(), request_id);
                     // Logged with its service and no version: no version was picked.
-                    let line = AccessLine::of(&request, conn.peer, trusted, start);
-                    let pending = line.pending(
-                        log.clone(),
-                        response.status(),
-                        Some(Arc::clone(&service.name)),
-                        None,
-                        None,
+                    let service = Some(Arc::clone(&service.name));
+                    break 'served logged(
+                        &worker, &conn, trusted, start, &request, response, service,
                     );
-                    let (parts, body) = response.into_parts();
-                    let body = ProxyBody::layered(Layered::new(body, None, Some(pending)));
-                    break 'served Response::from_parts(parts, body);
                 }
             }
             let head = RequestHead {
@@ -363,6 +374,13 @@ pub(crate) async fn handle(
             if let Some(cookie) = decision.set_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
+            response.headers_mut().insert(
+                crate::routes::rewrite::X_REQUEST_ID.clone(),
+                request_id.clone(),
+            );
+            if let Some(ingress) = &service.ingress {
+                ingress.on_response(&mut response, decision.canary, &request_id);
+            }
             let encoder = match (service.compression.as_deref(), accept) {
                 (Some(policy), Some(choice)) => compress_response(policy, choice, &mut response),
                 _ => None,
@@ -392,6 +410,27 @@ pub(crate) async fn handle(
         }
     };
     Ok(response)
+}
+
+/// `response`, answered by weir itself (no version picked), with its access-log line when the log
+/// is on.
+fn logged(
+    worker: &Worker,
+    conn: &ConnInfo,
+    trusted: bool,
+    start: Instant,
+    request: &Request<Incoming>,
+    response: Response<ProxyBody>,
+    service: Option<Arc<str>>,
+) -> Response<ProxyBody> {
+    let Some(log) = &worker.access_log else {
+        return response;
+    };
+    let line = AccessLine::of(request, conn.peer, trusted, start);
+    let pending = line.pending(log.clone(), response.status(), service, None, None);
+    let (parts, body) = response.into_parts();
+    let body = ProxyBody::layered(Layered::new(body, None, Some(pending)));
+    Response::from_parts(parts, body)
 }
 
 /// Finds the service for a request (and whether it came through a preview host), or why there is

@@ -47,6 +47,10 @@ pub(super) async fn forward(
     start: Instant,
 ) -> Response<ProxyBody> {
     prepare_request(&mut request, conn, upgrade);
+    // `rewrite` and `headers.request` (issue #8), on the request as the upstream will see it.
+    if let Some(ingress) = &service.ingress {
+        ingress.on_request(&mut request, !std::ptr::eq(arm, &service.stable));
+    }
     let outcome = if upgrade {
         // Boxed: a rare path whose future would otherwise enlarge every request's.
         Box::pin(forward_upgrade(worker, service, arm, request)).await

@@ -229,6 +229,17 @@ impl RouteTable {
                 .filter(|l| !l.trusted_proxies.is_empty())
                 .map(|l| (l.name.clone(), l.trusted_proxies.clone()))
                 .collect(),
+            redirects: model
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    let redirect = l.redirect.as_ref()?;
+                    Some((
+                        l.name.clone(),
+                        super::rewrite::RedirectTo::compile(redirect, l.tls.is_some()),
+                    ))
+                })
+                .collect(),
         })
     }
 
@@ -425,6 +436,7 @@ fn compile(
             .as_ref()
             .map(|c| Box::new(crate::forward::compress::Policy::new(c))),
         rate_limit: None,
+        ingress: super::rewrite::Ingress::compile(service),
     })
 }
 
