@@ -12,6 +12,7 @@ use std::time::Duration;
 mod dns;
 mod edge;
 mod health;
+mod protocol;
 
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
@@ -19,6 +20,7 @@ pub use edge::{
     MIN_HEADER_BYTES,
 };
 pub use health::{HealthCheck, OutlierDetection};
+pub use protocol::UpstreamProtocol;
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -347,6 +349,8 @@ pub struct Version {
     pub version: String,
     /// Upstream addresses; never empty.
     pub upstreams: Vec<Upstream>,
+    /// How weir speaks to them (`protocol`; default `http1`).
+    pub protocol: UpstreamProtocol,
 }
 
 /// A canary version with its optional fixed weight.

@@ -11,6 +11,7 @@ mod dns;
 mod edge;
 mod health;
 mod policy;
+mod protocol;
 mod strategy;
 mod template;
 mod walk;
@@ -23,6 +24,7 @@ use serde_yaml_ng::Value;
 
 use crate::error::ValidationError;
 use crate::model::{
+    UpstreamProtocol,
     Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls,
     TrustedProxies, Upstream, UpstreamOptions, Version,
 };
@@ -529,7 +531,7 @@ fn service(
         }
     }
     let stable = o.req(cx, "stable", |cx, v, at| {
-        let o = Obj::open(cx, v, at, &["version", "upstreams"])?;
+        let o = Obj::open(cx, v, at, &["version", "upstreams", "protocol"])?;
         version(cx, &o)
     });
     let canary = o.opt(cx, "canary", canary);
@@ -617,9 +619,11 @@ fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
 fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
     let version = o.req(cx, "version", walk::nonempty_text);
     let upstreams = o.req(cx, "upstreams", upstreams);
+    let protocol = o.or(cx, "protocol", UpstreamProtocol::default(), protocol::protocol);
     Some(Version {
         version: version?,
         upstreams: upstreams?,
+        protocol: protocol?,
     })
 }
 
@@ -634,7 +638,7 @@ fn version_label(value: Option<&Value>) -> Option<String> {
 }
 
 fn canary(cx: &mut Cx, value: &Value, at: &str) -> Option<Canary> {
-    let o = Obj::open(cx, value, at, &["version", "upstreams", "weight"])?;
+    let o = Obj::open(cx, value, at, &["version", "upstreams", "weight", "protocol"])?;
     let version = version(cx, &o);
     let weight = o.opt(cx, "weight", walk::weight);
     Some(Canary {

@@ -19,6 +19,9 @@
 //! `weir_upstream_ejections_total{service,version,upstream}` and
 //! `weir_upstream_fail_open_total{service,version}` (requests sent while no upstream of the
 //! version was available). `upstream` is the address, bounded by the config.
+//!
+//! gRPC: `weir_grpc_responses_total{service,version,grpc_status}` (`grpc_status` is the code, 0 to
+//! 16, or `other`; see [`crate::grpc`] for which codes count as errors of the version).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -120,6 +123,25 @@ impl Collector for DataPlaneCollector {
                     ("kind", kind.as_str()),
                 ];
                 ConstCounter::new(count).encode(client.encode_family(&labels)?)?;
+            }
+        }
+        let mut grpc = encoder.encode_descriptor(
+            "weir_grpc_responses",
+            "gRPC calls answered through HTTP/2 upstreams, by service, version and grpc-status code (0-16, other)",
+            None,
+            MetricType::Counter,
+        )?;
+        for version in &all {
+            for (slot, count) in version.grpc_counts().into_iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("service", version.service()),
+                    ("version", version.version()),
+                    ("grpc_status", crate::grpc::LABELS[slot]),
+                ];
+                ConstCounter::new(count).encode(grpc.encode_family(&labels)?)?;
             }
         }
         let mut connections = encoder.encode_descriptor(

@@ -46,7 +46,12 @@ pub(super) async fn forward(
     mut request: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
+    // HTTP/2 upstreams keep `te: trailers` (gRPC servers require it); one branch for HTTP/1 arms.
+    let te_trailers = arm.protocol.is_http2() && crate::grpc::wants_trailers(request.headers());
     prepare_request(&mut request, conn, upgrade);
+    if te_trailers {
+        crate::grpc::keep_trailers(request.headers_mut());
+    }
     let outcome = if upgrade {
         // Boxed: a rare path whose future would otherwise enlarge every request's.
         Box::pin(forward_upgrade(worker, service, arm, request)).await
@@ -202,7 +207,7 @@ async fn send(
             worker,
             worker
                 .pool
-                .send_counted(addr, options, request, Some(&arm.stats)),
+                .send_with(arm.protocol, addr, options, request, Some(&arm.stats)),
             state,
             options.response_timeout,
         )
@@ -211,9 +216,14 @@ async fn send(
             Ok(Ok((mut response, lease))) => {
                 arm.record_outcome(idx, response.status().is_server_error());
                 strip_hop_by_hop(response.headers_mut(), false);
+                let grpc = arm.protocol.is_http2()
+                    && crate::grpc::on_head(response.headers(), &arm.stats);
                 let (parts, body) = response.into_parts();
-                let body =
+                let mut body =
                     ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));
+                if grpc {
+                    body.watch_grpc();
+                }
                 return Ok(Response::from_parts(parts, body));
             }
             Err(Waited::Client(kind)) => return Err(ProxyError::Client(kind)),

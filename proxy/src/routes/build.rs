@@ -507,6 +507,7 @@ fn arm(
         upstreams,
         next_upstream: AtomicUsize::new(0),
         stats,
+        protocol: version.protocol,
         health,
     }
 }
