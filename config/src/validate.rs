@@ -24,9 +24,8 @@ use serde_yaml_ng::Value;
 
 use crate::error::ValidationError;
 use crate::model::{
-    UpstreamProtocol,
     Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls,
-    TrustedProxies, Upstream, UpstreamOptions, Version,
+    TrustedProxies, Upstream, UpstreamOptions, UpstreamProtocol, Version,
 };
 use template::Known;
 use walk::{all, each, Cx, Obj};
@@ -619,7 +618,12 @@ fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
 fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
     let version = o.req(cx, "version", walk::nonempty_text);
     let upstreams = o.req(cx, "upstreams", upstreams);
-    let protocol = o.or(cx, "protocol", UpstreamProtocol::default(), protocol::protocol);
+    let protocol = o.or(
+        cx,
+        "protocol",
+        UpstreamProtocol::default(),
+        protocol::protocol,
+    );
     Some(Version {
         version: version?,
         upstreams: upstreams?,
@@ -638,7 +642,12 @@ fn version_label(value: Option<&Value>) -> Option<String> {
 }
 
 fn canary(cx: &mut Cx, value: &Value, at: &str) -> Option<Canary> {
-    let o = Obj::open(cx, value, at, &["version", "upstreams", "weight", "protocol"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["version", "upstreams", "weight", "protocol"],
+    )?;
     let version = version(cx, &o);
     let weight = o.opt(cx, "weight", walk::weight);
     Some(Canary {

@@ -643,8 +643,7 @@ impl Window {
                     + v.grpc.iter().map(|c| c.load(Relaxed)).sum::<u64>();
                 if series.changes.back().is_some_and(|(_, s)| {
                     s.buckets.iter().sum::<u64>() + s.grpc_responses == recorded
-                })
-                {
+                }) {
                     continue;
                 }
                 let snapshot = v.snapshot();

@@ -216,8 +216,8 @@ async fn send(
             Ok(Ok((mut response, lease))) => {
                 arm.record_outcome(idx, response.status().is_server_error());
                 strip_hop_by_hop(response.headers_mut(), false);
-                let grpc = arm.protocol.is_http2()
-                    && crate::grpc::on_head(response.headers(), &arm.stats);
+                let grpc =
+                    arm.protocol.is_http2() && crate::grpc::on_head(response.headers(), &arm.stats);
                 let (parts, body) = response.into_parts();
                 let mut body =
                     ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));
