@@ -2,13 +2,15 @@
 //!
 //! hyper's `http2::SendRequest` is a cheap clone, so every request of the worker to that address
 //! shares the connection; h2 queues streams beyond the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`
-//! until one ends. A connection that closed (GOAWAY, reset, idle close by the upstream) is
-//! replaced on the next request; a request a closing connection gave back unsent is retried on a
-//! new connection.
+//! until one ends. Requests that arrive while the connection is being dialled wait for that
+//! handshake rather than dialling their own. A connection that closed (GOAWAY, reset, idle close by
+//! the upstream) or failed to dial is replaced on the next request; a request a closing connection
+//! gave back unsent is retried on a new connection.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +21,19 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
 
 use super::{OpenConnection, SendError};
 use crate::server::LocalExec;
 use crate::stats::{UpstreamErrorKind, VersionStats};
 
+/// A connection to one upstream: dialled once, shared by every request that asks while it is
+/// being dialled (they wait for the same handshake instead of dialling their own).
+type Dial<B> = Rc<OnceCell<Result<http2::SendRequest<B>, (UpstreamErrorKind, String)>>>;
+
 /// The worker's HTTP/2 connections, by upstream address.
 pub(crate) struct H2Pool<B> {
-    live: RefCell<HashMap<SocketAddr, http2::SendRequest<B>>>,
+    live: RefCell<HashMap<SocketAddr, Dial<B>>>,
     builder: http2::Builder<LocalExec>,
 }
 
@@ -46,6 +53,23 @@ where
         }
     }
 
+    /// The connection to `addr`: the live one, the one being dialled, or a new dial (when there
+    /// is none, it failed, or it closed).
+    fn dial(&self, addr: SocketAddr) -> Dial<B> {
+        let mut live = self.live.borrow_mut();
+        if let Some(dial) = live.get(&addr) {
+            let dead = dial
+                .get()
+                .is_some_and(|result| result.as_ref().map_or(true, |s| s.is_closed()));
+            if !dead {
+                return Rc::clone(dial);
+            }
+        }
+        let dial = Rc::new(OnceCell::new());
+        live.insert(addr, Rc::clone(&dial));
+        dial
+    }
+
     /// Sends `request` to `addr` over the worker's connection to it (dialled if there is none).
     pub(crate) async fn send(
         &self,
@@ -55,58 +79,37 @@ where
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<Response<Incoming>, SendError<B>> {
         loop {
-            let existing = {
-                let mut live = self.live.borrow_mut();
-                match live.get(&addr) {
-                    Some(sender) if sender.is_closed() => {
-                        live.remove(&addr);
-                        None
-                    }
-                    other => other.cloned(),
+            let dial = self.dial(addr);
+            let reused = dial.initialized();
+            // Boxed: dialing is the cold path.
+            let dialled = dial
+                .get_or_init(|| Box::pin(self.connect(addr, connect_timeout, counted)))
+                .await;
+            let mut sender = match dialled {
+                Ok(sender) => sender.clone(),
+                Err((kind, message)) => {
+                    return Err(SendError {
+                        kind: *kind,
+                        message: message.clone(),
+                        request: Some(request),
+                    })
                 }
-            };
-            let (mut sender, reused) = match existing {
-                Some(sender) => (sender, true),
-                // Boxed: dialing is the cold path.
-                None => match Box::pin(self.connect(addr, connect_timeout, counted)).await {
-                    Ok(sender) => {
-                        self.live.borrow_mut().insert(addr, sender.clone());
-                        (sender, false)
-                    }
-                    Err((kind, message)) => {
-                        return Err(SendError {
-                            kind,
-                            message,
-                            request: Some(request),
-                        })
-                    }
-                },
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
-                Err(mut failed) => {
-                    self.forget_closed(addr);
-                    match failed.take_message() {
-                        // The shared connection closed before the request left: dial anew.
-                        Some(returned) if reused && sender.is_closed() => request = returned,
-                        returned => {
-                            return Err(SendError {
-                                kind: UpstreamErrorKind::Protocol,
-                                message: failed.into_error().to_string(),
-                                request: returned,
-                            })
-                        }
+                Err(mut failed) => match failed.take_message() {
+                    // The shared connection closed before the request left: dial anew (the
+                    // closed connection is replaced by the next `dial`).
+                    Some(returned) if reused && sender.is_closed() => request = returned,
+                    returned => {
+                        return Err(SendError {
+                            kind: UpstreamErrorKind::Protocol,
+                            message: failed.into_error().to_string(),
+                            request: returned,
+                        })
                     }
-                }
+                },
             }
-        }
-    }
-
-    /// Drops the pooled connection to `addr` if it has closed.
-    fn forget_closed(&self, addr: SocketAddr) {
-        let mut live = self.live.borrow_mut();
-        if live.get(&addr).is_some_and(http2::SendRequest::is_closed) {
-            live.remove(&addr);
         }
     }
 

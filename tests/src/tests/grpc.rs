@@ -479,3 +479,60 @@ analysisTemplates:
     v1.stop().await;
     v2.stop().await;
 }
+
+/// Unary calls per second from 32 concurrent callers over 4 client connections, straight to the
+/// tonic server and through weir (h2c upstream); weir dials one upstream connection per worker at
+/// most, however many calls arrive at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unary_calls_share_one_upstream_connection_per_worker() {
+    const CALLS: usize = 2_000;
+    const CALLERS: usize = 32;
+    const CHANNELS: usize = 4;
+    let v1 = GrpcServer::start("v1").await;
+    let workers = 2;
+    let proxy = Proxy::builder(model(H2C_SHOP, &[("v1", v1.addr)]))
+        .workers(workers)
+        .start();
+
+    async fn rate(addr: SocketAddr) -> f64 {
+        let mut channels = Vec::new();
+        for _ in 0..CHANNELS {
+            channels.push(client(addr).await);
+        }
+        let started = tokio::time::Instant::now();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let mut grpc = channels[i % CHANNELS].clone();
+                tokio::spawn(async move {
+                    for n in 0..CALLS / CALLERS {
+                        let reply = unary(&mut grpc, &format!("{i}/{n}"), Code::Ok)
+                            .await
+                            .expect("a call");
+                        assert_eq!(reply.text, format!("{i}/{n}"));
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("a caller");
+        }
+        (CALLS / CALLERS * CALLERS) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    let direct = rate(v1.addr).await;
+    let through = rate(proxy.addr()).await;
+    let stats = proxy.version_stats("shop", "v1");
+    assert_eq!(stats.grpc_counts()[0], (CALLS / CALLERS * CALLERS) as u64);
+    let connections = stats.upstream_connections();
+    assert!(
+        (1..=workers as u64).contains(&connections),
+        "{connections} upstream connections for {workers} workers"
+    );
+    eprintln!(
+        "{CALLERS} concurrent callers: {direct:.0} unary calls/s direct, {through:.0}/s through \
+         weir ({:.0}%), {connections} upstream connection(s) for {workers} workers",
+        through / direct * 100.0
+    );
+    proxy.shutdown().await;
+    v1.stop().await;
+}
