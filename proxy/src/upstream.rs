@@ -119,16 +119,6 @@ where
         })
     }
 
-    /// Sends `request` to `addr` over a pooled or new connection.
-    pub(crate) async fn send(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        options: &UpstreamOptions,
-        request: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<B>), SendError<B>> {
-        self.send_counted(addr, options, request, None).await
-    }
-
     /// Sends over HTTP/1.1 ([`Pool::send_counted`]) or HTTP/2, as the version's `protocol` says.
     pub(crate) async fn send_with(
         self: &Rc<Self>,
@@ -155,8 +145,8 @@ where
         }
     }
 
-    /// [`Pool::send`], counting a new connection in `counted`'s open upstream connections for as
-    /// long as it lives.
+    /// Sends `request` to `addr` over a pooled or new HTTP/1.1 connection, counting a new
+    /// connection in `counted`'s open upstream connections for as long as it lives.
     pub(crate) async fn send_counted(
         self: &Rc<Self>,
         addr: SocketAddr,

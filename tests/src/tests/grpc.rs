@@ -536,3 +536,53 @@ async fn concurrent_unary_calls_share_one_upstream_connection_per_worker() {
     proxy.shutdown().await;
     v1.stop().await;
 }
+
+/// A mirrored copy goes to an h2c canary over HTTP/2 (the mirror speaks the canary's protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_copy_reaches_an_h2c_canary_over_http2() {
+    use weir_config::{MirrorRoute, RequestMatch, StringMatch, Weight};
+    use weir_proxy::routes::Policy;
+    use weir_proxy::stats::TrafficKind;
+
+    let v1 = crate::upstream::Server::spawn("v1");
+    let v2 = GrpcServer::start("v2").await;
+    let yaml = r#"
+services:
+  - name: shop
+    stable: {version: v1, upstreams: ["${v1}"]}
+    canary: {version: v2, upstreams: ["${v2}"], protocol: h2c}
+"#;
+    let policy = Policy {
+        weight: Weight::ZERO,
+        mirror_routes: vec![MirrorRoute {
+            name: "shadow".into(),
+            percentage: Weight::from_percent(100.0).expect("a valid percentage"),
+            any_of: vec![vec![RequestMatch::Method(StringMatch::Exact("GET".into()))]],
+        }],
+        ..Policy::default()
+    };
+    let proxy = Proxy::builder(model(yaml, &[("v1", v1.addr()), ("v2", v2.addr)]))
+        .policy("shop", policy)
+        .start();
+    let mut http1 = Http1::connect(proxy.addr()).await;
+    let reply = http1
+        .get("shop.example.com", "/weir.test.Echo/mirror")
+        .await;
+    assert_eq!((reply.status.as_u16(), reply.served_by()), (200, "v1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = proxy
+            .stats()
+            .get_of(TrafficKind::Mirror, "shop", "v2")
+            .map(|s| s.status_counts())
+            .unwrap_or_default();
+        if !counts.is_empty() || tokio::time::Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(counts, [(200, 1)], "the h2c canary answered the copy");
+    eprintln!("mirrored copy to the h2c canary answered: {counts:?}");
+    proxy.shutdown().await;
+    v2.stop().await;
+}
