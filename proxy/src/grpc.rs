@@ -123,6 +123,38 @@ mod tests {
     }
 
     #[test]
+    fn server_side_failures_are_errors_of_the_version_and_client_codes_are_not() {
+        let stats = crate::stats::Stats::new();
+        let v = stats.handle("api", "v2");
+        let mut head = HeaderMap::new();
+        head.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        for _ in 0..4 {
+            v.record(200, std::time::Duration::from_millis(1));
+        }
+        // Trailers-only: counted at the head.
+        head.insert(&GRPC_STATUS, HeaderValue::from_static("14"));
+        assert!(!on_head(&head, &v));
+        head.insert(&GRPC_STATUS, HeaderValue::from_static("3"));
+        assert!(!on_head(&head, &v));
+        // In the trailers, and a body that ended without a status.
+        head.remove(&GRPC_STATUS);
+        assert!(on_head(&head, &v));
+        let mut trailers = HeaderMap::new();
+        trailers.insert(&GRPC_STATUS, HeaderValue::from_static("0"));
+        on_trailers(Some(&trailers), &v);
+        on_trailers(None, &v);
+        let snapshot = v.snapshot();
+        assert_eq!((snapshot.grpc_responses, snapshot.grpc_errors), (4, 2));
+        assert_eq!(snapshot.error_rate(), Some(0.5));
+        assert_eq!(snapshot.success_rate(), Some(0.5));
+        // Not gRPC: nothing to watch.
+        assert!(!on_head(&HeaderMap::new(), &v));
+    }
+
+    #[test]
     fn te_trailers_is_recognised() {
         let mut headers = HeaderMap::new();
         headers.insert(TE, HeaderValue::from_static("gzip, trailers"));
