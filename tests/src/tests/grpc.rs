@@ -398,10 +398,15 @@ async fn unary_and_bidi_streaming_reach_an_h2c_upstream_and_outcomes_count_where
         Some(1.0)
     );
     eprintln!(
-        "{N} unary calls through weir (h2c upstream) in {unary_took:?} ({:.0}/s, debug build, one \
+        "{N} unary calls through weir (h2c upstream) in {unary_took:?} ({:.0}/s, {} build, one \
          client in sequence); {M} bidi messages in lock step in {stream_took:?}; error rate {:?} \
          with {} client-side codes not counted",
         N as f64 / unary_took.as_secs_f64(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         snapshot.error_rate(),
         counts[3] + counts[5] + counts[7],
     );
