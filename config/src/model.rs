@@ -14,6 +14,7 @@ mod dns;
 mod edge;
 mod health;
 mod ingress;
+mod protocol;
 mod ratelimit;
 
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
@@ -26,6 +27,7 @@ pub use health::{HealthCheck, OutlierDetection};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
+pub use protocol::UpstreamProtocol;
 pub use ratelimit::{RateLimit, RateLimitKey};
 
 /// A whole validated config file.
@@ -365,6 +367,8 @@ pub struct Version {
     pub version: String,
     /// Upstream addresses; never empty.
     pub upstreams: Vec<Upstream>,
+    /// How weir speaks to them (`protocol`; default `http1`).
+    pub protocol: UpstreamProtocol,
 }
 
 /// A canary version with its optional fixed weight.

@@ -13,6 +13,7 @@ mod edge;
 mod health;
 mod ingress;
 mod policy;
+mod protocol;
 mod ratelimit;
 mod strategy;
 mod template;
@@ -27,7 +28,7 @@ use serde_yaml_ng::Value;
 use crate::error::ValidationError;
 use crate::model::{
     Admin, Canary, CertificateFiles, HostPattern, Listener, Match, Model, Service, Tls,
-    TrustedProxies, Upstream, UpstreamOptions, Version,
+    TrustedProxies, Upstream, UpstreamOptions, UpstreamProtocol, Version,
 };
 use template::Known;
 use walk::{all, each, Cx, Obj};
@@ -542,7 +543,7 @@ fn service(
         }
     }
     let stable = o.req(cx, "stable", |cx, v, at| {
-        let o = Obj::open(cx, v, at, &["version", "upstreams"])?;
+        let o = Obj::open(cx, v, at, &["version", "upstreams", "protocol"])?;
         version(cx, &o)
     });
     let canary = o.opt(cx, "canary", canary);
@@ -645,9 +646,16 @@ fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
 fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
     let version = o.req(cx, "version", walk::nonempty_text);
     let upstreams = o.req(cx, "upstreams", upstreams);
+    let protocol = o.or(
+        cx,
+        "protocol",
+        UpstreamProtocol::default(),
+        protocol::protocol,
+    );
     Some(Version {
         version: version?,
         upstreams: upstreams?,
+        protocol: protocol?,
     })
 }
 
@@ -662,7 +670,12 @@ fn version_label(value: Option<&Value>) -> Option<String> {
 }
 
 fn canary(cx: &mut Cx, value: &Value, at: &str) -> Option<Canary> {
-    let o = Obj::open(cx, value, at, &["version", "upstreams", "weight"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["version", "upstreams", "weight", "protocol"],
+    )?;
     let version = version(cx, &o);
     let weight = o.opt(cx, "weight", walk::weight);
     Some(Canary {

@@ -310,6 +310,8 @@ enum Kind {
         /// The request body's state: the connection is reused only if it was completely sent,
         /// and a response body broken by the client's failure is not the upstream's fault.
         request: Option<Rc<BodyState>>,
+        /// A gRPC response whose `grpc-status` is still to come in its trailers.
+        grpc: bool,
     },
     /// Compressed and/or counted for the access log (`forward::layered`).
     Layered(Box<crate::forward::layered::Layered>),
@@ -352,10 +354,18 @@ impl ProxyBody {
                 lease,
                 stats,
                 request,
+                grpc: false,
             },
         };
         body.release_if_done();
         body
+    }
+
+    /// Reads the gRPC outcome from the trailers as they pass ([`crate::grpc`]).
+    pub(crate) fn watch_grpc(&mut self) {
+        if let Kind::Upstream { grpc, .. } = &mut self.kind {
+            *grpc = true;
+        }
     }
 
     /// Returns the connection to its pool as soon as the upstream body is complete (HEAD, 204, 304
@@ -403,8 +413,24 @@ impl Body for ProxyBody {
                 lease,
                 stats,
                 request,
+                grpc,
             } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
+                if *grpc {
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                            *grpc = false;
+                            crate::grpc::on_trailers(frame.trailers_ref(), stats);
+                        }
+                        Poll::Ready(None) => {
+                            *grpc = false;
+                            crate::grpc::on_trailers(None, stats);
+                        }
+                        // A broken body is counted as one (`Body`), not as a gRPC outcome.
+                        Poll::Ready(Some(Err(_))) => *grpc = false,
+                        _ => {}
+                    }
+                }
                 match &polled {
                     Poll::Ready(None) => release(lease, request.as_deref()),
                     Poll::Ready(Some(Err(_))) => {

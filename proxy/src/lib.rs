@@ -22,6 +22,7 @@ mod body;
 pub mod error;
 mod forward;
 pub mod framing;
+pub mod grpc;
 pub mod limits;
 pub mod metrics;
 pub mod ratelimit;

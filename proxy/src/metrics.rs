@@ -22,6 +22,8 @@
 //!
 //! Rate limits: `weir_rate_limited_total{service}` (requests refused with 429, never counted
 //! against a version).
+//! gRPC: `weir_grpc_responses_total{service,version,grpc_status}` (`grpc_status` is the code, 0 to
+//! 16, or `other`; see [`crate::grpc`] for which codes count as errors of the version).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -123,6 +125,25 @@ impl Collector for DataPlaneCollector {
                     ("kind", kind.as_str()),
                 ];
                 ConstCounter::new(count).encode(client.encode_family(&labels)?)?;
+            }
+        }
+        let mut grpc = encoder.encode_descriptor(
+            "weir_grpc_responses",
+            "gRPC calls answered through HTTP/2 upstreams, by service, version and grpc-status code (0-16, other)",
+            None,
+            MetricType::Counter,
+        )?;
+        for version in &all {
+            for (slot, count) in version.grpc_counts().into_iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("service", version.service()),
+                    ("version", version.version()),
+                    ("grpc_status", crate::grpc::LABELS[slot]),
+                ];
+                ConstCounter::new(count).encode(grpc.encode_family(&labels)?)?;
             }
         }
         let mut connections = encoder.encode_descriptor(

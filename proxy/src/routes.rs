@@ -153,6 +153,8 @@ pub struct ArmRoute {
     pub(crate) upstreams: Box<[UpstreamRoute]>,
     pub(crate) next_upstream: AtomicUsize,
     pub(crate) stats: Arc<VersionStats>,
+    /// How weir speaks to the upstreams (`protocol`).
+    pub(crate) protocol: weir_config::UpstreamProtocol,
     /// Passive outlier detection, when on and the version has two or more upstreams.
     pub(crate) outlier: Option<Outlier>,
     /// Fail-open bookkeeping, shared across tables.

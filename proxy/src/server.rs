@@ -623,7 +623,7 @@ impl<F: Future> Future for Gated<F> {
 
 /// Runs hyper's background tasks (HTTP/2 streams) on the worker's own thread.
 #[derive(Clone, Copy, Debug)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where

@@ -213,6 +213,8 @@ pub struct VersionStats {
     client_errors: [AtomicU64; ClientErrorKind::ALL.len()],
     /// Upstream connections this version dialled that are still open (primary traffic).
     upstream_connections: AtomicU64,
+    /// gRPC outcomes by `grpc-status` slot ([`crate::grpc::LABELS`]).
+    grpc: [AtomicU64; crate::grpc::SLOTS],
 }
 
 impl std::fmt::Debug for VersionStats {
@@ -235,6 +237,11 @@ pub struct Snapshot {
     pub buckets: [u64; N_BUCKETS],
     /// Sum of latencies in seconds.
     pub latency_sum_seconds: f64,
+    /// gRPC calls whose `grpc-status` was read (any code).
+    pub grpc_responses: u64,
+    /// gRPC calls that failed on the server's side ([`crate::grpc`]); errors of the version like
+    /// `5xx` responses, though their HTTP status was `200`.
+    pub grpc_errors: u64,
 }
 
 // === impl VersionStats ===
@@ -251,6 +258,7 @@ impl VersionStats {
             upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             client_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             upstream_connections: AtomicU64::new(0),
+            grpc: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -291,6 +299,19 @@ impl VersionStats {
     #[inline]
     pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Records a gRPC outcome (a slot of [`crate::grpc::LABELS`]).
+    #[inline]
+    pub(crate) fn record_grpc(&self, slot: usize) {
+        if let Some(counter) = self.grpc.get(slot) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// gRPC outcomes so far, by slot of [`crate::grpc::LABELS`].
+    pub fn grpc_counts(&self) -> [u64; crate::grpc::SLOTS] {
+        std::array::from_fn(|slot| self.grpc[slot].load(Relaxed))
     }
 
     /// Records a request that failed because of its client (never in the status counts).
@@ -355,11 +376,21 @@ impl VersionStats {
                 errors_5xx += count;
             }
         }
+        let (mut grpc_responses, mut grpc_errors) = (0, 0);
+        for (slot, count) in self.grpc.iter().enumerate() {
+            let count = count.load(Relaxed);
+            grpc_responses += count;
+            if crate::grpc::is_server_error(slot) {
+                grpc_errors += count;
+            }
+        }
         Snapshot {
             requests,
             errors_5xx,
             buckets: std::array::from_fn(|idx| self.buckets[idx].load(Relaxed)),
             latency_sum_seconds: self.latency_sum_micros.load(Relaxed) as f64 / 1e6,
+            grpc_responses,
+            grpc_errors,
         }
     }
 }
@@ -376,17 +407,25 @@ impl Snapshot {
                 self.buckets[idx].saturating_sub(earlier.buckets[idx])
             }),
             latency_sum_seconds: (self.latency_sum_seconds - earlier.latency_sum_seconds).max(0.0),
+            grpc_responses: self.grpc_responses.saturating_sub(earlier.grpc_responses),
+            grpc_errors: self.grpc_errors.saturating_sub(earlier.grpc_errors),
         }
     }
 
-    /// Fraction of non-5xx responses; `None` without requests.
+    /// Fraction of responses that were neither 5xx nor a server-side gRPC failure; `None`
+    /// without requests.
     pub fn success_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| 1.0 - self.errors_5xx as f64 / self.requests as f64)
+        self.error_rate().map(|rate| 1.0 - rate)
     }
 
-    /// Fraction of 5xx responses; `None` without requests.
+    /// Fraction of 5xx responses and server-side gRPC failures ([`crate::grpc`]); `None` without
+    /// requests.
     pub fn error_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| self.errors_5xx as f64 / self.requests as f64)
+        (self.requests > 0).then(|| {
+            // A gRPC failure is a 200 response: never more errors than responses.
+            let errors = (self.errors_5xx + self.grpc_errors).min(self.requests);
+            errors as f64 / self.requests as f64
+        })
     }
 
     /// The `q` quantile (0..=1) of latency in seconds, interpolated within its bucket the way
@@ -599,12 +638,12 @@ impl Window {
                 // Every recorded response adds one to one latency bucket: an unchanged bucket
                 // total means nothing was recorded since the last change, and the 500 status
                 // counters need not be read.
-                let recorded: u64 = v.buckets.iter().map(|b| b.load(Relaxed)).sum();
-                if series
-                    .changes
-                    .back()
-                    .is_some_and(|(_, s)| s.buckets.iter().sum::<u64>() == recorded)
-                {
+                // gRPC outcomes arrive after the head (in trailers): counted too.
+                let recorded: u64 = v.buckets.iter().map(|b| b.load(Relaxed)).sum::<u64>()
+                    + v.grpc.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+                if series.changes.back().is_some_and(|(_, s)| {
+                    s.buckets.iter().sum::<u64>() + s.grpc_responses == recorded
+                }) {
                     continue;
                 }
                 let snapshot = v.snapshot();

@@ -23,15 +23,19 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use weir_config::UpstreamOptions;
+use weir_config::{UpstreamOptions, UpstreamProtocol};
 
 use crate::stats::{UpstreamErrorKind, VersionStats};
+
+mod h2;
 
 /// A worker's idle upstream connections, by address, for request bodies of type `B` (the
 /// client's streamed body for primary requests, a complete copy for mirrored ones).
 pub(crate) struct Pool<B> {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<AddrHasher>>>,
     builder: http1::Builder,
+    /// HTTP/2 upstreams (`protocol: h2c`): one multiplexed connection per address.
+    h2: h2::H2Pool<B>,
 }
 
 /// A cheap hash for upstream addresses (looked up twice per request): the keys come from the
@@ -84,7 +88,8 @@ struct Idle<B> {
 pub(crate) struct Lease<B> {
     pool: Rc<Pool<B>>,
     addr: SocketAddr,
-    sender: http1::SendRequest<B>,
+    /// `None` for an HTTP/2 stream: its connection stays shared, nothing to return.
+    sender: Option<http1::SendRequest<B>>,
     max_idle: usize,
 }
 
@@ -101,7 +106,7 @@ pub(crate) struct SendError<B> {
 
 impl<B> Pool<B>
 where
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub(crate) fn new() -> Rc<Pool<B>> {
@@ -110,21 +115,38 @@ where
         Rc::new(Pool {
             idle: RefCell::new(HashMap::default()),
             builder,
+            h2: h2::H2Pool::new(),
         })
     }
 
-    /// Sends `request` to `addr` over a pooled or new connection.
-    pub(crate) async fn send(
+    /// Sends over HTTP/1.1 ([`Pool::send_counted`]) or HTTP/2, as the version's `protocol` says.
+    pub(crate) async fn send_with(
         self: &Rc<Self>,
+        protocol: UpstreamProtocol,
         addr: SocketAddr,
         options: &UpstreamOptions,
         request: Request<B>,
+        counted: Option<&Arc<VersionStats>>,
     ) -> Result<(Response<Incoming>, Lease<B>), SendError<B>> {
-        self.send_counted(addr, options, request, None).await
+        if protocol.is_http2() {
+            let response = self
+                .h2
+                .send(addr, options.connect_timeout, request, counted)
+                .await?;
+            let lease = Lease {
+                pool: self.clone(),
+                addr,
+                sender: None,
+                max_idle: 0,
+            };
+            Ok((response, lease))
+        } else {
+            self.send_counted(addr, options, request, counted).await
+        }
     }
 
-    /// [`Pool::send`], counting a new connection in `counted`'s open upstream connections for as
-    /// long as it lives.
+    /// Sends `request` to `addr` over a pooled or new HTTP/1.1 connection, counting a new
+    /// connection in `counted`'s open upstream connections for as long as it lives.
     pub(crate) async fn send_counted(
         self: &Rc<Self>,
         addr: SocketAddr,
@@ -156,7 +178,7 @@ where
                     let lease = Lease {
                         pool: self.clone(),
                         addr,
-                        sender,
+                        sender: Some(sender),
                         max_idle: options.max_idle_per_upstream,
                     };
                     return Ok((response, lease));
@@ -316,7 +338,7 @@ impl Drop for OpenConnection {
 
 impl<B> Lease<B>
 where
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// Returns the connection to its pool (dropped instead if it closed).
@@ -327,7 +349,9 @@ where
             sender,
             max_idle,
         } = self;
-        pool.checkin(addr, sender, max_idle);
+        if let Some(sender) = sender {
+            pool.checkin(addr, sender, max_idle);
+        }
     }
 }
 

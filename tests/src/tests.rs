@@ -15,6 +15,7 @@ mod edge_request;
 mod examples;
 mod faults;
 mod forwarding;
+mod grpc;
 mod health;
 mod hot_swap;
 mod http2;

@@ -77,6 +77,8 @@ pub(crate) struct Mirror {
 struct Job {
     request: Request<Full<Bytes>>,
     addr: SocketAddr,
+    /// How the canary's upstreams are spoken to (`protocol`).
+    protocol: weir_config::UpstreamProtocol,
     options: UpstreamOptions,
     stats: MirrorStatsHandles,
 }
@@ -89,6 +91,8 @@ pub(crate) struct Tee {
     body: BytesMut,
     max_body: u64,
     addr: SocketAddr,
+    /// How the canary's upstreams are spoken to (`protocol`).
+    protocol: weir_config::UpstreamProtocol,
     options: UpstreamOptions,
     stats: MirrorStatsHandles,
     tx: mpsc::Sender<Job>,
@@ -154,6 +158,7 @@ pub(crate) fn tee(
         body: BytesMut::with_capacity(usize::try_from(len.min(PREALLOCATE)).unwrap_or(0)),
         max_body: mirror.max_body,
         addr: canary.upstreams[canary.next_index()].addr,
+        protocol: canary.protocol,
         options: service.options.clone(),
         stats,
         tx: mirror.tx.clone(),
@@ -203,6 +208,7 @@ impl Tee {
         let job = Job {
             request: Request::from_parts(head, Full::new(body)),
             addr: self.addr,
+            protocol: self.protocol,
             options: self.options.clone(),
             stats: self.stats.clone(),
         };
@@ -259,12 +265,17 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
     let Job {
         request,
         addr,
+        protocol,
         options,
         stats,
     } = job;
     let start = Instant::now();
     let deadline = start + options.response_timeout;
-    let sent = tokio::time::timeout_at(deadline, pool.send(addr, &options, request)).await;
+    let sent = tokio::time::timeout_at(
+        deadline,
+        pool.send_with(protocol, addr, &options, request, None),
+    )
+    .await;
     let (status, kind) = match sent {
         Ok(Ok((response, lease))) => {
             let status = response.status();
@@ -323,6 +334,7 @@ mod tests {
             body: BytesMut::with_capacity(30),
             max_body: 30,
             addr: "127.0.0.1:1".parse().expect("an address"),
+            protocol: weir_config::UpstreamProtocol::Http1,
             options: UpstreamOptions::default(),
             stats: MirrorStatsHandles {
                 exchanges: stats.mirror_handle("shop", "v2"),
@@ -355,6 +367,7 @@ mod tests {
             body: BytesMut::with_capacity(4),
             max_body: 4,
             addr: "127.0.0.1:1".parse().expect("an address"),
+            protocol: weir_config::UpstreamProtocol::Http1,
             options: UpstreamOptions::default(),
             stats: MirrorStatsHandles {
                 exchanges: stats.mirror_handle("shop", "v2"),

@@ -46,10 +46,15 @@ pub(super) async fn forward(
     mut request: Request<Incoming>,
     start: Instant,
 ) -> Response<ProxyBody> {
+    // HTTP/2 upstreams keep `te: trailers` (gRPC servers require it); one branch for HTTP/1 arms.
+    let te_trailers = arm.protocol.is_http2() && crate::grpc::wants_trailers(request.headers());
     prepare_request(&mut request, conn, upgrade);
     // `rewrite` and `headers.request` (issue #8), on the request as the upstream will see it.
     if let Some(ingress) = &service.ingress {
         ingress.on_request(&mut request, !std::ptr::eq(arm, &service.stable));
+    }
+    if te_trailers {
+        crate::grpc::keep_trailers(request.headers_mut());
     }
     let outcome = if upgrade {
         // Boxed: a rare path whose future would otherwise enlarge every request's.
@@ -206,7 +211,7 @@ async fn send(
             worker,
             worker
                 .pool
-                .send_counted(addr, options, request, Some(&arm.stats)),
+                .send_with(arm.protocol, addr, options, request, Some(&arm.stats)),
             state,
             options.response_timeout,
         )
@@ -220,9 +225,14 @@ async fn send(
                         .extensions_mut()
                         .insert(super::access::UpstreamAddr(addr));
                 }
+                let grpc =
+                    arm.protocol.is_http2() && crate::grpc::on_head(response.headers(), &arm.stats);
                 let (parts, body) = response.into_parts();
-                let body =
+                let mut body =
                     ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));
+                if grpc {
+                    body.watch_grpc();
+                }
                 return Ok(Response::from_parts(parts, body));
             }
             Err(Waited::Client(kind)) => return Err(ProxyError::Client(kind)),

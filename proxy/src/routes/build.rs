@@ -530,6 +530,7 @@ fn arm(
         upstreams,
         next_upstream: AtomicUsize::new(0),
         stats,
+        protocol: version.protocol,
         health,
     }
 }
