@@ -275,23 +275,7 @@ where
         upgrades: bool,
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<http1::SendRequest<B>, (UpstreamErrorKind, String)> {
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err((
-                    UpstreamErrorKind::ConnectTimeout,
-                    format!("connect to {addr} timed out after {connect_timeout:?}"),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err((
-                    UpstreamErrorKind::Connect,
-                    format!("connect to {addr}: {e}"),
-                ))
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        // Small request heads must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+        let stream = dial(addr, connect_timeout).await?;
         let (sender, connection) =
             self.builder
                 .handshake(TokioIo::new(stream))
@@ -315,6 +299,31 @@ where
         }
         Ok(sender)
     }
+}
+
+/// A TCP connection to `addr` within `connect_timeout`, with Nagle off (small request heads and
+/// gRPC frames must not wait); the error says which kind of failure it was, for the stats.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TcpStream, (UpstreamErrorKind, String)> {
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err((
+                UpstreamErrorKind::ConnectTimeout,
+                format!("connect to {addr} timed out after {connect_timeout:?}"),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err((
+                UpstreamErrorKind::Connect,
+                format!("connect to {addr}: {e}"),
+            ))
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// One open upstream connection in its version's gauge, for as long as its task lives (dropped

@@ -20,7 +20,6 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
 use super::{OpenConnection, SendError};
@@ -119,23 +118,7 @@ where
         connect_timeout: Duration,
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<http2::SendRequest<B>, (UpstreamErrorKind, String)> {
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err((
-                    UpstreamErrorKind::ConnectTimeout,
-                    format!("connect to {addr} timed out after {connect_timeout:?}"),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err((
-                    UpstreamErrorKind::Connect,
-                    format!("connect to {addr}: {e}"),
-                ))
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        // Small frames (gRPC messages) must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+        let stream = super::dial(addr, connect_timeout).await?;
         let (sender, connection) = tokio::time::timeout(
             connect_timeout,
             self.builder.handshake(TokioIo::new(stream)),
