@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// the request target or `:authority`).
     #[error("missing, repeated, invalid or conflicting Host")]
     BadHost,
+    /// A request path whose dot segments climb above the root (`/../x`).
+    #[error("request path climbs above the root")]
+    BadPath,
     /// The client broke its own request (a stalled, oversized or malformed body, or it went
     /// away): counted as a client error, never against the version.
     #[error("client error: {}", .0.as_str())]
@@ -39,7 +42,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost | ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::Client(kind) => match kind {
                 ClientErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 ClientErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -63,6 +66,7 @@ impl ProxyError {
         let body: &'static str = match self {
             ProxyError::NoRoute => "no route\n",
             ProxyError::BadHost => "missing or invalid host\n",
+            ProxyError::BadPath => "invalid path\n",
             ProxyError::Client(ClientErrorKind::BodyTimeout) => "request body timed out\n",
             ProxyError::Client(ClientErrorKind::BodyTooLarge) => "request body too large\n",
             ProxyError::Client(_) => "bad request\n",

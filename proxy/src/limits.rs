@@ -107,10 +107,12 @@ pub(crate) enum RefuseReason {
     /// An HTTP/1 head over `maxHeaderBytes` or with more than `maxHeaders` fields (hyper
     /// answers `431` and closes).
     HeaderTooLarge,
+    /// A path whose dot segments climb above the root.
+    BadPath,
 }
 
 /// The reasons after the framing ones, in index order.
-const OTHER_REASONS: [&str; 2] = ["bad_host", "header_too_large"];
+const OTHER_REASONS: [&str; 3] = ["bad_host", "header_too_large", "bad_path"];
 const REFUSE_REASONS: usize = crate::framing::Refusal::ALL.len() + OTHER_REASONS.len();
 
 impl RefuseReason {
@@ -123,6 +125,7 @@ impl RefuseReason {
                 .unwrap_or(0),
             RefuseReason::BadHost => framing,
             RefuseReason::HeaderTooLarge => framing + 1,
+            RefuseReason::BadPath => framing + 2,
         }
     }
 

@@ -43,6 +43,7 @@ pub(crate) mod access;
 pub(crate) mod compress;
 pub(crate) mod layered;
 pub(crate) mod mirror;
+mod path;
 pub(crate) mod request_id;
 mod upstream;
 
@@ -295,10 +296,27 @@ pub(crate) async fn handle(
             &worker, &conn, trusted, start, &request, response, None,
         ));
     }
-    let response = match route(&table, &conn, &request) {
+    // Dot segments are resolved before routing, so the router and the upstream agree on the path.
+    let routed = match path::resolve(request.uri().path()) {
+        Ok(None) => route(&table, &conn, &request),
+        Ok(Some(resolved)) => match path::with_path(request.uri(), &resolved) {
+            Some(uri) => {
+                *request.uri_mut() = uri;
+                route(&table, &conn, &request)
+            }
+            None => Err(ProxyError::BadPath),
+        },
+        Err(path::ClimbsAboveRoot) => Err(ProxyError::BadPath),
+    };
+    let response = match routed {
         Err(error) => {
-            if let (ProxyError::BadHost, Some(refusals)) = (&error, &conn.refusals) {
-                refusals.refused(crate::limits::RefuseReason::BadHost);
+            let refused = match error {
+                ProxyError::BadHost => Some(crate::limits::RefuseReason::BadHost),
+                ProxyError::BadPath => Some(crate::limits::RefuseReason::BadPath),
+                _ => None,
+            };
+            if let (Some(reason), Some(refusals)) = (refused, &conn.refusals) {
+                refusals.refused(reason);
             }
             logged(
                 &worker,

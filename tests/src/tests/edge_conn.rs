@@ -1108,7 +1108,7 @@ async fn refused_requests_are_counted_by_listener_and_reason_never_by_version() 
     let weir = crate::weir::Weir::start(&reloadable("", upstream.addr())).await;
     let addr = weir.addr();
     let admin = weir.admin();
-    let cases: [(&str, &[u8]); 6] = [
+    let cases: [(&str, &[u8]); 7] = [
         (
             "content_length_with_transfer_encoding",
             b"POST / HTTP/1.1\r\nHost: any\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -1129,6 +1129,10 @@ async fn refused_requests_are_counted_by_listener_and_reason_never_by_version() 
         (
             "bad_host",
             b"GET http://one.example/ HTTP/1.1\r\nHost: two.example\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "bad_path",
+            b"GET /a/../%2e%2e/etc/passwd HTTP/1.1\r\nHost: any\r\nConnection: close\r\n\r\n",
         ),
     ];
     for (reason, raw) in cases {

@@ -123,7 +123,8 @@ services:
         ("shop.example.com", "/api/v1/x?q=1&r=%2F", "/v1/x?q=1&r=%2F"),
         ("shop.example.com", "/api/", "/"),
         ("shop.example.com", "/api/?only=query", "/?only=query"),
-        ("shop.example.com", "/api/a%20b/%2e%2e", "/a%20b/%2e%2e"),
+        ("shop.example.com", "/api/a%20b/%2e%2e", "/"),
+        ("shop.example.com", "/api/a%20b/c%2Fd", "/a%20b/c%2Fd"),
         ("shop.example.com", "/old", "/new/"),
         ("shop.example.com", "/old/page?p", "/new/page?p"),
         ("root.example.com", "/", "/v2"),
@@ -152,6 +153,72 @@ services:
         "figure: {} rewrite cases (trailing slash or not, root, query, prefix-only path, host) in {:?}",
         cases.len() + 2,
         started.elapsed()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn dot_segments_are_resolved_before_routing_and_a_path_above_the_root_is_refused() {
+    let public = Server::builder("public").echo_request().spawn();
+    let admin = Server::builder("admin").echo_request().spawn();
+    let model = proxy::model(
+        r#"
+services:
+  - name: public
+    match: {hosts: ["shop.example.com"], pathPrefix: /public/}
+    rewrite: {pathPrefix: /}
+    stable: {version: public, upstreams: ["${public}"]}
+  - name: admin
+    match: {hosts: ["shop.example.com"], pathPrefix: /admin/}
+    stable: {version: admin, upstreams: ["${admin}"]}
+"#,
+        &[("public", public.addr()), ("admin", admin.addr())],
+    );
+    let proxy = Proxy::start(model);
+    let mut client = Http1::connect(proxy.addr()).await;
+    // (path sent, the version that must serve it, the path its upstream must see)
+    let cases = [
+        ("/public/x/../y?q=/../z", "public", "/y?q=/../z"),
+        ("/public/./a/%2e/b", "public", "/a/b"),
+        ("/public/../admin/secret", "admin", "/admin/secret"),
+        ("/public/%2e%2e/admin/secret", "admin", "/admin/secret"),
+        ("/public/.%2E/admin/", "admin", "/admin/"),
+        ("/admin/../public/p", "public", "/p"),
+        ("/public/app.js", "public", "/app.js"),
+        ("/public/..%2Fadmin", "public", "/..%2Fadmin"),
+    ];
+    for (path, version, upstream_path) in cases {
+        let reply = client.get("shop.example.com", path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("x-version"), Some(version), "{path}");
+        assert_eq!(reply.json()["uri"], upstream_path, "{path}");
+    }
+    let before = (public.requests(), admin.requests());
+    for path in ["/..", "/../admin/x", "/public/../../admin/x", "/%2e%2e/x"] {
+        let reply = client.get("shop.example.com", path).await;
+        assert_eq!(reply.status, 400, "{path}");
+    }
+    // The same over HTTP/2.
+    let h2 = Http2::connect(proxy.addr()).await;
+    let reply = h2
+        .fetch(client::get_url(
+            "http://shop.example.com/public/%2e%2e/admin/h2",
+        ))
+        .await;
+    assert_eq!(reply.header("x-version"), Some("admin"));
+    assert_eq!(reply.json()["uri"], "/admin/h2");
+    let reply = h2
+        .fetch(client::get_url("http://shop.example.com/public/../../x"))
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        (public.requests(), admin.requests()),
+        (before.0, before.1 + 1),
+        "no refused path reached an upstream"
+    );
+    eprintln!(
+        "figure: {} dot-segment paths routed on their resolved form (including %2e spellings), 5 paths above the root answered 400 without reaching an upstream",
+        cases.len() + 1
     );
     proxy.shutdown().await;
 }
