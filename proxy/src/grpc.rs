@@ -81,20 +81,37 @@ pub(crate) fn keep_trailers(headers: &mut HeaderMap) {
 
 /// Looks at a response head from an HTTP/2 upstream: a trailers-only gRPC response is counted
 /// now; `true` when the outcome is still to come in the trailers.
-pub(crate) fn on_head(headers: &HeaderMap, stats: &VersionStats) -> bool {
+pub(crate) fn on_head(headers: &HeaderMap, stats: &VersionStats) -> Head {
     let grpc = headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !grpc {
-        return false;
+        return Head::default();
     }
     match headers.get(&GRPC_STATUS) {
         Some(status) => {
-            stats.record_grpc(slot(status));
-            false
+            let slot = slot(status);
+            stats.record_grpc(slot);
+            Head {
+                watch_trailers: false,
+                failed: is_server_error(slot),
+            }
         }
-        None => true,
+        None => Head {
+            watch_trailers: true,
+            failed: false,
+        },
     }
+}
+
+/// What a response head says of a gRPC call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// A gRPC response whose outcome comes in its trailers: watch the body for them.
+    pub(crate) watch_trailers: bool,
+    /// A trailers-only response with a server-side failure: it counts toward the upstream's
+    /// outlier detection like a 5xx.
+    pub(crate) failed: bool,
 }
 
 /// Counts the outcome in a trailers frame (`None`: the body ended without `grpc-status`).
@@ -136,12 +153,24 @@ mod tests {
         }
         // Trailers-only: counted at the head.
         head.insert(&GRPC_STATUS, HeaderValue::from_static("14"));
-        assert!(!on_head(&head, &v));
+        let failed = Head {
+            watch_trailers: false,
+            failed: true,
+        };
+        assert_eq!(
+            on_head(&head, &v),
+            failed,
+            "UNAVAILABLE is the server's failure"
+        );
         head.insert(&GRPC_STATUS, HeaderValue::from_static("3"));
-        assert!(!on_head(&head, &v));
+        assert_eq!(
+            on_head(&head, &v),
+            Head::default(),
+            "INVALID_ARGUMENT is not"
+        );
         // In the trailers, and a body that ended without a status.
         head.remove(&GRPC_STATUS);
-        assert!(on_head(&head, &v));
+        assert!(on_head(&head, &v).watch_trailers);
         let mut trailers = HeaderMap::new();
         trailers.insert(&GRPC_STATUS, HeaderValue::from_static("0"));
         on_trailers(Some(&trailers), &v);
@@ -151,7 +180,7 @@ mod tests {
         assert_eq!(snapshot.error_rate(), Some(0.5));
         assert_eq!(snapshot.success_rate(), Some(0.5));
         // Not gRPC: nothing to watch.
-        assert!(!on_head(&HeaderMap::new(), &v));
+        assert_eq!(on_head(&HeaderMap::new(), &v), Head::default());
     }
 
     #[test]

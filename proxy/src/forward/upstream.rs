@@ -218,19 +218,22 @@ async fn send(
         .await;
         let error = match sent {
             Ok(Ok((mut response, lease))) => {
-                arm.record_outcome(idx, response.status().is_server_error());
+                let grpc = if arm.protocol.is_http2() {
+                    crate::grpc::on_head(response.headers(), &arm.stats)
+                } else {
+                    crate::grpc::Head::default()
+                };
+                arm.record_outcome(idx, response.status().is_server_error() || grpc.failed);
                 strip_hop_by_hop(response.headers_mut(), false);
                 if worker.access_log.is_some() {
                     response
                         .extensions_mut()
                         .insert(super::access::UpstreamAddr(addr));
                 }
-                let grpc =
-                    arm.protocol.is_http2() && crate::grpc::on_head(response.headers(), &arm.stats);
                 let (parts, body) = response.into_parts();
                 let mut body =
                     ProxyBody::upstream(body, Some(lease), arm.stats.clone(), Some(state.clone()));
-                if grpc {
+                if grpc.watch_trailers {
                     body.watch_grpc();
                 }
                 return Ok(Response::from_parts(parts, body));

@@ -60,12 +60,17 @@ struct Echo {
     version: &'static str,
     /// When set, every second call answers UNAVAILABLE.
     flaky: Arc<AtomicBool>,
+    /// When set, every call answers UNAVAILABLE.
+    broken: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
 }
 
 impl Echo {
     fn answer(&self, call: Call) -> Result<Reply, Status> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("broken upstream"));
+        }
         if self.flaky.load(Ordering::Relaxed) && n % 2 == 1 {
             return Err(Status::unavailable("flaky canary"));
         }
@@ -176,6 +181,7 @@ impl GrpcServer {
         let echo = Echo {
             version,
             flaky: Arc::default(),
+            broken: Arc::default(),
             calls: Arc::default(),
         };
         let (stop, stopped) = oneshot::channel();
@@ -483,6 +489,80 @@ analysisTemplates:
     weir.shutdown().await;
     v1.stop().await;
     v2.stop().await;
+}
+
+/// Outlier detection reads gRPC outcomes too: an upstream answering UNAVAILABLE (trailers-only)
+/// to every call is ejected like one answering 503, while client-side codes never eject one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failing_every_grpc_call_is_ejected_but_client_side_codes_eject_nothing() {
+    let a = GrpcServer::start("a").await;
+    let b = GrpcServer::start("b").await;
+    let yaml = r#"
+services:
+  - name: shop
+    stable: {version: v1, upstreams: ["${a}", "${b}"], protocol: h2c}
+    outlierDetection: { consecutiveFailures: 3, baseEjectionTime: 1m }
+"#;
+    let proxy = Proxy::builder(model(yaml, &[("a", a.addr), ("b", b.addr)]))
+        .workers(1)
+        .start();
+    let mut grpc = client(proxy.addr()).await;
+    // Client-side codes from both upstreams: 30 calls, 15 each, and neither is ejected.
+    for _ in 0..30 {
+        let status = unary(&mut grpc, "bad", Code::InvalidArgument)
+            .await
+            .expect_err("answered INVALID_ARGUMENT");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let calls = |s: &GrpcServer| s.echo.calls.load(Ordering::Relaxed);
+    let (a0, b0) = (calls(&a), calls(&b));
+    for _ in 0..10 {
+        unary(&mut grpc, "ok", Code::Ok).await.expect("served");
+    }
+    assert_eq!(
+        (calls(&a) - a0, calls(&b) - b0),
+        (5, 5),
+        "client-side codes ejected nothing"
+    );
+
+    // b fails every call: it is out after its third UNAVAILABLE in a row.
+    b.echo.broken.store(true, Ordering::Relaxed);
+    let mut unavailable = 0;
+    for _ in 0..6 {
+        if let Err(status) = unary(&mut grpc, "hi", Code::Ok).await {
+            assert_eq!(status.code(), Code::Unavailable);
+            unavailable += 1;
+        }
+    }
+    assert_eq!(
+        unavailable, 3,
+        "b answered three calls before it was ejected"
+    );
+    let b_before = calls(&b);
+    for i in 0..50 {
+        let reply = unary(&mut grpc, "hi", Code::Ok)
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after the ejection failed: {e:?}"));
+        assert_eq!(reply.version, "a");
+    }
+    assert_eq!(calls(&b), b_before, "the ejected upstream got no call");
+    let text = crate::metrics::encode(proxy.stats(), &proxy.routes());
+    let series = |addr: SocketAddr| {
+        format!(
+            "weir_upstream_ejections_total{{service=\"shop\",version=\"v1\",upstream=\"{addr}\"}}"
+        )
+    };
+    let ejections = (
+        crate::metrics::sample(&text, &series(a.addr)),
+        crate::metrics::sample(&text, &series(b.addr)),
+    );
+    assert_eq!(ejections, (Some(0.0), Some(1.0)));
+    eprintln!(
+        "figure: 30 INVALID_ARGUMENT answers ejected nothing; an upstream answering UNAVAILABLE to every call was ejected after 3 (weir_upstream_ejections_total a/b = {ejections:?}), then 50 of 50 calls were served by its sibling"
+    );
+    proxy.shutdown().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Unary calls per second from 32 concurrent callers over 4 client connections, straight to the
