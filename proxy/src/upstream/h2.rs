@@ -165,9 +165,13 @@ where
         let open = || counted.map(|stats| OpenConnection::new(stats.clone()));
         match tls {
             None => {
-                let (sender, connection) =
-                    handshake(addr, deadline, connect_timeout, self.builder.handshake(TokioIo::new(stream)))
-                        .await?;
+                let (sender, connection) = handshake(
+                    addr,
+                    deadline,
+                    connect_timeout,
+                    self.builder.handshake(TokioIo::new(stream)),
+                )
+                .await?;
                 let open = open();
                 crate::tasks::spawn_local(async move {
                     let _ = connection.await;
@@ -179,9 +183,13 @@ where
                 let stream = tls
                     .handshake(stream, addr, deadline, connect_timeout)
                     .await?;
-                let (sender, connection) =
-                    handshake(addr, deadline, connect_timeout, self.builder.handshake(TokioIo::new(stream)))
-                        .await?;
+                let (sender, connection) = handshake(
+                    addr,
+                    deadline,
+                    connect_timeout,
+                    self.builder.handshake(TokioIo::new(stream)),
+                )
+                .await?;
                 let open = open();
                 crate::tasks::spawn_local(async move {
                     let _ = connection.await;
