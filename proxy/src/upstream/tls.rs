@@ -311,3 +311,196 @@ impl TlsReuse {
         Ok(Some(tls))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::time::Instant;
+    use weir_config::{Upstream, UpstreamHost};
+
+    use super::{check_upstream_ca, TlsReuse, UpstreamTlsError};
+    use crate::stats::UpstreamErrorKind;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    fn ca() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Ca { cert, key }
+    }
+
+    /// A TLS server on `127.0.0.1:0` presenting a leaf of `ca` for `name`, offering `alpn`; it
+    /// accepts connections until the test ends.
+    async fn server(ca: &Ca, name: &str, alpn: &[&[u8]]) -> SocketAddr {
+        let params = CertificateParams::new(vec![name.to_string()]).expect("leaf params");
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("signed");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::try_from(key.serialize_der()).expect("a key"),
+        )
+        .expect("a server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        // Hold the connection open until the client goes.
+                        let _ = tokio::io::AsyncReadExt::read(&mut { tls }, &mut [0; 1]).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        Upstream {
+            name: addr.to_string(),
+            host: UpstreamHost::Ip(addr.ip()),
+            port: addr.port(),
+            addrs: vec![addr],
+        }
+    }
+
+    async fn handshake(
+        addr: SocketAddr,
+        ca_pem: Option<&str>,
+        server_name: Option<&str>,
+    ) -> Result<(), (UpstreamErrorKind, String)> {
+        let settings = weir_config::UpstreamTls {
+            ca_file: ca_pem.map(|_| "/etc/weir/upstream-ca.pem".into()),
+            ca_pem: ca_pem.map(|p| Arc::from(p.as_bytes())),
+            server_name: server_name.map(Into::into),
+        };
+        let tls = TlsReuse::default()
+            .upstream(Some(&settings), &upstream(addr))
+            .expect("usable settings")
+            .expect("TLS for an h2 version");
+        let timeout = Duration::from_secs(5);
+        let stream = crate::upstream::dial(addr, timeout).await?;
+        tls.handshake(stream, addr, Instant::now() + timeout, timeout)
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn handshake_failures_say_why_and_are_connect_or_protocol_errors() {
+        let ca = ca();
+        let pem = ca.cert.pem();
+        let good = server(&ca, "api.internal", &[b"h2"]).await;
+        handshake(good, Some(&pem), Some("api.internal"))
+            .await
+            .expect("a verified h2 connection");
+
+        let cases = [
+            (
+                handshake(good, Some(&pem), Some("other.internal")).await,
+                UpstreamErrorKind::Connect,
+                "not valid for name",
+            ),
+            (
+                // The built-in web roots do not know the test CA.
+                handshake(good, None, Some("api.internal")).await,
+                UpstreamErrorKind::Connect,
+                "UnknownIssuer",
+            ),
+            (
+                handshake(
+                    server(&ca, "api.internal", &[b"http/1.1"]).await,
+                    Some(&pem),
+                    Some("api.internal"),
+                )
+                .await,
+                UpstreamErrorKind::Protocol,
+                "refused ALPN h2",
+            ),
+            (
+                handshake(
+                    server(&ca, "api.internal", &[]).await,
+                    Some(&pem),
+                    Some("api.internal"),
+                )
+                .await,
+                UpstreamErrorKind::Protocol,
+                "it chose none",
+            ),
+        ];
+        for (result, kind, why) in cases {
+            let (got, message) = result.expect_err("a refused handshake");
+            assert_eq!(got, kind, "{message}");
+            assert!(message.contains(why), "{message}");
+            assert!(
+                message.contains("127.0.0.1:"),
+                "names the upstream: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn configs_are_shared_per_ca_and_carried_by_content() {
+        let reuse = TlsReuse::default();
+        let pem = ca().cert.pem();
+        let settings = |name: Option<&str>| weir_config::UpstreamTls {
+            ca_file: Some("/ca.pem".into()),
+            ca_pem: Some(Arc::from(pem.as_bytes())),
+            server_name: name.map(Into::into),
+        };
+        let a = upstream("127.0.0.1:1".parse().expect("an address"));
+        let b = upstream("127.0.0.1:2".parse().expect("an address"));
+        let one = reuse.upstream(Some(&settings(Some("x.internal"))), &a);
+        let two = reuse.upstream(Some(&settings(Some("x.internal"))), &b);
+        let (one, two) = (one.unwrap().unwrap(), two.unwrap().unwrap());
+        assert!(Arc::ptr_eq(&one, &two), "same CA and name: one UpstreamTls");
+        let by_ip = reuse.upstream(Some(&settings(None)), &a).unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&one.config, &by_ip.config),
+            "one client config per CA"
+        );
+        assert_eq!(&*by_ip.name, "127.0.0.1");
+        assert!(reuse.upstream(None, &a).unwrap().is_none());
+
+        let not_loaded = weir_config::UpstreamTls {
+            ca_pem: None,
+            ..settings(None)
+        };
+        assert!(matches!(
+            reuse.upstream(Some(&not_loaded), &a),
+            Err(UpstreamTlsError::NotLoaded { .. })
+        ));
+        assert!(matches!(
+            check_upstream_ca(b"garbage", "x"),
+            Err(UpstreamTlsError::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            check_upstream_ca(
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "x"
+            ),
+            Err(UpstreamTlsError::Anchor { .. } | UpstreamTlsError::Pem { .. })
+        ));
+        assert_eq!(check_upstream_ca(pem.as_bytes(), "x").expect("a CA"), 1);
+    }
+}
