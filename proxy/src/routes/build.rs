@@ -65,7 +65,7 @@ pub enum BuildError {
         version: String,
         /// What went wrong.
         #[source]
-        source: crate::upstream::tls::UpstreamTlsError,
+        source: Box<crate::upstream::tls::UpstreamTlsError>,
     },
     /// None of a version's upstreams has an address (host names that were never resolved: the
     /// control plane resolves them before it builds a table).
@@ -507,7 +507,7 @@ fn arm(
     let tls_error = |source| BuildError::UpstreamTls {
         service: service.name.clone(),
         version: version.version.clone(),
-        source,
+        source: Box::new(source),
     };
     let upstreams: Box<[UpstreamRoute]> = version
         .upstreams

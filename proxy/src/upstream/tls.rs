@@ -131,7 +131,7 @@ pub(crate) struct UpstreamTls {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     /// The CA PEM the config trusts (`None`: the built-in roots), to reuse it in the next table.
-    ca: Option<Arc<[u8]>>,
+    ca: Ca,
     /// The server name as a string, for reuse and messages.
     name: Box<str>,
 }
@@ -214,12 +214,18 @@ impl UpstreamTls {
     }
 }
 
+/// The CA PEM a config trusts (`None`: the built-in roots), compared by content.
+type Ca = Option<Arc<[u8]>>;
+
+/// What makes two upstreams' TLS the same: the CA and the server name.
+type Same = (Ca, Box<str>);
+
 /// The TLS settings of one table build: client configs by CA content and [`UpstreamTls`] by
 /// (CA content, server name), seeded with the previous table's so unchanged ones are reused.
 #[derive(Default)]
 pub(crate) struct TlsReuse {
-    configs: RefCell<HashMap<Option<Arc<[u8]>>, Arc<ClientConfig>>>,
-    upstreams: RefCell<HashMap<(Option<Arc<[u8]>>, Box<str>), Arc<UpstreamTls>>>,
+    configs: RefCell<HashMap<Ca, Arc<ClientConfig>>>,
+    upstreams: RefCell<HashMap<Same, Arc<UpstreamTls>>>,
 }
 
 impl TlsReuse {
@@ -281,10 +287,7 @@ impl TlsReuse {
                 reason: e.to_string(),
             })?
             .to_owned();
-        let config = match self.configs.borrow().get(&ca) {
-            Some(config) => Some(Arc::clone(config)),
-            None => None,
-        };
+        let config = self.configs.borrow().get(&ca).cloned();
         let config = match config {
             Some(config) => config,
             None => {
