@@ -391,6 +391,23 @@ async fn a_bad_upstream_certificate_or_alpn_is_a_502_counted_against_the_version
         (200, "hello from v1"),
         "an IP upstream is verified against its IP SAN"
     );
+    // A WebSocket upgrade to an h2 version goes as a plain request over the TLS connection, never
+    // as a cleartext HTTP/1.1 dial.
+    let mut upgrade = crate::client::get("ip.example", "/weir.test.Echo/hello");
+    upgrade.headers_mut().insert(
+        http::header::CONNECTION,
+        "upgrade".parse().expect("a value"),
+    );
+    upgrade
+        .headers_mut()
+        .insert(http::header::UPGRADE, "websocket".parse().expect("a value"));
+    let reply = http.fetch(upgrade).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "hello from v1")
+    );
+    assert_eq!(by_ip.handshakes.load(Ordering::Relaxed), 1);
+
     let started = tokio::time::Instant::now();
     let cases = [
         ("wrongname", "connect"),
