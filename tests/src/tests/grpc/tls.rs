@@ -539,3 +539,65 @@ async fn a_reload_that_changes_the_ca_takes_effect_for_new_connections() {
     weir.shutdown().await;
     v1.stop().await;
 }
+
+/// A mirrored copy goes to an `h2` canary over TLS (the mirror speaks the canary's protocol, with
+/// its verified TLS settings). Built on the data plane alone, so the CA PEM is handed over in the
+/// model as the control plane does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_copy_reaches_an_h2_canary_over_tls() {
+    use weir_config::{MirrorRoute, RequestMatch, StringMatch, Weight};
+    use weir_proxy::routes::Policy;
+    use weir_proxy::stats::TrafficKind;
+
+    let ca = Ca::new("weir upstream test CA");
+    let v1 = crate::upstream::Server::spawn("v1");
+    let v2 = TlsServer::start("v2", &ca.leaf(&["api.internal"], false), &[b"h2"]).await;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write the CA");
+    let yaml = r#"
+services:
+  - name: shop
+    stable: {version: v1, upstreams: ["${v1}"]}
+    canary: {version: v2, upstreams: ["${v2}"], protocol: h2, tls: {caFile: ca.pem, serverName: api.internal}}
+"#;
+    let mut model = crate::proxy::model_in(dir.path(), yaml, &[("v1", v1.addr()), ("v2", v2.addr)]);
+    let canary = model.services[0].canary.as_mut().expect("a canary");
+    canary.version.tls.as_mut().expect("h2 has tls").ca_pem = Some(ca.pem().into_bytes().into());
+    let policy = Policy {
+        weight: Weight::ZERO,
+        mirror_routes: vec![MirrorRoute {
+            name: "shadow".into(),
+            percentage: Weight::from_percent(100.0).expect("a valid percentage"),
+            any_of: vec![vec![RequestMatch::Method(StringMatch::Exact("GET".into()))]],
+        }],
+        ..Policy::default()
+    };
+    let proxy = crate::proxy::Proxy::builder(model)
+        .policy("shop", policy)
+        .start();
+    let mut http1 = crate::client::Http1::connect(proxy.addr()).await;
+    let reply = http1
+        .get("shop.example.com", "/weir.test.Echo/mirror")
+        .await;
+    assert_eq!((reply.status.as_u16(), reply.served_by()), (200, "v1"));
+    let started = tokio::time::Instant::now();
+    let counts = loop {
+        let counts = proxy
+            .stats()
+            .get_of(TrafficKind::Mirror, "shop", "v2")
+            .map(|s| s.status_counts())
+            .unwrap_or_default();
+        if !counts.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(counts, [(200, 1)], "the h2 canary answered the copy");
+    assert_eq!(v2.handshakes.load(Ordering::Relaxed), 1);
+    eprintln!(
+        "mirrored copy to the h2 (TLS) canary answered {counts:?}, counted {:?} after the primary's reply",
+        started.elapsed()
+    );
+    proxy.shutdown().await;
+    v2.stop().await;
+}
