@@ -160,7 +160,8 @@ where
         connect_timeout: Duration,
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<http2::SendRequest<B>, (UpstreamErrorKind, String)> {
-        let deadline = Instant::now() + connect_timeout;
+        // Checked: no accepted `connectTimeout` may overflow the clock.
+        let deadline = crate::limits::after(Instant::now(), connect_timeout);
         let stream = super::dial(addr, connect_timeout).await?;
         let open = || counted.map(|stats| OpenConnection::new(stats.clone()));
         match tls {
