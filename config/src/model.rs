@@ -27,7 +27,7 @@ pub use health::{HealthCheck, OutlierDetection};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
-pub use protocol::UpstreamProtocol;
+pub use protocol::{UpstreamProtocol, UpstreamTls};
 pub use ratelimit::{RateLimit, RateLimitKey};
 
 /// A whole validated config file.
@@ -369,6 +369,8 @@ pub struct Version {
     pub upstreams: Vec<Upstream>,
     /// How weir speaks to them (`protocol`; default `http1`).
     pub protocol: UpstreamProtocol,
+    /// How their certificates are verified (`tls`): `Some` exactly when `protocol` is `h2`.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A canary version with its optional fixed weight.

@@ -111,7 +111,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         .as_ref()
         .map(|listeners| listeners.iter().map(|l| l.name.clone()).collect());
     let services = o.req(cx, "services", |cx, v, at| {
-        services(cx, v, at, &known, listener_names.as_deref())
+        services(cx, v, at, &known, listener_names.as_deref(), base_dir)
     });
     cx.errors.extend(template_errors);
 
@@ -423,12 +423,23 @@ fn services(
     at: &str,
     known: &Known,
     listeners: Option<&[String]>,
+    base_dir: &Path,
 ) -> Option<Vec<Service>> {
     let items = walk::nonempty_list(cx, value, at)?;
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut routes = Routes::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        service(cx, item, at, i, &mut names, &mut routes, known, listeners)
+        service(
+            cx,
+            item,
+            at,
+            i,
+            &mut names,
+            &mut routes,
+            known,
+            listeners,
+            base_dir,
+        )
     });
     preview_hosts_unambiguous(cx, &parsed, at);
     all(parsed)
@@ -488,6 +499,7 @@ fn service(
     routes: &mut Routes,
     known: &Known,
     listeners: Option<&[String]>,
+    base_dir: &Path,
 ) -> Option<Service> {
     let o = Obj::open(
         cx,
@@ -543,10 +555,10 @@ fn service(
         }
     }
     let stable = o.req(cx, "stable", |cx, v, at| {
-        let o = Obj::open(cx, v, at, &["version", "upstreams", "protocol"])?;
-        version(cx, &o)
+        let o = Obj::open(cx, v, at, &["version", "upstreams", "protocol", "tls"])?;
+        version(cx, &o, base_dir)
     });
-    let canary = o.opt(cx, "canary", canary);
+    let canary = o.opt(cx, "canary", |cx, v, at| canary(cx, v, at, base_dir));
     let stable_label = version_label(o.get("stable"));
     if let (Some(label), Some(canary_label)) = (&stable_label, version_label(o.get("canary"))) {
         if *label == canary_label {
@@ -643,7 +655,7 @@ fn matcher(cx: &mut Cx, value: &Value, at: &str) -> Option<Match> {
 }
 
 /// `version` and `upstreams` of an opened `stable` or `canary` mapping.
-fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
+fn version(cx: &mut Cx, o: &Obj<'_>, base_dir: &Path) -> Option<Version> {
     let version = o.req(cx, "version", walk::nonempty_text);
     let upstreams = o.req(cx, "upstreams", upstreams);
     let protocol = o.or(
@@ -652,10 +664,12 @@ fn version(cx: &mut Cx, o: &Obj<'_>) -> Option<Version> {
         UpstreamProtocol::default(),
         protocol::protocol,
     );
+    let tls = protocol::version_tls(cx, o.get("tls"), &o.at("tls"), protocol, base_dir);
     Some(Version {
         version: version?,
         upstreams: upstreams?,
         protocol: protocol?,
+        tls: tls?,
     })
 }
 
@@ -669,14 +683,14 @@ fn version_label(value: Option<&Value>) -> Option<String> {
     }
 }
 
-fn canary(cx: &mut Cx, value: &Value, at: &str) -> Option<Canary> {
+fn canary(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Canary> {
     let o = Obj::open(
         cx,
         value,
         at,
-        &["version", "upstreams", "weight", "protocol"],
+        &["version", "upstreams", "weight", "protocol", "tls"],
     )?;
-    let version = version(cx, &o);
+    let version = version(cx, &o, base_dir);
     let weight = o.opt(cx, "weight", walk::weight);
     Some(Canary {
         version: version?,

@@ -21,6 +21,8 @@ use weir_config::{ConfigError, Model};
 use weir_proxy::routes::TlsMaterial;
 use weir_proxy::tls::CertificatePem;
 
+mod upstream_ca;
+
 /// The bytes of the config file and of every file it names, by path.
 type Fingerprint = Vec<(PathBuf, Vec<u8>)>;
 
@@ -51,6 +53,15 @@ pub enum ReloadError {
         /// The IO error.
         #[source]
         source: std::io::Error,
+    },
+    /// A version's `tls.caFile` (at `at`) is not a usable CA file.
+    #[error("{at}: {source}")]
+    UpstreamCa {
+        /// Field path of the file in the config.
+        at: String,
+        /// What is wrong with it.
+        #[source]
+        source: weir_proxy::UpstreamTlsError,
     },
     /// A certificate or key could not be used.
     #[error("listeners[{listener}].tls: {source}")]
@@ -83,8 +94,9 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let model = weir_config::load(path)?;
+    let mut model = weir_config::load(path)?;
     let mut fingerprint = vec![(path.to_path_buf(), text)];
+    upstream_ca::read(&mut model, &mut fingerprint)?;
     let mut tls = BTreeMap::new();
     for (idx, listener) in model.listeners.iter().enumerate() {
         let Some(settings) = &listener.tls else {

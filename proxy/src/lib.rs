@@ -11,7 +11,8 @@
 //! - `forward`: the request path in stages (route → policy → mirror → upstream → record).
 //! - [`framing`]: HTTP/1 framing checks on the client's bytes (refuses ambiguous requests with 400
 //!   before anything reaches an upstream).
-//! - `upstream`: per-worker keep-alive pools to upstreams.
+//! - `upstream`: per-worker keep-alive pools to upstreams; HTTP/2 (`h2c`, and `h2` over TLS with
+//!   [`check_upstream_ca`] for the control plane's load-time check of a `caFile`).
 //! - [`stats`]: per-version atomic counters and latency histograms (primary and mirrored traffic,
 //!   mirror drops), snapshots and sliding windows.
 //! - [`metrics`]: Prometheus export of the stats.
@@ -39,3 +40,4 @@ pub use limits::{ConnectionStats, ListenerSettings};
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};
 pub use stats::Stats;
+pub use upstream::tls::{check_upstream_ca, UpstreamTlsError};

@@ -169,6 +169,8 @@ pub struct UpstreamRoute {
     pub(crate) name: Arc<str>,
     /// Ejection and probe state, shared with every table that keeps this address.
     pub(crate) health: Arc<UpstreamHealth>,
+    /// TLS to this upstream (`protocol: h2`), `None` otherwise.
+    pub(crate) tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
 }
 
 impl UpstreamRoute {

@@ -28,13 +28,14 @@ use weir_config::{UpstreamOptions, UpstreamProtocol};
 use crate::stats::{UpstreamErrorKind, VersionStats};
 
 mod h2;
+pub(crate) mod tls;
 
 /// A worker's idle upstream connections, by address, for request bodies of type `B` (the
 /// client's streamed body for primary requests, a complete copy for mirrored ones).
 pub(crate) struct Pool<B> {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>, BuildHasherDefault<AddrHasher>>>,
     builder: http1::Builder,
-    /// HTTP/2 upstreams (`protocol: h2c`): one multiplexed connection per address.
+    /// HTTP/2 upstreams (`protocol: h2c`, `h2`): one multiplexed connection per address.
     h2: h2::H2Pool<B>,
 }
 
@@ -119,10 +120,12 @@ where
         })
     }
 
-    /// Sends over HTTP/1.1 ([`Pool::send_counted`]) or HTTP/2, as the version's `protocol` says.
+    /// Sends over HTTP/1.1 ([`Pool::send_counted`]) or HTTP/2, as the version's `protocol` says
+    /// (over TLS with `tls`, which the table gives exactly the `h2` upstreams).
     pub(crate) async fn send_with(
         self: &Rc<Self>,
         protocol: UpstreamProtocol,
+        tls: Option<&Arc<tls::UpstreamTls>>,
         addr: SocketAddr,
         options: &UpstreamOptions,
         request: Request<B>,
@@ -131,7 +134,7 @@ where
         if protocol.is_http2() {
             let response = self
                 .h2
-                .send(addr, options.connect_timeout, request, counted)
+                .send(addr, tls, options.connect_timeout, request, counted)
                 .await?;
             let lease = Lease {
                 pool: self.clone(),

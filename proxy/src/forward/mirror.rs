@@ -79,6 +79,8 @@ struct Job {
     addr: SocketAddr,
     /// How the canary's upstreams are spoken to (`protocol`).
     protocol: weir_config::UpstreamProtocol,
+    /// TLS to the upstream (`protocol: h2`).
+    tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
     options: UpstreamOptions,
     stats: MirrorStatsHandles,
 }
@@ -93,6 +95,8 @@ pub(crate) struct Tee {
     addr: SocketAddr,
     /// How the canary's upstreams are spoken to (`protocol`).
     protocol: weir_config::UpstreamProtocol,
+    /// TLS to the upstream (`protocol: h2`).
+    tls: Option<Arc<crate::upstream::tls::UpstreamTls>>,
     options: UpstreamOptions,
     stats: MirrorStatsHandles,
     tx: mpsc::Sender<Job>,
@@ -151,13 +155,15 @@ pub(crate) fn tee(
         }
     };
     let head = copy_head(&parts);
+    let upstream = &canary.upstreams[canary.next_index()];
     let tee = Box::new(Tee {
         head: Some(head),
         // Reserved up front only up to a bound: the length is the client's claim, and `max_body`
         // may be set very high; the buffer grows (to at most `max_body`) as the bytes really come.
         body: BytesMut::with_capacity(usize::try_from(len.min(PREALLOCATE)).unwrap_or(0)),
         max_body: mirror.max_body,
-        addr: canary.upstreams[canary.next_index()].addr,
+        addr: upstream.addr,
+        tls: upstream.tls.clone(),
         protocol: canary.protocol,
         options: service.options.clone(),
         stats,
@@ -208,6 +214,7 @@ impl Tee {
         let job = Job {
             request: Request::from_parts(head, Full::new(body)),
             addr: self.addr,
+            tls: self.tls.clone(),
             protocol: self.protocol,
             options: self.options.clone(),
             stats: self.stats.clone(),
@@ -265,6 +272,7 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
     let Job {
         request,
         addr,
+        tls,
         protocol,
         options,
         stats,
@@ -273,7 +281,7 @@ async fn exchange(pool: &Rc<Pool<Full<Bytes>>>, job: Job) {
     let deadline = start + options.response_timeout;
     let sent = tokio::time::timeout_at(
         deadline,
-        pool.send_with(protocol, addr, &options, request, None),
+        pool.send_with(protocol, tls.as_ref(), addr, &options, request, None),
     )
     .await;
     let (status, kind) = match sent {
@@ -335,6 +343,7 @@ mod tests {
             max_body: 30,
             addr: "127.0.0.1:1".parse().expect("an address"),
             protocol: weir_config::UpstreamProtocol::Http1,
+            tls: None,
             options: UpstreamOptions::default(),
             stats: MirrorStatsHandles {
                 exchanges: stats.mirror_handle("shop", "v2"),
@@ -368,6 +377,7 @@ mod tests {
             max_body: 4,
             addr: "127.0.0.1:1".parse().expect("an address"),
             protocol: weir_config::UpstreamProtocol::Http1,
+            tls: None,
             options: UpstreamOptions::default(),
             stats: MirrorStatsHandles {
                 exchanges: stats.mirror_handle("shop", "v2"),

@@ -359,9 +359,12 @@ pub(crate) async fn handle(
             };
             let decision = service.pick(&head);
             // Only the protocols the service allows (`upgrades`) are tunnelled; any other
-            // upgrade request is forwarded as a plain one, without its upgrade headers.
+            // upgrade request is forwarded as a plain one, without its upgrade headers. An HTTP/2
+            // version (`h2c`, `h2`) has no HTTP/1.1 to upgrade: never a cleartext HTTP/1.1 dial
+            // to it (for `h2` that would send the head unencrypted to a TLS port).
             let upgrade = upstream::is_upgrade(request.version(), request.headers())
-                && crate::limits::upgrade_allowed(&service.upgrades, request.headers());
+                && crate::limits::upgrade_allowed(&service.upgrades, request.headers())
+                && !decision.arm.protocol.is_http2();
             // Upgrades are never mirrored (a tunnel cannot be copied), and do not take a turn of
             // the mirror routes' percentages either, so those stay exact over the copyable requests.
             let mirror_to = if upgrade {

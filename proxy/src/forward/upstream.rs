@@ -207,11 +207,12 @@ async fn send(
     let (mut idx, mut attempt) = (first, 0);
     loop {
         let addr = arm.upstreams[idx].addr;
+        let tls = arm.upstreams[idx].tls.as_ref();
         let sent = respond_in_time(
             worker,
             worker
                 .pool
-                .send_with(arm.protocol, addr, options, request, Some(&arm.stats)),
+                .send_with(arm.protocol, tls, addr, options, request, Some(&arm.stats)),
             state,
             options.response_timeout,
         )

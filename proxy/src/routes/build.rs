@@ -55,6 +55,18 @@ pub enum BuildError {
         /// The listener name.
         listener: String,
     },
+    /// A `protocol: h2` version's TLS settings cannot be used (a CA file that is not loaded or
+    /// not a CA, a server name rustls refuses).
+    #[error("service {service:?} version {version:?}: upstream TLS: {source}")]
+    UpstreamTls {
+        /// The service name.
+        service: String,
+        /// The version label.
+        version: String,
+        /// What went wrong.
+        #[source]
+        source: Box<crate::upstream::tls::UpstreamTlsError>,
+    },
     /// None of a version's upstreams has an address (host names that were never resolved: the
     /// control plane resolves them before it builds a table).
     #[error(
@@ -344,11 +356,12 @@ fn compile(
         .get(service.name.as_str())
         .map(|s| Arc::clone(s))
         .unwrap_or_default();
-    let stable = arm(stats, service, &service.stable, previous_health);
+    let stable = arm(stats, service, &service.stable, previous_health)?;
     let canary = service
         .canary
         .as_ref()
-        .map(|c| arm(stats, service, &c.version, previous_health));
+        .map(|c| arm(stats, service, &c.version, previous_health))
+        .transpose()?;
     let weight = if canary.is_some() {
         policy.weight
     } else {
@@ -454,6 +467,8 @@ pub fn file_weight(service: &Service) -> Weight {
 struct PreviousHealth<'t> {
     upstreams: HashMap<(&'t str, &'t str, SocketAddr), &'t Arc<UpstreamHealth>>,
     arms: HashMap<(&'t str, &'t str), &'t Arc<ArmHealth>>,
+    /// The upstream TLS settings in use, reused while unchanged.
+    tls: crate::upstream::tls::TlsReuse,
 }
 
 impl<'t> PreviousHealth<'t> {
@@ -470,6 +485,7 @@ impl<'t> PreviousHealth<'t> {
             arms: arms()
                 .map(|a| ((&*a.service, &*a.version), &a.health))
                 .collect(),
+            tls: crate::upstream::tls::TlsReuse::of(previous),
         }
     }
 }
@@ -481,19 +497,28 @@ fn arm(
     service: &Service,
     version: &weir_config::Version,
     previous: &PreviousHealth<'_>,
-) -> ArmRoute {
+) -> Result<ArmRoute, BuildError> {
     let stats = stats.handle(&service.name, &version.version);
     // Interned: the stats handle's labels, not allocated per table.
     let service_name: Arc<str> = Arc::clone(stats.service_label());
     let version_name: Arc<str> = Arc::clone(stats.version_label());
     let outlier = Outlier::compile(&service.outlier_detection);
     let mut seen = HashSet::new();
+    let tls_error = |source| BuildError::UpstreamTls {
+        service: service.name.clone(),
+        version: version.version.clone(),
+        source: Box::new(source),
+    };
     let upstreams: Box<[UpstreamRoute]> = version
         .upstreams
         .iter()
         .flat_map(|u| u.addrs.iter().map(move |addr| (u, *addr)))
         .filter(|(_, addr)| seen.insert(*addr))
         .map(|(u, addr)| {
+            let tls = previous
+                .tls
+                .upstream(version.tls.as_ref(), u)
+                .map_err(tls_error)?;
             let key = (service.name.as_str(), version.version.as_str(), addr);
             let health = match previous.upstreams.get(&key) {
                 Some(&health) => {
@@ -511,19 +536,20 @@ fn arm(
                     addr,
                 )),
             };
-            UpstreamRoute {
+            Ok(UpstreamRoute {
                 addr,
                 name: Arc::from(u.name.as_str()),
                 health,
-            }
+                tls,
+            })
         })
-        .collect();
+        .collect::<Result<_, BuildError>>()?;
     let health = previous
         .arms
         .get(&(service.name.as_str(), version.version.as_str()))
         .map(|&h| Arc::clone(h))
         .unwrap_or_default();
-    ArmRoute {
+    Ok(ArmRoute {
         service: service_name,
         version: version_name,
         outlier: outlier.filter(|_| upstreams.len() > 1),
@@ -532,7 +558,7 @@ fn arm(
         stats,
         protocol: version.protocol,
         health,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -325,6 +325,7 @@ mod tests {
                     addr,
                     name: Arc::from(addr.to_string()),
                     health: Arc::new(UpstreamHealth::new("s".into(), "v1".into(), addr)),
+                    tls: None,
                 }
             })
             .collect()

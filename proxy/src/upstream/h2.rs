@@ -1,4 +1,5 @@
-//! HTTP/2 upstreams (`protocol: h2c`): one multiplexed connection per upstream address per worker.
+//! HTTP/2 upstreams (`protocol: h2c`, and `h2` over TLS): one multiplexed connection per upstream
+//! address (and TLS settings) per worker.
 //!
 //! hyper's `http2::SendRequest` is a cheap clone, so every request of the worker to that address
 //! shares the connection; h2 queues streams beyond the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`
@@ -6,12 +7,17 @@
 //! handshake rather than dialling their own. A connection that closed (GOAWAY, reset, idle close by
 //! the upstream) or failed to dial is replaced on the next request; a request a closing connection
 //! gave back unsent is retried on a new connection.
+//!
+//! For `h2` the key is the address and the table's [`UpstreamTls`] (carried across tables while
+//! unchanged): a reload that changes the CA or the server name makes the next request dial a new
+//! connection with the new settings; the old one is dropped from the map once no table uses its
+//! settings (its streams in flight finish on it).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +27,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
+use super::tls::UpstreamTls;
 use super::{OpenConnection, SendError};
 use crate::server::LocalExec;
 use crate::stats::{UpstreamErrorKind, VersionStats};
@@ -30,9 +38,21 @@ use crate::stats::{UpstreamErrorKind, VersionStats};
 /// being dialled (they wait for the same handshake instead of dialling their own).
 type Dial<B> = Rc<OnceCell<Result<http2::SendRequest<B>, (UpstreamErrorKind, String)>>>;
 
-/// The worker's HTTP/2 connections, by upstream address.
+/// A connection's key: the upstream address and, for `h2`, the address of its [`UpstreamTls`]
+/// (0 for `h2c`). The entry holds a `Weak` of that `UpstreamTls`, so the address cannot be reused
+/// by another one while the entry exists.
+type Key = (SocketAddr, usize);
+
+/// A connection and the TLS settings it was made with.
+struct Entry<B> {
+    dial: Dial<B>,
+    /// `None` for `h2c`; dead once no table uses these settings (the entry can go).
+    tls: Option<Weak<UpstreamTls>>,
+}
+
+/// The worker's HTTP/2 connections, by upstream address and TLS settings.
 pub(crate) struct H2Pool<B> {
-    live: RefCell<HashMap<SocketAddr, Dial<B>>>,
+    live: RefCell<HashMap<Key, Entry<B>>>,
     builder: http2::Builder<LocalExec>,
 }
 
@@ -52,37 +72,56 @@ where
         }
     }
 
-    /// The connection to `addr`: the live one, the one being dialled, or a new dial (when there
-    /// is none, it failed, or it closed).
-    fn dial(&self, addr: SocketAddr) -> Dial<B> {
+    /// The connection to `addr` with `tls`: the live one, the one being dialled, or a new dial
+    /// (when there is none, it failed, or it closed).
+    fn dial(&self, addr: SocketAddr, tls: Option<&Arc<UpstreamTls>>) -> Dial<B> {
+        let key = (addr, tls.map_or(0, |t| Arc::as_ptr(t) as usize));
         let mut live = self.live.borrow_mut();
-        if let Some(dial) = live.get(&addr) {
-            let dead = dial
-                .get()
-                .is_some_and(|result| result.as_ref().map_or(true, |s| s.is_closed()));
-            if !dead {
-                return Rc::clone(dial);
+        let known = match live.get(&key) {
+            Some(entry) => {
+                let dead = entry
+                    .dial
+                    .get()
+                    .is_some_and(|result| result.as_ref().map_or(true, |s| s.is_closed()));
+                if !dead {
+                    return Rc::clone(&entry.dial);
+                }
+                true
             }
+            None => false,
+        };
+        if !known {
+            // New settings (a new table): forget the connections whose settings no table uses
+            // any more. Only here, so a failing upstream's redials never scan the map.
+            live.retain(|_, e| e.tls.as_ref().is_none_or(|w| w.strong_count() > 0));
         }
         let dial = Rc::new(OnceCell::new());
-        live.insert(addr, Rc::clone(&dial));
+        live.insert(
+            key,
+            Entry {
+                dial: Rc::clone(&dial),
+                tls: tls.map(Arc::downgrade),
+            },
+        );
         dial
     }
 
-    /// Sends `request` to `addr` over the worker's connection to it (dialled if there is none).
+    /// Sends `request` to `addr` over the worker's connection to it (dialled if there is none),
+    /// over TLS when `tls` is given (`protocol: h2`).
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
+        tls: Option<&Arc<UpstreamTls>>,
         connect_timeout: Duration,
         mut request: Request<B>,
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<Response<Incoming>, SendError<B>> {
         loop {
-            let dial = self.dial(addr);
+            let dial = self.dial(addr, tls);
             let reused = dial.initialized();
             // Boxed: dialing is the cold path.
             let dialled = dial
-                .get_or_init(|| Box::pin(self.connect(addr, connect_timeout, counted)))
+                .get_or_init(|| Box::pin(self.connect(addr, tls, connect_timeout, counted)))
                 .await;
             let mut sender = match dialled {
                 Ok(sender) => sender.clone(),
@@ -112,22 +151,70 @@ where
         }
     }
 
+    /// Dials `addr`, then the TLS handshake (for `h2`) and the HTTP/2 handshake, all within
+    /// `connect_timeout`.
     async fn connect(
         &self,
         addr: SocketAddr,
+        tls: Option<&Arc<UpstreamTls>>,
         connect_timeout: Duration,
         counted: Option<&Arc<VersionStats>>,
     ) -> Result<http2::SendRequest<B>, (UpstreamErrorKind, String)> {
+        // Checked: no accepted `connectTimeout` may overflow the clock.
+        let deadline = crate::limits::after(Instant::now(), connect_timeout);
         let stream = super::dial(addr, connect_timeout).await?;
-        let (sender, connection) = tokio::time::timeout(
-            connect_timeout,
-            self.builder.handshake(TokioIo::new(stream)),
-        )
+        let open = || counted.map(|stats| OpenConnection::new(stats.clone()));
+        match tls {
+            None => {
+                let (sender, connection) = handshake(
+                    addr,
+                    deadline,
+                    connect_timeout,
+                    self.builder.handshake(TokioIo::new(stream)),
+                )
+                .await?;
+                let open = open();
+                crate::tasks::spawn_local(async move {
+                    let _ = connection.await;
+                    drop(open);
+                });
+                Ok(sender)
+            }
+            Some(tls) => {
+                let stream = tls
+                    .handshake(stream, addr, deadline, connect_timeout)
+                    .await?;
+                let (sender, connection) = handshake(
+                    addr,
+                    deadline,
+                    connect_timeout,
+                    self.builder.handshake(TokioIo::new(stream)),
+                )
+                .await?;
+                let open = open();
+                crate::tasks::spawn_local(async move {
+                    let _ = connection.await;
+                    drop(open);
+                });
+                Ok(sender)
+            }
+        }
+    }
+}
+
+/// The HTTP/2 handshake, finished by `deadline`.
+async fn handshake<T>(
+    addr: SocketAddr,
+    deadline: Instant,
+    connect_timeout: Duration,
+    handshake: impl std::future::Future<Output = hyper::Result<T>>,
+) -> Result<T, (UpstreamErrorKind, String)> {
+    tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| {
             (
                 UpstreamErrorKind::ConnectTimeout,
-                format!("HTTP/2 handshake with {addr} timed out after {connect_timeout:?}"),
+                format!("HTTP/2 handshake with {addr} not done within the connect timeout ({connect_timeout:?})"),
             )
         })?
         .map_err(|e| {
@@ -135,12 +222,5 @@ where
                 UpstreamErrorKind::Protocol,
                 format!("HTTP/2 handshake with {addr}: {e}"),
             )
-        })?;
-        let open = counted.map(|stats| OpenConnection::new(stats.clone()));
-        crate::tasks::spawn_local(async move {
-            let _ = connection.await;
-            drop(open);
-        });
-        Ok(sender)
-    }
+        })
 }

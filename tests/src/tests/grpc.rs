@@ -33,6 +33,8 @@ use crate::metrics::{encode, sample};
 use crate::proxy::{model, Proxy};
 use crate::weir::{fill, Weir, HEADER};
 
+mod tls;
+
 /// A call: `text` is echoed; `code` is the gRPC status the server answers with (0: OK).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Call {
