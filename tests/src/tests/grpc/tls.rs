@@ -156,6 +156,7 @@ impl TlsServer {
         let echo = Echo {
             version,
             flaky: Arc::default(),
+            broken: Arc::default(),
             calls: Arc::default(),
         };
         let (stop, stopped) = oneshot::channel();
