@@ -13,12 +13,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use weir_config::HealthCheck;
-use weir_proxy::routes::health::UpstreamHealth;
+use weir_config::{HealthCheck, UpstreamProtocol};
+use weir_proxy::routes::UpstreamRoute;
 use weir_proxy::{RouteTable, Routes};
 
 /// (service, version, address).
@@ -26,10 +23,28 @@ type Key = (Arc<str>, Arc<str>, SocketAddr);
 
 /// A running probe; stops when dropped.
 struct Probe {
+    target: Target,
+    task: tokio::task::AbortHandle,
+}
+
+/// What one probe asks of whom, and how it speaks to it.
+#[derive(Clone)]
+struct Target {
     check: HealthCheck,
     host: String,
-    health: Arc<UpstreamHealth>,
-    task: tokio::task::AbortHandle,
+    upstream: UpstreamRoute,
+    protocol: UpstreamProtocol,
+}
+
+impl Target {
+    /// Whether `self` probes exactly like `other` (same check, host, health state and transport).
+    fn same(&self, other: &Target) -> bool {
+        self.check == other.check
+            && self.host == other.host
+            && self.protocol == other.protocol
+            && Arc::ptr_eq(self.upstream.health(), other.upstream.health())
+            && self.upstream.same_tls(&other.upstream)
+    }
 }
 
 impl Drop for Probe {
@@ -58,14 +73,13 @@ impl Checker {
     /// Starts the probes `table` asks for that do not run yet, and stops those it no longer has.
     /// Must run inside a tokio runtime.
     pub fn reconcile(&mut self, table: &RouteTable) {
-        let mut wanted: HashMap<Key, (HealthCheck, String, Arc<UpstreamHealth>)> = HashMap::new();
+        let mut wanted: HashMap<Key, Target> = HashMap::new();
         for service in table.services() {
             let Some(check) = service.health_check() else {
                 continue;
             };
             for arm in service.arms() {
                 for upstream in arm.upstreams() {
-                    let health = upstream.health();
                     let key = (
                         Arc::from(service.name()),
                         Arc::from(arm.version()),
@@ -75,26 +89,30 @@ impl Checker {
                         .host
                         .clone()
                         .unwrap_or_else(|| upstream.name().to_string());
-                    wanted.insert(key, (check.clone(), host, Arc::clone(health)));
+                    let target = Target {
+                        check: check.clone(),
+                        host,
+                        upstream: upstream.clone(),
+                        protocol: arm.protocol(),
+                    };
+                    wanted.insert(key, target);
                 }
             }
         }
         self.probes.retain(|key, probe| {
-            wanted.get(key).is_some_and(|(check, host, health)| {
-                *check == probe.check && *host == probe.host && Arc::ptr_eq(health, &probe.health)
-            })
+            wanted
+                .get(key)
+                .is_some_and(|target| target.same(&probe.target))
         });
-        for (key, (check, host, health)) in wanted {
+        for (key, target) in wanted {
             if self.probes.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(check.clone(), host.clone(), health.clone()));
+            let task = tokio::spawn(probe_loop(target.clone()));
             self.probes.insert(
                 key,
                 Probe {
-                    check,
-                    host,
-                    health,
+                    target,
                     task: task.abort_handle(),
                 },
             );
@@ -116,14 +134,21 @@ pub async fn run(routes: Routes, mut generation: watch::Receiver<u64>) {
 }
 
 /// Probes one upstream every `interval` and flips its health after the thresholds.
-async fn probe_loop(check: HealthCheck, host: String, health: Arc<UpstreamHealth>) {
+async fn probe_loop(target: Target) {
+    let Target {
+        check,
+        host,
+        upstream,
+        protocol,
+    } = target;
+    let health = Arc::clone(upstream.health());
     let addr = health.addr();
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passed_in_row, mut failed_in_row) = (0u32, 0u32);
     loop {
         interval.tick().await;
-        match probe(addr, &check, &host).await {
+        match probe(&upstream, protocol, &check, &host).await {
             Ok(()) => {
                 failed_in_row = 0;
                 passed_in_row = passed_in_row.saturating_add(1);
@@ -160,37 +185,16 @@ async fn probe_loop(check: HealthCheck, host: String, health: Arc<UpstreamHealth
     }
 }
 
-/// One `GET` over a new connection; passes when the head arrives within `timeout` with an
-/// expected status.
-async fn probe(addr: SocketAddr, check: &HealthCheck, host: &str) -> Result<(), String> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let request = http::Request::get(check.path.as_str())
-            .header(http::header::HOST, host)
-            .header(http::header::CONNECTION, "close")
-            .header(http::header::USER_AGENT, "weir-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let mut conn = std::pin::pin!(conn);
-        let mut response = std::pin::pin!(sender.send_request(request));
-        let response = tokio::select! {
-            biased;
-            response = &mut response => response,
-            // The connection ended (`Connection: close`): the response, if any, is delivered.
-            _ = &mut conn => response.await,
-        };
-        response
-            .map(|r| r.status().as_u16())
-            .map_err(|e| format!("exchange: {e}"))
-    };
-    let status = tokio::time::timeout(check.timeout, exchange)
-        .await
-        .map_err(|_| format!("no response within {:?}", check.timeout))??;
+/// One `GET` over a new connection, in the version's protocol; passes when the head arrives
+/// within `timeout` with an expected status.
+async fn probe(
+    upstream: &UpstreamRoute,
+    protocol: UpstreamProtocol,
+    check: &HealthCheck,
+    host: &str,
+) -> Result<(), String> {
+    let status =
+        weir_proxy::probe::probe(upstream, protocol, &check.path, host, check.timeout).await?;
     if check.expects(status) {
         Ok(())
     } else {

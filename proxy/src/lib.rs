@@ -40,4 +40,5 @@ pub use limits::{ConnectionStats, ListenerSettings};
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};
 pub use stats::Stats;
+pub use upstream::probe;
 pub use upstream::tls::{check_upstream_ca, UpstreamTlsError};

@@ -188,6 +188,15 @@ impl UpstreamRoute {
     pub fn health(&self) -> &Arc<UpstreamHealth> {
         &self.health
     }
+
+    /// Whether `other` is secured the same way (the same TLS settings, or none for both).
+    pub fn same_tls(&self, other: &UpstreamRoute) -> bool {
+        match (&self.tls, &other.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// A listener's TLS server config, kept with the PEM it was built from so that a table that changes
@@ -434,6 +443,11 @@ impl ArmRoute {
     /// The upstream addresses.
     pub fn upstream_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
         self.upstreams.iter().map(|u| u.addr)
+    }
+
+    /// How weir speaks to the upstreams (`protocol`).
+    pub fn protocol(&self) -> weir_config::UpstreamProtocol {
+        self.protocol
     }
 
     /// The upstreams, with their health.

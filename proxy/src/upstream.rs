@@ -28,6 +28,7 @@ use weir_config::{UpstreamOptions, UpstreamProtocol};
 use crate::stats::{UpstreamErrorKind, VersionStats};
 
 mod h2;
+pub mod probe;
 pub(crate) mod tls;
 
 /// A worker's idle upstream connections, by address, for request bodies of type `B` (the

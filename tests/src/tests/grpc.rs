@@ -64,6 +64,8 @@ struct Echo {
     flaky: Arc<AtomicBool>,
     /// When set, every call answers UNAVAILABLE.
     broken: Arc<AtomicBool>,
+    /// Health probes (`GET /weir.test.Echo/health`) answered.
+    probes: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
 }
 
@@ -147,6 +149,9 @@ impl Service<http::Request<BoxBody>> for Echo {
         let echo = self.clone();
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<Reply, Call>::default());
+            if request.uri().path() == "/weir.test.Echo/health" {
+                echo.probes.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(match request.uri().path() {
                 UNARY => grpc.unary(UnaryCall(echo), request).await,
                 CHAT => grpc.streaming(ChatCall(echo), request).await,
@@ -184,6 +189,7 @@ impl GrpcServer {
             version,
             flaky: Arc::default(),
             broken: Arc::default(),
+            probes: Arc::default(),
             calls: Arc::default(),
         };
         let (stop, stopped) = oneshot::channel();
@@ -565,6 +571,55 @@ services:
     proxy.shutdown().await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Active health checks speak HTTP/2 to an h2c version (a gRPC server answers no HTTP/1.1):
+/// probes pass while the server is up, and an upstream that stops is taken out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_probe_an_h2c_version_over_http2() {
+    let a = GrpcServer::start("a").await;
+    let b = GrpcServer::start("b").await;
+    let yaml = fill(
+        &format!(
+            r#"{HEADER}services:
+  - name: shop
+    stable: {{version: v1, upstreams: ["${{a}}", "${{b}}"], protocol: h2c}}
+    healthCheck: {{ path: /weir.test.Echo/health, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }}
+"#
+        ),
+        &[("a", a.addr), ("b", b.addr)],
+    );
+    let weir = Weir::start(&yaml).await;
+    let admin = weir.admin();
+    let healthy = |addr: SocketAddr| {
+        format!("weir_upstream_healthy{{service=\"shop\",version=\"v1\",upstream=\"{addr}\"}}")
+    };
+    let probes = |s: &GrpcServer| s.echo.probes.load(Ordering::Relaxed);
+    crate::assert_eventually!(probes(&a) >= 3 && probes(&b) >= 3);
+    for server in [&a, &b] {
+        assert_eq!(
+            crate::admin::metric(admin, &healthy(server.addr)).await,
+            Some(1.0),
+            "probes answered over HTTP/2 keep {} in",
+            server.addr
+        );
+    }
+    let (a_probes, b_probes) = (probes(&a), probes(&b));
+    let b_addr = b.addr;
+    let stopped = tokio::time::Instant::now();
+    b.stop().await;
+    crate::assert_eventually!(crate::admin::metric(admin, &healthy(b_addr)).await == Some(0.0));
+    let out_after = stopped.elapsed();
+    let mut grpc = client(weir.addr()).await;
+    for _ in 0..20 {
+        let reply = unary(&mut grpc, "hi", Code::Ok).await.expect("served by a");
+        assert_eq!(reply.version, "a");
+    }
+    eprintln!(
+        "figure: h2c upstreams probed over HTTP/2 ({a_probes} and {b_probes} probes answered, both healthy); the stopped one out {out_after:?} later, 20 of 20 calls served by the other"
+    );
+    weir.shutdown().await;
+    a.stop().await;
 }
 
 /// Unary calls per second from 32 concurrent callers over 4 client connections, straight to the

@@ -157,6 +157,7 @@ impl TlsServer {
             version,
             flaky: Arc::default(),
             broken: Arc::default(),
+            probes: Arc::default(),
             calls: Arc::default(),
         };
         let (stop, stopped) = oneshot::channel();
@@ -601,4 +602,53 @@ services:
     );
     proxy.shutdown().await;
     v2.stop().await;
+}
+
+/// Active health checks to an `h2` version go over TLS with the version's trust and server name:
+/// a trusted upstream stays in; one whose certificate names another host fails its probes and is
+/// taken out, so calls go to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_probe_an_h2_version_over_tls() {
+    let ca = Ca::new("weir upstream test CA");
+    let good = TlsServer::start("good", &ca.leaf(&["api.internal"], false), &[b"h2"]).await;
+    let wrong = TlsServer::start("wrong", &ca.leaf(&["other.internal"], false), &[b"h2"]).await;
+    let yaml = fill(
+        &format!(
+            r#"{HEADER}services:
+  - name: shop
+    stable: {{version: v1, upstreams: ["${{good}}", "${{wrong}}"], protocol: h2, tls: {{caFile: ca.pem, serverName: api.internal}}}}
+    outlierDetection: {{ consecutiveFailures: 1000 }}
+    healthCheck: {{ path: /weir.test.Echo/health, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }}
+"#
+        ),
+        &[("good", good.addr), ("wrong", wrong.addr)],
+    );
+    let weir = weir_with(&yaml, &[("ca.pem", &ca.pem())]).await;
+    let admin = weir.admin();
+    let healthy = |addr: SocketAddr| {
+        format!("weir_upstream_healthy{{service=\"shop\",version=\"v1\",upstream=\"{addr}\"}}")
+    };
+    crate::assert_eventually!(good.echo.probes.load(Ordering::Relaxed) >= 3);
+    crate::assert_eventually!(crate::admin::metric(admin, &healthy(wrong.addr)).await == Some(0.0));
+    assert_eq!(
+        crate::admin::metric(admin, &healthy(good.addr)).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        wrong.echo.probes.load(Ordering::Relaxed),
+        0,
+        "no probe got past the handshake"
+    );
+    let mut grpc = client(weir.addr()).await;
+    for _ in 0..20 {
+        let reply = unary(&mut grpc, "hi", Code::Ok).await.expect("served");
+        assert_eq!(reply.version, "good");
+    }
+    eprintln!(
+        "figure: h2 upstreams probed over TLS: the trusted one answered {} probes and stayed in, the one with a certificate for another name was out and got 0 of 20 calls",
+        good.echo.probes.load(Ordering::Relaxed)
+    );
+    weir.shutdown().await;
+    good.stop().await;
+    wrong.stop().await;
 }
