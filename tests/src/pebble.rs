@@ -72,6 +72,8 @@ fn free_dns_port() -> u16 {
 pub struct Options {
     /// `certificateValidityPeriod` in seconds (pebble's default: 5 years).
     pub validity_secs: Option<u64>,
+    /// Names pebble refuses to issue for (`domainBlocklist`).
+    pub blocklist: Vec<String>,
 }
 
 /// A running pebble and its DNS server.
@@ -128,6 +130,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false,
             }
         });
+        if !options.blocklist.is_empty() {
+            config["pebble"]["domainBlocklist"] = options.blocklist.clone().into();
+        }
         if let Some(validity) = options.validity_secs {
             config["pebble"]["certificateValidityPeriod"] = validity.into();
         }

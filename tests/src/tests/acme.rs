@@ -289,6 +289,7 @@ async fn renewal_swaps_the_certificate_without_dropping_a_connection() {
     // of the way in (5 s), never in a loop.
     let pebble = Pebble::start(pebble::Options {
         validity_secs: Some(15),
+        ..Default::default()
     })
     .await;
     let upstream = Server::spawn("v1");
@@ -360,6 +361,7 @@ async fn a_failing_renewal_keeps_the_current_certificate_and_backs_off() {
     // 15 s certificates, due for renewal after 5 s; the CA is gone by then.
     let pebble = Pebble::start(pebble::Options {
         validity_secs: Some(15),
+        ..Default::default()
     })
     .await;
     let upstream = Server::spawn("v1");
@@ -480,6 +482,60 @@ async fn without_a_certificate_the_listener_serves_a_placeholder() {
     eprintln!(
         "no certificate yet: placeholder served, {} failed orders so far (CA unreachable)",
         status["consecutiveFailures"]
+    );
+    drop(client);
+    weir.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_the_ca_refuses_is_reported_and_retried() {
+    if pebble::skip() {
+        return;
+    }
+    let pebble = Pebble::start(pebble::Options {
+        blocklist: vec![DOMAIN.to_string()],
+        ..Default::default()
+    })
+    .await;
+    let upstream = Server::spawn("v1");
+    let state = TempDir::new().expect("a state folder");
+    let yaml = config(
+        &pebble.directory,
+        &pebble.ca_file,
+        pebble.tls_port,
+        None,
+        "        retry: {initial: 200ms, max: 1s}\n",
+        state.path(),
+        upstream.addr(),
+    );
+    let started = Instant::now();
+    let weir = Weir::start(&yaml).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = acme_status(&weir).await;
+        if status["consecutiveFailures"].as_u64().unwrap_or(0) >= 2 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failures recorded: {status}\n{}",
+            pebble.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rejectedIdentifier") || error.contains(DOMAIN),
+        "the CA's reason is shown: {status}"
+    );
+    assert!(status["certificate"].is_null(), "{status}");
+    // Still serving (the placeholder) meanwhile.
+    let stream = tls_connect(weir.addr(), tls_config_any_server(&[b"http/1.1"]), DOMAIN).await;
+    let mut client = Http1::handshake(stream).await;
+    assert_eq!(client.get(DOMAIN, "/").await.status, 200);
+    eprintln!(
+        "refused domain: 2 failed orders in {:?}, reason shown: {error}",
+        started.elapsed()
     );
     drop(client);
     weir.shutdown().await;
