@@ -3,7 +3,7 @@
 //! - [`Acme::attach`] runs in the config loader (off the control thread): for each ACME listener it
 //!   puts the stored certificate (`<stateDir>/acme/<listener>/cert.pem`) first in the listener's
 //!   TLS material, or a self-signed placeholder until one is issued, and hands the data plane the
-//!   [`ChallengeStore`]. So a new certificate reaches the proxy like any certificate: through a
+//!   [`ChallengeStore`] (on every TLS listener, so tls-alpn-01 works on whichever serves 443). So a new certificate reaches the proxy like any certificate: through a
 //!   reload and the driver's table rebuild (the proxy never reads files); connections already
 //!   open keep the certificate they were made with.
 //! - [`Acme::run`] keeps one task per ACME listener: it orders a certificate when none is stored
@@ -219,6 +219,18 @@ impl Acme {
                 },
             );
         }
+        if !jobs.is_empty() {
+            // Every TLS listener answers tls-alpn-01 (the CA connects to port 443, which may be
+            // another listener than the one that orders).
+            for material in loaded.tls.values_mut() {
+                material.acme = Some(self.shared.store.clone());
+            }
+        }
+        self.shared
+            .placeholders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(name, _), _| jobs.contains_key(name));
         self.shared.jobs.send_if_modified(|current| {
             if *current == jobs {
                 false

@@ -25,8 +25,9 @@ use crate::tls::{self, CertificatePem};
 pub struct TlsMaterial {
     /// Certificates; the first is the default.
     pub certificates: Vec<CertificatePem>,
-    /// The ACME challenge store, on a listener with `tls.acme` (tls-alpn-01 is answered from it;
-    /// the table also answers http-01 from it on plain listeners).
+    /// The ACME challenge store, on every TLS listener when some listener uses `tls.acme`
+    /// (tls-alpn-01 is answered from it; the table also answers http-01 from it on plain
+    /// listeners).
     pub acme: Option<crate::acme::ChallengeStore>,
 }
 

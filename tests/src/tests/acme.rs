@@ -540,3 +540,175 @@ async fn a_domain_the_ca_refuses_is_reported_and_retried() {
     drop(client);
     weir.shutdown().await;
 }
+
+/// The data plane's side alone (no pebble, no control plane): the challenge store answers
+/// tls-alpn-01 handshakes and http-01 requests, and nothing else changes.
+#[tokio::test]
+async fn the_challenge_store_answers_only_challenges() {
+    use crate::certs::{material, TestCa};
+    use crate::proxy::{self, Proxy};
+    use weir_proxy::acme::ChallengeStore;
+
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&[DOMAIN]);
+    let upstream = Server::spawn("v1");
+    let dir = TempDir::new().expect("a folder");
+    leaf.write(dir.path(), "shop");
+    let model = proxy::model_in(
+        dir.path(),
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+    redirect: {scheme: https}
+  - name: secure
+    address: 127.0.0.1:0
+    tls:
+      certificates: [{certFile: shop.crt, keyFile: shop.key}]
+services:
+  - name: shop
+    match: {hosts: ["shop.weir.test"]}
+    stable: {version: v1, upstreams: ["${up}"]}
+"#,
+        &[("up", upstream.addr())],
+    );
+    let store = ChallengeStore::new();
+    let mut tls = material(&[&leaf]);
+    tls.acme = Some(store.clone());
+    let proxy = Proxy::builder(model).tls("secure", tls).start();
+    let secure = proxy.listener_addr("secure");
+
+    // tls-alpn-01: a challenge certificate with the acmeIdentifier extension.
+    let mut params = rcgen::CertificateParams::new(vec![DOMAIN.to_string()]).expect("params");
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7u8; 32])];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    store
+        .set_tls_alpn(
+            DOMAIN,
+            &weir_proxy::tls::CertificatePem {
+                origin: "challenge".into(),
+                cert_chain: cert.pem().into_bytes(),
+                private_key: key.serialize_pem().into_bytes(),
+            },
+        )
+        .expect("a usable challenge certificate");
+    let acme_only = no_verification(&[b"acme-tls/1"]);
+    let mut stream = tls_connect(secure, acme_only.clone(), DOMAIN).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"acme-tls/1"[..]));
+    assert!(
+        peer_leaf(&stream) == *cert.der(),
+        "the challenge certificate"
+    );
+    // No HTTP on a validation connection: the server closes it.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: shop.weir.test\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without an answer: {read:?} {buf:?}"
+    );
+    // Another name has no challenge: the handshake fails.
+    let other = tokio::net::TcpStream::connect(secure)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("other.weir.test").expect("name");
+    assert!(tokio_rustls::TlsConnector::from(acme_only)
+        .connect(name, other)
+        .await
+        .is_err());
+    // A normal client (h2, http/1.1) gets the listener's certificate.
+    let normal = tls_connect(secure, tls_config_any_server(&[b"h2", b"http/1.1"]), DOMAIN).await;
+    assert!(peer_leaf(&normal) == leaf.der);
+    drop(normal);
+    store.remove_tls_alpn(DOMAIN);
+    assert!(store.is_empty());
+
+    // http-01: answered on the plain listener before its redirect, for its domain only.
+    let token = "tok-EN_123";
+    assert!(store.set_http(token, DOMAIN, "tok-EN_123.thumbprint"));
+    assert!(
+        !store.set_http("bad/token", DOMAIN, "x"),
+        "tokens are base64url"
+    );
+    let mut plain = Http1::connect(proxy.listener_addr("public")).await;
+    let path = format!("/.well-known/acme-challenge/{token}");
+    let reply = plain.get(&format!("{DOMAIN}:80"), &path).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "tok-EN_123.thumbprint");
+    assert_eq!(reply.header("content-type"), Some("text/plain"));
+    for (host, path) in [
+        ("other.weir.test", path.as_str()),
+        (DOMAIN, "/.well-known/acme-challenge/unknown"),
+        (DOMAIN, "/.well-known/acme-challenge/"),
+        (DOMAIN, "/.well-known/acme-challenge/tok-EN_123/../x"),
+    ] {
+        assert_eq!(plain.get(host, path).await.status, 404, "{host}{path}");
+    }
+    // Everything else is redirected as before; nothing reached the upstream.
+    assert_eq!(plain.get(DOMAIN, "/.well-known/other").await.status, 308);
+    assert_eq!(upstream.requests(), 0);
+    // On the TLS listener the path is routed as usual.
+    let stream = tls_connect(secure, tls_config_any_server(&[b"http/1.1"]), DOMAIN).await;
+    let mut client = Http1::handshake(stream).await;
+    assert_eq!(client.get(DOMAIN, &path).await.status, 200);
+    assert_eq!(upstream.requests(), 1);
+    eprintln!(
+        "challenge store: acme-tls/1 handshake answered with the challenge certificate then closed, unknown SNI refused; http-01 answered for its host only (4 lookalikes 404), 0 challenge requests upstream"
+    );
+    drop(client);
+    drop(plain);
+    proxy.shutdown().await;
+}
+
+/// A client config that checks nothing about the server's certificate (a tls-alpn-01 challenge
+/// certificate carries a critical extension webpki refuses to parse).
+fn no_verification(alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    #[derive(Debug)]
+    struct Blind;
+    impl rustls::client::danger::ServerCertVerifier for Blind {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Blind))
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
