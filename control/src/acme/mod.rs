@@ -40,6 +40,8 @@ use crate::reload::{Loaded, Trigger};
 /// The longest single wait of a listener's task before it looks at the clock again (wall-clock
 /// jumps and suspends are noticed within this).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// The longest failure reason kept in the status and the log (bytes).
+const MAX_ERROR: usize = 1024;
 /// The most time one order may take, all requests and polling included.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -436,7 +438,16 @@ impl Acme {
                     // get the certificate, open ones keep theirs.
                     let _ = reload.send(Trigger::Forced);
                 }
-                Err(error) => {
+                Err(mut error) => {
+                    // A CA's problem document can be long: the status keeps a bounded reason.
+                    if error.len() > MAX_ERROR {
+                        let mut end = MAX_ERROR;
+                        while !error.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        error.truncate(end);
+                        error.push('…');
+                    }
                     failures = failures.saturating_add(1);
                     let delay = acme.retry.delay(failures);
                     self.shared
