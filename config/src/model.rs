@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod acme;
 mod compression;
 mod dns;
 mod edge;
@@ -17,6 +18,7 @@ mod ingress;
 mod protocol;
 mod ratelimit;
 
+pub use acme::{Acme, AcmeChallenge, AcmeRetry};
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
@@ -93,8 +95,10 @@ impl TrustedProxies {
 /// TLS settings of a listener.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tls {
-    /// Certificates picked by SNI; the first one is the default. Never empty.
+    /// Certificates picked by SNI; the first one is the default. Empty only when `acme` is set.
     pub certificates: Vec<CertificateFiles>,
+    /// `acme`: a certificate obtained and renewed automatically (default: none).
+    pub acme: Option<Acme>,
 }
 
 /// A certificate chain and its private key, both PEM files (absolute paths).

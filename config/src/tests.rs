@@ -1267,6 +1267,7 @@ fn never_panics_on_odd_input() {
     let _ = parse(&deep, base());
 }
 
+mod acme;
 mod admin;
 mod compression;
 mod dns;

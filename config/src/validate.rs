@@ -7,6 +7,7 @@
 //! - [`policy`]: traffic policies (header, cookie and mirror matches, session affinity, preview).
 //! - [`template`]: `analysisTemplates[]` and template references.
 
+mod acme;
 mod compression;
 mod dns;
 mod edge;
@@ -84,7 +85,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     });
     let template_errors = std::mem::take(&mut cx.errors);
 
-    let listeners = o.req(cx, "listeners", |cx, v, at| listeners(cx, v, at, base_dir));
+    let mut listeners = o.req(cx, "listeners", |cx, v, at| listeners(cx, v, at, base_dir));
     let default_admin = Admin::with_address(DEFAULT_ADMIN_ADDRESS);
     let admin = o.or(cx, "admin", default_admin, |cx, v, at| {
         admin(cx, v, at, base_dir)
@@ -113,6 +114,9 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     let services = o.req(cx, "services", |cx, v, at| {
         services(cx, v, at, &known, listener_names.as_deref(), base_dir)
     });
+    if let (Some(listeners), Some(services)) = (&mut listeners, &services) {
+        acme::finish(cx, listeners, services, o.has("stateDir"));
+    }
     cx.errors.extend(template_errors);
 
     Some(Model {
@@ -224,8 +228,9 @@ fn trusted_proxies(cx: &mut Cx, value: &Value, at: &str) -> Option<TrustedProxie
 }
 
 fn tls(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Tls> {
-    let o = Obj::open(cx, value, at, &["certificates"])?;
-    let certificates = o.req(cx, "certificates", |cx, v, at| {
+    let o = Obj::open(cx, value, at, &["certificates", "acme"])?;
+    let acme = o.opt(cx, "acme", |cx, v, at| acme::acme(cx, v, at, base_dir));
+    let read_certificates = |cx: &mut Cx, v: &Value, at: &str| {
         let items = walk::nonempty_list(cx, v, at)?;
         let parsed = each(cx, items, at, |cx, item, at, _| {
             let o = Obj::open(cx, item, at, &["certFile", "keyFile"])?;
@@ -241,9 +246,16 @@ fn tls(cx: &mut Cx, value: &Value, at: &str, base_dir: &Path) -> Option<Tls> {
             })
         });
         all(parsed)
-    });
+    };
+    // With `acme`, `certificates` is optional (they serve other names).
+    let certificates = if o.has("acme") {
+        o.or(cx, "certificates", Vec::new(), read_certificates)
+    } else {
+        o.req(cx, "certificates", read_certificates)
+    };
     Some(Tls {
         certificates: certificates?,
+        acme: acme?,
     })
 }
 

@@ -106,12 +106,16 @@ pub async fn start_with_lookup(
     lookup: resolve::Lookup,
 ) -> Result<Running, StartError> {
     let dns = Dns::new(lookup);
+    // Automatic certificates (crate::acme): its loader adds each ACME listener's certificate.
+    let acme = crate::acme::Acme::new();
     // Reading the files and resolving host names block: not on the control thread.
     let loaded = {
         let path = options.config_path.clone();
         let dns = dns.clone();
+        let acme = acme.clone();
         tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
             let mut loaded = reload::load(&path)?;
+            acme.attach(&mut loaded);
             dns.resolve_model(&mut loaded.model)
                 .map_err(ConfigError::Invalid)?;
             Ok(loaded)
@@ -180,6 +184,7 @@ pub async fn start_with_lookup(
     let mut registry = Registry::default();
     weir_proxy::metrics::register(&mut registry, stats.clone(), routes.clone());
     crate::api::metrics::register(&mut registry, handle.watch_status());
+    acme.register(&mut registry);
     registry.register(
         "weir_config_reloads",
         "Config reload attempts by result",
@@ -247,6 +252,7 @@ pub async fn start_with_lookup(
         token: model.admin.token_file.clone(),
         allowed_hosts: model.admin.allowed_hosts.clone(),
         max_event_subscribers: model.admin.max_event_subscribers,
+        acme: acme.clone(),
     };
     let admin_options = ServeOptions {
         max_connections: model.admin.max_connections,
@@ -279,10 +285,11 @@ pub async fn start_with_lookup(
         apply_tx,
         reloads,
         options.poll_interval,
-        resolve::loader(reload::default_loader(), dns.clone()),
+        resolve::loader(acme.loader(reload::default_loader()), dns.clone()),
         handle.offload(),
     )));
     tasks.push(tokio::spawn(dns.refresh()));
+    tasks.push(tokio::spawn(acme.run(reload_tx.clone())));
     ready.store(true, Ordering::Release);
     Ok(Running {
         server,

@@ -1,6 +1,8 @@
 //! weir's control plane and the `weir` binary's library half.
 //!
 //! # Layout
+//! - [`acme`]: automatic certificates (`listeners[].tls.acme`): orders, renewals, the challenge
+//!   store handed to the data plane.
 //! - [`app`]: wiring — loads the config, binds listeners, starts the data plane, the driver, the
 //!   admin API and the reload watcher; drains on shutdown.
 //! - [`engine`]: the rollout engine — the pure per-strategy state machines, analysis (conditions and
@@ -22,6 +24,7 @@
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
 //! (`src/main.rs`, `src/cli/`): they only talk to the admin API.
 
+pub mod acme;
 pub mod api;
 pub mod app;
 pub mod demo;

@@ -121,11 +121,15 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
                 private_key,
             });
         }
-        weir_proxy::tls::server_config(&certificates).map_err(|source| ReloadError::Tls {
-            listener: idx,
-            source,
-        })?;
-        tls.insert(listener.name.clone(), TlsMaterial { certificates });
+        // An ACME listener's own certificate is added by `crate::acme` (the files may be none).
+        if !(certificates.is_empty() && settings.acme.is_some()) {
+            weir_proxy::tls::server_config(&certificates).map_err(|source| ReloadError::Tls {
+                listener: idx,
+                source,
+            })?;
+        }
+        let acme = None;
+        tls.insert(listener.name.clone(), TlsMaterial { certificates, acme });
     }
     Ok(Loaded {
         model,

@@ -19,6 +19,7 @@
 //! - [`tls`]: rustls configs with SNI certificate selection.
 //! - [`error`]: the failures weir answers itself, mapped to responses in one place.
 
+pub mod acme;
 mod body;
 pub mod error;
 mod forward;

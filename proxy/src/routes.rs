@@ -75,6 +75,8 @@ pub struct RouteTable {
     trusted_proxies: Vec<(String, weir_config::TrustedProxies)>,
     /// Each listener's `redirect`, by listener name (listeners without one omitted).
     redirects: Vec<(String, rewrite::RedirectTo)>,
+    /// The ACME challenge store, when a listener uses ACME (`crate::acme`).
+    pub(crate) acme: Option<crate::acme::ChallengeStore>,
 }
 
 /// A compiled service.
@@ -246,6 +248,7 @@ impl RouteTable {
             tls: Vec::new(),
             trusted_proxies: Vec::new(),
             redirects: Vec::new(),
+            acme: None,
         }
     }
 

@@ -425,7 +425,13 @@ async fn serve_connection(
                 },
             };
             match accepted {
-                Ok(Ok(tls_stream)) => {
+                Ok(Ok(mut tls_stream)) => {
+                    if tls_stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                        // A tls-alpn-01 validation: the handshake was the answer; no HTTP on it.
+                        use tokio::io::AsyncWriteExt;
+                        let _ = tokio::time::timeout(CLOSE_GRACE, tls_stream.shutdown()).await;
+                        return;
+                    }
                     let conn = Rc::new(
                         ConnInfo::new(peer.ip(), ctx.name.clone(), true).counted(ctx.conns.clone()),
                     );

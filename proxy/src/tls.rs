@@ -1,5 +1,7 @@
 //! rustls server configs built from PEM material: SNI picks among certificates, the first is the
-//! default, TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`.
+//! default, TLS 1.2 and 1.3 only, ALPN `h2` then `http/1.1`. A listener with ACME also offers
+//! `acme-tls/1`, and a ClientHello offering only that gets the tls-alpn-01 challenge certificate
+//! for its SNI from the [`ChallengeStore`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,6 +10,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::acme::ChallengeStore;
 
 /// One certificate chain and key in PEM, as read from the files the config names.
 #[derive(Clone, PartialEq, Eq)]
@@ -66,10 +70,19 @@ struct SniResolver {
     /// `(lower-case DNS name from the certificate, key)`; wildcard names are kept as `*.example.com`.
     names: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
+    /// The tls-alpn-01 challenges, on a listener with ACME.
+    acme: Option<ChallengeStore>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme {
+            if crate::acme::is_challenge_hello(hello.alpn()) {
+                // Only the challenge certificate: no SNI or no challenge fails the handshake.
+                let sni = hello.server_name()?.to_ascii_lowercase();
+                return acme.tls_alpn_cert(&sni);
+            }
+        }
         let Some(sni) = hello.server_name() else {
             return Some(self.default.clone());
         };
@@ -91,6 +104,14 @@ impl ResolvesServerCert for SniResolver {
 /// Builds a server config for `certificates` (first = default).
 pub fn server_config(
     certificates: &[CertificatePem],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(certificates, None)
+}
+
+/// [`server_config`], answering tls-alpn-01 challenges from `acme` when given.
+pub fn server_config_with(
+    certificates: &[CertificatePem],
+    acme: Option<&ChallengeStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut names = Vec::new();
@@ -117,8 +138,18 @@ pub fn server_config(
             source,
         })?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { names, default }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            names,
+            default,
+            acme: acme.cloned(),
+        }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme.is_some() {
+        // Last: a client offering h2 or http/1.1 never gets it.
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 

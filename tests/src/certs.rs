@@ -42,6 +42,11 @@ impl TestCa {
         self.cert.der().clone()
     }
 
+    /// The CA certificate in PEM (for a `caFile`).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// A leaf certificate for `names` (DNS names, `*.` wildcards allowed), signed by this CA.
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -105,5 +110,6 @@ impl Leaf {
 pub fn material(leaves: &[&Leaf]) -> TlsMaterial {
     TlsMaterial {
         certificates: leaves.iter().map(|l| l.pem()).collect(),
+        acme: None,
     }
 }

@@ -16,6 +16,7 @@
 //! - [`metrics`]: encodes the data plane's Prometheus metrics and reads samples back.
 //! - [`weir`]: the whole of weir in-process ([`weir::Weir`]: `weir_control::app::start` on a config
 //!   file in a temporary folder), with helpers to rewrite the file and wait for rollout states.
+//! - [`pebble`]: the `pebble` ACME test server and its mock DNS, for the ACME tests.
 //! - [`admin`]: a client for weir's admin API (commands, `/metrics`, the event stream).
 //! - [`smuggling`]: the request-smuggling corpus, a recording upstream and the replay harness.
 //! - [`assert_eventually!`]: polls a condition until a deadline instead of sleeping.
@@ -28,6 +29,7 @@ pub mod certs;
 pub mod client;
 pub mod faulty;
 pub mod metrics;
+pub mod pebble;
 pub mod proxy;
 pub mod smuggling;
 pub mod upstream;

@@ -3,6 +3,7 @@
 //! every test shuts down what it started.
 
 mod access_log;
+mod acme;
 mod admin;
 mod admin_security;
 mod blue_green;

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (config loaded and
 //! listeners bound), and the rollout API under `/api/v1` (JSON, camelCase; server-sent events at
-//! `/api/v1/events`). With `admin.tokenFile`, every mutation needs `Authorization: Bearer TOKEN`.
+//! `/api/v1/events`; the automatic certificates at `GET /api/v1/acme`). With `admin.tokenFile`,
+//! every mutation needs `Authorization: Bearer TOKEN`.
 //!
 //! Who gets in:
 //! - every request must name the admin API itself in `Host` (and in an absolute-form URI): its own
@@ -58,6 +59,8 @@ pub struct AdminState {
     pub allowed_hosts: Vec<String>,
     /// `admin.maxEventSubscribers`.
     pub max_event_subscribers: usize,
+    /// Automatic certificates: `GET /api/v1/acme`.
+    pub acme: crate::acme::Acme,
 }
 
 /// How the admin listener accepts connections.
@@ -257,6 +260,7 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
                 text_response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
             }
         }
+        (&Method::GET, ["api", "v1", "acme"]) => json(StatusCode::OK, &state.acme.status()),
         (&Method::GET, ["api", "v1", "services"]) => {
             json(StatusCode::OK, &state.driver.status().summaries())
         }

@@ -279,9 +279,15 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let table = worker.table();
     let trusted = conn.trusted(&table);
-    // Hook for ACME http-01 (`/.well-known/acme-challenge/`): it must be answered here, BEFORE
-    // the listener's redirect, so a plain listener that redirects to https can still prove a
-    // domain.
+    // ACME http-01 (`crate::acme`), before the listener's redirect, so a plain listener that
+    // redirects to https can still prove a domain. Only plain listeners of a table with ACME.
+    if let Some(acme) = table.acme.as_ref().filter(|_| !conn.tls) {
+        if let Some(response) = acme.answer_http01(&request) {
+            return Ok(logged(
+                &worker, &conn, trusted, start, &request, response, None,
+            ));
+        }
+    }
     if let Some(redirect) = table.redirect(&conn.listener) {
         let response = match redirect.location(&request) {
             Some((code, location)) => {

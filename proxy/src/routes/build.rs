@@ -25,6 +25,10 @@ use crate::tls::{self, CertificatePem};
 pub struct TlsMaterial {
     /// Certificates; the first is the default.
     pub certificates: Vec<CertificatePem>,
+    /// The ACME challenge store, on every TLS listener when some listener uses `tls.acme`
+    /// (tls-alpn-01 is answered from it; the table also answers http-01 from it on plain
+    /// listeners).
+    pub acme: Option<crate::acme::ChallengeStore>,
 }
 
 /// Why a table could not be built.
@@ -196,12 +200,12 @@ impl RouteTable {
             let (material, config) = match reused {
                 Some(t) => (t.material.clone(), t.config.clone()),
                 None => {
-                    let config = tls::server_config(&material.certificates).map_err(|source| {
-                        BuildError::Tls {
-                            listener: listener.name.clone(),
-                            source,
-                        }
-                    })?;
+                    let config =
+                        tls::server_config_with(&material.certificates, material.acme.as_ref())
+                            .map_err(|source| BuildError::Tls {
+                                listener: listener.name.clone(),
+                                source,
+                            })?;
                     (Arc::new(material.clone()), config)
                 }
             };
@@ -225,7 +229,10 @@ impl RouteTable {
             .collect();
         stats.retain(|service, version| configured.contains(&(service, version)));
 
+        // One store per process: any ACME listener's (http-01 is answered on plain listeners).
+        let acme = tls.values().find_map(|m| m.acme.clone());
         Ok(RouteTable {
+            acme,
             generation: 0,
             hosts,
             services,

@@ -769,6 +769,7 @@ fn preview_url_names_the_listener_or_a_preview_host() {
     listeners[1].address = "0.0.0.0:9443".parse().unwrap();
     listeners[1].tls = Some(weir_config::Tls {
         certificates: Vec::new(),
+        acme: None,
     });
     assert_eq!(
         preview_url(service, &listeners, &BTreeMap::new()).as_deref(),
