@@ -604,6 +604,22 @@ mod tests {
     }
 
     #[test]
+    fn a_run_with_refused_requests_fails() {
+        let mut wrk = WrkResult {
+            requests: 1000,
+            requests_per_sec: 100.0,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            socket_errors: 3,
+            non_2xx_3xx: 0,
+        };
+        assert!(check_answers(Proxy::WeirIngressRatelimit, "r1", &wrk).is_ok());
+        wrk.non_2xx_3xx = 1;
+        let error = check_answers(Proxy::WeirIngressRatelimit, "r1", &wrk).unwrap_err();
+        assert!(error.to_string().contains("1 of 1000"), "{error}");
+    }
+
+    #[test]
     fn derives_per_request_figures() {
         let m = Measurement {
             round: 1,
