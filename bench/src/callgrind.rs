@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::environment::{self, CallgrindTools, Machine, Tools};
-use crate::measure::{Bench, Proxy, Running};
+use crate::measure::{Bench, Proxy};
 use crate::procstat;
 use crate::supervisor::{self, ShutdownGuard, Supervisor};
 use crate::wrk::Load;
@@ -45,7 +45,7 @@ pub struct CallgrindArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
 
-    /// weir variants to measure, comma-separated (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress).
+    /// weir variants to measure, comma-separated (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress, weir-ingress-ratelimit).
     #[arg(
         long,
         value_enum,
@@ -105,7 +105,7 @@ pub fn run(args: &CallgrindArgs) -> Result<()> {
     proxies.sort_unstable();
     proxies.dedup();
     if let Some(other) = proxies.iter().find(|p| !p.is_weir()) {
-        bail!("callgrind measures weir's variants only (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress), not {other}");
+        bail!("callgrind measures weir's variants only (weir, weir-policies, weir-sticky, weir-ratelimit, weir-ingress, weir-ingress-ratelimit), not {other}");
     }
     if args.connections as u64 > args.requests {
         bail!(
@@ -266,9 +266,11 @@ fn count(
         )?;
     }
     let upstream_before = bench.upstream_requests()?;
-    callgrind_control(&bench.sup, cg, &running, &format!("{label}-zero"), "--zero")?;
+    let control = &cg.callgrind_control;
+    let pid = running.pid();
+    callgrind_control(&bench.sup, control, pid, &format!("{label}-zero"), "--zero")?;
     h2load(&label, args.requests)?;
-    callgrind_control(&bench.sup, cg, &running, &format!("{label}-dump"), "--dump")?;
+    callgrind_control(&bench.sup, control, pid, &format!("{label}-dump"), "--dump")?;
     let upstream_after = bench.upstream_requests()?;
     running.check_alive()?;
 
@@ -298,15 +300,15 @@ fn count(
 }
 
 /// `callgrind_control ACTION PID`, waited for; it fails when the process is not found.
-fn callgrind_control(
+pub(crate) fn callgrind_control(
     sup: &Arc<Supervisor>,
-    cg: &CallgrindTools,
-    running: &Running,
+    callgrind_control: &Path,
+    pid: u32,
     name: &str,
     action: &str,
 ) -> Result<()> {
-    let mut cmd = Command::new(&cg.callgrind_control);
-    cmd.arg(action).arg(running.pid().to_string());
+    let mut cmd = Command::new(callgrind_control);
+    cmd.arg(action).arg(pid.to_string());
     let proc = sup.spawn(name, cmd)?;
     let limit = Duration::from_secs(60);
     let Some(status) = proc.wait_timeout(limit)? else {
@@ -319,8 +321,7 @@ fn callgrind_control(
     let output = proc.output()?;
     if !status.success() || output.contains("Error") || !output.contains("OK") {
         bail!(
-            "callgrind_control {action} {} failed ({status}):\n{}",
-            running.pid(),
+            "callgrind_control {action} {pid} failed ({status}):\n{}",
             proc.output_tail(10)
         );
     }
@@ -422,7 +423,7 @@ pub fn parse_h2load(output: &str) -> Result<H2loadResult> {
 
 /// The newest dump callgrind wrote next to `callgrind.out` in `dir`: `callgrind.out.<n>` with the
 /// highest `n` (each `callgrind_control --dump` writes the next part).
-fn latest_dump(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn latest_dump(dir: &Path) -> Result<PathBuf> {
     let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     let mut best: Option<(u32, PathBuf)> = None;
     for entry in entries {
@@ -445,7 +446,7 @@ fn latest_dump(dir: &Path) -> Result<PathBuf> {
 
 /// The total Ir of a callgrind dump: the `events:` line names the columns, the `totals:` line (or
 /// the older `summary:`) holds the sums.
-pub fn total_ir(dump: &str) -> Result<u64> {
+pub(crate) fn total_ir(dump: &str) -> Result<u64> {
     let mut events = None;
     let mut totals = None;
     for line in dump.lines() {
@@ -479,13 +480,13 @@ pub fn render(counts: &[Count], runs: u32) -> String {
     proxies.dedup();
     let get = |proxy: Proxy, run: u32| counts.iter().find(|c| c.proxy == proxy && c.run == run);
     let mut out = String::from("\nIr/request (total Ir / requests)\n");
-    out.push_str(&format!("  {:<15}", "variant"));
+    out.push_str(&format!("  {:<24}", "variant"));
     for run in 1..=runs {
         out.push_str(&format!("{:>14}", format!("run {run}")));
     }
     out.push_str(&format!("{:>10}\n", "canary"));
     for &proxy in &proxies {
-        out.push_str(&format!("  {:<15}", proxy.to_string()));
+        out.push_str(&format!("  {:<24}", proxy.to_string()));
         let mut canary = None;
         for run in 1..=runs {
             let cell = get(proxy, run).map_or_else(
@@ -514,7 +515,7 @@ pub fn render(counts: &[Count], runs: u32) -> String {
             }
             let cells: Vec<String> = per_run.iter().map(|r| format!("{r:.4}×")).collect();
             Some(format!(
-                "  {:<22}{}\n",
+                "  {:<31}{}\n",
                 format!("{proxy} / weir"),
                 cells.join("  ")
             ))
@@ -626,11 +627,11 @@ traffic: 2.29MB (2402400) total, 1.70MB (1780000) headers (space savings 0.00%),
         ];
         let text = render(&counts, 2);
         assert!(
-            text.contains("  weir                  30000.0       30030.0    10.00%\n"),
+            text.contains("  weir                           30000.0       30030.0    10.00%\n"),
             "{text}"
         );
         assert!(
-            text.contains("  weir+policies / weir  1.0100×  1.0090×\n"),
+            text.contains("  weir+policies / weir           1.0100×  1.0090×\n"),
             "{text}"
         );
         assert!(text.contains("weir 0.10%"), "{text}");

@@ -226,10 +226,22 @@ pub fn weir_sticky(listen: u16, admin: u16, split: Split) -> String {
 /// [`weir`] with a per-client-IP rate limit far above any load (it never refuses): the cost of
 /// the limiter on every request.
 pub fn weir_ratelimit(listen: u16, admin: u16, split: Split) -> String {
+    format!("{}{NEVER_TRIGGERED_RATE_LIMIT}", weir(listen, admin, split))
+}
+
+/// The rate limit of [`weir_ratelimit`] and [`weir_ingress_ratelimit`]: keyed by client IP (the
+/// sharded, hashed path, dearer than `global`), far above what any load here reaches (all of it
+/// comes from 127.0.0.1, one key): the harness fails a run in which anything is not a 2xx, so a
+/// 429 would not go unnoticed.
+const NEVER_TRIGGERED_RATE_LIMIT: &str =
+    "    rateLimit: {requestsPerSecond: 1000000, burst: 1000000, key: clientIp}\n";
+
+/// [`weir_ingress`] and [`weir_ratelimit`] at once, the issue's "a rewrite + two header rules + a
+/// rate limit that never triggers", to compare with [`weir`] in the same run.
+pub fn weir_ingress_ratelimit(listen: u16, admin: u16, split: Split) -> String {
     format!(
-        r#"{plain}    rateLimit: {{requestsPerSecond: 1000000, burst: 1000000, key: clientIp}}
-"#,
-        plain = weir(listen, admin, split),
+        "{}{NEVER_TRIGGERED_RATE_LIMIT}",
+        weir_ingress(listen, admin, split)
     )
 }
 
@@ -265,6 +277,7 @@ mod tests {
             weir_sticky(8080, 3100, split),
             weir_ratelimit(8080, 3100, split),
             weir_ingress(8080, 3100, split),
+            weir_ingress_ratelimit(8080, 3100, split),
         ] {
             let model =
                 weir_config::parse(&yaml, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
@@ -281,6 +294,15 @@ mod tests {
             weir_config::parse(&weir_ingress(8080, 3100, split), Path::new("/")).expect("valid");
         assert!(ingress.services[0].rewrite.is_some());
         assert!(!ingress.services[0].headers.is_empty());
+        assert!(ingress.services[0].rate_limit.is_none());
+        let both = weir_config::parse(&weir_ingress_ratelimit(8080, 3100, split), Path::new("/"))
+            .expect("valid");
+        assert!(both.services[0].rewrite.is_some());
+        assert!(!both.services[0].headers.is_empty());
+        assert!(both.services[0].rate_limit.is_some());
+        let limited =
+            weir_config::parse(&weir_ratelimit(8080, 3100, split), Path::new("/")).expect("valid");
+        assert!(limited.services[0].rate_limit.is_some());
         assert!(STICKY_COOKIE.starts_with(&format!("Cookie: {STICKY_COOKIE_NAME}=")));
     }
 }

@@ -82,7 +82,7 @@ impl Tools {
 }
 
 /// Looks `program` up in `PATH`, then in the sbin directories a non-root `PATH` often lacks.
-fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))

@@ -14,6 +14,7 @@
 mod callgrind;
 mod configs;
 mod environment;
+mod grpc;
 mod http;
 mod measure;
 mod procstat;
@@ -63,6 +64,12 @@ enum Command {
     /// Config reloads: weir's resident memory and reload time over repeated SIGHUPs of a large
     /// config, and the admin API's latency meanwhile.
     Reload(reload::ReloadArgs),
+    /// gRPC unary calls per second: h2load straight to a tonic server and through weir (h2c),
+    /// rounds alternating; optionally weir's instructions per call under callgrind.
+    Grpc(grpc::GrpcArgs),
+    /// The gRPC benchmark's server (started by `weir-bench grpc`).
+    #[command(hide = true)]
+    GrpcServer(grpc::ServerArgs),
 }
 
 /// Benchmarks weir against nginx and HAProxy: same split, one worker each, the same CPU pinning.
@@ -138,6 +145,8 @@ fn main() -> ExitCode {
         Some(Command::Rollback(args)) => rollout::run(&args),
         Some(Command::Callgrind(args)) => callgrind::run(&args),
         Some(Command::Reload(args)) => reload::run(&args),
+        Some(Command::Grpc(args)) => grpc::run(&args),
+        Some(Command::GrpcServer(args)) => grpc::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -398,5 +407,34 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["weir-bench", "callgrind", "--requests", "0"]).is_err());
+        let cli = Cli::try_parse_from([
+            "weir-bench",
+            "callgrind",
+            "--only",
+            "weir,weir-ingress-ratelimit",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Callgrind(args)) => {
+                assert_eq!(args.only, vec![Proxy::Weir, Proxy::WeirIngressRatelimit]);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let cli = Cli::try_parse_from(["weir-bench", "grpc"]).unwrap();
+        match cli.command {
+            Some(Command::Grpc(args)) => {
+                assert_eq!(
+                    (args.calls, args.warmup_calls, args.rounds, args.callgrind),
+                    (100_000, 10_000, 3, 0)
+                );
+                assert_eq!((args.connections, args.streams), (10, 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["weir-bench", "grpc", "--streams", "0"]).is_err());
+        assert!(Cli::try_parse_from(["weir-bench", "grpc", "--calls", "0"]).is_err());
+        let cli = Cli::try_parse_from(["weir-bench", "grpc-server", "--port", "50051"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::GrpcServer(a)) if a.port == 50051));
     }
 }

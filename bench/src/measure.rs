@@ -38,6 +38,10 @@ pub enum Proxy {
     /// weir with the ingress rules of issue #8 on every request: a path rewrite and two header
     /// rules (one on the request, one on the response naming the version), no rule deciding.
     WeirIngress,
+    /// weir with everything of issue #8's "CPU per request" benchmark at once: the rewrite and the
+    /// two header rules of [`Proxy::WeirIngress`] plus the never-triggering rate limit of
+    /// [`Proxy::WeirRatelimit`], to compare with the plain split in the same run.
+    WeirIngressRatelimit,
     Nginx,
     Haproxy,
 }
@@ -51,6 +55,7 @@ impl Proxy {
             Proxy::WeirSticky => "weir-sticky",
             Proxy::WeirRatelimit => "weir-ratelimit",
             Proxy::WeirIngress => "weir-ingress",
+            Proxy::WeirIngressRatelimit => "weir-ingress-ratelimit",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "haproxy",
         }
@@ -65,6 +70,7 @@ impl Proxy {
                 | Proxy::WeirSticky
                 | Proxy::WeirRatelimit
                 | Proxy::WeirIngress
+                | Proxy::WeirIngressRatelimit
         )
     }
 
@@ -94,6 +100,7 @@ impl fmt::Display for Proxy {
             Proxy::WeirSticky => "weir+sticky",
             Proxy::WeirRatelimit => "weir+ratelimit",
             Proxy::WeirIngress => "weir+ingress",
+            Proxy::WeirIngressRatelimit => "weir+ingress+ratelimit",
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
         })
@@ -197,6 +204,7 @@ impl Bench {
             proxy.request_headers(),
         )?;
         let wall = started.elapsed();
+        check_answers(proxy, &label, &wrk)?;
         let ticks_after = procstat::cpu_ticks(&pids)
             .with_context(|| format!("{proxy} lost a process during the run"))?;
         let upstream_after = self.upstreams.requests()?;
@@ -254,13 +262,15 @@ impl Bench {
 
     fn warm_up(&self, running: &Running, label: &str) -> Result<()> {
         if self.warmup_secs > 0 {
-            self.load.run(
+            let name = format!("{label}-warmup");
+            let wrk = self.load.run(
                 &self.sup,
-                &format!("{label}-warmup"),
+                &name,
                 running.addr,
                 self.warmup_secs,
                 running.proxy.request_headers(),
             )?;
+            check_answers(running.proxy, &name, &wrk)?;
         }
         Ok(())
     }
@@ -293,7 +303,8 @@ impl Bench {
             | Proxy::WeirPolicies
             | Proxy::WeirSticky
             | Proxy::WeirRatelimit
-            | Proxy::WeirIngress => {
+            | Proxy::WeirIngress
+            | Proxy::WeirIngressRatelimit => {
                 let weir = self.tools.weir.as_deref().context(
                     "weir binary not known: build it with `cargo build --release -p weir-control` or pass --weir",
                 )?;
@@ -302,6 +313,9 @@ impl Bench {
                     Proxy::WeirSticky => configs::weir_sticky(listen, admin, split),
                     Proxy::WeirRatelimit => configs::weir_ratelimit(listen, admin, split),
                     Proxy::WeirIngress => configs::weir_ingress(listen, admin, split),
+                    Proxy::WeirIngressRatelimit => {
+                        configs::weir_ingress_ratelimit(listen, admin, split)
+                    }
                     _ => configs::weir(listen, admin, split),
                 };
                 let config = write(&dir, "weir.yaml", &yaml)?;
@@ -553,6 +567,21 @@ fn parse_stub_status(body: &str) -> Result<u64> {
         .with_context(|| format!("bad requests counter {requests:?}"))
 }
 
+/// Fails the run when wrk saw an answer other than 2xx or 3xx (wrk does not tell them apart; the
+/// upstreams only answer 200 and redirects are configured nowhere): a proxy that refuses requests
+/// (a rate limit's 429, a 502) is measuring something else than the benchmark's job.
+fn check_answers(proxy: Proxy, name: &str, wrk: &WrkResult) -> Result<()> {
+    if wrk.non_2xx_3xx > 0 {
+        bail!(
+            "{proxy} answered {} of {} requests with a status other than 2xx/3xx in the wrk run {name}: \
+             the run is invalid (a rate limit that triggered? see --keep-temp for its output)",
+            wrk.non_2xx_3xx,
+            wrk.requests
+        );
+    }
+    Ok(())
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
@@ -572,6 +601,22 @@ mod tests {
         let body = "Active connections: 1 \nserver accepts handled requests\n 7 7 1234 \nReading: 0 Writing: 1 Waiting: 0 \n";
         assert_eq!(parse_stub_status(body).unwrap(), 1234);
         assert!(parse_stub_status("Active connections: 1\n").is_err());
+    }
+
+    #[test]
+    fn a_run_with_refused_requests_fails() {
+        let mut wrk = WrkResult {
+            requests: 1000,
+            requests_per_sec: 100.0,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            socket_errors: 3,
+            non_2xx_3xx: 0,
+        };
+        assert!(check_answers(Proxy::WeirIngressRatelimit, "r1", &wrk).is_ok());
+        wrk.non_2xx_3xx = 1;
+        let error = check_answers(Proxy::WeirIngressRatelimit, "r1", &wrk).unwrap_err();
+        assert!(error.to_string().contains("1 of 1000"), "{error}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Report<'_> {
             (Proxy::WeirSticky, Proxy::Weir),
             (Proxy::WeirRatelimit, Proxy::Weir),
             (Proxy::WeirIngress, Proxy::Weir),
+            (Proxy::WeirIngressRatelimit, Proxy::Weir),
         ]
         .into_iter()
         .filter_map(|(subject, other)| {
