@@ -339,7 +339,7 @@ pub(crate) async fn handle(
             // `X-Request-Id`: the trusted peer's, or a new one; sent upstream, returned, logged.
             let request_id = request_id::assign(request.headers_mut(), trusted);
             // Unique per request: kept out of the HPACK tables on both sides (`hpack`).
-            let request_id = hpack::never_indexed(request.headers_mut(), request_id);
+            let request_id = hpack::never_indexed(request_id);
             // Rate limits are decided before any version is picked: a refusal is never charged
             // to a version and does not advance the split.
             if let Some(limiter) = &service.rate_limit {
