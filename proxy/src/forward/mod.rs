@@ -41,6 +41,7 @@ use crate::upstream::Pool;
 
 pub(crate) mod access;
 pub(crate) mod compress;
+mod hpack;
 pub(crate) mod layered;
 pub(crate) mod mirror;
 mod path;
@@ -337,6 +338,8 @@ pub(crate) async fn handle(
         Ok((service, preview_host)) => 'served: {
             // `X-Request-Id`: the trusted peer's, or a new one; sent upstream, returned, logged.
             let request_id = request_id::assign(request.headers_mut(), trusted);
+            // Unique per request: kept out of the HPACK tables on both sides (`hpack`).
+            let request_id = hpack::never_indexed(request_id);
             // Rate limits are decided before any version is picked: a refusal is never charged
             // to a version and does not advance the split.
             if let Some(limiter) = &service.rate_limit {

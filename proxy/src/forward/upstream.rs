@@ -56,6 +56,9 @@ pub(super) async fn forward(
     if te_trailers {
         crate::grpc::keep_trailers(request.headers_mut());
     }
+    if arm.protocol.is_http2() {
+        super::hpack::never_index_request_id(request.headers_mut());
+    }
     let outcome = if upgrade {
         // Boxed: a rare path whose future would otherwise enlarge every request's.
         Box::pin(forward_upgrade(worker, service, arm, request)).await
