@@ -32,6 +32,8 @@ struct PathRewrite {
     matched: Box<str>,
     /// `rewrite.pathPrefix`.
     replacement: Box<str>,
+    /// What a path equal to `matched`, without a query, becomes (`replacement`), built once.
+    whole: Option<PathAndQuery>,
 }
 
 /// Compiled [`HeaderOps`] for one arm.
@@ -40,6 +42,10 @@ struct Ops {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, Value)]>,
     add: Box<[(HeaderName, Value)]>,
+    /// None of the three has an entry.
+    empty: bool,
+    /// A value has `{{request.id}}`.
+    needs_id: bool,
 }
 
 /// A rule's value for one arm.
@@ -69,9 +75,8 @@ impl Ingress {
         Some(Box::new(Ingress {
             path: rewrite
                 .and_then(|r| r.path_prefix.as_deref())
-                .map(|replacement| PathRewrite {
-                    matched: service.matcher.path_prefix.as_str().into(),
-                    replacement: replacement.into(),
+                .map(|replacement| {
+                    PathRewrite::new(service.matcher.path_prefix.as_str(), replacement)
                 }),
             host: rewrite
                 .and_then(|r| r.host.as_deref())
@@ -93,11 +98,12 @@ impl Ingress {
             request.headers_mut().insert(header::HOST, host.clone());
         }
         let ops = &self.request[usize::from(canary)];
-        if !ops.is_empty() {
-            let id = ops
-                .needs_id()
-                .then(|| request.headers().get(&X_REQUEST_ID).cloned())
-                .flatten();
+        if !ops.empty {
+            let id = if ops.needs_id {
+                request.headers().get(&X_REQUEST_ID).cloned()
+            } else {
+                None
+            };
             ops.apply(request.headers_mut(), id.as_ref());
         }
     }
@@ -110,13 +116,25 @@ impl Ingress {
         id: &HeaderValue,
     ) {
         let ops = &self.response[usize::from(canary)];
-        if !ops.is_empty() {
+        if !ops.empty {
             ops.apply(response.headers_mut(), Some(id));
         }
     }
 }
 
 impl PathRewrite {
+    fn new(matched: &str, replacement: &str) -> PathRewrite {
+        let mut rule = PathRewrite {
+            matched: matched.into(),
+            replacement: replacement.into(),
+            whole: None,
+        };
+        rule.whole = PathAndQuery::try_from(matched)
+            .ok()
+            .and_then(|pq| rule.rewrite(&pq));
+        rule
+    }
+
     /// The path with its matched prefix replaced, the query kept; `None` when the path does not
     /// start with the prefix (it always does for a routed request).
     ///
@@ -124,26 +142,42 @@ impl PathRewrite {
     /// replacement as if the prefix ended at a `/`, so `/api/` → `/` and `/api` → `/` both turn
     /// `/api/v1/x` into `/v1/x`; a path equal to the prefix becomes the replacement as written.
     fn apply(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
+        match &self.whole {
+            // The path is the prefix itself (`GET /api/` under `/api/`): the answer is known.
+            Some(whole) if pq.query().is_none() && pq.path() == &*self.matched => {
+                Some(whole.clone())
+            }
+            _ => self.rewrite(pq),
+        }
+    }
+
+    fn rewrite(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
         let rest = pq.path().strip_prefix(&*self.matched)?;
-        let mut out = BytesMut::with_capacity(pq.as_str().len() + self.replacement.len() + 1);
-        if rest.is_empty() {
-            out.put_slice(self.replacement.as_bytes());
+        // The new path as (up to) three pieces: the replacement, a slash, the rest.
+        let (base, slash, rest) = if rest.is_empty() {
+            (&*self.replacement, "", "")
         } else {
             let base = self.replacement.trim_end_matches('/');
-            out.put_slice(base.as_bytes());
-            if self.matched.ends_with('/') || rest.starts_with('/') {
-                out.put_u8(b'/');
-            } else if base.is_empty() {
-                // `/apix` under `/api` rewritten to `/`: still a path.
-                out.put_u8(b'/');
-            }
-            out.put_slice(rest.strip_prefix('/').unwrap_or(rest).as_bytes());
+            // `/apix` under `/api` rewritten to `/` still needs its slash: a path starts with one.
+            let slash = self.matched.ends_with('/') || rest.starts_with('/') || base.is_empty();
+            (
+                base,
+                if slash { "/" } else { "" },
+                rest.strip_prefix('/').unwrap_or(rest),
+            )
+        };
+        let query = pq.query();
+        let len = base.len() + slash.len() + rest.len() + query.map_or(0, |q| q.len() + 1);
+        // Exactly `len` bytes: a full vector becomes `Bytes` without a second allocation.
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(base.as_bytes());
+        out.extend_from_slice(slash.as_bytes());
+        out.extend_from_slice(rest.as_bytes());
+        if let Some(query) = query {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
         }
-        if let Some(query) = pq.query() {
-            out.put_u8(b'?');
-            out.put_slice(query.as_bytes());
-        }
-        PathAndQuery::from_maybe_shared(out.freeze()).ok()
+        PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()
     }
 }
 
@@ -158,26 +192,23 @@ impl Ops {
                 })
                 .collect()
         };
-        Ops {
-            remove: ops
-                .remove
-                .iter()
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-                .collect(),
-            set: pairs(&ops.set),
-            add: pairs(&ops.add),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
-    fn needs_id(&self) -> bool {
-        self.set
+        let remove: Box<[HeaderName]> = ops
+            .remove
             .iter()
-            .chain(self.add.iter())
-            .any(|(_, v)| matches!(v, Value::WithId(_)))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        let set = pairs(&ops.set);
+        let add = pairs(&ops.add);
+        Ops {
+            empty: remove.is_empty() && set.is_empty() && add.is_empty(),
+            needs_id: set
+                .iter()
+                .chain(add.iter())
+                .any(|(_, v)| matches!(v, Value::WithId(_))),
+            remove,
+            set,
+            add,
+        }
     }
 
     /// `remove`, then `set`, then `add`. A value that needs the id is left out when there is none.
@@ -322,12 +353,12 @@ mod tests {
     use super::*;
 
     fn rewrite(matched: &str, replacement: &str, path: &str) -> String {
-        let rule = PathRewrite {
-            matched: matched.into(),
-            replacement: replacement.into(),
-        };
+        let rule = PathRewrite::new(matched, replacement);
         let pq = PathAndQuery::try_from(path).unwrap();
-        rule.apply(&pq).unwrap().as_str().to_string()
+        let rewritten = rule.apply(&pq).unwrap().as_str().to_string();
+        // The shortcut for a path equal to the prefix agrees with the general rewrite.
+        assert_eq!(rule.rewrite(&pq).unwrap().as_str(), rewritten);
+        rewritten
     }
 
     #[test]
