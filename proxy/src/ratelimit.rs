@@ -223,7 +223,14 @@ impl RateLimiter {
         trusted: impl Fn(IpAddr) -> bool,
         headers: &HeaderMap,
     ) -> Result<(), Limited> {
-        let client = || client_ip(peer, peer_trusted, &trusted, headers);
+        // The peer itself unless it is a trusted proxy (without a call in the usual case).
+        let client = || {
+            if peer_trusted {
+                client_ip(peer, peer_trusted, &trusted, headers)
+            } else {
+                peer
+            }
+        };
         let key = match &self.config.key {
             RateLimitKey::Global => return self.check(now, Key::Global),
             RateLimitKey::ClientIp => Key::Ip(client()),

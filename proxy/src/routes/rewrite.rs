@@ -218,12 +218,13 @@ impl Ops {
         }
         for (name, value) in &*self.set {
             if let Some(value) = value.render(id) {
-                headers.insert(name.clone(), value);
+                // By reference: the name is cloned only when it is not there yet.
+                headers.insert(name, value);
             }
         }
         for (name, value) in &*self.add {
             if let Some(value) = value.render(id) {
-                headers.append(name.clone(), value);
+                headers.append(name, value);
             }
         }
     }
@@ -258,22 +259,27 @@ impl Value {
         Some(Value::WithId(pieces.into()))
     }
 
+    #[inline]
     fn render(&self, id: Option<&HeaderValue>) -> Option<HeaderValue> {
         match self {
             Value::Ready(value) => Some(value.clone()),
-            Value::WithId(pieces) => {
-                let id = id?;
-                let len = pieces
-                    .iter()
-                    .map(|p| p.as_ref().map_or(id.len(), Bytes::len))
-                    .sum();
-                let mut out = BytesMut::with_capacity(len);
-                for piece in &**pieces {
-                    out.put_slice(piece.as_deref().unwrap_or(id.as_bytes()));
-                }
-                HeaderValue::from_maybe_shared(out.freeze()).ok()
-            }
+            Value::WithId(pieces) => Value::with_id(pieces, id?),
         }
+    }
+
+    /// A value with `{{request.id}}`: the pieces with `id` between them (out of line: the
+    /// ready values are the common case).
+    #[inline(never)]
+    fn with_id(pieces: &[Option<Bytes>], id: &HeaderValue) -> Option<HeaderValue> {
+        let len = pieces
+            .iter()
+            .map(|p| p.as_ref().map_or(id.len(), Bytes::len))
+            .sum();
+        let mut out = BytesMut::with_capacity(len);
+        for piece in pieces {
+            out.put_slice(piece.as_deref().unwrap_or(id.as_bytes()));
+        }
+        HeaderValue::from_maybe_shared(out.freeze()).ok()
     }
 }
 
