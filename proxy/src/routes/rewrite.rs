@@ -34,6 +34,12 @@ struct PathRewrite {
     replacement: Box<str>,
     /// What a path equal to `matched`, without a query, becomes (`replacement`), built once.
     whole: Option<PathAndQuery>,
+    /// `replacement` without its trailing slashes, then with one: what goes before the rest of
+    /// a longer path.
+    base: Box<[u8]>,
+    base_slash: Box<[u8]>,
+    /// Whether the rest always follows a slash (`matched` ends with one, or `base` is empty).
+    slash_always: bool,
 }
 
 /// Compiled [`HeaderOps`] for one arm.
@@ -124,10 +130,14 @@ impl Ingress {
 
 impl PathRewrite {
     fn new(matched: &str, replacement: &str) -> PathRewrite {
+        let base = replacement.trim_end_matches('/');
         let mut rule = PathRewrite {
             matched: matched.into(),
             replacement: replacement.into(),
             whole: None,
+            base: base.as_bytes().into(),
+            base_slash: format!("{base}/").into_bytes().into(),
+            slash_always: matched.ends_with('/') || base.is_empty(),
         };
         rule.whole = PathAndQuery::try_from(matched)
             .ok()
@@ -141,14 +151,40 @@ impl PathRewrite {
     /// The seam never doubles or loses a slash: the text after the prefix is joined to the
     /// replacement as if the prefix ended at a `/`, so `/api/` → `/` and `/api` → `/` both turn
     /// `/api/v1/x` into `/v1/x`; a path equal to the prefix becomes the replacement as written.
+    ///
+    /// The new target is two copies, the replacement (with its seam) and the original target's
+    /// rest of the path and query in one piece; [`PathRewrite::rewrite`] is the same rule spelt
+    /// out piece by piece (and the tests hold the two to the same answers).
     fn apply(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
-        match &self.whole {
-            // The path is the prefix itself (`GET /api/` under `/api/`): the answer is known.
-            Some(whole) if pq.query().is_none() && pq.path() == &*self.matched => {
-                Some(whole.clone())
-            }
-            _ => self.rewrite(pq),
+        let full = pq.as_str();
+        let path = pq.path();
+        // The path is the start of the whole target, except when `http` spells an empty path
+        // `/` (a target starting with `?`): that goes the long way.
+        if !std::ptr::eq(full.as_ptr(), path.as_ptr()) {
+            return self.rewrite(pq);
         }
+        let rest = path.strip_prefix(&*self.matched)?;
+        let (head, skip): (&[u8], usize) = if rest.is_empty() {
+            match &self.whole {
+                // The path is the prefix itself, without a query: the answer is known.
+                Some(whole) if path.len() == full.len() => return Some(whole.clone()),
+                _ => (self.replacement.as_bytes(), path.len()),
+            }
+        } else {
+            let slash = rest.starts_with('/');
+            let head = if slash || self.slash_always {
+                &self.base_slash
+            } else {
+                &self.base
+            };
+            (head, path.len() - rest.len() + usize::from(slash))
+        };
+        let tail = full.as_bytes().get(skip..)?;
+        // Exactly the new length: a full vector becomes `Bytes` without a second allocation.
+        let mut out = Vec::with_capacity(head.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(tail);
+        PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()
     }
 
     fn rewrite(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
@@ -362,9 +398,50 @@ mod tests {
         let rule = PathRewrite::new(matched, replacement);
         let pq = PathAndQuery::try_from(path).unwrap();
         let rewritten = rule.apply(&pq).unwrap().as_str().to_string();
-        // The shortcut for a path equal to the prefix agrees with the general rewrite.
+        // The two-copy rewrite (and its shortcut for a path equal to the prefix) agrees with
+        // the rule spelt out piece by piece.
         assert_eq!(rule.rewrite(&pq).unwrap().as_str(), rewritten);
         rewritten
+    }
+
+    #[test]
+    fn the_two_copy_rewrite_agrees_with_the_rule_everywhere() {
+        let prefixes = ["/", "/api", "/api/", "/a/b/"];
+        let replacements = ["/", "/v2", "/v2/", "/x/y", "//"];
+        let paths = [
+            "",
+            "/",
+            "?q",
+            "/?",
+            "/?q=1",
+            "/api",
+            "/api/",
+            "/api?",
+            "/api/?x",
+            "/apix",
+            "/api//x",
+            "/api/v1/items?page=2&a=%2F",
+            "/a/b/",
+            "/a/b/c?d",
+            "/a/bc",
+            "//",
+            "/%2e/x",
+        ];
+        for matched in prefixes {
+            for replacement in replacements {
+                let rule = PathRewrite::new(matched, replacement);
+                for path in paths {
+                    let Ok(pq) = PathAndQuery::try_from(path) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        rule.apply(&pq).map(|p| p.as_str().to_string()),
+                        rule.rewrite(&pq).map(|p| p.as_str().to_string()),
+                        "{matched} → {replacement} on {path:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -389,6 +466,15 @@ mod tests {
             ("/api", "/v2", "/apix", "/v2x"),
             ("/api", "/", "/apix", "/x"),
             ("/api/", "/", "/api/?q=1", "/?q=1"),
+            ("/api/", "/", "/api/x?", "/x?"),
+            ("/api/", "/v2", "/api/?", "/v2?"),
+            ("/api", "/v2", "/api?x=/y", "/v2?x=/y"),
+            ("/api", "/v2/", "/api/x/?a=b?c", "/v2/x/?a=b?c"),
+            ("/", "/v1", "/?a=b", "/v1?a=b"),
+            ("/", "/", "/", "/"),
+            ("/", "/", "/?", "/?"),
+            ("/", "/v1/", "//x", "/v1/x"),
+            ("/a/b/", "/c", "/a/b/d/e?f", "/c/d/e?f"),
         ];
         for (matched, replacement, path, want) in cases {
             assert_eq!(
