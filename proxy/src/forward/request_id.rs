@@ -107,6 +107,7 @@ mod tests {
         })) {
             assert_eq!(hex(n), *format!("{n:016x}").as_bytes(), "{n:#x}");
         }
+        eprintln!("10,010 values hex-encoded eight digits at a time, all equal to `{{:016x}}`");
     }
 
     #[test]

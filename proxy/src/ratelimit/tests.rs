@@ -80,6 +80,7 @@ fn an_address_is_one_key_in_either_form() {
     // Two limiters hash the same address differently (each has its own random keys).
     let other = RateLimiter::new(&limit(1.0, 1, RateLimitKey::ClientIp, 100));
     assert_ne!(limiter.hash(Key::Ip(v4)), other.hash(Key::Ip(v4)));
+    eprintln!("192.0.2.7 and ::ffff:192.0.2.7 share one bucket; 4 other addresses and a header value do not");
 }
 
 #[test]
