@@ -14,8 +14,13 @@
 //! shards, each a `Mutex` over two small hash maps held for one lookup and one store, so two
 //! workers rarely meet on one shard.
 //!
-//! **Bounded memory:** keys are hashed (SipHash with a random key per limiter) to 64 bits, so a
-//! key costs the same 16 bytes whatever its length and nothing is allocated per request. Each
+//! **Bounded memory:** keys are hashed to 64 bits, so a key costs the same 16 bytes whatever its
+//! length and nothing is allocated per request. Both hashes are keyed with secrets drawn from the
+//! operating system's random source (`rand`) for each limiter, so no client can choose keys that
+//! collide with another client's bucket or pile up in one slot of a shard's map: a client address
+//! (128 bits, of which a client controls at most its own address or prefix) goes through
+//! foldhash's quality variant, a few multiplications; a header value (any bytes the client likes,
+//! of any length) through SipHash-1-3, the standard library's HashDoS-resistant keyed hash. Each
 //! shard keeps two generations of keys: the current one (looked up first) and the previous one.
 //! A key found in the previous generation moves to the current one; when the current one is
 //! full it becomes the previous one and the old previous generation is forgotten. A key seen
@@ -27,6 +32,7 @@
 //! by the next route table (a reload or a weight change keeps every bucket); its
 //! `weir_rate_limited_total` counter is carried over even when the block changes.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::net::IpAddr;
@@ -57,7 +63,11 @@ pub struct RateLimiter {
     tolerance: u64,
     /// Time 0 of the TATs.
     epoch: Instant,
-    hasher: RandomState,
+    /// Keys the hash of client addresses (`foldhash`, quality variant).
+    ip_seed: u64,
+    ip_shared: foldhash::SharedSeed,
+    /// Keys the hash of header values (SipHash-1-3).
+    bytes_hasher: RandomState,
     buckets: Buckets,
     /// Requests refused (`weir_rate_limited_total`), carried across config changes.
     limited: Arc<AtomicU64>,
@@ -151,7 +161,9 @@ impl RateLimiter {
             interval,
             tolerance,
             epoch: Instant::now(),
-            hasher: RandomState::new(),
+            ip_seed: rand::random(),
+            ip_shared: foldhash::SharedSeed::from_u64(rand::random()),
+            bytes_hasher: RandomState::new(),
             buckets,
             limited,
         }
@@ -211,7 +223,14 @@ impl RateLimiter {
         trusted: impl Fn(IpAddr) -> bool,
         headers: &HeaderMap,
     ) -> Result<(), Limited> {
-        let client = || client_ip(peer, peer_trusted, &trusted, headers);
+        // The peer itself unless it is a trusted proxy (without a call in the usual case).
+        let client = || {
+            if peer_trusted {
+                client_ip(peer, peer_trusted, &trusted, headers)
+            } else {
+                peer
+            }
+        };
         let key = match &self.config.key {
             RateLimitKey::Global => return self.check(now, Key::Global),
             RateLimitKey::ClientIp => Key::Ip(client()),
@@ -261,8 +280,21 @@ impl RateLimiter {
     fn hash(&self, key: Key<'_>) -> u64 {
         match key {
             Key::Global => 0,
-            Key::Ip(ip) => self.hasher.hash_one((0u8, ip.to_canonical())),
-            Key::Bytes(bytes) => self.hasher.hash_one((1u8, bytes)),
+            Key::Ip(ip) => {
+                // An IPv4 address and its IPv4-mapped IPv6 form are one client.
+                let bits = match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                }
+                .to_bits();
+                let mut hasher =
+                    foldhash::quality::FoldHasher::with_seed(self.ip_seed, &self.ip_shared);
+                hasher.write_u128(bits);
+                hasher.finish()
+            }
+            // Tagged, so a header value never shares a bucket with an address by construction
+            // of the input (the two hashes are independent as well).
+            Key::Bytes(bytes) => self.bytes_hasher.hash_one((1u8, bytes)),
         }
     }
 }
@@ -375,6 +407,14 @@ impl Shard {
 
     /// The TAT of `key`, remembered from now on.
     fn slot(&mut self, key: u64) -> &mut u64 {
+        if self.current.len() < self.generation {
+            // Room in the current generation (the usual case): one lookup, whether the key is
+            // there or not.
+            return match self.current.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => entry.insert(self.previous.remove(&key).unwrap_or(0)),
+            };
+        }
         if self.current.contains_key(&key) {
             return self.current.entry(key).or_insert(0);
         }

@@ -59,6 +59,31 @@ fn keys_are_independent() {
 }
 
 #[test]
+fn an_address_is_one_key_in_either_form() {
+    let limiter = RateLimiter::new(&limit(1.0, 1, RateLimitKey::ClientIp, 100));
+    let t0 = Instant::now();
+    let v4: IpAddr = "192.0.2.7".parse().unwrap();
+    let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+    assert!(limiter.check(t0, Key::Ip(v4)).is_ok());
+    assert!(limiter.check(t0, Key::Ip(mapped)).is_err());
+    // Neighbours, the IPv4-compatible form and the same bytes as a header value are others.
+    for other in [
+        "192.0.2.8",
+        "::192.0.2.7",
+        "2001:db8::7",
+        "::ffff:192.0.2.9",
+    ] {
+        let other: IpAddr = other.parse().unwrap();
+        assert!(limiter.check(t0, Key::Ip(other)).is_ok(), "{other}");
+    }
+    assert!(limiter.check(t0, Key::Bytes(b"192.0.2.7")).is_ok());
+    // Two limiters hash the same address differently (each has its own random keys).
+    let other = RateLimiter::new(&limit(1.0, 1, RateLimitKey::ClientIp, 100));
+    assert_ne!(limiter.hash(Key::Ip(v4)), other.hash(Key::Ip(v4)));
+    eprintln!("192.0.2.7 and ::ffff:192.0.2.7 share one bucket; 4 other addresses and a header value do not");
+}
+
+#[test]
 fn sustained_rate_is_exact() {
     // 1,000 requests offered every millisecond for 10 s at 50 rps, burst 10: 10 + 50·10 allowed.
     let limiter = RateLimiter::new(&limit(50.0, 10, RateLimitKey::ClientIp, 100));

@@ -32,6 +32,14 @@ struct PathRewrite {
     matched: Box<str>,
     /// `rewrite.pathPrefix`.
     replacement: Box<str>,
+    /// What a path equal to `matched`, without a query, becomes (`replacement`), built once.
+    whole: Option<PathAndQuery>,
+    /// `replacement` without its trailing slashes, then with one: what goes before the rest of
+    /// a longer path.
+    base: Box<[u8]>,
+    base_slash: Box<[u8]>,
+    /// Whether the rest always follows a slash (`matched` ends with one, or `base` is empty).
+    slash_always: bool,
 }
 
 /// Compiled [`HeaderOps`] for one arm.
@@ -40,6 +48,10 @@ struct Ops {
     remove: Box<[HeaderName]>,
     set: Box<[(HeaderName, Value)]>,
     add: Box<[(HeaderName, Value)]>,
+    /// None of the three has an entry.
+    empty: bool,
+    /// A value has `{{request.id}}`.
+    needs_id: bool,
 }
 
 /// A rule's value for one arm.
@@ -69,9 +81,8 @@ impl Ingress {
         Some(Box::new(Ingress {
             path: rewrite
                 .and_then(|r| r.path_prefix.as_deref())
-                .map(|replacement| PathRewrite {
-                    matched: service.matcher.path_prefix.as_str().into(),
-                    replacement: replacement.into(),
+                .map(|replacement| {
+                    PathRewrite::new(service.matcher.path_prefix.as_str(), replacement)
                 }),
             host: rewrite
                 .and_then(|r| r.host.as_deref())
@@ -93,11 +104,12 @@ impl Ingress {
             request.headers_mut().insert(header::HOST, host.clone());
         }
         let ops = &self.request[usize::from(canary)];
-        if !ops.is_empty() {
-            let id = ops
-                .needs_id()
-                .then(|| request.headers().get(&X_REQUEST_ID).cloned())
-                .flatten();
+        if !ops.empty {
+            let id = if ops.needs_id {
+                request.headers().get(&X_REQUEST_ID).cloned()
+            } else {
+                None
+            };
             ops.apply(request.headers_mut(), id.as_ref());
         }
     }
@@ -110,40 +122,98 @@ impl Ingress {
         id: &HeaderValue,
     ) {
         let ops = &self.response[usize::from(canary)];
-        if !ops.is_empty() {
+        if !ops.empty {
             ops.apply(response.headers_mut(), Some(id));
         }
     }
 }
 
 impl PathRewrite {
+    fn new(matched: &str, replacement: &str) -> PathRewrite {
+        let base = replacement.trim_end_matches('/');
+        let mut rule = PathRewrite {
+            matched: matched.into(),
+            replacement: replacement.into(),
+            whole: None,
+            base: base.as_bytes().into(),
+            base_slash: format!("{base}/").into_bytes().into(),
+            slash_always: matched.ends_with('/') || base.is_empty(),
+        };
+        rule.whole = PathAndQuery::try_from(matched)
+            .ok()
+            .and_then(|pq| rule.rewrite(&pq));
+        rule
+    }
+
     /// The path with its matched prefix replaced, the query kept; `None` when the path does not
     /// start with the prefix (it always does for a routed request).
     ///
     /// The seam never doubles or loses a slash: the text after the prefix is joined to the
     /// replacement as if the prefix ended at a `/`, so `/api/` → `/` and `/api` → `/` both turn
     /// `/api/v1/x` into `/v1/x`; a path equal to the prefix becomes the replacement as written.
+    ///
+    /// The new target is two copies, the replacement (with its seam) and the original target's
+    /// rest of the path and query in one piece; [`PathRewrite::rewrite`] is the same rule spelt
+    /// out piece by piece (and the tests hold the two to the same answers).
     fn apply(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
+        let full = pq.as_str();
+        let path = pq.path();
+        // The path is the start of the whole target, except when `http` spells an empty path
+        // `/` (a target starting with `?`): that goes the long way.
+        if !std::ptr::eq(full.as_ptr(), path.as_ptr()) {
+            return self.rewrite(pq);
+        }
+        let rest = path.strip_prefix(&*self.matched)?;
+        let (head, skip): (&[u8], usize) = if rest.is_empty() {
+            match &self.whole {
+                // The path is the prefix itself, without a query: the answer is known.
+                Some(whole) if path.len() == full.len() => return Some(whole.clone()),
+                _ => (self.replacement.as_bytes(), path.len()),
+            }
+        } else {
+            let slash = rest.starts_with('/');
+            let head = if slash || self.slash_always {
+                &self.base_slash
+            } else {
+                &self.base
+            };
+            (head, path.len() - rest.len() + usize::from(slash))
+        };
+        let tail = full.as_bytes().get(skip..)?;
+        // Exactly the new length: a full vector becomes `Bytes` without a second allocation.
+        let mut out = Vec::with_capacity(head.len() + tail.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(tail);
+        PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()
+    }
+
+    fn rewrite(&self, pq: &PathAndQuery) -> Option<PathAndQuery> {
         let rest = pq.path().strip_prefix(&*self.matched)?;
-        let mut out = BytesMut::with_capacity(pq.as_str().len() + self.replacement.len() + 1);
-        if rest.is_empty() {
-            out.put_slice(self.replacement.as_bytes());
+        // The new path as (up to) three pieces: the replacement, a slash, the rest.
+        let (base, slash, rest) = if rest.is_empty() {
+            (&*self.replacement, "", "")
         } else {
             let base = self.replacement.trim_end_matches('/');
-            out.put_slice(base.as_bytes());
-            if self.matched.ends_with('/') || rest.starts_with('/') {
-                out.put_u8(b'/');
-            } else if base.is_empty() {
-                // `/apix` under `/api` rewritten to `/`: still a path.
-                out.put_u8(b'/');
-            }
-            out.put_slice(rest.strip_prefix('/').unwrap_or(rest).as_bytes());
+            // `/apix` under `/api` rewritten to `/` still needs its slash: a path starts with one.
+            let slash = self.matched.ends_with('/') || rest.starts_with('/') || base.is_empty();
+            (
+                base,
+                if slash { "/" } else { "" },
+                rest.strip_prefix('/').unwrap_or(rest),
+            )
+        };
+        let query = pq.query();
+        let len = base.len() + slash.len() + rest.len() + query.map_or(0, |q| q.len() + 1);
+        // Exactly `len` bytes: a full vector becomes `Bytes` without a second allocation.
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(base.as_bytes());
+        out.extend_from_slice(slash.as_bytes());
+        out.extend_from_slice(rest.as_bytes());
+        if let Some(query) = query {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
         }
-        if let Some(query) = pq.query() {
-            out.put_u8(b'?');
-            out.put_slice(query.as_bytes());
-        }
-        PathAndQuery::from_maybe_shared(out.freeze()).ok()
+        PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()
     }
 }
 
@@ -158,26 +228,23 @@ impl Ops {
                 })
                 .collect()
         };
-        Ops {
-            remove: ops
-                .remove
-                .iter()
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-                .collect(),
-            set: pairs(&ops.set),
-            add: pairs(&ops.add),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
-    fn needs_id(&self) -> bool {
-        self.set
+        let remove: Box<[HeaderName]> = ops
+            .remove
             .iter()
-            .chain(self.add.iter())
-            .any(|(_, v)| matches!(v, Value::WithId(_)))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        let set = pairs(&ops.set);
+        let add = pairs(&ops.add);
+        Ops {
+            empty: remove.is_empty() && set.is_empty() && add.is_empty(),
+            needs_id: set
+                .iter()
+                .chain(add.iter())
+                .any(|(_, v)| matches!(v, Value::WithId(_))),
+            remove,
+            set,
+            add,
+        }
     }
 
     /// `remove`, then `set`, then `add`. A value that needs the id is left out when there is none.
@@ -187,12 +254,13 @@ impl Ops {
         }
         for (name, value) in &*self.set {
             if let Some(value) = value.render(id) {
-                headers.insert(name.clone(), value);
+                // By reference: the name is cloned only when it is not there yet.
+                headers.insert(name, value);
             }
         }
         for (name, value) in &*self.add {
             if let Some(value) = value.render(id) {
-                headers.append(name.clone(), value);
+                headers.append(name, value);
             }
         }
     }
@@ -227,22 +295,27 @@ impl Value {
         Some(Value::WithId(pieces.into()))
     }
 
+    #[inline]
     fn render(&self, id: Option<&HeaderValue>) -> Option<HeaderValue> {
         match self {
             Value::Ready(value) => Some(value.clone()),
-            Value::WithId(pieces) => {
-                let id = id?;
-                let len = pieces
-                    .iter()
-                    .map(|p| p.as_ref().map_or(id.len(), Bytes::len))
-                    .sum();
-                let mut out = BytesMut::with_capacity(len);
-                for piece in &**pieces {
-                    out.put_slice(piece.as_deref().unwrap_or(id.as_bytes()));
-                }
-                HeaderValue::from_maybe_shared(out.freeze()).ok()
-            }
+            Value::WithId(pieces) => Value::with_id(pieces, id?),
         }
+    }
+
+    /// A value with `{{request.id}}`: the pieces with `id` between them (out of line: the
+    /// ready values are the common case).
+    #[inline(never)]
+    fn with_id(pieces: &[Option<Bytes>], id: &HeaderValue) -> Option<HeaderValue> {
+        let len = pieces
+            .iter()
+            .map(|p| p.as_ref().map_or(id.len(), Bytes::len))
+            .sum();
+        let mut out = BytesMut::with_capacity(len);
+        for piece in pieces {
+            out.put_slice(piece.as_deref().unwrap_or(id.as_bytes()));
+        }
+        HeaderValue::from_maybe_shared(out.freeze()).ok()
     }
 }
 
@@ -322,12 +395,56 @@ mod tests {
     use super::*;
 
     fn rewrite(matched: &str, replacement: &str, path: &str) -> String {
-        let rule = PathRewrite {
-            matched: matched.into(),
-            replacement: replacement.into(),
-        };
+        let rule = PathRewrite::new(matched, replacement);
         let pq = PathAndQuery::try_from(path).unwrap();
-        rule.apply(&pq).unwrap().as_str().to_string()
+        let rewritten = rule.apply(&pq).unwrap().as_str().to_string();
+        // The two-copy rewrite (and its shortcut for a path equal to the prefix) agrees with
+        // the rule spelt out piece by piece.
+        assert_eq!(rule.rewrite(&pq).unwrap().as_str(), rewritten);
+        rewritten
+    }
+
+    #[test]
+    fn the_two_copy_rewrite_agrees_with_the_rule_everywhere() {
+        let prefixes = ["/", "/api", "/api/", "/a/b/"];
+        let replacements = ["/", "/v2", "/v2/", "/x/y", "//"];
+        let paths = [
+            "",
+            "/",
+            "?q",
+            "/?",
+            "/?q=1",
+            "/api",
+            "/api/",
+            "/api?",
+            "/api/?x",
+            "/apix",
+            "/api//x",
+            "/api/v1/items?page=2&a=%2F",
+            "/a/b/",
+            "/a/b/c?d",
+            "/a/bc",
+            "//",
+            "/%2e/x",
+        ];
+        let mut checked = 0;
+        for matched in prefixes {
+            for replacement in replacements {
+                let rule = PathRewrite::new(matched, replacement);
+                for path in paths {
+                    let Ok(pq) = PathAndQuery::try_from(path) else {
+                        continue;
+                    };
+                    checked += 1;
+                    assert_eq!(
+                        rule.apply(&pq).map(|p| p.as_str().to_string()),
+                        rule.rewrite(&pq).map(|p| p.as_str().to_string()),
+                        "{matched} → {replacement} on {path:?}"
+                    );
+                }
+            }
+        }
+        eprintln!("two-copy rewrite = piece-by-piece rule on {checked} (prefix, replacement, target) combinations");
     }
 
     #[test]
@@ -352,6 +469,15 @@ mod tests {
             ("/api", "/v2", "/apix", "/v2x"),
             ("/api", "/", "/apix", "/x"),
             ("/api/", "/", "/api/?q=1", "/?q=1"),
+            ("/api/", "/", "/api/x?", "/x?"),
+            ("/api/", "/v2", "/api/?", "/v2?"),
+            ("/api", "/v2", "/api?x=/y", "/v2?x=/y"),
+            ("/api", "/v2/", "/api/x/?a=b?c", "/v2/x/?a=b?c"),
+            ("/", "/v1", "/?a=b", "/v1?a=b"),
+            ("/", "/", "/", "/"),
+            ("/", "/", "/?", "/?"),
+            ("/", "/v1/", "//x", "/v1/x"),
+            ("/a/b/", "/c", "/a/b/d/e?f", "/c/d/e?f"),
         ];
         for (matched, replacement, path, want) in cases {
             assert_eq!(

@@ -584,7 +584,7 @@ async fn health_checks_probe_an_h2c_version_over_http2() {
             r#"{HEADER}services:
   - name: shop
     stable: {{version: v1, upstreams: ["${{a}}", "${{b}}"], protocol: h2c}}
-    healthCheck: {{ path: /weir.test.Echo/health, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }}
+    healthCheck: {{ path: /weir.test.Echo/health, interval: 100ms, timeout: 100ms, unhealthyThreshold: 2, healthyThreshold: 1 }}
 "#
         ),
         &[("a", a.addr), ("b", b.addr)],
@@ -596,12 +596,11 @@ async fn health_checks_probe_an_h2c_version_over_http2() {
     };
     let probes = |s: &GrpcServer| s.echo.probes.load(Ordering::Relaxed);
     crate::assert_eventually!(probes(&a) >= 3 && probes(&b) >= 3);
+    // Probes answered over HTTP/2 keep both in (a probe slowed past its timeout on a loaded
+    // machine may flip one for an interval; it is back at the next pass).
     for server in [&a, &b] {
-        assert_eq!(
-            crate::admin::metric(admin, &healthy(server.addr)).await,
-            Some(1.0),
-            "probes answered over HTTP/2 keep {} in",
-            server.addr
+        crate::assert_eventually!(
+            crate::admin::metric(admin, &healthy(server.addr)).await == Some(1.0)
         );
     }
     let (a_probes, b_probes) = (probes(&a), probes(&b));

@@ -618,7 +618,7 @@ async fn health_checks_probe_an_h2_version_over_tls() {
   - name: shop
     stable: {{version: v1, upstreams: ["${{good}}", "${{wrong}}"], protocol: h2, tls: {{caFile: ca.pem, serverName: api.internal}}}}
     outlierDetection: {{ consecutiveFailures: 1000 }}
-    healthCheck: {{ path: /weir.test.Echo/health, interval: 50ms, timeout: 50ms, unhealthyThreshold: 1, healthyThreshold: 1 }}
+    healthCheck: {{ path: /weir.test.Echo/health, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 1 }}
 "#
         ),
         &[("good", good.addr), ("wrong", wrong.addr)],
@@ -630,10 +630,9 @@ async fn health_checks_probe_an_h2_version_over_tls() {
     };
     crate::assert_eventually!(good.echo.probes.load(Ordering::Relaxed) >= 3);
     crate::assert_eventually!(crate::admin::metric(admin, &healthy(wrong.addr)).await == Some(0.0));
-    assert_eq!(
-        crate::admin::metric(admin, &healthy(good.addr)).await,
-        Some(1.0)
-    );
+    // A probe slowed past its timeout by a loaded machine may flip it for one interval; it is
+    // back at the next pass (`healthyThreshold: 1`).
+    crate::assert_eventually!(crate::admin::metric(admin, &healthy(good.addr)).await == Some(1.0));
     assert_eq!(
         wrong.echo.probes.load(Ordering::Relaxed),
         0,
