@@ -1304,3 +1304,79 @@ fn trusted_proxies_and_request_body_options() {
     assert!(model.listeners[0].trusted_proxies.is_empty());
     assert_eq!(model.services[0].upstream.max_request_body_size, Some(1024));
 }
+
+#[test]
+fn argo_pause_seconds_and_flaggers_canary_analysis_are_accepted() {
+    // `pause: {duration: 30}`: a plain number is seconds, as in Argo.
+    let model = ok(&with_strategy(
+        "      canary:
+        steps:
+          - setWeight: 10
+          - pause: { duration: 30 }
+          - pause: { duration: 1m }
+          - pause: {}
+",
+        "",
+    ));
+    assert_eq!(
+        model.services[0].strategy.as_ref().unwrap().steps()[1..],
+        [
+            Step::Pause(Some(Duration::from_secs(30))),
+            Step::Pause(Some(Duration::from_secs(60))),
+            Step::Pause(None),
+        ]
+    );
+    check(
+        &with_strategy(
+            "      canary:
+        steps: [{ pause: { duration: -3 } }, { pause: { duration: 1.5 } }]
+",
+            "",
+        ),
+        &[
+            "services[0].strategy.canary.steps[0].pause.duration: …",
+            "services[0].strategy.canary.steps[1].pause.duration: …",
+        ],
+    );
+
+    // Flagger's older `canaryAnalysis` is `analysis`, errors reported under the key written.
+    let flagger = |key: &str| {
+        with_strategy(
+            &format!(
+                "      canary:
+        {key}:
+          interval: 5s
+          threshold: 1
+          stepWeight: 20
+          maxWeight: 60
+          metrics: [{{ name: request-success-rate, thresholdRange: {{ min: 99 }} }}]
+"
+            ),
+            "",
+        )
+    };
+    let old = ok(&flagger("canaryAnalysis"));
+    let new = ok(&flagger("analysis"));
+    assert_eq!(old.services[0].strategy, new.services[0].strategy);
+    let p = old.services[0]
+        .strategy
+        .as_ref()
+        .unwrap()
+        .progression()
+        .unwrap();
+    assert_eq!(p.max_weight, Weight::from_basis_points(6000).unwrap());
+    check(
+        &flagger("canaryAnalysis").replace("threshold: 1", "threshold: 0"),
+        &["services[0].strategy.canary.canaryAnalysis.threshold: …"],
+    );
+    check(
+        &with_strategy(
+            "      canary:
+        analysis: { interval: 5s, threshold: 1, stepWeight: 20, metrics: [] }
+        canaryAnalysis: { interval: 5s, threshold: 1, stepWeight: 20, metrics: [] }
+",
+            "",
+        ),
+        &["services[0].strategy.canary.canaryAnalysis: canaryAnalysis is Flagger's older name for analysis: give one of them"],
+    );
+}

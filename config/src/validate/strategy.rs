@@ -104,7 +104,12 @@ struct SetRoutes {
 }
 
 fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Option<Strategy> {
-    let o = Obj::open(cx, value, at, &["steps", "analysis", "progressDeadline"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &["steps", "analysis", "canaryAnalysis", "progressDeadline"],
+    )?;
     let steps_len = o
         .get("steps")
         .and_then(Value::as_sequence)
@@ -116,9 +121,21 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
             step(cx, item, at, known, &mut routes)
         }))
     });
+    // Flagger's older `canaryAnalysis` is accepted as `analysis`.
+    let key = match (o.get("analysis"), o.get("canaryAnalysis")) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                &o.at("canaryAnalysis"),
+                "canaryAnalysis is Flagger's older name for analysis: give one of them",
+            );
+            "analysis"
+        }
+        (None, Some(_)) => "canaryAnalysis",
+        _ => "analysis",
+    };
     let analysis = o
-        .get("analysis")
-        .map(|v| analysis(cx, v, &o.at("analysis"), steps_len, known));
+        .get(key)
+        .map(|v| analysis(cx, v, &o.at(key), steps_len, known));
     let progress_deadline = o.or(
         cx,
         "progressDeadline",
@@ -243,7 +260,8 @@ fn step(
         "pause" => {
             let value = o.raw("pause").unwrap_or(&Value::Null);
             let p = Obj::open(cx, value, &o.at("pause"), &["duration"])?;
-            let duration = p.opt(cx, "duration", walk::duration)?;
+            // A plain number is seconds, as in Argo (`pause: {duration: 30}`).
+            let duration = p.opt(cx, "duration", seconds_or_duration)?;
             Some(Step::Pause(duration))
         }
         _ => {
