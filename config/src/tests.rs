@@ -890,7 +890,7 @@ fn invalid_strategies() {
           - { setWeight: 10, pause: {} }
           - { setWeigth: 10 }
           - setWeight: 150
-          - pause: { duration: 10 }
+          - pause: { duration: ten }
           - pause: 10s
           - analysis: { templates: [{ templateName: nope }] }
           - analysis: { templates: [] }
