@@ -903,7 +903,7 @@ fn invalid_strategies() {
                 "services[0].strategy.canary.steps[1]: a step needs exactly one of setWeight, pause, analysis, setHeaderRoute or setMirrorRoute, got setWeight and pause",
                 "services[0].strategy.canary.steps[2].setWeigth: unknown field \"setWeigth\"…",
                 "services[0].strategy.canary.steps[3].setWeight: must be between 0 and 100, got 150",
-                "services[0].strategy.canary.steps[4].pause.duration: expected a duration like \"10s\"…",
+                "services[0].strategy.canary.steps[4].pause.duration: invalid duration \"ten\"…",
                 "services[0].strategy.canary.steps[5].pause: expected a mapping, got a string",
                 "services[0].strategy.canary.steps[6].analysis.templates[0].templateName: unknown analysis template \"nope\" (no analysisTemplates are defined)",
                 "services[0].strategy.canary.steps[7].analysis.templates: must not be empty",
