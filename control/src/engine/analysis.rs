@@ -202,10 +202,25 @@ pub fn judge(
     }
 }
 
-/// Replaces `{{args.NAME}}` (whitespace inside the braces allowed: `{{ args.NAME }}`) with the
-/// argument's value. Placeholders naming an unknown argument, and any other `{{...}}`, are left as
-/// written.
-pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> String {
+/// What a template's placeholders stand for: its arguments (`{{args.NAME}}`) and the built-in
+/// variables of the rollout it runs for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vars {
+    /// Argument values for `{{args.NAME}}`.
+    pub args: BTreeMap<String, String>,
+    /// `{{service}}`: the service's name.
+    pub service: String,
+    /// `{{stable.version}}`: the version stable serves.
+    pub stable_version: String,
+    /// `{{canary.version}}`: the canary's version (empty without a canary: left as written).
+    pub canary_version: String,
+}
+
+/// Replaces `{{args.NAME}}` with the argument's value and `{{service}}`, `{{stable.version}}`,
+/// `{{canary.version}}` with the rollout's (whitespace inside the braces allowed:
+/// `{{ args.NAME }}`). Placeholders naming an unknown argument or an empty variable, and any other
+/// `{{...}}`, are left as written.
+pub fn substitute(text: &str, vars: &Vars) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -215,12 +230,17 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> String {
         };
         out.push_str(&rest[..open]);
         let inner = after_open[..close].trim();
-        let value = inner
-            .strip_prefix("args.")
-            .and_then(|name| args.get(name.trim_end()));
+        let value = match inner {
+            "service" => Some(&vars.service),
+            "stable.version" => Some(&vars.stable_version),
+            "canary.version" => Some(&vars.canary_version),
+            _ => inner
+                .strip_prefix("args.")
+                .and_then(|name| vars.args.get(name.trim_end())),
+        };
         match value {
-            Some(value) => out.push_str(value),
-            None => out.push_str(&rest[open..open + 2 + close + 2]),
+            Some(value) if !value.is_empty() => out.push_str(value),
+            _ => out.push_str(&rest[open..open + 2 + close + 2]),
         }
         rest = &after_open[close + 2..];
     }

@@ -462,7 +462,7 @@ impl Driver {
                 {
                     let host = blue_green::preview_host(service);
                     for due in &mut due {
-                        blue_green::fill_preview_url(&mut due.args, &url, host.as_deref());
+                        blue_green::fill_preview_url(&mut due.args.args, &url, host.as_deref());
                     }
                 }
             }

@@ -35,7 +35,7 @@ pub mod run;
 mod steps;
 mod strategy;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use weir_config::{
@@ -204,8 +204,9 @@ pub struct Due {
     pub metric_idx: usize,
     /// The metric (provider and conditions).
     pub metric: Metric,
-    /// Argument values for `{{args.NAME}}`.
-    pub args: BTreeMap<String, String>,
+    /// Argument values for `{{args.NAME}}` and the built-in variables (`{{service}}`,
+    /// `{{stable.version}}`, `{{canary.version}}`).
+    pub args: crate::engine::analysis::Vars,
 }
 
 /// A builtin measurement the shell answers synchronously from its stats window.
@@ -1066,7 +1067,12 @@ impl Rollout {
                     run_id,
                     metric_idx,
                     metric: metric.clone(),
-                    args,
+                    args: crate::engine::analysis::Vars {
+                        args,
+                        service: ctx.service.name.clone(),
+                        stable_version: ctx.service.stable.version.clone(),
+                        canary_version: self.canary_version.clone().unwrap_or_default(),
+                    },
                 }),
             }
         }

@@ -5,7 +5,6 @@
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`; `.ci/run` installs it).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +16,7 @@ use weir_config::PrometheusProvider;
 use weir_control::demo::backend::Backend;
 use weir_control::demo::traffic::Traffic;
 use weir_control::engine::analysis::provider::prometheus;
-use weir_control::engine::analysis::{Outcome, Verdict};
+use weir_control::engine::analysis::{Outcome, Vars, Verdict};
 use weir_control::engine::rollout::run::RunKind;
 use weir_control::engine::rollout::Phase;
 
@@ -152,6 +151,11 @@ fn server_errors_query(service: &str) -> String {
     )
 }
 
+/// The reference success-rate query restricted to the canary, with weir's built-in variables.
+fn canary_success_rate_query() -> String {
+    r#"sum(rate(http_requests_total{service="{{service}}",version="{{canary.version}}",status!~"5.."}[1m])) / sum(rate(http_requests_total{service="{{service}}",version="{{canary.version}}"}[1m])) * 100"#.to_string()
+}
+
 fn p99_query(service: &str) -> String {
     format!(
         r#"histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket{{service="{service}"}}[1m])) by (le))"#
@@ -168,7 +172,7 @@ async fn measure(server: &Prometheus, query: &str) -> f64 {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let outcome = prometheus(&provider, &BTreeMap::new()).await;
+        let outcome = prometheus(&provider, &Vars::default()).await;
         match &outcome {
             Outcome::Value(measured) => {
                 return measured.value[0]
@@ -188,7 +192,9 @@ async fn measure(server: &Prometheus, query: &str) -> f64 {
 /// three times (`prom-success`), once measured until the rollout ends with
 /// `consecutiveErrorLimit: 3` (`prom-watch`).
 fn templates(prometheus: &str) -> String {
-    let query = success_rate_query("{{args.service}}");
+    // The canary alone, as the seeds' queries select it: `{{service}}` and `{{canary.version}}`
+    // are filled in by weir for each rollout.
+    let query = canary_success_rate_query();
     format!(
         r#"analysisTemplates:
   - name: prom-success
@@ -197,6 +203,8 @@ fn templates(prometheus: &str) -> String {
       - name: success-rate
         interval: 300ms
         count: 3
+        # The canary's series is new: rate() needs two scrapes (1 s apart) of it.
+        initialDelay: 3s
         successCondition: result[0] >= 95
         provider:
           prometheus:
@@ -209,6 +217,7 @@ fn templates(prometheus: &str) -> String {
       - name: success-rate
         interval: 300ms
         count: 1000
+        initialDelay: 3s
         consecutiveErrorLimit: 3
         successCondition: result[0] >= 95
         provider:
@@ -277,7 +286,9 @@ async fn prometheus_analysis_against_a_real_prometheus() {
     let p99 = measure(&prom, &p99_query("checkout")).await;
     assert!(p99 > 0.0 && p99 < 0.5, "p99 {p99} s");
 
-    // 2. A rollout judged by Prometheus is promoted.
+    // 2. A rollout judged by Prometheus is promoted. Stable fails half its requests meanwhile:
+    // a query over both versions would be below 95%, the canary's own query is not.
+    v1.set_error_rate(0.5);
     let rest = format!("{}{}", steps("prom-success"), templates(&prom.address()));
     weir.write_atomic(&checkout(("v1", &v1), Some(("v2", &v2)), &rest));
     let done = weir
@@ -286,6 +297,7 @@ async fn prometheus_analysis_against_a_real_prometheus() {
         })
         .await;
     assert_eq!(done.phase, Phase::Healthy, "{}", done.message);
+    v1.set_error_rate(0.0);
     assert_eq!(
         (done.canary_weight, done.stable_version.as_str()),
         (100.0, "v2")

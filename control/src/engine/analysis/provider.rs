@@ -6,15 +6,13 @@
 //!
 //! Every provider answers with an [`Outcome`]: a value to judge, no data (inconclusive), or an error.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use tokio::time::Instant;
 use weir_config::{BuiltinMetric, BuiltinProvider, PrometheusProvider, Traffic, WebProvider};
 use weir_proxy::stats::{TrafficKind, Window};
 
 use super::jsonpath::JsonPath;
-use super::{show_duration, substitute, Measured, Outcome};
+use super::{show_duration, substitute, Measured, Outcome, Vars};
 
 mod http;
 
@@ -72,7 +70,7 @@ pub fn builtin(
 /// 0/0, is no data; ±Inf becomes ±`f64::MAX`, JSON having no infinity), an empty vector is no
 /// data, a scalar gives a number. A query error, an HTTP error status, an unreachable server, a
 /// timeout or an unparsable body is an error; so are range vectors and strings.
-pub async fn prometheus(p: &PrometheusProvider, args: &BTreeMap<String, String>) -> Outcome {
+pub async fn prometheus(p: &PrometheusProvider, args: &Vars) -> Outcome {
     let query = substitute(&p.query, args);
     let base = p.address.trim_end_matches('/');
     let encoded: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
@@ -217,7 +215,7 @@ fn json_number(value: f64) -> serde_json::Value {
 /// decides, e.g. `result == 200`). With `jsonPath` the result is the JSON value found there; a
 /// non-2xx status, a body that is not JSON or a path that finds nothing is an error. An unreachable
 /// server or a timeout is always an error.
-pub async fn web(p: &WebProvider, args: &BTreeMap<String, String>) -> Outcome {
+pub async fn web(p: &WebProvider, args: &Vars) -> Outcome {
     let url = substitute(&p.url, args);
     let shown = without_query(&url);
     let path = match p.json_path.as_deref().map(JsonPath::parse).transpose() {

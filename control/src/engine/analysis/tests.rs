@@ -1,13 +1,12 @@
 //! Tests of conditions, judging, substitution and JSONPath.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::condition::{Condition, ConditionError};
 use super::jsonpath::JsonPath;
-use super::{judge, show_duration, show_value, substitute, Measured, Outcome, Verdict};
+use super::{judge, show_duration, show_value, substitute, Measured, Outcome, Vars, Verdict};
 
 fn compile(expr: &str) -> Condition {
     Condition::compile(expr).unwrap_or_else(|error| panic!("{expr}: {error}"))
@@ -320,11 +319,16 @@ fn verdicts_serialize_in_camel_case() {
 
 #[test]
 fn substitutes_arguments() {
-    let args: BTreeMap<String, String> = [
-        ("service".to_string(), "shop".to_string()),
-        ("version".to_string(), "v2".to_string()),
-    ]
-    .into();
+    let args = Vars {
+        args: [
+            ("service".to_string(), "shop".to_string()),
+            ("version".to_string(), "v2".to_string()),
+        ]
+        .into(),
+        service: "checkout".into(),
+        stable_version: "v7".into(),
+        canary_version: "v8".into(),
+    };
     let cases = [
         ("plain", "plain"),
         ("{{args.service}}", "shop"),
@@ -339,10 +343,32 @@ fn substitutes_arguments() {
         ("{{args.service}}}}", "shop}}"),
         ("sum(rate(x{a=\"b\"}[5m]))", "sum(rate(x{a=\"b\"}[5m]))"),
         ("ünïcode {{args.version}} ✓", "ünïcode v2 ✓"),
+        (
+            "rate(http_requests_total{service=\"{{service}}\",version=\"{{canary.version}}\"}[1m])",
+            "rate(http_requests_total{service=\"checkout\",version=\"v8\"}[1m])",
+        ),
+        ("{{ stable.version }}/{{canary.version}}", "v7/v8"),
+        (
+            "{{args.service}} is not {{service}}",
+            "shop is not checkout",
+        ),
+        (
+            "{{canary}} {{stable}} {{version}}",
+            "{{canary}} {{stable}} {{version}}",
+        ),
     ];
     for (text, expected) in cases {
         assert_eq!(substitute(text, &args), expected, "{text}");
     }
+    // Without a canary, `{{canary.version}}` stays as written (a query then selects nothing).
+    let no_canary = Vars {
+        canary_version: String::new(),
+        ..args.clone()
+    };
+    assert_eq!(
+        substitute("v=\"{{canary.version}}\"", &no_canary),
+        "v=\"{{canary.version}}\""
+    );
 }
 
 // === messages ===

@@ -1,7 +1,7 @@
 //! Tests of the providers: builtin stats on a paused clock, Prometheus and web against tiny
 //! in-test HTTP servers on 127.0.0.1.
 
-use std::collections::BTreeMap;
+use crate::engine::analysis::Vars;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -252,8 +252,13 @@ async fn refused_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-fn args() -> BTreeMap<String, String> {
-    [("service".to_string(), "shop".to_string())].into()
+fn args() -> Vars {
+    Vars {
+        args: [("service".to_string(), "shop".to_string())].into(),
+        service: "shop".into(),
+        stable_version: "v1".into(),
+        canary_version: "v2".into(),
+    }
 }
 
 fn expect_error(outcome: &Outcome, needle: &str) {
