@@ -148,13 +148,27 @@ pub fn judge(
             )),
         },
     };
+    // As in Argo, an empty result (a Prometheus query that matched no series) is `[]` for the
+    // conditions, so `default(result[0], 0)` and `len(result)` decide; a condition that cannot be
+    // evaluated on it is inconclusive (nothing to judge), never an error or a failure.
+    let empty = matches!(&measured.value, serde_json::Value::Array(items) if items.is_empty());
+    let not_evaluated = |why: String| {
+        if empty {
+            (
+                Verdict::Inconclusive,
+                format!("the query returned nothing (result is []): {why}"),
+            )
+        } else {
+            (Verdict::Error, why)
+        }
+    };
     let success_holds = match evaluate("successCondition", success) {
         Ok(holds) => holds,
-        Err(why) => return (Verdict::Error, why),
+        Err(why) => return not_evaluated(why),
     };
     let failure_holds = match evaluate("failureCondition", failure) {
         Ok(holds) => holds,
-        Err(why) => return (Verdict::Error, why),
+        Err(why) => return not_evaluated(why),
     };
     let says = |which: &str, condition: &Condition, holds: bool| {
         // `result >= 0.99` false for 0.6917 reads best as "0.6917 < 0.99 over 30s (…)".

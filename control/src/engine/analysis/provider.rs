@@ -67,8 +67,9 @@ pub fn builtin(
 /// substitution) within the provider's timeout.
 ///
 /// A vector gives an array of its sample values (NaN samples dropped: all NaN, as for a rate of
-/// 0/0, is no data; ±Inf becomes ±`f64::MAX`, JSON having no infinity), an empty vector is no
-/// data, a scalar gives a number. A query error, an HTTP error status, an unreachable server, a
+/// 0/0, is no data; ±Inf becomes ±`f64::MAX`, JSON having no infinity), an empty vector is `[]`
+/// (as in Argo: `default()`/`len()` conditions decide, others are inconclusive), a scalar gives a
+/// number. A query error, an HTTP error status, an unreachable server, a
 /// timeout or an unparsable body is an error; so are range vectors and strings.
 pub async fn prometheus(p: &PrometheusProvider, args: &Vars) -> Outcome {
     let query = substitute(&p.query, args);
@@ -146,7 +147,8 @@ fn prometheus_reply(status: ::http::StatusCode, body: &[u8]) -> Outcome {
                 }
             };
             if samples.is_empty() {
-                return Outcome::NoData("query returned no data".to_string());
+                // As in Argo: `result` is `[]`, and the conditions decide (see `judge`).
+                return Outcome::Value(Measured::value(serde_json::Value::Array(Vec::new())));
             }
             let mut values = Vec::with_capacity(samples.len());
             for sample in &samples {

@@ -259,12 +259,33 @@ fn judge_no_data_and_errors() {
 }
 
 #[test]
+fn an_empty_result_is_judged_as_argo_does() {
+    // `default()` and `len()` decide on `[]`.
+    let (verdict, _) = judge(
+        Some(&compile("default(result[0], 0) <= 1")),
+        None,
+        &value(json!([])),
+    );
+    assert_eq!(verdict, Verdict::Successful);
+    let (verdict, _) = judge(Some(&compile("len(result) > 0")), None, &value(json!([])));
+    assert_eq!(verdict, Verdict::Failed);
+    // A condition that cannot be evaluated on `[]` is inconclusive, saying the query returned
+    // nothing: never an error that counts toward consecutiveErrorLimit, never a failure.
+    let (verdict, why) = judge(Some(&compile("result[0] >= 0.99")), None, &value(json!([])));
+    assert_eq!(verdict, Verdict::Inconclusive);
+    assert!(
+        why.starts_with("the query returned nothing (result is []): successCondition `result[0] >= 0.99` could not be evaluated for []: "),
+        "{why}"
+    );
+}
+
+#[test]
 fn judge_evaluation_errors_are_errors() {
     let success = compile("result[0] >= 0.99");
-    let (verdict, why) = judge(Some(&success), None, &value(json!([])));
+    let (verdict, why) = judge(Some(&success), None, &value(json!(["x"])));
     assert_eq!(verdict, Verdict::Error);
     assert!(
-        why.starts_with("successCondition `result[0] >= 0.99` could not be evaluated for []: "),
+        why.starts_with("successCondition `result[0] >= 0.99` could not be evaluated for "),
         "{why}"
     );
     // An error in the failure condition is an error even when the success condition holds.

@@ -325,11 +325,12 @@ async fn prometheus_vectors_and_scalars() {
 }
 
 #[tokio::test]
-async fn prometheus_empty_or_nan_is_no_data() {
+async fn prometheus_empty_is_an_empty_result_and_nan_is_no_data() {
+    // As in Argo, an empty vector is `result == []` for the conditions.
     let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
     assert_eq!(
         prom_reply(200, empty).await,
-        Outcome::NoData("query returned no data".to_string())
+        Outcome::Value(Measured::value(json!([])))
     );
     let nan = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
     assert!(matches!(prom_reply(200, nan).await, Outcome::NoData(_)));
