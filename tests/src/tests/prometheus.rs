@@ -174,6 +174,13 @@ async fn measure(server: &Prometheus, query: &str) -> f64 {
     loop {
         let outcome = prometheus(&provider, &Vars::default()).await;
         match &outcome {
+            // No series yet (`[]`, as in Argo): Prometheus has not scraped it twice.
+            Outcome::Value(measured)
+                if measured.value.as_array().is_some_and(Vec::is_empty)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             Outcome::Value(measured) => {
                 return measured.value[0]
                     .as_f64()
