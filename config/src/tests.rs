@@ -1108,7 +1108,7 @@ fn invalid_templates() {
       - name: p
         successCondition: result > {{ args.threshold }}
         provider:
-          prometheus: { address: \"http://{{args.known}}:9090\", query: \"{{args.unknown}}\" }
+          prometheus: { address: \"http://{{args.known}}:9090\", query: \"{{args.unknown}}{{canary.verison}}{{service}}{{ stable.version }}{{canary.version}}\" }
 ";
     let yaml = with_service(&format!(
         "  - name: s\n    stable: {{ version: v1, upstreams: [\"127.0.0.1:9001\"] }}\n{templates}"
@@ -1141,12 +1141,18 @@ fn invalid_templates() {
             "analysisTemplates[2].metrics[3].provider.builtin.minRequests: expected an integer, got 1.5",
             "analysisTemplates[3].metrics[0].successCondition: \"{{args.threshold}}\" uses argument \"threshold\"…",
             "analysisTemplates[3].metrics[0].provider.prometheus.query: \"{{args.unknown}}\" uses argument \"unknown\"…",
+            "analysisTemplates[3].metrics[0].provider.prometheus.query: unknown variable \"{{canary.verison}}\": use {{args.NAME}}, {{service}}, {{stable.version}}, {{canary.version}}",
         ],
     );
     let got = problems(&yaml);
     assert!(
         !got.iter().any(|p| p.contains("args.known")),
         "declared placeholders are fine: {got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|p| p.contains("{{service}}\"") || p.contains("version}}\":")),
+        "built-in variables are fine: {got:?}"
     );
 }
 

@@ -437,6 +437,10 @@ fn http_url(
 }
 
 /// Reports every `{{args.NAME}}` in `text` whose NAME is not declared (skipped when `args` is unknown).
+/// The variables weir fills in every query, URL, header and body besides `{{args.NAME}}`.
+/// (`{{preview.url}}` and `{{preview.host}}` are for argument values, see blue-green.)
+const BUILTIN_VARIABLES: [&str; 3] = ["service", "stable.version", "canary.version"];
+
 fn check_placeholders(
     cx: &mut Cx,
     at: &str,
@@ -456,6 +460,14 @@ fn check_placeholders(
                     format!("\"{{{{{inner}}}}}\" uses argument \"{name}\", which the template does not declare in args"),
                 );
             }
+        } else if !BUILTIN_VARIABLES.contains(&inner) {
+            cx.err(
+                at,
+                format!(
+                    "unknown variable \"{{{{{inner}}}}}\": use {{{{args.NAME}}}}, {}",
+                    BUILTIN_VARIABLES.map(|v| format!("{{{{{v}}}}}")).join(", ")
+                ),
+            );
         }
         rest = &after[end + 2..];
     }
