@@ -827,6 +827,25 @@ pub struct PrometheusProvider {
     pub query: String,
     /// Request timeout (`timeout`, default 10s).
     pub timeout: Duration,
+    /// Extra request headers (`headers: [{key, value}]`); values may contain placeholders.
+    pub headers: Vec<(String, String)>,
+    /// `Authorization: Bearer` with the token in this file (`bearerTokenFile`, absolute), read at
+    /// every query so a rotated token needs no reload.
+    pub bearer_token_file: Option<PathBuf>,
+    /// HTTP basic authentication (`basicAuth: {username, passwordFile}`), the password read at
+    /// every query.
+    pub basic_auth: Option<BasicAuth>,
+    /// Accept any certificate from an `https` address (`insecureSkipVerify`, default false).
+    pub insecure_skip_verify: bool,
+}
+
+/// `basicAuth` of a Prometheus provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuth {
+    /// The user name.
+    pub username: String,
+    /// The file holding the password (absolute path).
+    pub password_file: PathBuf,
 }
 
 /// `provider.web`.

@@ -635,6 +635,10 @@ fn templates_and_providers() {
             address: "http://127.0.0.1:9090".into(),
             query: "rate(x{service=\"{{args.service}}\"}[1m])".into(),
             timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+            bearer_token_file: None,
+            basic_auth: None,
+            insecure_skip_verify: false,
         })
     );
     let web = &model.analysis_templates[1].metrics[0];
@@ -1385,4 +1389,106 @@ fn argo_pause_seconds_and_flaggers_canary_analysis_are_accepted() {
         ),
         &["services[0].strategy.canary.canaryAnalysis: canaryAnalysis is Flagger's older name for analysis: give one of them"],
     );
+}
+
+#[test]
+fn prometheus_headers_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t").unwrap();
+    std::fs::write(dir.path().join("password"), "p").unwrap();
+    let template = |provider: &str| {
+        format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]
+services: [{{ name: s, stable: {{ version: v1, upstreams: [\"127.0.0.1:9001\"] }} }}]
+analysisTemplates:
+  - name: t
+    metrics:
+      - name: m
+        successCondition: result[0] > 1
+        provider:
+          prometheus:
+            address: https://prometheus.internal:9090
+            query: up{{job=\"{{{{service}}}}\"}}
+{provider}"
+        )
+    };
+    let model = parse(
+        &template(
+            "            headers: [{ key: X-Scope-OrgID, value: \"team-{{service}}\" }]
+            bearerTokenFile: token
+            insecureSkipVerify: true
+",
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    let Provider::Prometheus(p) = &model.analysis_templates[0].metrics[0].provider else {
+        panic!("a prometheus provider");
+    };
+    assert_eq!(
+        p.headers,
+        [("X-Scope-OrgID".to_string(), "team-{{service}}".to_string())]
+    );
+    assert_eq!(p.bearer_token_file, Some(dir.path().join("token")));
+    assert!(p.insecure_skip_verify);
+    let model = parse(
+        &template("            basicAuth: { username: weir, passwordFile: password }\n"),
+        dir.path(),
+    )
+    .unwrap();
+    let Provider::Prometheus(p) = &model.analysis_templates[0].metrics[0].provider else {
+        panic!("a prometheus provider");
+    };
+    assert_eq!(
+        p.basic_auth,
+        Some(BasicAuth {
+            username: "weir".into(),
+            password_file: dir.path().join("password"),
+        })
+    );
+    assert!(!p.insecure_skip_verify, "verified by default");
+
+    let at = "analysisTemplates[0].metrics[0].provider.prometheus";
+    let got = match parse(
+        &template(
+            "            headers: [{ key: Authorization, value: x }, { key: \"a b\", value: y }]
+            bearerTokenFile: token
+            basicAuth: { username: \"we:ir\", passwordFile: missing }
+            insecureSkipVerify: sometimes
+",
+        ),
+        dir.path(),
+    ) {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.problems(),
+    };
+    for want in [
+        format!("{at}.headers[1].key: invalid header name \"a b\""),
+        format!("{at}.basicAuth.username: must not contain ':' or control characters"),
+        format!("{at}.basicAuth.passwordFile: "),
+        format!("{at}.insecureSkipVerify: "),
+    ] {
+        assert!(
+            got.iter().any(|p| p.starts_with(&want)),
+            "{want} not in {got:#?}"
+        );
+    }
+    let got = match parse(
+        &template(
+            "            headers: [{ key: authorization, value: x }]
+            bearerTokenFile: token
+            basicAuth: { username: weir, passwordFile: password }
+",
+        ),
+        dir.path(),
+    ) {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.problems(),
+    };
+    for want in [
+        format!("{at}.basicAuth: give one of bearerTokenFile or basicAuth, not both"),
+        format!("{at}.headers: an Authorization header conflicts with bearerTokenFile/basicAuth"),
+    ] {
+        assert!(got.contains(&want), "{want} not in {got:#?}");
+    }
 }

@@ -81,7 +81,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     // file order.
     let mut known = Known::new();
     let templates = o.or(cx, "analysisTemplates", Vec::new(), |cx, v, at| {
-        template::templates(cx, v, at, &mut known)
+        template::templates(cx, v, at, &mut known, base_dir)
     });
     let template_errors = std::mem::take(&mut cx.errors);
 

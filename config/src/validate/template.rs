@@ -1,13 +1,14 @@
 //! `analysisTemplates[]`, their providers, and checks of references to them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AnalysisTemplate, Arm, BuiltinMetric, BuiltinProvider, LatencyQuantile, Metric,
+    AnalysisTemplate, Arm, BasicAuth, BuiltinMetric, BuiltinProvider, LatencyQuantile, Metric,
     PrometheusProvider, Provider, Traffic, WebProvider,
 };
 
@@ -38,6 +39,7 @@ pub(crate) fn templates(
     value: &Value,
     at: &str,
     known: &mut Known,
+    base_dir: &Path,
 ) -> Option<Vec<AnalysisTemplate>> {
     let items = walk::list(cx, value, at)?;
     let mut first_index: BTreeMap<String, usize> = BTreeMap::new();
@@ -56,7 +58,9 @@ pub(crate) fn templates(
                 known.insert(name.clone(), KnownTemplate { args: args.clone() });
             }
         }
-        let metrics = o.req(cx, "metrics", |cx, v, at| metrics(cx, v, at, args.as_ref()));
+        let metrics = o.req(cx, "metrics", |cx, v, at| {
+            metrics(cx, v, at, args.as_ref(), base_dir)
+        });
         Some(AnalysisTemplate {
             name: name?,
             args: args?,
@@ -100,11 +104,12 @@ fn metrics(
     value: &Value,
     at: &str,
     args: Option<&BTreeMap<String, Option<String>>>,
+    base_dir: &Path,
 ) -> Option<Vec<Metric>> {
     let items = walk::nonempty_list(cx, value, at)?;
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let parsed = each(cx, items, at, |cx, item, at, i| {
-        let metric = metric(cx, item, at, args);
+        let metric = metric(cx, item, at, args, base_dir);
         if let Some(metric) = &metric {
             if let Some(first) = names.get(&metric.name) {
                 cx.err(
@@ -128,6 +133,7 @@ fn metric(
     value: &Value,
     at: &str,
     args: Option<&BTreeMap<String, Option<String>>>,
+    base_dir: &Path,
 ) -> Option<Metric> {
     let o = Obj::open(
         cx,
@@ -165,7 +171,9 @@ fn metric(
     let inconclusive_limit = o.or(cx, "inconclusiveLimit", 0, walk::uint32);
     let consecutive_error_limit = o.or(cx, "consecutiveErrorLimit", 4, walk::uint32);
     let dry_run = o.or(cx, "dryRun", false, walk::boolean);
-    let provider = o.req(cx, "provider", |cx, v, at| provider(cx, v, at, args));
+    let provider = o.req(cx, "provider", |cx, v, at| {
+        provider(cx, v, at, args, base_dir)
+    });
     for (key, condition) in [
         ("successCondition", &success_condition),
         ("failureCondition", &failure_condition),
@@ -194,6 +202,7 @@ fn provider(
     value: &Value,
     at: &str,
     args: Option<&BTreeMap<String, Option<String>>>,
+    base_dir: &Path,
 ) -> Option<Provider> {
     const KINDS: [&str; 3] = ["builtin", "prometheus", "web"];
     let o = Obj::open(cx, value, at, &KINDS)?;
@@ -208,7 +217,9 @@ fn provider(
             let value = o.raw(kind).unwrap_or(&Value::Null);
             match *kind {
                 "builtin" => builtin(cx, value, &at).map(Provider::Builtin),
-                "prometheus" => prometheus(cx, value, &at, args).map(Provider::Prometheus),
+                "prometheus" => {
+                    prometheus(cx, value, &at, args, base_dir).map(Provider::Prometheus)
+                }
                 _ => web(cx, value, &at, args).map(Provider::Web),
             }
         }
@@ -308,8 +319,22 @@ fn prometheus(
     value: &Value,
     at: &str,
     args: Option<&BTreeMap<String, Option<String>>>,
+    base_dir: &Path,
 ) -> Option<PrometheusProvider> {
-    let o = Obj::open(cx, value, at, &["address", "query", "timeout"])?;
+    let o = Obj::open(
+        cx,
+        value,
+        at,
+        &[
+            "address",
+            "query",
+            "timeout",
+            "headers",
+            "bearerTokenFile",
+            "basicAuth",
+            "insecureSkipVerify",
+        ],
+    )?;
     let address = o.req(cx, "address", |cx, v, at| http_url(cx, v, at, args));
     let query = o.req(cx, "query", |cx, v, at| {
         let query = walk::nonempty_string(cx, v, at)?;
@@ -322,10 +347,60 @@ fn prometheus(
         Duration::from_secs(10),
         walk::positive_duration,
     );
+    let headers = o.or(cx, "headers", Vec::new(), |cx, v, at| {
+        request_headers(cx, v, at, args)
+    });
+    let bearer_token_file = o.opt(cx, "bearerTokenFile", |cx, v, at| {
+        walk::existing_file(cx, v, at, base_dir)
+    });
+    let basic_auth = o.opt(cx, "basicAuth", |cx, v, at| {
+        let o = Obj::open(cx, v, at, &["username", "passwordFile"])?;
+        let username = o.req(cx, "username", |cx, v, at| {
+            let name = walk::nonempty_string(cx, v, at)?;
+            if name.contains(':') || name.chars().any(char::is_control) {
+                cx.err(at, "must not contain ':' or control characters");
+                return None;
+            }
+            Some(name)
+        });
+        let password_file = o.req(cx, "passwordFile", |cx, v, at| {
+            walk::existing_file(cx, v, at, base_dir)
+        });
+        Some(BasicAuth {
+            username: username?,
+            password_file: password_file?,
+        })
+    });
+    if let (Some(Some(_)), Some(Some(_))) = (&bearer_token_file, &basic_auth) {
+        cx.err(
+            &o.at("basicAuth"),
+            "give one of bearerTokenFile or basicAuth, not both",
+        );
+    }
+    let authorization_header = headers.as_ref().is_some_and(|h: &Vec<(String, String)>| {
+        h.iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    });
+    if authorization_header
+        && matches!(
+            (&bearer_token_file, &basic_auth),
+            (Some(Some(_)), _) | (_, Some(Some(_)))
+        )
+    {
+        cx.err(
+            &o.at("headers"),
+            "an Authorization header conflicts with bearerTokenFile/basicAuth",
+        );
+    }
+    let insecure_skip_verify = o.or(cx, "insecureSkipVerify", false, walk::boolean);
     Some(PrometheusProvider {
         address: address?,
         query: query?,
         timeout: timeout?,
+        headers: headers?,
+        bearer_token_file: bearer_token_file?,
+        basic_auth: basic_auth?,
+        insecure_skip_verify: insecure_skip_verify?,
     })
 }
 
@@ -362,26 +437,7 @@ fn web(
         }
     });
     let headers = o.or(cx, "headers", Vec::new(), |cx, v, at| {
-        let items = walk::list(cx, v, at)?;
-        let parsed = each(cx, items, at, |cx, item, at, _| {
-            let o = Obj::open(cx, item, at, &["key", "value"])?;
-            let key = o.req(cx, "key", |cx, v, at| {
-                let key = walk::nonempty_string(cx, v, at)?;
-                if key.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                    Some(key)
-                } else {
-                    cx.err(at, format!("invalid header name \"{key}\""));
-                    None
-                }
-            });
-            let value = o.req(cx, "value", |cx, v, at| {
-                let value = walk::text(cx, v, at)?;
-                check_placeholders(cx, at, &value, args);
-                Some(value)
-            });
-            Some((key?, value?))
-        });
-        all(parsed)
+        request_headers(cx, v, at, args)
     });
     let body = o.opt(cx, "body", |cx, v, at| {
         let body = walk::string(cx, v, at)?;
@@ -437,8 +493,37 @@ fn http_url(
 }
 
 /// Reports every `{{args.NAME}}` in `text` whose NAME is not declared (skipped when `args` is unknown).
-/// The variables weir fills in every query, URL, header and body besides `{{args.NAME}}`.
-/// (`{{preview.url}}` and `{{preview.host}}` are for argument values, see blue-green.)
+/// `headers: [{key, value}]` of a request a provider sends; values may contain placeholders.
+fn request_headers(
+    cx: &mut Cx,
+    v: &Value,
+    at: &str,
+    args: Option<&BTreeMap<String, Option<String>>>,
+) -> Option<Vec<(String, String)>> {
+    let items = walk::list(cx, v, at)?;
+    let parsed = each(cx, items, at, |cx, item, at, _| {
+        let o = Obj::open(cx, item, at, &["key", "value"])?;
+        let key = o.req(cx, "key", |cx, v, at| {
+            let key = walk::nonempty_string(cx, v, at)?;
+            if key.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                Some(key)
+            } else {
+                cx.err(at, format!("invalid header name \"{key}\""));
+                None
+            }
+        });
+        let value = o.req(cx, "value", |cx, v, at| {
+            let value = walk::text(cx, v, at)?;
+            check_placeholders(cx, at, &value, args);
+            Some(value)
+        });
+        Some((key?, value?))
+    });
+    all(parsed)
+}
+
+/// The variables weir fills in every query, URL, header and body besides `{{args.NAME}}`
+/// (`{{preview.url}}` and `{{preview.host}}` are for argument values, see blue-green).
 const BUILTIN_VARIABLES: [&str; 3] = ["service", "stable.version", "canary.version"];
 
 fn check_placeholders(

@@ -169,6 +169,10 @@ async fn measure(server: &Prometheus, query: &str) -> f64 {
         address: server.address(),
         query: query.to_string(),
         timeout: Duration::from_secs(2),
+        headers: Vec::new(),
+        bearer_token_file: None,
+        basic_auth: None,
+        insecure_skip_verify: false,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -76,10 +76,54 @@ pub async fn prometheus(p: &PrometheusProvider, args: &Vars) -> Outcome {
     let base = p.address.trim_end_matches('/');
     let encoded: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
     let url = format!("{base}/api/v1/query?query={encoded}");
-    match http::fetch("GET", &url, &[], None, p.timeout).await {
+    let headers = match prometheus_headers(p, args).await {
+        Ok(headers) => headers,
+        Err(why) => return Outcome::Error(format!("prometheus at {base}: {why}")),
+    };
+    let sent = if p.insecure_skip_verify {
+        http::fetch_insecure("GET", &url, &headers, None, p.timeout).await
+    } else {
+        http::fetch("GET", &url, &headers, None, p.timeout).await
+    };
+    match sent {
         Ok(response) => prometheus_reply(response.status, &response.body),
         Err(error) => Outcome::Error(format!("prometheus at {base}: {error}")),
     }
+}
+
+/// The request headers of a Prometheus query: `headers` (placeholders filled), then
+/// `Authorization` from `bearerTokenFile` or `basicAuth`, whose files are read now so a rotated
+/// secret needs no reload. A file that cannot be read is an error naming it (never its content).
+async fn prometheus_headers(
+    p: &PrometheusProvider,
+    args: &Vars,
+) -> Result<Vec<(String, String)>, String> {
+    let mut headers: Vec<(String, String)> = p
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), substitute(value, args)))
+        .collect();
+    let secret = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        async move {
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => Ok(text.trim_end_matches(['\r', '\n']).to_string()),
+                Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+            }
+        }
+    };
+    if let Some(file) = &p.bearer_token_file {
+        let token = secret(file).await?;
+        headers.push(("authorization".into(), format!("Bearer {}", token.trim())));
+    }
+    if let Some(auth) = &p.basic_auth {
+        use base64::Engine as _;
+        let password = secret(&auth.password_file).await?;
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{password}", auth.username));
+        headers.push(("authorization".into(), format!("Basic {encoded}")));
+    }
+    Ok(headers)
 }
 
 /// The body of a Prometheus API reply.

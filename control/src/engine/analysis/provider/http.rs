@@ -25,7 +25,10 @@ const BODY_LIMIT: usize = 4 * 1024 * 1024;
 const USER_AGENT: &str = concat!("weir/", env!("CARGO_PKG_VERSION"));
 
 /// The shared client, built on first use.
-static CLIENT: LazyLock<Shared> = LazyLock::new(Shared::new);
+static CLIENT: LazyLock<Shared> = LazyLock::new(|| Shared::new(true));
+
+/// The client for `insecureSkipVerify` (any server certificate accepted), built on first use.
+static INSECURE: LazyLock<Shared> = LazyLock::new(|| Shared::new(false));
 
 /// A response, read whole.
 #[derive(Debug)]
@@ -69,14 +72,23 @@ struct Shared {
 // === impl Shared ===
 
 impl Shared {
-    fn new() -> Shared {
+    /// A client that verifies server certificates against the system's roots, or (`verify`
+    /// false) accepts any.
+    fn new(verify: bool) -> Shared {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = || {
             rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_safe_default_protocol_versions()
                 .expect("the ring provider supports rustls' default protocol versions")
         };
-        let (tls, tls_error) = match builder().with_native_roots() {
+        let roots = if verify {
+            builder().with_native_roots()
+        } else {
+            Ok(builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider)))))
+        };
+        let (tls, tls_error) = match roots {
             Ok(config) => (config.with_no_client_auth(), None),
             Err(error) => {
                 // http keeps working; https requests fail with this reason.
@@ -101,8 +113,80 @@ impl Shared {
     }
 }
 
+/// `insecureSkipVerify`: accepts any server certificate (signatures are still checked, so the
+/// handshake is a real one; only the certificate's trust and name are not).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Sends one request and reads the whole response within `timeout`.
 pub(super) async fn fetch(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<Response, FetchError> {
+    fetch_with(&CLIENT, method, url, headers, body, timeout).await
+}
+
+/// [`fetch`] accepting any server certificate (`insecureSkipVerify`).
+pub(super) async fn fetch_insecure(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<Response, FetchError> {
+    fetch_with(&INSECURE, method, url, headers, body, timeout).await
+}
+
+async fn fetch_with(
+    shared: &Shared,
     method: &str,
     url: &str,
     headers: &[(String, String)],
@@ -115,7 +199,7 @@ pub(super) async fn fetch(
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            if let Some(why) = &CLIENT.tls_error {
+            if let Some(why) = &shared.tls_error {
                 return Err(FetchError::Tls(why.clone()));
             }
         }
@@ -148,7 +232,7 @@ pub(super) async fn fetch(
         .map_err(|error| FetchError::Request(error.to_string()))?;
     let exchange = async {
         let response =
-            CLIENT
+            shared
                 .client
                 .request(request)
                 .await

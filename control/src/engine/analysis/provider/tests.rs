@@ -277,6 +277,10 @@ fn prom(addr: SocketAddr, timeout: Duration) -> PrometheusProvider {
         address: format!("http://{addr}/"),
         query: "sum(rate(http_requests_total{service=\"{{args.service}}\",code!~\"5..\"}[1m])) / sum(rate(http_requests_total{service=\"{{ args.service }}\"}[1m]))".to_string(),
         timeout,
+        headers: Vec::new(),
+        bearer_token_file: None,
+        basic_auth: None,
+        insecure_skip_verify: false,
     }
 }
 
@@ -515,4 +519,111 @@ async fn web_https_fails_cleanly_against_a_plain_server() {
     let (addr, _seen) = serve(Some((200, String::new()))).await;
     let outcome = web(&get(format!("https://{addr}/"), None), &args()).await;
     assert!(matches!(outcome, Outcome::Error(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn prometheus_sends_headers_and_reads_its_secrets_at_every_query() {
+    let ok = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#;
+    let (addr, mut seen) = serve(Some((200, ok.to_string()))).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").expect("write");
+    let mut provider = prom(addr, Duration::from_secs(5));
+    provider.headers = vec![
+        (
+            "X-Scope-OrgID".into(),
+            "{{service}}-{{canary.version}}".into(),
+        ),
+        ("X-Plain".into(), "yes".into()),
+    ];
+    provider.bearer_token_file = Some(token.clone());
+    assert_eq!(
+        prometheus(&provider, &args()).await,
+        Outcome::Value(Measured::value(json!(1.0)))
+    );
+    let request = seen.recv().await.expect("a request");
+    assert_eq!(request.headers["x-scope-orgid"], "shop-v2");
+    assert_eq!(request.headers["x-plain"], "yes");
+    assert_eq!(request.headers["authorization"], "Bearer first-token");
+    // A rotated token is used by the next query, no reload needed.
+    std::fs::write(&token, "second-token").expect("write");
+    prometheus(&provider, &args()).await;
+    let request = seen.recv().await.expect("a request");
+    assert_eq!(request.headers["authorization"], "Bearer second-token");
+
+    // Basic authentication, the password from its file.
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").expect("write");
+    provider.bearer_token_file = None;
+    provider.basic_auth = Some(weir_config::BasicAuth {
+        username: "weir".into(),
+        password_file: password.clone(),
+    });
+    prometheus(&provider, &args()).await;
+    let request = seen.recv().await.expect("a request");
+    // base64("weir:s3cret")
+    assert_eq!(request.headers["authorization"], "Basic d2VpcjpzM2NyZXQ=");
+
+    // A secret file that went away is an error naming the file, and nothing is sent.
+    std::fs::remove_file(&password).expect("remove");
+    let outcome = prometheus(&provider, &args()).await;
+    expect_error(&outcome, "cannot read");
+    expect_error(&outcome, "password");
+    assert!(seen.try_recv().is_err(), "no query without its credentials");
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_accepts_a_self_signed_prometheus_and_only_then() {
+    use tokio_rustls::rustls;
+    // A self-signed HTTPS "Prometheus".
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["prometheus.internal".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("a certificate");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("a server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|_: hyper::Request<Incoming>| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        br#"{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}"#,
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let mut provider = prom(addr, Duration::from_secs(5));
+    provider.address = format!("https://{addr}");
+    let outcome = prometheus(&provider, &args()).await;
+    assert!(
+        matches!(&outcome, Outcome::Error(why) if why.contains("certificate")),
+        "verified by default: {outcome:?}"
+    );
+    provider.insecure_skip_verify = true;
+    assert_eq!(
+        prometheus(&provider, &args()).await,
+        Outcome::Value(Measured::value(json!(7.0)))
+    );
+    server.abort();
 }
