@@ -13,6 +13,7 @@ mod acme;
 mod compression;
 mod dns;
 mod edge;
+mod exec;
 mod health;
 mod ingress;
 mod protocol;
@@ -25,6 +26,7 @@ pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
     MIN_HEADER_BYTES,
 };
+pub use exec::ExecProvider;
 pub use health::{HealthCheck, OutlierDetection};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
@@ -734,6 +736,8 @@ pub enum Provider {
     Prometheus(PrometheusProvider),
     /// An HTTP request.
     Web(WebProvider),
+    /// A command run on weir's host.
+    Exec(ExecProvider),
 }
 
 /// `provider.builtin`.

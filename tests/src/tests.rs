@@ -14,6 +14,7 @@ mod edge_conn;
 mod edge_memory;
 mod edge_request;
 mod examples;
+mod exec;
 mod faults;
 mod forwarding;
 mod grpc;

@@ -8,8 +8,8 @@ use serde_yaml_ng::Value;
 
 use super::walk::{self, all, each, Cx, Obj};
 use crate::model::{
-    AnalysisTemplate, Arm, BasicAuth, BuiltinMetric, BuiltinProvider, LatencyQuantile, Metric,
-    PrometheusProvider, Provider, Traffic, WebProvider,
+    AnalysisTemplate, Arm, BasicAuth, BuiltinMetric, BuiltinProvider, ExecProvider,
+    LatencyQuantile, Metric, PrometheusProvider, Provider, Traffic, WebProvider,
 };
 
 /// What references need to know about a template.
@@ -164,7 +164,12 @@ fn metric(
     let initial_delay = o.or(cx, "initialDelay", Duration::ZERO, walk::duration);
     let success_condition = o.opt(cx, "successCondition", walk::nonempty_string);
     let failure_condition = o.opt(cx, "failureCondition", walk::nonempty_string);
-    if o.get("successCondition").is_none() && o.get("failureCondition").is_none() {
+    // An exec metric is judged on its exit status when it has no condition.
+    let exec = o
+        .get("provider")
+        .and_then(|p| p.as_mapping())
+        .is_some_and(|p| p.contains_key("exec"));
+    if o.get("successCondition").is_none() && o.get("failureCondition").is_none() && !exec {
         cx.err(at, "needs successCondition or failureCondition");
     }
     let failure_limit = o.or(cx, "failureLimit", 0, walk::uint32);
@@ -204,12 +209,12 @@ fn provider(
     args: Option<&BTreeMap<String, Option<String>>>,
     base_dir: &Path,
 ) -> Option<Provider> {
-    const KINDS: [&str; 3] = ["builtin", "prometheus", "web"];
+    const KINDS: [&str; 4] = ["builtin", "prometheus", "web", "exec"];
     let o = Obj::open(cx, value, at, &KINDS)?;
     let present: Vec<&str> = KINDS.into_iter().filter(|k| o.has(k)).collect();
     match present.as_slice() {
         [] => {
-            cx.err(at, "needs exactly one of builtin, prometheus or web");
+            cx.err(at, "needs exactly one of builtin, prometheus, web or exec");
             None
         }
         [kind] => {
@@ -220,6 +225,7 @@ fn provider(
                 "prometheus" => {
                     prometheus(cx, value, &at, args, base_dir).map(Provider::Prometheus)
                 }
+                "exec" => exec(cx, value, &at, args).map(Provider::Exec),
                 _ => web(cx, value, &at, args).map(Provider::Web),
             }
         }
@@ -227,7 +233,7 @@ fn provider(
             cx.err(
                 at,
                 format!(
-                    "needs exactly one of builtin, prometheus or web, got {}",
+                    "needs exactly one of builtin, prometheus, web or exec, got {}",
                     several.join(" and ")
                 ),
             );
@@ -461,6 +467,99 @@ fn web(
         body: body?,
         timeout: Duration::from_secs(u64::from(timeout?)),
         json_path: json_path?,
+    })
+}
+
+/// `provider.exec`: `command` absolute or a bare name (placeholders allowed, checked once
+/// substituted at run time), `args` a list of strings, `timeout` at most 10m, `env` a mapping of
+/// names to strings.
+fn exec(
+    cx: &mut Cx,
+    value: &Value,
+    at: &str,
+    args: Option<&BTreeMap<String, Option<String>>>,
+) -> Option<ExecProvider> {
+    let o = Obj::open(cx, value, at, &["command", "args", "timeout", "env"])?;
+    let command = o.req(cx, "command", |cx, v, at| {
+        let command = walk::nonempty_string(cx, v, at)?;
+        check_placeholders(cx, at, &command, args);
+        if command.contains('\0') {
+            cx.err(at, "must not contain a NUL byte");
+            return None;
+        }
+        if !command.starts_with('/') && !command.starts_with("{{") && command.contains('/') {
+            cx.err(
+                at,
+                format!(
+                    "\"{command}\" is a relative path: write an absolute path or a bare name looked up on PATH"
+                ),
+            );
+            return None;
+        }
+        Some(command)
+    });
+    let argv = o.or(cx, "args", Vec::new(), |cx, v, at| {
+        let items = walk::list(cx, v, at)?;
+        let parsed = each(cx, items, at, |cx, item, at, _| {
+            let arg = walk::text(cx, item, at)?;
+            check_placeholders(cx, at, &arg, args);
+            if arg.contains('\0') {
+                cx.err(at, "must not contain a NUL byte");
+                return None;
+            }
+            Some(arg)
+        });
+        all(parsed)
+    });
+    let timeout = o.or(cx, "timeout", ExecProvider::DEFAULT_TIMEOUT, |cx, v, at| {
+        let timeout = walk::positive_duration(cx, v, at)?;
+        if timeout > ExecProvider::MAX_TIMEOUT {
+            cx.err(at, "must be at most 10m");
+            return None;
+        }
+        Some(timeout)
+    });
+    let env = o.or(cx, "env", Vec::new(), |cx, v, at| {
+        let Some(map) = v.as_mapping() else {
+            cx.err(at, "expected a mapping of variable names to strings");
+            return None;
+        };
+        let mut env = Vec::with_capacity(map.len());
+        let mut ok = true;
+        for (key, value) in map {
+            let Some(name) = key.as_str() else {
+                cx.err(at, "variable names must be strings");
+                ok = false;
+                continue;
+            };
+            let at = walk::field_path(at, name);
+            if name.is_empty() || name.contains(['=', '\0']) {
+                cx.err(
+                    &at,
+                    "a variable name must be non-empty, without \"=\" or NUL",
+                );
+                ok = false;
+                continue;
+            }
+            let Some(value) = walk::text(cx, value, &at) else {
+                ok = false;
+                continue;
+            };
+            check_placeholders(cx, &at, &value, args);
+            if value.contains('\0') {
+                cx.err(&at, "must not contain a NUL byte");
+                ok = false;
+                continue;
+            }
+            env.push((name.to_string(), value));
+        }
+        ok.then_some(env)
+    });
+    Some(ExecProvider {
+        command: command?,
+        args: argv?,
+        timeout: timeout?,
+        env: env?,
     })
 }
 

@@ -46,6 +46,9 @@ pub struct Measured {
     pub requests: Option<u64>,
     /// The window actually covered (builtin only).
     pub window: Option<Duration>,
+    /// Why the provider itself found the measurement failed, whatever the conditions say (exec:
+    /// a non-zero exit status): [`judge`] answers [`Verdict::Failed`] with this message.
+    pub failed: Option<String>,
 }
 
 /// The verdict of one measurement.
@@ -71,6 +74,7 @@ impl Measured {
             value,
             requests: None,
             window: None,
+            failed: None,
         }
     }
 
@@ -116,6 +120,8 @@ impl std::fmt::Display for Verdict {
 /// Judges one measurement with Argo Rollouts' rules:
 ///
 /// - [`Outcome::NoData`] is [`Verdict::Inconclusive`], [`Outcome::Error`] is [`Verdict::Error`];
+/// - a value the provider marked [`Measured::failed`] (exec: a non-zero exit) is
+///   [`Verdict::Failed`], the conditions unevaluated;
 /// - a condition that cannot be evaluated (`result[0]` on an empty list, a type mismatch, a
 ///   non-boolean result) is [`Verdict::Error`];
 /// - no condition at all: [`Verdict::Successful`];
@@ -136,6 +142,9 @@ pub fn judge(
         Outcome::NoData(why) => return (Verdict::Inconclusive, why.clone()),
         Outcome::Error(why) => return (Verdict::Error, why.clone()),
     };
+    if let Some(why) = &measured.failed {
+        return (Verdict::Failed, why.clone());
+    }
     let described = measured.describe();
     // Like Argo, evaluate both before deciding, so an error in either is an error.
     let evaluate = |which: &str, condition: Option<&Condition>| match condition {

@@ -484,6 +484,7 @@ impl Driver {
                     analysis::provider::prometheus(provider, &due.args).await
                 }
                 Provider::Web(provider) => analysis::provider::web(provider, &due.args).await,
+                Provider::Exec(provider) => analysis::provider::exec(provider, &due.args).await,
                 Provider::Builtin(_) => {
                     Outcome::Error("builtin metrics are measured by the driver".into())
                 }

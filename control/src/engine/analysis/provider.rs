@@ -3,6 +3,7 @@
 //! - [`builtin`]: weir's own per-version stats over a sliding [`Window`].
 //! - [`prometheus`]: a PromQL instant query.
 //! - [`web`]: an HTTP request, judged on its status code or on a value in its JSON body.
+//! - [`exec`]: a command, judged on its exit status (and its output's last line).
 //!
 //! Every provider answers with an [`Outcome`]: a value to judge, no data (inconclusive), or an error.
 
@@ -14,7 +15,10 @@ use weir_proxy::stats::{TrafficKind, Window};
 use super::jsonpath::JsonPath;
 use super::{show_duration, substitute, Measured, Outcome, Vars};
 
+mod exec;
 mod http;
+
+pub use exec::exec;
 
 /// weir's own stats for (`service`, `version`) over the provider's window ending `now`:
 /// `success-rate` / `error-rate` as fractions (0..=1) of non-5xx / 5xx responses, `request-rate`
@@ -58,6 +62,7 @@ pub fn builtin(
             value: serde_json::Value::Number(number),
             requests: Some(snapshot.requests),
             window: Some(covered),
+            failed: None,
         }),
         None => Outcome::NoData(format!("no requests in {span}")),
     }

@@ -317,6 +317,7 @@ fn judge_explains_with_the_window() {
         value: json!(0.6917),
         requests: Some(1184),
         window: Some(Duration::from_secs(30)),
+        failed: None,
     });
     let (verdict, why) = judge(Some(&success), None, &outcome);
     assert_eq!(verdict, Verdict::Failed);

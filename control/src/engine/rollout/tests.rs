@@ -116,6 +116,7 @@ impl World {
                 value: json!(value),
                 requests: Some(self.requests),
                 window: Some(Duration::from_secs(30)),
+                failed: None,
             }),
             None => Outcome::NoData("no data".into()),
         }

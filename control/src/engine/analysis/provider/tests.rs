@@ -44,6 +44,7 @@ fn number(outcome: &Outcome) -> (f64, Option<u64>, Option<Duration>) {
             value,
             requests,
             window,
+            ..
         }) => (
             value
                 .as_f64()

@@ -240,6 +240,7 @@ fn answer(query: BuiltinQuery<'_>, rate: f64) -> Outcome {
         value: json!(rate),
         requests: Some(1000),
         window: Some(Duration::from_secs(30)),
+        failed: None,
     })
 }
 
