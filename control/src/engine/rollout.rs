@@ -1108,7 +1108,14 @@ impl Rollout {
             run.release(metric_idx);
             return;
         };
-        let (verdict, explanation) = judge(&spec, outcome);
+        // Conditions may use the same placeholders as queries (`result > {{args.threshold}}`).
+        let vars = crate::engine::analysis::Vars {
+            args: run.args.clone(),
+            service: ctx.service.name.clone(),
+            stable_version: ctx.service.stable.version.clone(),
+            canary_version: self.canary_version.clone().unwrap_or_default(),
+        };
+        let (verdict, explanation) = judge(&spec, &vars, outcome);
         let message = explanation;
         let value = match outcome {
             Outcome::Value(measured) => Some(measured.value.clone()),
@@ -1481,11 +1488,15 @@ fn find_metric<'a>(
 }
 
 /// Judges an outcome with the metric's conditions.
-fn judge(metric: &Metric, outcome: &Outcome) -> (Verdict, String) {
+fn judge(
+    metric: &Metric,
+    vars: &crate::engine::analysis::Vars,
+    outcome: &Outcome,
+) -> (Verdict, String) {
     use crate::engine::analysis::condition::Condition;
     let compile = |text: &Option<String>| -> Result<Option<Condition>, String> {
         match text {
-            Some(text) => Condition::compile(text)
+            Some(text) => Condition::compile(&crate::engine::analysis::substitute(text, vars))
                 .map(Some)
                 .map_err(|e| format!("condition `{text}`: {e}")),
             None => Ok(None),

@@ -1559,3 +1559,41 @@ fn a_promoted_canary_stays_stable_when_the_configs_stable_arm_changes() {
     assert_eq!(sim.rollout.stable_version, "v0");
     assert_eq!(sim.weight(), 0.0);
 }
+
+#[test]
+fn conditions_take_the_templates_arguments() {
+    // `successCondition: result >= {{args.threshold}}`, as Argo allows: the threshold comes from
+    // the step's arguments, so one template serves stricter and looser services.
+    let text = |threshold: &str| {
+        STEPS
+            .replace(
+                "          - analysis: { templates: [{ templateName: success-rate }] }",
+                &format!(
+                    "          - analysis: {{ templates: [{{ templateName: success-rate }}], args: [{{ name: threshold, value: \"{threshold}\" }}] }}"
+                ),
+            )
+            .replace(
+                "  - name: success-rate\n    metrics:",
+                "  - name: success-rate\n    args: [{ name: threshold }]\n    metrics:",
+            )
+            .replace(
+                "        successCondition: result >= 0.99\n        provider: { builtin: { metric: success-rate",
+                "        successCondition: result >= {{args.threshold}}\n        provider: { builtin: { metric: success-rate",
+            )
+    };
+    for (threshold, passes) in [("0.9", true), ("0.99", false)] {
+        let mut sim = Sim::new(model(&text(threshold)));
+        sim.world.success_rate = Some(0.95);
+        sim.run_for(Duration::from_secs(40));
+        if passes {
+            assert_eq!(sim.weight(), 50.0, "0.95 >= {threshold}: {:?}", sim.log);
+        } else {
+            assert_eq!(sim.rollout.phase, Phase::Degraded, "{:?}", sim.log);
+            assert!(
+                sim.rollout.message.contains("0.95 < 0.99"),
+                "{}",
+                sim.rollout.message
+            );
+        }
+    }
+}
