@@ -21,6 +21,7 @@ use weir_config::{ConfigError, Model};
 use weir_proxy::routes::TlsMaterial;
 use weir_proxy::tls::CertificatePem;
 
+mod expressions;
 mod upstream_ca;
 
 /// The bytes of the config file and of every file it names, by path.
@@ -63,6 +64,9 @@ pub enum ReloadError {
         #[source]
         source: weir_proxy::UpstreamTlsError,
     },
+    /// Conditions or `jsonPath`s that do not compile, one line each with its field path.
+    #[error("{}", .0.join("\n"))]
+    Expressions(Vec<String>),
     /// A certificate or key could not be used.
     #[error("listeners[{listener}].tls: {source}")]
     Tls {
@@ -79,6 +83,7 @@ impl ReloadError {
     pub fn problems(&self) -> Vec<String> {
         match self {
             ReloadError::Config(error) => error.problems(),
+            ReloadError::Expressions(problems) => problems.clone(),
             other => vec![other.to_string()],
         }
     }
@@ -95,6 +100,10 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
         source,
     })?;
     let mut model = weir_config::load(path)?;
+    let problems = expressions::check(&model);
+    if !problems.is_empty() {
+        return Err(ReloadError::Expressions(problems));
+    }
     let mut fingerprint = vec![(path.to_path_buf(), text)];
     upstream_ca::read(&mut model, &mut fingerprint)?;
     let mut tls = BTreeMap::new();
