@@ -163,42 +163,47 @@ where
         // Checked: no accepted `connectTimeout` may overflow the clock.
         let deadline = crate::limits::after(Instant::now(), connect_timeout);
         let stream = super::dial(addr, connect_timeout).await?;
-        let open = || counted.map(|stats| OpenConnection::new(stats.clone()));
         match tls {
             None => {
-                let (sender, connection) = handshake(
-                    addr,
-                    deadline,
-                    connect_timeout,
-                    self.builder.handshake(TokioIo::new(stream)),
-                )
-                .await?;
-                let open = open();
-                crate::tasks::spawn_local(async move {
-                    let _ = connection.await;
-                    drop(open);
-                });
-                Ok(sender)
+                self.start(stream, addr, deadline, connect_timeout, counted)
+                    .await
             }
             Some(tls) => {
                 let stream = tls
                     .handshake(stream, addr, deadline, connect_timeout)
                     .await?;
-                let (sender, connection) = handshake(
-                    addr,
-                    deadline,
-                    connect_timeout,
-                    self.builder.handshake(TokioIo::new(stream)),
-                )
-                .await?;
-                let open = open();
-                crate::tasks::spawn_local(async move {
-                    let _ = connection.await;
-                    drop(open);
-                });
-                Ok(sender)
+                self.start(stream, addr, deadline, connect_timeout, counted)
+                    .await
             }
         }
+    }
+
+    /// The HTTP/2 handshake over `stream` (plain or TLS), then the connection's task, which is
+    /// counted among the version's open connections (`counted`) until it ends.
+    async fn start<S>(
+        &self,
+        stream: S,
+        addr: SocketAddr,
+        deadline: Instant,
+        connect_timeout: Duration,
+        counted: Option<&Arc<VersionStats>>,
+    ) -> Result<http2::SendRequest<B>, (UpstreamErrorKind, String)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    {
+        let (sender, connection) = handshake(
+            addr,
+            deadline,
+            connect_timeout,
+            self.builder.handshake(TokioIo::new(stream)),
+        )
+        .await?;
+        let open = counted.map(|stats| OpenConnection::new(stats.clone()));
+        crate::tasks::spawn_local(async move {
+            let _ = connection.await;
+            drop(open);
+        });
+        Ok(sender)
     }
 }
 
