@@ -731,6 +731,9 @@ mod tests {
                 message: format!("event number {i}"),
                 weight: 10.0,
                 phase: Phase::Progressing,
+                stable_version: "v1".into(),
+                canary_version: Some("v2".into()),
+                step: 1,
             })
             .collect();
         ServiceStatus {

@@ -634,15 +634,7 @@ impl Driver {
             tracing::error!(service, %error, "cannot save rollout state: the widening is not published");
             events.retain(|event| event.service != service);
             if !self.held.contains_key(&service) {
-                events.push(Event {
-                    at_ms: self.clock.now_ms(),
-                    service: service.clone(),
-                    revision: before.revision,
-                    kind: "StateNotSaved".into(),
-                    message: message.clone(),
-                    weight: before.weight().percent(),
-                    phase: before.phase,
-                });
+                events.push(before.event(self.clock.now_ms(), "StateNotSaved", message.clone()));
             }
             before.message = message.clone();
             self.rollouts.insert(service.clone(), before);
@@ -712,15 +704,11 @@ impl Driver {
                         .insert(service.clone(), Instant::now() + SAVE_RETRY)
                         .is_none();
                     if let (true, Some(rollout)) = (first, self.rollouts.get(&service)) {
-                        events.push(Event {
-                            at_ms: self.clock.now_ms(),
-                            service: service.clone(),
-                            revision: rollout.revision,
-                            kind: "StateNotSaved".into(),
-                            message: format!("cannot save rollout state ({error}): served anyway (it narrows canary traffic); trying again every {}s", SAVE_RETRY.as_secs()),
-                            weight: rollout.weight().percent(),
-                            phase: rollout.phase,
-                        });
+                        events.push(rollout.event(
+                            self.clock.now_ms(),
+                            "StateNotSaved",
+                            format!("cannot save rollout state ({error}): served anyway (it narrows canary traffic); trying again every {}s", SAVE_RETRY.as_secs()),
+                        ));
                     }
                 }
             }

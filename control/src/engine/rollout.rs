@@ -144,6 +144,15 @@ pub struct Event {
     pub weight: f64,
     /// The phase after the decision.
     pub phase: Phase,
+    /// The version serving as stable when the decision was taken.
+    #[serde(default)]
+    pub stable_version: String,
+    /// The canary version rolled out, if any.
+    #[serde(default)]
+    pub canary_version: Option<String>,
+    /// Where the rollout was in its plan, counted from 0 (the step, or the Flagger weight).
+    #[serde(default)]
+    pub step: usize,
 }
 
 /// An operator command.
@@ -939,8 +948,9 @@ impl Rollout {
         }
     }
 
-    fn emit(&mut self, now_ms: u64, kind: &str, message: String) {
-        let event = Event {
+    /// An event of this rollout as it stands now.
+    pub fn event(&self, now_ms: u64, kind: &str, message: String) -> Event {
+        Event {
             at_ms: now_ms,
             service: self.service.clone(),
             revision: self.revision,
@@ -948,7 +958,14 @@ impl Rollout {
             message,
             weight: self.weight().percent(),
             phase: self.phase,
-        };
+            stable_version: self.stable_version.clone(),
+            canary_version: self.canary_version.clone(),
+            step: self.step_index(),
+        }
+    }
+
+    fn emit(&mut self, now_ms: u64, kind: &str, message: String) {
+        let event = self.event(now_ms, kind, message);
         self.events.push_back(event.clone());
         while self.events.len() > KEPT_EVENTS {
             self.events.pop_front();
