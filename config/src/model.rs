@@ -15,6 +15,7 @@ mod dns;
 mod edge;
 mod exec;
 mod health;
+mod loadtest;
 mod ingress;
 mod protocol;
 mod ratelimit;
@@ -28,6 +29,7 @@ pub use edge::{
 };
 pub use exec::ExecProvider;
 pub use health::{HealthCheck, OutlierDetection};
+pub use loadtest::{LoadTarget, LoadTest};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
