@@ -15,8 +15,9 @@ mod dns;
 mod edge;
 mod exec;
 mod health;
-mod loadtest;
 mod ingress;
+mod loadtest;
+mod notify;
 mod protocol;
 mod ratelimit;
 
@@ -29,10 +30,11 @@ pub use edge::{
 };
 pub use exec::ExecProvider;
 pub use health::{HealthCheck, OutlierDetection};
-pub use loadtest::{LoadTarget, LoadTest};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
+pub use loadtest::{LoadTarget, LoadTest};
+pub use notify::{Notifier, NotifierKind, NotifierTarget, NotifyOn};
 pub use protocol::{UpstreamProtocol, UpstreamTls};
 pub use ratelimit::{RateLimit, RateLimitKey};
 
@@ -53,6 +55,8 @@ pub struct Model {
     pub limits: GlobalLimits,
     /// How upstream host names are resolved and refreshed (`upstreamDns`).
     pub upstream_dns: UpstreamDns,
+    /// Where rollout messages are posted (`notifications`, default none); names are unique.
+    pub notifications: Vec<Notifier>,
 }
 
 /// One client-facing listener.
@@ -196,6 +200,9 @@ pub struct Service {
     pub rewrite: Option<Rewrite>,
     /// `headers`: header rules for the upstream request and the response (default: none).
     pub headers: HeaderRules,
+    /// `notifications`: names of the notifiers told about this service's rollout (default:
+    /// none); each names an entry of [`Model::notifications`].
+    pub notifications: Vec<String>,
 }
 
 /// `services[].sessionAffinity` (Flagger): each client gets a bucket 0..10 000 and goes to the

@@ -1285,6 +1285,7 @@ mod edge;
 mod exec;
 mod health;
 mod ingress;
+mod notify;
 mod policies;
 mod ratelimit;
 

@@ -13,6 +13,7 @@ mod dns;
 mod edge;
 mod health;
 mod ingress;
+mod notify;
 mod policy;
 mod protocol;
 mod ratelimit;
@@ -68,6 +69,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
             "analysisTemplates",
             "limits",
             "upstreamDns",
+            "notifications",
         ],
     ) else {
         // `Obj::open` recorded "expected a mapping" at an empty path; give it a readable location.
@@ -105,6 +107,9 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     }
     let limits = o.or(cx, "limits", Default::default(), edge::global_limits);
     let upstream_dns = o.or(cx, "upstreamDns", Default::default(), dns::upstream_dns);
+    let notifications = o.or(cx, "notifications", Vec::new(), |cx, v, at| {
+        notify::notifiers(cx, v, at, base_dir)
+    });
     let state_dir = o.opt(cx, "stateDir", |cx, v, at| {
         walk::path_value(cx, v, at, base_dir)
     });
@@ -117,6 +122,9 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     if let (Some(listeners), Some(services)) = (&mut listeners, &services) {
         acme::finish(cx, listeners, services, o.has("stateDir"));
     }
+    if let Some(services) = &services {
+        notify::finish(cx, notifications.as_deref(), services);
+    }
     cx.errors.extend(template_errors);
 
     Some(Model {
@@ -127,6 +135,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         analysis_templates: templates?,
         limits: limits?,
         upstream_dns: upstream_dns?,
+        notifications: notifications?,
     })
 }
 
@@ -532,6 +541,7 @@ fn service(
             "rateLimit",
             "rewrite",
             "headers",
+            "notifications",
         ],
     )?;
     let name = o.req(cx, "name", service_name);
@@ -609,6 +619,12 @@ fn service(
     let headers = o.or(cx, "headers", Default::default(), |cx, v, at| {
         ingress::headers(cx, v, at, &labels)
     });
+    let notifications = o.or(
+        cx,
+        "notifications",
+        Vec::new(),
+        notify::service_notifications,
+    );
     Some(Service {
         name: name?,
         matcher: matcher?,
@@ -624,6 +640,7 @@ fn service(
         rate_limit: rate_limit?,
         rewrite: rewrite?,
         headers: headers?,
+        notifications: notifications?,
     })
 }
 
