@@ -234,7 +234,14 @@ pub async fn start_with_lookup(
         reported: Default::default(),
     };
     listener_hook.register(&mut registry);
-    driver.on_applied(Box::new(move |model| listener_hook.apply(model)));
+    // Notifications (crate::notify): settings from each served config, delivery off the loop.
+    let notify = crate::notify::Notify::new(&model, &options.config_path);
+    notify.register(&mut registry);
+    let mut notify_hook = notify.hook();
+    driver.on_applied(Box::new(move |model| {
+        listener_hook.apply(model);
+        notify_hook(model);
+    }));
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
@@ -272,6 +279,9 @@ pub async fn start_with_lookup(
 
     let (apply_tx, apply_rx) = mpsc::channel(4);
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    // Subscribed before the driver runs: its first events (a rollout resumed or started at
+    // start-up) are notified too.
+    tasks.push(tokio::spawn(notify.run(handle.subscribe())));
     tasks.push(tokio::spawn(driver.run(apply_rx)));
     // Active health checks: their own tasks, reconciled after every publish.
     tasks.push(tokio::spawn(crate::health::run(

@@ -19,6 +19,8 @@
 //! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
 //! - [`listeners`]: listener settings on reload (new connections get them) and the listener
 //!   changes that need a restart.
+//! - [`notify`]: notifications (`notifications[]`): rollout events posted to Slack, Teams,
+//!   Discord or any JSON endpoint, off the control loop.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -32,6 +34,7 @@ pub mod engine;
 pub mod health;
 pub mod listeners;
 pub mod memory;
+pub mod notify;
 pub mod reload;
 pub mod resolve;
 pub mod telemetry;

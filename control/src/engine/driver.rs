@@ -245,7 +245,8 @@ impl Driver {
             on_applied: None,
         };
         driver.with_strategy = with_strategy(&driver.model);
-        driver.flush_events();
+        // The first events (rollouts restored or started) are sent when `run` starts, so
+        // subscribers of the returned handle (notifications) see them.
         driver.persist_all();
         driver.refresh_status();
         let handle = Handle {
@@ -278,6 +279,7 @@ impl Driver {
 
     /// Runs until every [`Handle`] and the config sender are gone, or `shutdown` fires.
     pub async fn run(mut self, mut configs: mpsc::Receiver<Box<Loaded>>) {
+        self.flush_events();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut configs_open = true;
