@@ -24,6 +24,7 @@ mod http2;
 mod ingress_rewrite;
 mod metrics;
 mod mirror;
+mod notifications;
 mod policies;
 mod policies_rollout;
 mod prometheus;
