@@ -128,20 +128,22 @@ fn facts(event: &Event) -> Vec<(&'static str, String)> {
 }
 
 /// Slack's incoming-webhook JSON: `text` (the notification and fallback) and one colored
-/// attachment with the event's line and its facts.
+/// attachment with the event's line and its facts. `&`, `<` and `>` are escaped as Slack asks,
+/// so a measured value cannot mention `<!channel>` or forge a link.
 fn slack(notifier: &Notifier, item: &Item) -> Value {
     let event = &item.event;
-    let title = title(item);
+    let title = slack_escape(&title(item));
+    let message = slack_escape(&event.message);
     let mut body = json!({
         "text": truncate(&title, SLACK_TEXT_MAX),
         "attachments": [{
             "color": severity(item.on).0,
-            "fallback": truncate(&format!("{title}: {}", event.message), SLACK_TEXT_MAX),
+            "fallback": truncate(&format!("{title}: {message}"), SLACK_TEXT_MAX),
             "title": truncate(&title, SLACK_TEXT_MAX),
-            "text": truncate(&event.message, SLACK_TEXT_MAX),
+            "text": truncate(&message, SLACK_TEXT_MAX),
             "fields": facts(event)
                 .into_iter()
-                .map(|(name, value)| json!({"title": name, "value": value, "short": true}))
+                .map(|(name, value)| json!({"title": name, "value": slack_escape(&value), "short": true}))
                 .collect::<Vec<_>>(),
             "footer": format!("weir · {}", item.on),
             "ts": event.at_ms / 1000,
@@ -154,6 +156,13 @@ fn slack(notifier: &Notifier, item: &Item) -> Value {
         body["username"] = json!(username);
     }
     body
+}
+
+/// Slack's control characters in message text.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A Microsoft Teams connector MessageCard.

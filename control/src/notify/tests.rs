@@ -111,7 +111,8 @@ fn every_kind_carries_the_numbers() {
     let slack = body(&notifier(NotifierKind::Slack), &aborted);
     assert_eq!(slack["text"], "checkout: v2 aborted, v1 serves 100%");
     assert_eq!(slack["attachments"][0]["color"], "#d50200");
-    assert_eq!(slack["attachments"][0]["text"], line);
+    // Slack renders `&gt;` as `>`.
+    assert_eq!(slack["attachments"][0]["text"], line.replace('>', "&gt;"));
     let fields = slack["attachments"][0]["fields"].as_array().unwrap();
     let field = |name: &str| {
         fields
@@ -153,6 +154,22 @@ fn every_kind_carries_the_numbers() {
         &item(event("Promoted", Phase::Healthy, "done")),
     );
     assert!(promoted.get("revert").is_none(), "{promoted}");
+}
+
+#[test]
+fn slack_text_cannot_mention_or_link() {
+    let sneaky = item(event(
+        "Halt",
+        Phase::Progressing,
+        "value <!channel> & <http://x|y>",
+    ));
+    let slack = body(&notifier(NotifierKind::Slack), &sneaky);
+    assert_eq!(
+        slack["attachments"][0]["text"],
+        "value &lt;!channel&gt; &amp; &lt;http://x|y&gt;"
+    );
+    let discord = body(&notifier(NotifierKind::Discord), &sneaky);
+    assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
 }
 
 #[test]
