@@ -122,9 +122,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
     if let (Some(listeners), Some(services)) = (&mut listeners, &services) {
         acme::finish(cx, listeners, services, o.has("stateDir"));
     }
-    if let Some(services) = &services {
-        notify::finish(cx, notifications.as_deref(), services);
-    }
+    notify::finish(cx, notifications.as_deref(), o.get("services"));
     cx.errors.extend(template_errors);
 
     Some(Model {

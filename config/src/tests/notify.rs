@@ -107,6 +107,14 @@ fn problems_are_reported_with_their_path() {
         ),
         &["services[0].notifications[1]: unknown notifier \"ops\": defined: team"],
     );
+    // Checked even when the service has other problems.
+    check(
+        &config(
+            "notifications:\n  - {name: team, kind: slack, url: \"http://127.0.0.1:9/\"}\n",
+            "    notifications: [ops]\n    upgrades: [telepathy]\n",
+        ),
+        &["services[0].notifications[0]: unknown notifier \"ops\": defined: team"],
+    );
     check(
         &config("", "    notifications: [ops]\n"),
         &["services[0].notifications[0]: unknown notifier \"ops\": no notifiers are defined (top-level notifications)"],

@@ -9,7 +9,7 @@ use serde_yaml_ng::Value;
 
 use super::policy::header_name;
 use super::walk::{self, all, each, Cx, Obj};
-use crate::model::{Notifier, NotifierKind, NotifierTarget, NotifyOn, Service};
+use crate::model::{Notifier, NotifierKind, NotifierTarget, NotifyOn};
 
 /// `notifications`: a list of notifiers with unique names.
 pub(super) fn notifiers(
@@ -332,15 +332,22 @@ pub(super) fn service_notifications(cx: &mut Cx, value: &Value, at: &str) -> Opt
     all(parsed)
 }
 
-/// Reports every `services[].notifications` name that no notifier has. `notifiers` is `None`
-/// when `notifications` itself was invalid (its problems are reported already).
-pub(super) fn finish(cx: &mut Cx, notifiers: Option<&[Notifier]>, services: &[Service]) {
-    let Some(notifiers) = notifiers else {
+/// Reports every `services[].notifications` name that no notifier has. Reads the services as
+/// written, so the names are checked even when a service has other problems. `notifiers` is
+/// `None` when `notifications` itself was invalid (its problems are reported already).
+pub(super) fn finish(cx: &mut Cx, notifiers: Option<&[Notifier]>, services: Option<&Value>) {
+    let (Some(notifiers), Some(Value::Sequence(services))) = (notifiers, services) else {
         return;
     };
     for (i, service) in services.iter().enumerate() {
-        for (j, name) in service.notifications.iter().enumerate() {
-            if !notifiers.iter().any(|n| &n.name == name) {
+        let Some(Value::Sequence(names)) = service.get("notifications") else {
+            continue;
+        };
+        for (j, name) in names.iter().enumerate() {
+            let Some(name) = name.as_str() else {
+                continue;
+            };
+            if !notifiers.iter().any(|n| n.name == name) {
                 let known: Vec<&str> = notifiers.iter().map(|n| n.name.as_str()).collect();
                 let hint = if known.is_empty() {
                     "no notifiers are defined (top-level notifications)".to_string()

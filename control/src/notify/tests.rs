@@ -238,3 +238,36 @@ fn retry_after_in_seconds_or_as_a_date() {
     );
     assert_eq!(retry_after("soon"), None);
 }
+
+#[tokio::test]
+async fn a_reader_that_fell_behind_counts_what_it_missed() {
+    let yaml = "listeners:\n  - {name: public, address: \"127.0.0.1:0\"}\nnotifications:\n  - {name: n, kind: generic, url: \"http://127.0.0.1:9/\", on: [Promoted], retries: 0}\nservices:\n  - name: checkout\n    stable: {version: v1, upstreams: [\"127.0.0.1:9\"]}\n    notifications: [n]\n";
+    let model = weir_config::parse(yaml, std::path::Path::new("/tmp")).expect("valid");
+    let notify = super::Notify::new(&model, std::path::Path::new("/tmp/weir.yaml"));
+    let (events, receiver) = tokio::sync::broadcast::channel(2);
+    for _ in 0..5 {
+        events
+            .send(event("Promoted", Phase::Healthy, "done"))
+            .expect("a receiver");
+    }
+    let task = tokio::spawn(notify.run(receiver));
+    let count = |outcome| {
+        notify
+            .counters
+            .0
+            .get_or_create(&super::Counters::labels("n", outcome))
+            .get()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count(super::Outcome::Failed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(count(super::Outcome::Dropped), 3, "3 of 5 events missed");
+    assert_eq!(count(super::Outcome::Delivered), 0);
+    drop(events);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the dispatcher ends with the stream")
+        .expect("no panic");
+}
