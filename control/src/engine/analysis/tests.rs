@@ -179,6 +179,81 @@ fn unknown_variables_do_not_compile() {
 }
 
 #[test]
+fn unknown_functions_do_not_compile() {
+    for (expr, unknown) in [
+        ("avg(result) < 1", "avg"),
+        ("lenn(result) > 0", "lenn"),
+        ("default(sum(result), 0) < 1", "sum"),
+        ("result.avg() < 1", ".avg"),
+        ("result.all(x, mean(x) > 0)", "mean"),
+        ("[1, 2].exists(x, x == floor(result))", "floor"),
+        ("{'a': nope(result)}.a == 1", "nope"),
+        // A macro called the wrong way is a call to a function that does not exist.
+        ("all(result) && true", "all"),
+        ("result.isNaN()", ".isNaN"),
+    ] {
+        match Condition::compile(expr) {
+            Err(error @ ConditionError::UnknownFunction { .. }) => {
+                let ConditionError::UnknownFunction { name, known, .. } = &error else {
+                    unreachable!()
+                };
+                assert_eq!(name, unknown, "{expr}");
+                assert!(known.contains("default()") && known.contains(".startsWith()"));
+                let message = error.to_string();
+                assert!(message.contains(&format!("`{unknown}`")), "{message}");
+            }
+            other => panic!("`{expr}`: expected an unknown function, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_documented_function_compiles_and_evaluates() {
+    // One case per function and macro a condition may call (see condition.rs): each compiles,
+    // and evaluates to true on its value.
+    let cases: &[(&str, Value)] = &[
+        ("bool('true')", json!(null)),
+        ("double('0.5') == 0.5", json!(null)),
+        ("dyn(result) == 1", json!(1)),
+        ("int(result) == 3", json!(3.7)),
+        ("uint(result) == 3u", json!(3)),
+        ("string(result) == '2'", json!(2)),
+        ("size(result) == 2", json!([1, 2])),
+        ("matches(result, '^v[0-9]+$')", json!("v12")),
+        ("type(result) == type(0.5)", json!(1)),
+        ("isNaN(result) == false", json!(1)),
+        ("!isInf(result)", json!(1)),
+        ("abs(result) == 2", json!(-2)),
+        ("asInt(result) == 42", json!("42")),
+        ("asFloat(result) > 0.4", json!("0.5")),
+        ("max(result) < 0.05", json!([0.01, 0.04])),
+        ("min(result) == 0.01", json!([0.01, 0.04])),
+        ("max(1, result) == 2", json!(2)),
+        ("result.contains('ok')", json!("all ok")),
+        ("result.endsWith('ok')", json!("all ok")),
+        ("result.startsWith('all')", json!("all ok")),
+        ("result.matches('o+k')", json!("all ok")),
+        ("result.size() == 3", json!([1, 2, 3])),
+        ("has(result.status)", json!({"status": "up"})),
+        ("result.all(x, x < 0.05)", json!([0.01, 0.02])),
+        ("result.exists(x, x > 0.015)", json!([0.01, 0.02])),
+        ("result.exists_one(x, x > 0.015)", json!([0.01, 0.02])),
+        ("result.map(x, x * 100)[1] == 2", json!([0.01, 0.02])),
+        (
+            "result.filter(x, x > 0.015).size() == 1",
+            json!([0.01, 0.02]),
+        ),
+        ("default(result[0], 0) < 1", json!([])),
+        ("len(result) == 0", json!([])),
+        ("result in [200, 204]", json!(204)),
+        ("result > 1 ? true : false", json!(2)),
+    ];
+    for (expr, value) in cases {
+        assert_eq!(eval(expr, value.clone()), Ok(true), "{expr} for {value}");
+    }
+}
+
+#[test]
 fn condition_keeps_its_source_and_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
     assert_send_sync::<Condition>();
