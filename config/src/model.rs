@@ -867,6 +867,7 @@ pub struct WebProvider {
     pub body: Option<String>,
     /// Timeout (`timeoutSeconds`, default 10).
     pub timeout: Duration,
-    /// JSONPath into the response body (`$.status`); without it the result is the status code.
+    /// JSONPath (RFC 9535) into the response body (`$.status`, or Argo's `{$.status}`); without it
+    /// the result is the status code.
     pub json_path: Option<String>,
 }

@@ -1137,7 +1137,7 @@ fn invalid_templates() {
             "analysisTemplates[2].metrics[1].provider.web.url: must be an http:// or https:// URL, got \"ftp://x\"",
             "analysisTemplates[2].metrics[1].provider.web.method: expected one of GET, POST, PUT, HEAD, got \"DELETE\"",
             "analysisTemplates[2].metrics[1].provider.web.timeoutSeconds: must be at least 1, got 0",
-            "analysisTemplates[2].metrics[1].provider.web.jsonPath: must start with \"$\", got \"status\"",
+            "analysisTemplates[2].metrics[1].provider.web.jsonPath: must start with \"$\" or \"{\", got \"status\"",
             "analysisTemplates[2].metrics[1].provider.web.headers[0].key: invalid header name \"a:b\"",
             "analysisTemplates[2].metrics[2].provider: needs exactly one of builtin, prometheus, web or exec",
             "analysisTemplates[2].metrics[3].provider.builtin.version: expected \"canary\" or \"stable\", got \"both\"",

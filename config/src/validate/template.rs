@@ -453,10 +453,14 @@ fn web(
     let timeout = o.or(cx, "timeoutSeconds", 10, walk::positive_u32);
     let json_path = o.opt(cx, "jsonPath", |cx, v, at| {
         let path = walk::string(cx, v, at)?;
-        if path.starts_with('$') {
+        // `{$.data.ok}` is Argo's (Kubernetes') form; the path itself is compiled at load.
+        if path.starts_with(['$', '{']) {
             Some(path)
         } else {
-            cx.err(at, format!("must start with \"$\", got \"{path}\""));
+            cx.err(
+                at,
+                format!("must start with \"$\" or \"{{\", got \"{path}\""),
+            );
             None
         }
     });

@@ -7,7 +7,7 @@
 use weir_config::{Model, Provider};
 
 use crate::engine::analysis::condition::Condition;
-use crate::engine::analysis::jsonpath::JsonPath;
+use crate::engine::analysis::json_path::JsonPath;
 
 /// Every problem found, one line each with its field path.
 pub(super) fn check(model: &Model) -> Vec<String> {

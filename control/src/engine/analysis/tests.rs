@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::condition::{Condition, ConditionError};
-use super::jsonpath::JsonPath;
+use super::json_path::JsonPath;
 use super::{judge, show_duration, show_value, substitute, Measured, Outcome, Vars, Verdict};
 
 fn compile(expr: &str) -> Condition {
@@ -487,15 +487,16 @@ fn values_and_durations_read_well() {
     assert_eq!(show_duration(Duration::from_millis(12_500)), "12.5s");
 }
 
-// === jsonpath ===
+// === jsonPath ===
 
 #[test]
 fn json_paths_find_values() {
     let document = json!({
         "status": "healthy",
         "data": {"value": 0.97, "dotted.key": 1},
-        "items": [{"x": 1}, {"x": 2}],
+        "items": [{"x": 1, "ok": true}, {"x": 2, "ok": false}],
     });
+    // Singular paths give the value they select.
     let cases = [
         ("$.status", json!("healthy")),
         ("$.data.value", json!(0.97)),
@@ -506,46 +507,72 @@ fn json_paths_find_values() {
         ("$.data['value']", json!(0.97)),
         ("{$.data.value}", json!(0.97)),
         ("{.data.value}", json!(0.97)),
-        ("data.value", json!(0.97)),
-        ("$.items[ 1 ]", json!({"x": 2})),
+        ("{ $.items[1].x }", json!(2)),
+        ("$.items[ 1 ]", json!({"x": 2, "ok": false})),
         ("$", document.clone()),
     ];
     for (path, expected) in cases {
         let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(parsed.find(&document), Ok(&expected), "{path}");
+        assert!(parsed.is_singular(), "{path}");
+        assert_eq!(parsed.find(&document), Ok(expected), "{path}");
     }
-}
-
-#[test]
-fn json_paths_report_what_is_missing() {
-    let document = json!({"data": {"items": [1]}, "n": 3});
+    // Any other path gives the array of what it selects, even one value or none.
     let cases = [
-        ("$.nope", "no member \"nope\" at $"),
-        (
-            "$.data.items[3]",
-            "index 3 out of range at $.data.items (1 elements)",
-        ),
-        ("$.n.x", "$.n is a number, not an object"),
-        ("$.data[0]", "$.data is an object, not an array"),
+        ("$.items[*].x", json!([1, 2])),
+        ("$.items[0:1].x", json!([1])),
+        ("$.items[?@.ok == true].x", json!([1])),
+        ("$.items[?@.x > 5].x", json!([])),
+        ("$..x", json!([1, 2])),
+        ("$['status','nope']", json!(["healthy"])),
+        ("{$.items[*].ok}", json!([true, false])),
+        ("$['a*b']", json!([])),
     ];
     for (path, expected) in cases {
         let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(parsed.find(&document), Err(expected.to_string()), "{path}");
+        if path == "$['a*b']" {
+            // A `*` inside a quoted name is a name.
+            assert!(parsed.is_singular(), "{path}");
+            assert!(parsed.find(&document).is_err(), "{path}");
+            continue;
+        }
+        assert!(!parsed.is_singular(), "{path}");
+        assert_eq!(parsed.find(&document), Ok(expected), "{path}");
     }
 }
 
 #[test]
-fn unsupported_json_paths_are_rejected() {
+fn a_singular_json_path_that_selects_nothing_is_an_error() {
+    let document = json!({"data": {"items": [1]}, "n": 3});
+    for path in ["$.nope", "$.data.items[3]", "$.n.x", "$.data[0]"] {
+        let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            parsed.find(&document),
+            Err("it selects nothing in the response".to_string()),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn invalid_json_paths_are_rejected() {
     for path in [
-        "$..x",
-        "$.items[*]",
-        "$.items[0:2]",
-        "$.a[?(@.x)]",
         "$.",
         "$['open",
         "$.a]",
         "{$.a",
+        "$.a[?(@.x",
+        "data.value",
+        ".data",
+        "$[1:2:0",
+        "",
+        "$.a[?foo(@)]",
     ] {
-        assert!(JsonPath::parse(path).is_err(), "{path} should not parse");
+        let error = JsonPath::parse(path).expect_err(path);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("invalid jsonPath `{path}`: ")),
+            "{error}"
+        );
     }
 }
