@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod acme;
 mod compression;
+mod datadog;
 mod dns;
 mod edge;
 mod exec;
@@ -22,6 +23,7 @@ mod ratelimit;
 
 pub use acme::{Acme, AcmeChallenge, AcmeRetry};
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
+pub use datadog::{DatadogAggregator, DatadogApiVersion, DatadogProvider};
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
@@ -740,6 +742,8 @@ pub enum Provider {
     Web(WebProvider),
     /// A command run on weir's host.
     Exec(ExecProvider),
+    /// A Datadog metrics query.
+    Datadog(DatadogProvider),
 }
 
 /// `provider.builtin`.

@@ -4,6 +4,7 @@
 //! - [`prometheus`]: a PromQL instant query.
 //! - [`web`]: an HTTP request, judged on its status code or on a value in its JSON body.
 //! - [`exec`]: a command, judged on its exit status (and its output's last line).
+//! - [`datadog`]: a Datadog metrics query (v2 scalar query with a formula, or v1).
 //!
 //! Every provider answers with an [`Outcome`]: a value to judge, no data (inconclusive), or an error.
 
@@ -15,9 +16,11 @@ use weir_proxy::stats::{TrafficKind, Window};
 use super::json_path::JsonPath;
 use super::{show_duration, substitute, Measured, Outcome, Vars};
 
+mod datadog;
 mod exec;
 mod http;
 
+pub use datadog::datadog;
 pub use exec::exec;
 
 /// weir's own stats for (`service`, `version`) over the provider's window ending `now`:
