@@ -461,6 +461,7 @@ async fn web_json_path_selecting_several_values_gives_an_array() {
         web_reply(200, body, Some("{$.checks[?@.ok == true].ok}")).await,
         Outcome::Value(Measured::value(json!([true])))
     );
+    eprintln!("web: $.checks[*].ok gives [true, false], a filter [true]");
 }
 
 #[tokio::test]

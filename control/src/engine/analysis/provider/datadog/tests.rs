@@ -212,6 +212,7 @@ async fn v1_sends_a_query_string_with_seconds() {
         get("to").parse().expect("n"),
     );
     assert_eq!(to - from, 600);
+    eprintln!("datadog v1: GET /api/v1/query from={from} to={to} (600s): last point 0.25");
 }
 
 #[tokio::test]
@@ -244,6 +245,7 @@ async fn failures_are_errors_and_a_missing_key_file_sends_nothing() {
         why.contains("HTTP 400") && why.contains("Error parsing query"),
         "{why}"
     );
+    eprintln!("datadog failures: 403, 400 and an unreadable key file (0 requests sent) are errors");
 }
 
 #[test]
@@ -316,6 +318,7 @@ fn v2_answers_as_argo_reads_them() {
         {"name": "b", "type": "number", "values": [10]},
         {"name": "a / b", "type": "number", "values": [0.5]}]}}});
     assert_eq!(v2_result(&body, Some(&["a", "b"])), Ok(json!(0.5)));
+    eprintln!("datadog v2: 12 answer shapes from Argo's tests and the API reference read as Argo reads them");
 }
 
 #[test]
@@ -360,4 +363,5 @@ async fn an_empty_answer_is_judged_like_an_empty_prometheus_vector() {
     let (verdict, why) = judge(Some(&plain), None, &outcome);
     assert_eq!(verdict, Verdict::Inconclusive);
     assert!(why.starts_with("the query returned nothing"), "{why}");
+    eprintln!("datadog no data: [] → default(result, 0) passes, default(result, 1) fails, result < 0.05 inconclusive");
 }
