@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod acme;
 mod compression;
+mod datadog;
 mod dns;
 mod edge;
 mod exec;
@@ -23,6 +24,7 @@ mod ratelimit;
 
 pub use acme::{Acme, AcmeChallenge, AcmeRetry};
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
+pub use datadog::{DatadogAggregator, DatadogApiVersion, DatadogProvider};
 pub use dns::{AddressFamily, Upstream, UpstreamDns, UpstreamHost};
 pub use edge::{
     default_upgrades, GlobalLimits, ListenerLimits, ListenerTimeouts, MemoryLimit, UpgradeProtocol,
@@ -747,6 +749,8 @@ pub enum Provider {
     Web(WebProvider),
     /// A command run on weir's host.
     Exec(ExecProvider),
+    /// A Datadog metrics query.
+    Datadog(DatadogProvider),
 }
 
 /// `provider.builtin`.
@@ -874,6 +878,7 @@ pub struct WebProvider {
     pub body: Option<String>,
     /// Timeout (`timeoutSeconds`, default 10).
     pub timeout: Duration,
-    /// JSONPath into the response body (`$.status`); without it the result is the status code.
+    /// JSONPath (RFC 9535) into the response body (`$.status`, or Argo's `{$.status}`); without it
+    /// the result is the status code.
     pub json_path: Option<String>,
 }

@@ -1127,7 +1127,7 @@ fn invalid_templates() {
             "analysisTemplates[0].metrics[1].count: must be at least 1, got 0",
             "analysisTemplates[0].metrics[1].failureLimit: must not be negative, got -1",
             "analysisTemplates[0].metrics[1].dryRun: expected a boolean (true or false), got a string",
-            "analysisTemplates[0].metrics[1].provider: needs exactly one of builtin, prometheus, web or exec, got builtin and web",
+            "analysisTemplates[0].metrics[1].provider: needs exactly one of builtin, prometheus, web, exec or datadog, got builtin and web",
             "analysisTemplates[1].name: duplicate analysis template name \"a\" (also analysisTemplates[0])",
             "analysisTemplates[1].metrics: must not be empty",
             "analysisTemplates[2].name: missing required field",
@@ -1137,9 +1137,9 @@ fn invalid_templates() {
             "analysisTemplates[2].metrics[1].provider.web.url: must be an http:// or https:// URL, got \"ftp://x\"",
             "analysisTemplates[2].metrics[1].provider.web.method: expected one of GET, POST, PUT, HEAD, got \"DELETE\"",
             "analysisTemplates[2].metrics[1].provider.web.timeoutSeconds: must be at least 1, got 0",
-            "analysisTemplates[2].metrics[1].provider.web.jsonPath: must start with \"$\", got \"status\"",
+            "analysisTemplates[2].metrics[1].provider.web.jsonPath: must start with \"$\" or \"{\", got \"status\"",
             "analysisTemplates[2].metrics[1].provider.web.headers[0].key: invalid header name \"a:b\"",
-            "analysisTemplates[2].metrics[2].provider: needs exactly one of builtin, prometheus, web or exec",
+            "analysisTemplates[2].metrics[2].provider: needs exactly one of builtin, prometheus, web, exec or datadog",
             "analysisTemplates[2].metrics[3].provider.builtin.version: expected \"canary\" or \"stable\", got \"both\"",
             "analysisTemplates[2].metrics[3].provider.builtin.window: expected a duration like \"10s\"…",
             "analysisTemplates[2].metrics[3].provider.builtin.minRequests: expected an integer, got 1.5",
@@ -1280,6 +1280,7 @@ fn never_panics_on_odd_input() {
 mod acme;
 mod admin;
 mod compression;
+mod datadog;
 mod dns;
 mod edge;
 mod exec;

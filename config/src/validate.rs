@@ -9,6 +9,7 @@
 
 mod acme;
 mod compression;
+mod datadog;
 mod dns;
 mod edge;
 mod health;

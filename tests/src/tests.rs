@@ -9,6 +9,7 @@ mod admin_security;
 mod blue_green;
 mod compression;
 mod config_edges;
+mod datadog;
 mod dns;
 mod edge_conn;
 mod edge_memory;

@@ -209,12 +209,15 @@ fn provider(
     args: Option<&BTreeMap<String, Option<String>>>,
     base_dir: &Path,
 ) -> Option<Provider> {
-    const KINDS: [&str; 4] = ["builtin", "prometheus", "web", "exec"];
+    const KINDS: [&str; 5] = ["builtin", "prometheus", "web", "exec", "datadog"];
     let o = Obj::open(cx, value, at, &KINDS)?;
     let present: Vec<&str> = KINDS.into_iter().filter(|k| o.has(k)).collect();
     match present.as_slice() {
         [] => {
-            cx.err(at, "needs exactly one of builtin, prometheus, web or exec");
+            cx.err(
+                at,
+                "needs exactly one of builtin, prometheus, web, exec or datadog",
+            );
             None
         }
         [kind] => {
@@ -226,6 +229,9 @@ fn provider(
                     prometheus(cx, value, &at, args, base_dir).map(Provider::Prometheus)
                 }
                 "exec" => exec(cx, value, &at, args).map(Provider::Exec),
+                "datadog" => {
+                    super::datadog::datadog(cx, value, &at, args, base_dir).map(Provider::Datadog)
+                }
                 _ => web(cx, value, &at, args).map(Provider::Web),
             }
         }
@@ -233,7 +239,7 @@ fn provider(
             cx.err(
                 at,
                 format!(
-                    "needs exactly one of builtin, prometheus, web or exec, got {}",
+                    "needs exactly one of builtin, prometheus, web, exec or datadog, got {}",
                     several.join(" and ")
                 ),
             );
@@ -453,10 +459,14 @@ fn web(
     let timeout = o.or(cx, "timeoutSeconds", 10, walk::positive_u32);
     let json_path = o.opt(cx, "jsonPath", |cx, v, at| {
         let path = walk::string(cx, v, at)?;
-        if path.starts_with('$') {
+        // `{$.data.ok}` is Argo's (Kubernetes') form; the path itself is compiled at load.
+        if path.starts_with(['$', '{']) {
             Some(path)
         } else {
-            cx.err(at, format!("must start with \"$\", got \"{path}\""));
+            cx.err(
+                at,
+                format!("must start with \"$\" or \"{{\", got \"{path}\""),
+            );
             None
         }
     });
@@ -565,7 +575,7 @@ fn exec(
 
 /// An `http://` or `https://` URL (placeholders allowed). A URL that starts with a placeholder
 /// (`{{args.url}}/health`, the argument set to `{{preview.url}}`) is checked once substituted.
-fn http_url(
+pub(super) fn http_url(
     cx: &mut Cx,
     value: &Value,
     at: &str,
@@ -625,7 +635,7 @@ fn request_headers(
 /// (`{{preview.url}}` and `{{preview.host}}` are for argument values, see blue-green).
 const BUILTIN_VARIABLES: [&str; 3] = ["service", "stable.version", "canary.version"];
 
-fn check_placeholders(
+pub(super) fn check_placeholders(
     cx: &mut Cx,
     at: &str,
     text: &str,

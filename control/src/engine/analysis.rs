@@ -10,14 +10,14 @@
 //! # Layout
 //! - [`condition`]: compiling and evaluating conditions.
 //! - [`provider`]: the builtin, Prometheus and web providers.
-//! - [`jsonpath`]: the small JSONPath subset the web provider understands.
+//! - [`json_path`]: the web provider's `jsonPath` (RFC 9535, Argo's brace form accepted).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 pub mod condition;
-pub mod jsonpath;
+pub mod json_path;
 pub mod provider;
 
 use condition::Condition;

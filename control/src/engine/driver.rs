@@ -487,6 +487,9 @@ impl Driver {
                 }
                 Provider::Web(provider) => analysis::provider::web(provider, &due.args).await,
                 Provider::Exec(provider) => analysis::provider::exec(provider, &due.args).await,
+                Provider::Datadog(provider) => {
+                    analysis::provider::datadog(provider, &due.args).await
+                }
                 Provider::Builtin(_) => {
                     Outcome::Error("builtin metrics are measured by the driver".into())
                 }

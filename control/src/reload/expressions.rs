@@ -1,5 +1,5 @@
 //! Conditions (CEL) and `jsonPath`s compiled when the config loads, so a syntax error or an
-//! unknown variable is reported with its field path by `weir validate` and refused by a reload,
+//! unknown variable or function is reported with its field path by `weir validate` and refused by a reload,
 //! instead of failing every measurement at run time. An expression with a placeholder
 //! (`{{args.threshold}}`) is compiled once its run fills it in, so only its placeholder-free
 //! form is checked here.
@@ -7,7 +7,7 @@
 use weir_config::{Model, Provider};
 
 use crate::engine::analysis::condition::Condition;
-use crate::engine::analysis::jsonpath::JsonPath;
+use crate::engine::analysis::json_path::JsonPath;
 
 /// Every problem found, one line each with its field path.
 pub(super) fn check(model: &Model) -> Vec<String> {
@@ -78,6 +78,17 @@ analysisTemplates:
         let problems = crate::reload::load(&path).expect_err("refused").problems();
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(problems[0].contains("rsult"), "{problems:#?}");
+        // So is a function the evaluator does not provide, with the list of those it does.
+        std::fs::write(&path, config("avg(result) >= 0.99", "$.status")).expect("write");
+        let problems = crate::reload::load(&path).expect_err("refused").problems();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("analysisTemplates[0].metrics[0].successCondition: ")
+                && problems[0].contains("unknown function `avg`")
+                && problems[0].contains("default()"),
+            "{problems:#?}"
+        );
+        eprintln!("refused at load: {}", problems[0]);
         std::fs::write(&path, config("result >= 0.99", "$.status")).expect("write");
         assert!(crate::reload::load(&path).is_ok());
     }

@@ -13,9 +13,16 @@
 //!   are numeric in CEL already (`result == 200` holds for 200.0), and `+ - * /` between an int
 //!   and a double give a double (`result * 100 >= 99`) where plain CEL would raise an error.
 //!
+//! - `max(...)` / `min(...)` of numbers or of one list (`max(result) < 0.05` on a Datadog grouped
+//!   query, as Argo users write it); `null` for an empty list.
+//!
 //! The additions are parse-time macros and context functions of the `cel` crate; the expression
 //! text is never rewritten. A condition may only refer to `result` (and the variables its own
 //! comprehensions bind): any other name is a compile error, so a typo can't hide inside `default`.
+//! Likewise it may only call the functions the evaluator provides ([`GLOBAL_FUNCTIONS`],
+//! [`MEMBER_FUNCTIONS`] and the macros `has`, `all`, `exists`, `exists_one`, `map`, `filter`,
+//! `default`, `len`): `avg(result)` or `lenn(result)` is refused when the config loads instead of
+//! failing every measurement.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
@@ -34,6 +41,34 @@ const ADD: &str = "@weir_add";
 const SUB: &str = "@weir_sub";
 const MUL: &str = "@weir_mul";
 const DIV: &str = "@weir_div";
+
+/// The functions a condition may call as `f(x)`: the CEL standard library's global functions the
+/// `cel` crate implements (conversions, `size`, `matches`, `type`), then weir's additions.
+pub const GLOBAL_FUNCTIONS: [&str; 16] = [
+    "bool", "double", "dyn", "int", "uint", "string", "size", "matches", "type", "isNaN", "isInf",
+    "abs", "asInt", "asFloat", "max", "min",
+];
+
+/// The functions a condition may call as `x.f(...)`: the CEL standard library's member functions
+/// the `cel` crate implements (strings, sizes, optionals).
+pub const MEMBER_FUNCTIONS: [&str; 9] = [
+    "contains",
+    "endsWith",
+    "startsWith",
+    "matches",
+    "size",
+    "hasValue",
+    "value",
+    "or",
+    "orValue",
+];
+
+/// The macros called as `f(x)`, expanded when a condition compiles (so never calls in the
+/// compiled form).
+const GLOBAL_MACROS: [&str; 3] = ["has", "default", "len"];
+
+/// The macros called as `list.f(x, ...)`, expanded when a condition compiles.
+const MEMBER_MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
 
 /// The CEL environment: the standard library plus weir's macros. Built once.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(build_env()));
@@ -64,6 +99,16 @@ pub enum ConditionError {
         /// The unknown name.
         name: String,
     },
+    /// The expression calls a function the evaluator does not provide.
+    #[error("condition `{expr}` calls unknown function `{name}` (known: {known})")]
+    UnknownFunction {
+        /// The condition as written.
+        expr: String,
+        /// The call as written: `avg` or `.avg` for a member call.
+        name: String,
+        /// The functions and macros a condition may call.
+        known: String,
+    },
     /// Evaluation failed: an index out of range, a missing key, mismatched types.
     #[error("{0}")]
     Evaluation(String),
@@ -87,6 +132,13 @@ impl Condition {
             return Err(ConditionError::UnknownVariable {
                 expr: expr.to_string(),
                 name: name.to_string(),
+            });
+        }
+        if let Some(name) = unknown_function(program.expression()) {
+            return Err(ConditionError::UnknownFunction {
+                expr: expr.to_string(),
+                name,
+                known: known_functions(),
             });
         }
         Ok(Condition {
@@ -221,6 +273,12 @@ fn add_functions(context: &mut Context<'_, '_>) -> Result<(), ConditionError> {
     context.add_function("abs", abs).map_err(declare)?;
     context.add_function("asInt", as_int).map_err(declare)?;
     context.add_function("asFloat", as_float).map_err(declare)?;
+    context
+        .add_function("max", cel::functions::max)
+        .map_err(declare)?;
+    context
+        .add_function("min", cel::functions::min)
+        .map_err(declare)?;
     Ok(())
 }
 
@@ -419,6 +477,100 @@ fn free_variables<'a>(expr: &'a IdedExpr, bound: &mut Vec<&'a str>, free: &mut B
             bound.truncate(depth);
         }
         Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// The first call in `expr` (depth first) to a function a condition cannot use: `name` for a
+/// global call, `.name` for a member call. Operators (`_+_`, `@in`, weir's `@weir_*`) are
+/// always known.
+fn unknown_function(expr: &IdedExpr) -> Option<String> {
+    let mut found = None;
+    visit(expr, &mut |e| {
+        if found.is_some() {
+            return;
+        }
+        let Expr::Call(call) = &e.expr else { return };
+        let name = call.func_name.as_str();
+        let operator = !name.starts_with(|c: char| c.is_ascii_alphabetic());
+        let known = if call.target.is_some() {
+            MEMBER_FUNCTIONS.contains(&name)
+        } else {
+            GLOBAL_FUNCTIONS.contains(&name)
+        };
+        if !operator && !known {
+            found = Some(match call.target {
+                Some(_) => format!(".{name}"),
+                None => name.to_string(),
+            });
+        }
+    });
+    found
+}
+
+/// The functions and macros a condition may call, for messages.
+fn known_functions() -> String {
+    let members = MEMBER_FUNCTIONS
+        .iter()
+        .chain(&MEMBER_MACROS)
+        .map(|name| format!(".{name}()"));
+    let globals = GLOBAL_FUNCTIONS
+        .iter()
+        .chain(&GLOBAL_MACROS)
+        .map(|name| format!("{name}()"));
+    globals.chain(members).collect::<Vec<_>>().join(", ")
+}
+
+/// Calls `f` on `expr` and every expression inside it.
+fn visit(expr: &IdedExpr, f: &mut impl FnMut(&IdedExpr)) {
+    f(expr);
+    match &expr.expr {
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                visit(target, f);
+            }
+            for arg in &call.args {
+                visit(arg, f);
+            }
+        }
+        Expr::Select(select) => visit(&select.operand, f),
+        Expr::List(list) => {
+            for element in &list.elements {
+                visit(element, f);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                visit_entry(&entry.expr, f);
+            }
+        }
+        Expr::Struct(structure) => {
+            for entry in &structure.entries {
+                visit_entry(&entry.expr, f);
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            for part in [
+                &comprehension.iter_range,
+                &comprehension.accu_init,
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ] {
+                visit(part, f);
+            }
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// [`visit`] of a map or struct entry.
+fn visit_entry(entry: &EntryExpr, f: &mut impl FnMut(&IdedExpr)) {
+    match entry {
+        EntryExpr::MapEntry(entry) => {
+            visit(&entry.key, f);
+            visit(&entry.value, f);
+        }
+        EntryExpr::StructField(field) => visit(&field.value, f),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`prometheus`]: a PromQL instant query.
 //! - [`web`]: an HTTP request, judged on its status code or on a value in its JSON body.
 //! - [`exec`]: a command, judged on its exit status (and its output's last line).
+//! - [`datadog`]: a Datadog metrics query (v2 scalar query with a formula, or v1).
 //!
 //! Every provider answers with an [`Outcome`]: a value to judge, no data (inconclusive), or an error.
 
@@ -12,12 +13,14 @@ use tokio::time::Instant;
 use weir_config::{BuiltinMetric, BuiltinProvider, PrometheusProvider, Traffic, WebProvider};
 use weir_proxy::stats::{TrafficKind, Window};
 
-use super::jsonpath::JsonPath;
+use super::json_path::JsonPath;
 use super::{show_duration, substitute, Measured, Outcome, Vars};
 
+mod datadog;
 mod exec;
 mod http;
 
+pub use datadog::datadog;
 pub use exec::exec;
 
 /// weir's own stats for (`service`, `version`) over the provider's window ending `now`:
@@ -263,9 +266,10 @@ fn json_number(value: f64) -> serde_json::Value {
 /// within its timeout.
 ///
 /// Without `jsonPath` the result is the status code as a number, whatever it is (the condition
-/// decides, e.g. `result == 200`). With `jsonPath` the result is the JSON value found there; a
-/// non-2xx status, a body that is not JSON or a path that finds nothing is an error. An unreachable
-/// server or a timeout is always an error.
+/// decides, e.g. `result == 200`). With `jsonPath` the result is what the path selects (see
+/// [`JsonPath::find`]: the value of a singular path, the array of values of any other); a non-2xx
+/// status, a body that is not JSON or a singular path that selects nothing is an error. An
+/// unreachable server or a timeout is always an error.
 pub async fn web(p: &WebProvider, args: &Vars) -> Outcome {
     let url = substitute(&p.url, args);
     let shown = without_query(&url);
@@ -305,8 +309,8 @@ pub async fn web(p: &WebProvider, args: &Vars) -> Outcome {
         }
     };
     match path.find(&document) {
-        Ok(value) => Outcome::Value(Measured::value(value.clone())),
-        Err(why) => Outcome::Error(format!("jsonPath `{path}` finds nothing: {why}")),
+        Ok(value) => Outcome::Value(Measured::value(value)),
+        Err(why) => Outcome::Error(format!("jsonPath `{path}`: {why}")),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::condition::{Condition, ConditionError};
-use super::jsonpath::JsonPath;
+use super::json_path::JsonPath;
 use super::{judge, show_duration, show_value, substitute, Measured, Outcome, Vars, Verdict};
 
 fn compile(expr: &str) -> Condition {
@@ -176,6 +176,86 @@ fn unknown_variables_do_not_compile() {
     }
     // Comprehension variables are bound, including nested ones.
     compile("result.all(x, [x].exists(y, y == x))");
+}
+
+#[test]
+fn unknown_functions_do_not_compile() {
+    for (expr, unknown) in [
+        ("avg(result) < 1", "avg"),
+        ("lenn(result) > 0", "lenn"),
+        ("default(sum(result), 0) < 1", "sum"),
+        ("result.avg() < 1", ".avg"),
+        ("result.all(x, mean(x) > 0)", "mean"),
+        ("[1, 2].exists(x, x == floor(result))", "floor"),
+        ("{'a': nope(result)}.a == 1", "nope"),
+        // A macro called the wrong way is a call to a function that does not exist.
+        ("all(result) && true", "all"),
+        ("result.isNaN()", ".isNaN"),
+    ] {
+        match Condition::compile(expr) {
+            Err(error @ ConditionError::UnknownFunction { .. }) => {
+                let ConditionError::UnknownFunction { name, known, .. } = &error else {
+                    unreachable!()
+                };
+                assert_eq!(name, unknown, "{expr}");
+                assert!(known.contains("default()") && known.contains(".startsWith()"));
+                let message = error.to_string();
+                assert!(message.contains(&format!("`{unknown}`")), "{message}");
+            }
+            other => panic!("`{expr}`: expected an unknown function, got {other:?}"),
+        }
+    }
+    eprintln!("9 calls to unknown functions refused at compile time");
+}
+
+#[test]
+fn every_documented_function_compiles_and_evaluates() {
+    // One case per function and macro a condition may call (see condition.rs): each compiles,
+    // and evaluates to true on its value.
+    let cases: &[(&str, Value)] = &[
+        ("bool('true')", json!(null)),
+        ("double('0.5') == 0.5", json!(null)),
+        ("dyn(result) == 1", json!(1)),
+        ("int(result) == 3", json!(3.7)),
+        ("uint(result) == 3u", json!(3)),
+        ("string(result) == '2'", json!(2)),
+        ("size(result) == 2", json!([1, 2])),
+        ("matches(result, '^v[0-9]+$')", json!("v12")),
+        ("type(result) == type(0.5)", json!(1)),
+        ("isNaN(result) == false", json!(1)),
+        ("!isInf(result)", json!(1)),
+        ("abs(result) == 2", json!(-2)),
+        ("asInt(result) == 42", json!("42")),
+        ("asFloat(result) > 0.4", json!("0.5")),
+        ("max(result) < 0.05", json!([0.01, 0.04])),
+        ("min(result) == 0.01", json!([0.01, 0.04])),
+        ("max(1, result) == 2", json!(2)),
+        ("result.contains('ok')", json!("all ok")),
+        ("result.endsWith('ok')", json!("all ok")),
+        ("result.startsWith('all')", json!("all ok")),
+        ("result.matches('o+k')", json!("all ok")),
+        ("result.size() == 3", json!([1, 2, 3])),
+        ("has(result.status)", json!({"status": "up"})),
+        ("result.all(x, x < 0.05)", json!([0.01, 0.02])),
+        ("result.exists(x, x > 0.015)", json!([0.01, 0.02])),
+        ("result.exists_one(x, x > 0.015)", json!([0.01, 0.02])),
+        ("result.map(x, x * 100)[1] == 2", json!([0.01, 0.02])),
+        (
+            "result.filter(x, x > 0.015).size() == 1",
+            json!([0.01, 0.02]),
+        ),
+        ("default(result[0], 0) < 1", json!([])),
+        ("len(result) == 0", json!([])),
+        ("result in [200, 204]", json!(204)),
+        ("result > 1 ? true : false", json!(2)),
+    ];
+    for (expr, value) in cases {
+        assert_eq!(eval(expr, value.clone()), Ok(true), "{expr} for {value}");
+    }
+    eprintln!(
+        "{} documented functions and macros compile and evaluate",
+        cases.len()
+    );
 }
 
 #[test]
@@ -412,15 +492,16 @@ fn values_and_durations_read_well() {
     assert_eq!(show_duration(Duration::from_millis(12_500)), "12.5s");
 }
 
-// === jsonpath ===
+// === jsonPath ===
 
 #[test]
 fn json_paths_find_values() {
     let document = json!({
         "status": "healthy",
         "data": {"value": 0.97, "dotted.key": 1},
-        "items": [{"x": 1}, {"x": 2}],
+        "items": [{"x": 1, "ok": true}, {"x": 2, "ok": false}],
     });
+    // Singular paths give the value they select.
     let cases = [
         ("$.status", json!("healthy")),
         ("$.data.value", json!(0.97)),
@@ -431,46 +512,78 @@ fn json_paths_find_values() {
         ("$.data['value']", json!(0.97)),
         ("{$.data.value}", json!(0.97)),
         ("{.data.value}", json!(0.97)),
-        ("data.value", json!(0.97)),
-        ("$.items[ 1 ]", json!({"x": 2})),
+        ("{ $.items[1].x }", json!(2)),
+        ("$.items[ 1 ]", json!({"x": 2, "ok": false})),
         ("$", document.clone()),
     ];
     for (path, expected) in cases {
         let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(parsed.find(&document), Ok(&expected), "{path}");
+        assert!(parsed.is_singular(), "{path}");
+        assert_eq!(parsed.find(&document), Ok(expected), "{path}");
     }
-}
-
-#[test]
-fn json_paths_report_what_is_missing() {
-    let document = json!({"data": {"items": [1]}, "n": 3});
+    // Any other path gives the array of what it selects, even one value or none.
     let cases = [
-        ("$.nope", "no member \"nope\" at $"),
-        (
-            "$.data.items[3]",
-            "index 3 out of range at $.data.items (1 elements)",
-        ),
-        ("$.n.x", "$.n is a number, not an object"),
-        ("$.data[0]", "$.data is an object, not an array"),
+        ("$.items[*].x", json!([1, 2])),
+        ("$.items[0:1].x", json!([1])),
+        ("$.items[?@.ok == true].x", json!([1])),
+        ("$.items[?@.x > 5].x", json!([])),
+        ("$..x", json!([1, 2])),
+        ("$['status','nope']", json!(["healthy"])),
+        ("{$.items[*].ok}", json!([true, false])),
+        ("$['a*b']", json!([])),
     ];
     for (path, expected) in cases {
         let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(parsed.find(&document), Err(expected.to_string()), "{path}");
+        if path == "$['a*b']" {
+            // A `*` inside a quoted name is a name.
+            assert!(parsed.is_singular(), "{path}");
+            assert!(parsed.find(&document).is_err(), "{path}");
+            continue;
+        }
+        assert!(!parsed.is_singular(), "{path}");
+        assert_eq!(parsed.find(&document), Ok(expected), "{path}");
     }
+    eprintln!("12 singular paths give their value, 7 others an array");
 }
 
 #[test]
-fn unsupported_json_paths_are_rejected() {
+fn a_singular_json_path_that_selects_nothing_is_an_error() {
+    let document = json!({"data": {"items": [1]}, "n": 3});
+    for path in ["$.nope", "$.data.items[3]", "$.n.x", "$.data[0]"] {
+        let parsed = JsonPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            parsed.find(&document),
+            Err("it selects nothing in the response".to_string()),
+            "{path}"
+        );
+    }
+    eprintln!("4 singular paths that select nothing are errors");
+}
+
+#[test]
+fn invalid_json_paths_are_rejected() {
     for path in [
-        "$..x",
-        "$.items[*]",
-        "$.items[0:2]",
-        "$.a[?(@.x)]",
         "$.",
         "$['open",
         "$.a]",
         "{$.a",
+        "$.a[?(@.x",
+        "data.value",
+        ".data",
+        "$[1:2:0",
+        "",
+        "$.a[?foo(@)]",
     ] {
-        assert!(JsonPath::parse(path).is_err(), "{path} should not parse");
+        let error = JsonPath::parse(path).expect_err(path);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("invalid jsonPath `{path}`: ")),
+            "{error}"
+        );
     }
+    eprintln!(
+        "10 invalid paths refused, e.g. {}",
+        JsonPath::parse("$.a[?(@.x").expect_err("invalid")
+    );
 }

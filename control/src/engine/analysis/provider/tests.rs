@@ -440,14 +440,28 @@ async fn web_json_path_finds_values() {
 async fn web_json_path_failures_are_errors() {
     expect_error(
         &web_reply(200, r#"{"a":1}"#, Some("$.b")).await,
-        "no member \"b\"",
+        "jsonPath `$.b`: it selects nothing",
     );
     expect_error(&web_reply(200, "<html>", Some("$.a")).await, "not JSON");
     expect_error(&web_reply(503, r#"{"a":1}"#, Some("$.a")).await, "HTTP 503");
     expect_error(
-        &web_reply(200, r#"{"a":1}"#, Some("$.a[*]")).await,
+        &web_reply(200, r#"{"a":1}"#, Some("$.a[")).await,
         "invalid jsonPath",
     );
+}
+
+#[tokio::test]
+async fn web_json_path_selecting_several_values_gives_an_array() {
+    let body = r#"{"checks":[{"ok":true},{"ok":false}]}"#;
+    assert_eq!(
+        web_reply(200, body, Some("$.checks[*].ok")).await,
+        Outcome::Value(Measured::value(json!([true, false])))
+    );
+    assert_eq!(
+        web_reply(200, body, Some("{$.checks[?@.ok == true].ok}")).await,
+        Outcome::Value(Measured::value(json!([true])))
+    );
+    eprintln!("web: $.checks[*].ok gives [true, false], a filter [true]");
 }
 
 #[tokio::test]
