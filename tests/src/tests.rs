@@ -22,6 +22,7 @@ mod health;
 mod hot_swap;
 mod http2;
 mod ingress_rewrite;
+mod loadtest;
 mod metrics;
 mod mirror;
 mod policies;
