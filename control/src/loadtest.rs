@@ -267,6 +267,18 @@ fn log_load(what: &str, target: &LoadTarget) {
     );
 }
 
+/// Headers a load test never sends as written: the message's framing and hop-by-hop headers.
+const FRAMING: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
 /// What a generator sends, compiled from a [`LoadTest`] when it starts or changes.
 #[derive(Debug)]
 struct Plan {
@@ -293,6 +305,11 @@ impl Plan {
                 HeaderName::from_str(name).map_err(|_| format!("invalid header {name:?}"))?;
             let value = HeaderValue::from_str(value)
                 .map_err(|_| format!("invalid value of header {name}"))?;
+            if FRAMING.contains(&name.as_str()) {
+                // The request has no body and one hop: these would only break its framing.
+                tracing::warn!(target: "weir::loadtest", %service, header = %name, "load test header ignored");
+                continue;
+            }
             headers.append(name, value);
         }
         if !headers.contains_key(USER_AGENT) {
@@ -329,6 +346,7 @@ async fn generate(
     mut load: watch::Receiver<LoadTest>,
     counters: Counters,
 ) {
+    let mut started = false;
     loop {
         let current = load.borrow_and_update().clone();
         let plan = match Plan::new(&service, &version, &current) {
@@ -343,7 +361,14 @@ async fn generate(
             }
         };
         let slots = Arc::new(Semaphore::new(plan.cap));
-        let mut tick = tokio::time::interval(plan.period);
+        // The first request at once; after a change, one period after it (no extra request).
+        let first = if started {
+            tokio::time::Instant::now() + plan.period
+        } else {
+            tokio::time::Instant::now()
+        };
+        started = true;
+        let mut tick = tokio::time::interval_at(first, plan.period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
@@ -410,6 +435,15 @@ mod tests {
         let mut bad = load(5, Duration::from_secs(1));
         bad.headers = vec![("bad name".into(), "x".into())];
         assert!(Plan::new("shop", "v2", &bad).is_err());
+        let mut framing = load(5, Duration::from_secs(1));
+        framing.headers = vec![
+            ("Content-Length".into(), "5".into()),
+            ("connection".into(), "close".into()),
+            ("x-kept".into(), "1".into()),
+        ];
+        let plan = Plan::new("shop", "v2", &framing).expect("a plan");
+        let names: Vec<_> = plan.request.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "user-agent"]);
         let mut bad = load(5, Duration::from_secs(1));
         bad.path = "health".into();
         assert!(Plan::new("shop", "v2", &bad).is_err());

@@ -352,9 +352,73 @@ async fn the_load_tester_paces_the_canary_follows_changes_and_stops() {
         "every load-test request counted under the canary"
     );
     assert_eq!(v1.requests(), 0);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            r#"weir_loadtest_requests_total{service="shop",result="ok"}"#
+        ),
+        Some(settled as f64),
+        "{text}"
+    );
     eprintln!(
         "load tester: asked 20/s → {rate20:.1}/s over {took20:?}; asked 50/s → {rate50:.1}/s over {took50:?}; \
          {settled} requests at the canary, 0 at stable, none after the stop"
+    );
+    tester.stop().await;
+    proxy.shutdown().await;
+    v1.shutdown().await;
+    v2.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_canary_gets_timeouts_at_the_asked_pace_without_piling_up() {
+    let v1 = Server::spawn("v1");
+    let v2 = Server::builder("v2").delay(Duration::from_secs(3)).spawn();
+    let proxy = Proxy::builder(shop(&v1, &v2))
+        .weight("shop", Weight::ZERO)
+        .start();
+    let metrics = LoadTestMetrics::default();
+    let (targets, targets_rx) = watch::channel(Vec::new());
+    let tester =
+        LoadTester::spawn(&proxy.routes(), targets_rx, metrics.clone()).expect("the load tester");
+    // 40/s with a 250 ms timeout: at most 10 in flight; every request times out (504).
+    let mut slow = target(40);
+    slow.load.timeout = Duration::from_millis(250);
+    targets.send_replace(vec![slow]);
+    let ended = || {
+        LoadResult::ALL
+            .iter()
+            .map(|r| metrics.count("shop", *r))
+            .sum::<u64>()
+    };
+    crate::assert_eventually!(ended() >= 1);
+    let started = Instant::now();
+    let from = ended();
+    crate::assert_eventually!(timeout = Duration::from_secs(10), ended() >= from + 40);
+    let elapsed = started.elapsed();
+    let pace = (ended() - from) as f64 / elapsed.as_secs_f64();
+    targets.send_replace(Vec::new());
+    let timeouts = metrics.count("shop", LoadResult::Timeout);
+    let skipped = metrics.count("shop", LoadResult::Skipped);
+    assert_eq!(metrics.count("shop", LoadResult::Ok), 0);
+    assert_eq!(metrics.count("shop", LoadResult::Error), 0);
+    assert!(timeouts >= 30, "{timeouts} timeouts, {skipped} skipped");
+    assert!(
+        (30.0..=50.0).contains(&pace),
+        "asked 40/s, {pace:.1}/s ended (timeouts and skips) over {elapsed:?}"
+    );
+    let v2_stats = proxy.version_stats("shop", "v2").snapshot();
+    assert!(
+        v2_stats.requests >= timeouts,
+        "the 504s are the canary's: {v2_stats:?}"
+    );
+    eprintln!(
+        "slow canary (3 s) at 40/s, timeout 250ms: {pace:.1}/s ended over {elapsed:?}, \
+         {timeouts} timeouts, {skipped} skipped at the in-flight bound of 10, 0 ok"
     );
     tester.stop().await;
     proxy.shutdown().await;
