@@ -108,8 +108,8 @@ pub enum PinnedOutcome {
     TimedOut,
     /// The response broke off (its body failed), or the pinned thread is gone.
     Failed,
-    /// Not sent: the service or the version is not in the current table, or [`MAX_IN_FLIGHT`]
-    /// requests were already in flight.
+    /// Not sent: the service or the version is not in the current table, the path climbs above
+    /// the root (`/../x`), or [`MAX_IN_FLIGHT`] requests were already in flight.
     Skipped,
 }
 
@@ -316,14 +316,18 @@ async fn serve(
         target.skipped.set(true);
         return Ok(ProxyError::NoRoute.to_response());
     };
-    // Dot segments are resolved as for a client, so the upstream sees the same path it would.
-    match path::resolve(request.uri().path()) {
-        Ok(None) => {}
-        Ok(Some(resolved)) => match path::with_path(request.uri(), &resolved) {
-            Some(uri) => *request.uri_mut() = uri,
-            None => return Ok(ProxyError::BadPath.to_response()),
-        },
-        Err(path::ClimbsAboveRoot) => return Ok(ProxyError::BadPath.to_response()),
+    // Dot segments are resolved as for a client, so the upstream sees the same path it would; a
+    // path that climbs above the root is not sent.
+    let resolved = match path::resolve(request.uri().path()) {
+        Ok(None) => Some(()),
+        Ok(Some(resolved)) => {
+            path::with_path(request.uri(), &resolved).map(|uri| *request.uri_mut() = uri)
+        }
+        Err(path::ClimbsAboveRoot) => None,
+    };
+    if resolved.is_none() {
+        target.skipped.set(true);
+        return Ok(ProxyError::BadPath.to_response());
     }
     let headers = request.headers_mut();
     if !headers.contains_key(header::HOST) {

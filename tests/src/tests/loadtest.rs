@@ -228,6 +228,8 @@ async fn a_version_not_in_the_table_is_skipped_and_a_slow_one_is_charged_a_504()
         let outcome = pinned.send(pinned_get(service, version, "/")).await;
         assert_eq!(outcome, PinnedOutcome::Skipped, "{service}/{version}");
     }
+    let outcome = pinned.send(pinned_get("shop", "v2", "/a/../../etc")).await;
+    assert_eq!(outcome, PinnedOutcome::Skipped, "a path above the root");
     // The load test's timeout (300 ms) is below the service's responseTimeout (30 s): the
     // version did not answer in time, a 504 charged to it.
     let mut slow = pinned_get("shop", "v2", "/");
