@@ -242,6 +242,14 @@ pub async fn start_with_lookup(
         listener_hook.apply(model);
         notify_hook(model);
     }));
+    // The built-in load test (crate::loadtest): traffic of weir's own to the canaries the engine
+    // names. TODO(i9-loadtest): placeholder until the driver publishes the wanted set; the lead
+    // replaces this channel with `handle.load_targets()` at merge.
+    let (_load_targets_placeholder, load_targets) = watch::channel(Vec::new());
+    let load_metrics = crate::loadtest::LoadTestMetrics::default();
+    load_metrics.register(&mut registry);
+    let load_tester = crate::loadtest::LoadTester::spawn(&routes, load_targets, load_metrics)
+        .map_err(StartError::Spawn)?;
     let server = weir_proxy::spawn(listeners, routes, serve_config).map_err(StartError::Spawn)?;
     for (name, addr) in server.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
@@ -299,6 +307,7 @@ pub async fn start_with_lookup(
         handle.offload(),
     )));
     tasks.push(tokio::spawn(dns.refresh()));
+    tasks.push(load_tester.into_task());
     tasks.push(tokio::spawn(acme.run(reload_tx.clone())));
     ready.store(true, Ordering::Release);
     Ok(Running {

@@ -17,6 +17,8 @@
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
 //! - [`telemetry`]: logging setup.
 //! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
+//! - [`loadtest`]: the built-in load test (`webhooks[].loadTest`): paced traffic to a canary
+//!   through the data plane, pinned to its version.
 //! - [`listeners`]: listener settings on reload (new connections get them) and the listener
 //!   changes that need a restart.
 //! - [`notify`]: notifications (`notifications[]`): rollout events posted to Slack, Teams,
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod engine;
 pub mod health;
 pub mod listeners;
+pub mod loadtest;
 pub mod memory;
 pub mod notify;
 pub mod reload;

@@ -36,7 +36,7 @@ pub mod tls;
 mod upstream;
 
 pub use body::ProxyBody;
-pub use forward::{AccessLog, AccessLogFormat, MirrorLimits};
+pub use forward::{AccessLog, AccessLogFormat, MirrorLimits, Pinned, PinnedOutcome, PinnedRequest};
 pub use limits::{ConnectionStats, ListenerSettings};
 pub use routes::{channel, Publisher, RouteTable, Routes};
 pub use server::{serve, spawn, Listener, ServeConfig, Server};

@@ -110,6 +110,8 @@ pub struct ServiceRoute {
     pub(crate) rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// `rewrite` and `headers`, compiled (`None` without either).
     pub(crate) ingress: Option<Box<rewrite::Ingress>>,
+    /// The `Host` of weir's own requests to this service (`crate::forward::pinned`).
+    pub(crate) pinned_host: HeaderValue,
 }
 
 /// The stats handles of a service's mirror traffic, resolved when the table is built.

@@ -23,6 +23,7 @@ mod health;
 mod hot_swap;
 mod http2;
 mod ingress_rewrite;
+mod loadtest;
 mod metrics;
 mod mirror;
 mod notifications;

@@ -45,11 +45,13 @@ mod hpack;
 pub(crate) mod layered;
 pub(crate) mod mirror;
 mod path;
+pub(crate) mod pinned;
 pub(crate) mod request_id;
 mod upstream;
 
 pub use self::access::{AccessLog, AccessLogFormat};
 pub use self::mirror::MirrorLimits;
+pub use self::pinned::{Pinned, PinnedOutcome, PinnedRequest};
 
 /// State shared by every connection of one worker thread.
 pub(crate) struct Worker {
@@ -399,6 +401,7 @@ pub(crate) async fn handle(
                 upgrade,
                 request,
                 start,
+                service.options.response_timeout,
             )
             .await;
             if let Some(cookie) = decision.set_cookie {

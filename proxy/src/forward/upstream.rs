@@ -35,6 +35,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `requestBodyTimeout`, malformed, or a client gone before its answer) is counted in the arm's
 /// client errors and never in its statuses, so it can neither roll a canary back nor stop a
 /// promotion.
+///
+/// `response_timeout` is the service's `responseTimeout` for a client's request (a request of
+/// weir's own, [`super::pinned`], may have a shorter one).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     worker: &Rc<Worker>,
@@ -45,6 +48,7 @@ pub(super) async fn forward(
     upgrade: bool,
     mut request: Request<Incoming>,
     start: Instant,
+    response_timeout: Duration,
 ) -> Response<ProxyBody> {
     // HTTP/2 upstreams keep `te: trailers` (gRPC servers require it); one branch for HTTP/1 arms.
     let te_trailers = arm.protocol.is_http2() && crate::grpc::wants_trailers(request.headers());
@@ -96,7 +100,7 @@ pub(super) async fn forward(
                 state: &state,
                 answered: false,
             };
-            let sent = send(worker, service, arm, request, &state, start).await;
+            let sent = send(worker, service, arm, request, &state, response_timeout).await;
             waiting.answered();
             sent
         }
@@ -203,7 +207,7 @@ async fn send(
     arm: &ArmRoute,
     mut request: Request<RequestBody>,
     state: &Rc<BodyState>,
-    _start: Instant,
+    response_timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let options = &service.options;
     let first = arm.next_index();
@@ -217,7 +221,7 @@ async fn send(
                 .pool
                 .send_with(arm.protocol, tls, addr, options, request, Some(&arm.stats)),
             state,
-            options.response_timeout,
+            response_timeout,
         )
         .await;
         let error = match sent {
@@ -245,10 +249,7 @@ async fn send(
             Err(Waited::Client(kind)) => return Err(ProxyError::Client(kind)),
             Err(Waited::Timeout) => SendError {
                 kind: UpstreamErrorKind::Timeout,
-                message: format!(
-                    "no response from {addr} within {:?}",
-                    options.response_timeout
-                ),
+                message: format!("no response from {addr} within {response_timeout:?}"),
                 request: None,
             },
             Ok(Err(error)) => match state.failed() {

@@ -457,6 +457,7 @@ fn compile(
             .map(|c| Box::new(crate::forward::compress::Policy::new(c))),
         rate_limit: None,
         ingress: super::rewrite::Ingress::compile(service),
+        pinned_host: crate::forward::pinned::host_of(service),
     })
 }
 
