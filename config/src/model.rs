@@ -485,8 +485,9 @@ impl fmt::Display for Weight {
 pub struct Strategy {
     /// Which strategy, with its own settings.
     pub kind: StrategyKind,
-    /// A step (other than a wait for an operator) that takes longer aborts (`progressDeadline`,
-    /// default 10m).
+    /// How long a step may stall past its own schedule before the rollout aborts
+    /// (`progressDeadline`, default 10m): timed pauses and waits for an operator never count
+    /// (see `control/src/engine/rollout/deadline.rs`).
     pub progress_deadline: Duration,
 }
 
