@@ -44,6 +44,8 @@ pub struct Model {
     /// The admin listener (metrics, health, the rollout API).
     pub admin: Admin,
     /// Where the control loop persists rollout state (`stateDir`), resolved against the file's folder.
+    /// `None` in the file: the control plane uses `$STATE_DIRECTORY` or `<config stem>.state/`
+    /// next to the config file (state is always persisted).
     pub state_dir: Option<PathBuf>,
     /// Services in file order; names are unique.
     pub services: Vec<Service>,

@@ -19,6 +19,8 @@
 //! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
 //! - [`listeners`]: listener settings on reload (new connections get them) and the listener
 //!   changes that need a restart.
+//! - [`state_dir`]: where state lives without `stateDir` (`$STATE_DIRECTORY`, or next to the
+//!   config file); [`config_report`]: the config generation and digest weir applied.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -27,6 +29,7 @@
 pub mod acme;
 pub mod api;
 pub mod app;
+pub mod config_report;
 pub mod demo;
 pub mod engine;
 pub mod health;
@@ -34,5 +37,6 @@ pub mod listeners;
 pub mod memory;
 pub mod reload;
 pub mod resolve;
+pub mod state_dir;
 pub mod telemetry;
 pub mod upgrade;
