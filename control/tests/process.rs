@@ -1086,7 +1086,7 @@ async fn the_access_log_goes_to_stdout_as_json_lines_naming_the_version() {
 async fn without_state_dir_a_restart_keeps_an_abort_and_a_promotion() {
     use std::os::unix::fs::PermissionsExt as _;
 
-    let clock = std::time::Instant::now();
+    let clock = Instant::now();
     let (v1, v2) = backends();
     let setup = Setup::new();
     setup.write_config(
@@ -1210,7 +1210,7 @@ async fn status_right_after_an_edit_reports_the_new_config() {
         &format!("version: v3, upstreams: [\"{}\"]", v3.addr()),
     );
     setup.edit_config("          - pause: {}", "          - pause: {duration: 1s}");
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let (code, out) = setup.cli(&["status", "shop", "--timeout", "8s"]).await;
     let took = start.elapsed();
     assert_eq!(code.code(), Some(0), "weir status after the edit:\n{out}");
