@@ -176,23 +176,31 @@ services:
 
     /// Starts `weir run` and waits until `/readyz` answers 200.
     async fn start(&self) -> Guard {
+        self.start_with_state_directory(None).await
+    }
+
+    /// [`Setup::start`] with `$STATE_DIRECTORY` set as systemd's `StateDirectory=` would (unset
+    /// when `None`).
+    async fn start_with_state_directory(&self, state_directory: Option<&Path>) -> Guard {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the log");
-        let mut weir = Guard::spawn(
-            Command::new(WEIR)
-                .arg("run")
-                .arg("--config")
-                .arg(self.config_path())
-                .args(["--workers", "1", "--drain-timeout", "1s"])
-                .env_remove("STATE_DIRECTORY")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("a log handle"))
-                .stderr(log),
-            "weir run",
-        );
+        let mut command = Command::new(WEIR);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["--workers", "1", "--drain-timeout", "1s"])
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log);
+        if let Some(dir) = state_directory {
+            command.env("STATE_DIRECTORY", dir);
+        }
+        let mut weir = Guard::spawn(&mut command, "weir run");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = http(self.admin, "GET", "/readyz").await {
@@ -1256,5 +1264,53 @@ async fn status_right_after_an_edit_reports_the_new_config() {
     eprintln!(
         "weir status right after an edit: waited for config generation 2 and reported v3 Healthy in {:.1}s (old state: Degraded); refused file: exit 1",
         took.as_secs_f64()
+    );
+}
+
+/// Under systemd (`StateDirectory=` sets `$STATE_DIRECTORY`, possibly a `:`-separated list) and
+/// without `stateDir`, state goes to the first folder listed, and survives a SIGKILL there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_state_dir_systemd_state_directory_is_used() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 30
+          - pause: {}",
+    );
+    setup.drop_state_dir();
+    let first = setup.dir.path().join("systemd-state");
+    let list = std::ffi::OsString::from(format!(
+        "{}:{}",
+        first.display(),
+        setup.dir.path().join("second").display()
+    ));
+    let mut weir = setup
+        .start_with_state_directory(Some(Path::new(&list)))
+        .await;
+    let report = setup.config_report().await;
+    assert_eq!(report["stateDir"], first.display().to_string(), "{report}");
+    assert_eq!(report["stateDirOrigin"], "$STATE_DIRECTORY", "{report}");
+    setup
+        .wait_for("Paused at 30%", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused" && s["canaryWeight"] == 30.0
+        })
+        .await;
+    assert!(first.join("services").join("shop.json").is_file());
+    assert!(!setup.dir.path().join("weir.state").exists());
+    weir.kill();
+    let _weir = setup
+        .start_with_state_directory(Some(Path::new(&list)))
+        .await;
+    let shop = setup.shop().await;
+    assert_eq!(
+        (shop["phase"].as_str(), shop["canaryWeight"].as_f64()),
+        (Some("Paused"), Some(30.0)),
+        "{}",
+        summary(&shop)
+    );
+    eprintln!(
+        "$STATE_DIRECTORY (2 paths): state in the first; resumed Paused at 30% after SIGKILL"
     );
 }
