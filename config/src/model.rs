@@ -48,6 +48,8 @@ pub struct Model {
     /// The admin listener (metrics, health, the rollout API).
     pub admin: Admin,
     /// Where the control loop persists rollout state (`stateDir`), resolved against the file's folder.
+    /// `None` in the file: the control plane uses `$STATE_DIRECTORY` or `<config stem>.state/`
+    /// next to the config file (state is always persisted).
     pub state_dir: Option<PathBuf>,
     /// Services in file order; names are unique.
     pub services: Vec<Service>,
@@ -494,8 +496,9 @@ impl fmt::Display for Weight {
 pub struct Strategy {
     /// Which strategy, with its own settings.
     pub kind: StrategyKind,
-    /// A step (other than a wait for an operator) that takes longer aborts (`progressDeadline`,
-    /// default 10m).
+    /// How long a step may stall past its own schedule before the rollout aborts
+    /// (`progressDeadline`, default 10m): timed pauses and waits for an operator never count
+    /// (see `control/src/engine/rollout/deadline.rs`).
     pub progress_deadline: Duration,
 }
 

@@ -121,7 +121,7 @@ fn model(cx: &mut Cx, root: &Value, base_dir: &Path) -> Option<Model> {
         services(cx, v, at, &known, listener_names.as_deref(), base_dir)
     });
     if let (Some(listeners), Some(services)) = (&mut listeners, &services) {
-        acme::finish(cx, listeners, services, o.has("stateDir"));
+        acme::finish(cx, listeners, services);
     }
     notify::finish(cx, notifications.as_deref(), o.get("services"));
     cx.errors.extend(template_errors);

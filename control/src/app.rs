@@ -174,6 +174,16 @@ pub async fn start_with_lookup(
         let _ = reloads.get_or_create(&vec![("result", result)]);
     }
     let (mut driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
+    let config_report = handle.config_report().clone();
+    config_report.set_path(&options.config_path);
+    let report = config_report.snapshot();
+    tracing::info!(
+        state_dir = report.state_dir.as_deref().unwrap_or("-"),
+        origin = report.state_dir_origin.as_deref().unwrap_or("-"),
+        "rollout state is kept in {} ({})",
+        report.state_dir.as_deref().unwrap_or("memory"),
+        report.state_dir_origin.as_deref().unwrap_or("no folder"),
+    );
     driver.set_dns(dns.clone());
     driver.set_listener_addrs(
         listeners
@@ -303,7 +313,10 @@ pub async fn start_with_lookup(
         apply_tx,
         reloads,
         options.poll_interval,
-        resolve::loader(acme.loader(reload::default_loader()), dns.clone()),
+        config_report.loader(resolve::loader(
+            acme.loader(reload::default_loader()),
+            dns.clone(),
+        )),
         handle.offload(),
     )));
     tasks.push(tokio::spawn(dns.refresh()));

@@ -23,6 +23,8 @@
 //!   changes that need a restart.
 //! - [`notify`]: notifications (`notifications[]`): rollout events posted to Slack, Teams,
 //!   Discord or any JSON endpoint, off the control loop.
+//! - [`state_dir`]: where state lives without `stateDir` (`$STATE_DIRECTORY`, or next to the
+//!   config file); [`config_report`]: the config generation and digest weir applied.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -31,6 +33,7 @@
 pub mod acme;
 pub mod api;
 pub mod app;
+pub mod config_report;
 pub mod demo;
 pub mod engine;
 pub mod health;
@@ -40,5 +43,6 @@ pub mod memory;
 pub mod notify;
 pub mod reload;
 pub mod resolve;
+pub mod state_dir;
 pub mod telemetry;
 pub mod upgrade;

@@ -38,6 +38,15 @@ pub struct Loaded {
     fingerprint: Vec<(PathBuf, Vec<u8>)>,
 }
 
+impl Loaded {
+    /// The config file's bytes this was loaded from.
+    pub fn config_bytes(&self) -> &[u8] {
+        self.fingerprint
+            .first()
+            .map_or(&[], |(_, bytes)| bytes.as_slice())
+    }
+}
+
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -100,6 +109,7 @@ pub fn load(path: &Path) -> Result<Loaded, ReloadError> {
         source,
     })?;
     let mut model = weir_config::load(path)?;
+    crate::state_dir::fill(&mut model, path);
     let problems = expressions::check(&model);
     if !problems.is_empty() {
         return Err(ReloadError::Expressions(problems));
@@ -467,7 +477,10 @@ services:
 {steps}"#
         );
         std::fs::write(&path, config).expect("write");
-        let loaded = load(&path).expect("loads");
+        let mut loaded = load(&path).expect("loads");
+        // What is measured is the loop's freedom from a slow load, not state writes (the loop
+        // awaits those by design, and an fsync on a busy test machine can take a second).
+        loaded.model.state_dir = None;
         let reloads = ReloadCounter::default();
         let (driver, _routes, handle) =
             Driver::new(loaded.clone(), Stats::new(), reloads.clone()).expect("driver");

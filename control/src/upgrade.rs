@@ -22,7 +22,8 @@
 //! 4. the old one stops accepting, drains and exits. If anything fails or times out, the new
 //!    process is killed and the old one resumes its rollouts and keeps serving.
 //!
-//! Rollout state without `stateDir` lives in memory only and starts over in the new process.
+//! Without `stateDir` the state folder is `$STATE_DIRECTORY` or the one next to the config file
+//! (`crate::state_dir`), so rollout state always carries over to the new process.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

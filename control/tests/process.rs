@@ -143,28 +143,64 @@ services:
         std::fs::write(self.config_path(), text).expect("write the config");
     }
 
+    /// Removes `stateDir` from the config written: weir then keeps its state next to the file.
+    fn drop_state_dir(&self) {
+        let text = std::fs::read_to_string(self.config_path()).expect("read the config");
+        let text: String = text
+            .lines()
+            .filter(|line| !line.starts_with("stateDir:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(self.config_path(), text).expect("write the config");
+    }
+
+    /// Replaces `from` (which must occur) in the config file, in place.
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.config_path()).expect("read the config");
+        assert!(text.contains(from), "{from:?} in {text}");
+        std::fs::write(self.config_path(), text.replace(from, to)).expect("write the config");
+    }
+
+    /// `GET /api/v1/config`.
+    async fn config_report(&self) -> Value {
+        let (status, body) = http(self.admin, "GET", "/api/v1/config")
+            .await
+            .expect("the admin API answers");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Starts `weir run` and waits until `/readyz` answers 200.
     async fn start(&self) -> Guard {
+        self.start_with_state_directory(None).await
+    }
+
+    /// [`Setup::start`] with `$STATE_DIRECTORY` set as systemd's `StateDirectory=` would (unset
+    /// when `None`).
+    async fn start_with_state_directory(&self, state_directory: Option<&Path>) -> Guard {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the log");
-        let mut weir = Guard::spawn(
-            Command::new(WEIR)
-                .arg("run")
-                .arg("--config")
-                .arg(self.config_path())
-                .args(["--workers", "1", "--drain-timeout", "1s"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("a log handle"))
-                .stderr(log),
-            "weir run",
-        );
+        let mut command = Command::new(WEIR);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["--workers", "1", "--drain-timeout", "1s"])
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log);
+        if let Some(dir) = state_directory {
+            command.env("STATE_DIRECTORY", dir);
+        }
+        let mut weir = Guard::spawn(&mut command, "weir run");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = http(self.admin, "GET", "/readyz").await {
@@ -1050,4 +1086,231 @@ async fn the_access_log_goes_to_stdout_as_json_lines_naming_the_version() {
     assert_eq!(canary, 10);
     eprintln!("weir run --access-log: 20 JSON lines on stdout, {canary} naming v2, the rest v1");
     weir.kill();
+}
+
+/// Without `stateDir`, state goes next to the config file (`weir.state/`, 0700): an aborted
+/// canary stays aborted across SIGKILL and gets no request; a promoted one is not rolled out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_state_dir_a_restart_keeps_an_abort_and_a_promotion() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let clock = Instant::now();
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 50
+          - pause: {}",
+    );
+    setup.drop_state_dir();
+    let mut weir = setup.start().await;
+    let folder = setup.dir.path().join("weir.state");
+    let report = setup.config_report().await;
+    assert_eq!(report["stateDir"], folder.display().to_string(), "{report}");
+    assert_eq!(
+        report["stateDirOrigin"], "next to the config file",
+        "{report}"
+    );
+    let mode = std::fs::metadata(&folder)
+        .expect("the state folder")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert!(
+        setup
+            .log()
+            .contains(&format!("rollout state is kept in {}", folder.display())),
+        "the folder is logged:\n{}",
+        setup.log()
+    );
+    setup
+        .wait_for("Paused at 50%", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused" && s["canaryWeight"] == 50.0
+        })
+        .await;
+    let (code, out) = setup.cli(&["abort", "shop"]).await;
+    assert!(code.success(), "weir abort: {out}");
+    setup
+        .wait_for("Degraded", Duration::from_secs(10), |s| {
+            s["phase"] == "Degraded"
+        })
+        .await;
+
+    weir.kill();
+    let mut weir = setup.start().await;
+    let shop = setup.shop().await;
+    assert_eq!(shop["phase"], "Degraded", "{}", summary(&shop));
+    assert_eq!(shop["revision"], 1, "{}", summary(&shop));
+    let canary = setup.count_canary(100).await;
+    assert_eq!(
+        canary, 0,
+        "the aborted canary gets nothing after the restart"
+    );
+
+    // Promoted, killed, restarted: still promoted, same revision, nothing started again.
+    let (code, out) = setup.cli(&["retry", "shop"]).await;
+    assert!(code.success(), "weir retry: {out}");
+    setup
+        .wait_for("Paused at 50%", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused" && s["canaryWeight"] == 50.0
+        })
+        .await;
+    let (code, out) = setup.cli(&["promote", "shop", "--full"]).await;
+    assert!(code.success(), "weir promote --full: {out}");
+    setup
+        .wait_for("promoted", Duration::from_secs(10), |s| {
+            s["phase"] == "Healthy" && s["canaryWeight"] == 100.0
+        })
+        .await;
+    weir.kill();
+    let _weir = setup.start().await;
+    let shop = setup.shop().await;
+    assert_eq!(shop["phase"], "Healthy", "{}", summary(&shop));
+    assert_eq!(shop["canaryWeight"], 100.0, "{}", summary(&shop));
+    assert_eq!(shop["revision"], 1, "{}", summary(&shop));
+    assert_eq!(
+        setup.count_canary(50).await,
+        50,
+        "the promoted version serves everything"
+    );
+    let events = shop["events"].as_array().expect("events");
+    let started = events.iter().filter(|e| e["kind"] == "Started").count();
+    assert_eq!(started, 1, "no rollout started again: {events:?}");
+    eprintln!(
+        "no stateDir: aborted canary got {canary}/100 requests after SIGKILL + restart; promoted stayed promoted (revision 1, 50/50 on v2); {:.1}s",
+        clock.elapsed().as_secs_f64()
+    );
+}
+
+/// `weir status` run right after the config file changed reports the new content's outcome,
+/// never the old one's; a refused file makes it exit 1 with the problems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_right_after_an_edit_reports_the_new_config() {
+    let (v1, v2) = backends();
+    let v3 = Backend::bind("v3").expect("bind v3");
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 50
+          - pause: {}",
+    );
+    let _weir = setup.start().await;
+    setup
+        .wait_for("Paused at 50%", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused"
+        })
+        .await;
+    let (code, out) = setup.cli(&["abort", "shop"]).await;
+    assert!(code.success(), "weir abort: {out}");
+    setup
+        .wait_for("Degraded", Duration::from_secs(10), |s| {
+            s["phase"] == "Degraded"
+        })
+        .await;
+    let before = setup.config_report().await;
+    assert_eq!(before["generation"], 1, "{before}");
+
+    // The old state is Degraded (exit 1); the new file rolls v3 out in ~1 s (exit 0).
+    setup.edit_config(
+        &format!("version: v2, upstreams: [\"{}\"]", v2.addr()),
+        &format!("version: v3, upstreams: [\"{}\"]", v3.addr()),
+    );
+    setup.edit_config("          - pause: {}", "          - pause: {duration: 1s}");
+    let start = Instant::now();
+    let (code, out) = setup.cli(&["status", "shop", "--timeout", "8s"]).await;
+    let took = start.elapsed();
+    assert_eq!(code.code(), Some(0), "weir status after the edit:\n{out}");
+    assert!(out.contains("Healthy") && out.contains("v3"), "{out}");
+    assert!(
+        !out.contains("Degraded"),
+        "the old state was reported:\n{out}"
+    );
+    let after = setup.config_report().await;
+    assert_eq!(after["generation"], 2, "{after}");
+    let shop = setup.shop().await;
+    assert_eq!(shop["observedGeneration"], 2, "{}", summary(&shop));
+
+    // A content weir has not applied (another file): the rollout's state is not reported.
+    let other = setup.dir.path().join("other.yaml");
+    let text = std::fs::read_to_string(setup.config_path()).expect("read the config");
+    std::fs::write(&other, format!("{text}# not applied\n")).expect("write");
+    let other = other.display().to_string();
+    let (code, out) = setup
+        .cli(&["status", "shop", "--timeout", "1s", "--config", &other])
+        .await;
+    assert_eq!(
+        code.code(),
+        Some(2),
+        "weir status on a content not applied:\n{out}"
+    );
+    assert!(out.contains("has not applied"), "{out}");
+    assert!(!out.contains("Healthy"), "{out}");
+
+    // A file weir refuses: exit 1 naming the problem, with --config given.
+    setup.edit_config("setWeight: 50", "setWeight: 500");
+    let path = setup.config_path().display().to_string();
+    let (code, out) = setup
+        .cli(&["status", "shop", "--timeout", "8s", "--config", &path])
+        .await;
+    assert_eq!(
+        code.code(),
+        Some(1),
+        "weir status on a refused file:\n{out}"
+    );
+    assert!(out.contains("weir refused"), "{out}");
+    assert!(out.contains("setWeight"), "the problem is printed:\n{out}");
+    eprintln!(
+        "weir status right after an edit: waited for config generation 2 and reported v3 Healthy in {:.1}s (old state: Degraded); refused file: exit 1",
+        took.as_secs_f64()
+    );
+}
+
+/// Under systemd (`StateDirectory=` sets `$STATE_DIRECTORY`, possibly a `:`-separated list) and
+/// without `stateDir`, state goes to the first folder listed, and survives a SIGKILL there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_state_dir_systemd_state_directory_is_used() {
+    let (v1, v2) = backends();
+    let setup = Setup::new();
+    setup.write_config(
+        &v1,
+        &v2,
+        "          - setWeight: 30
+          - pause: {}",
+    );
+    setup.drop_state_dir();
+    let first = setup.dir.path().join("systemd-state");
+    let list = std::ffi::OsString::from(format!(
+        "{}:{}",
+        first.display(),
+        setup.dir.path().join("second").display()
+    ));
+    let mut weir = setup
+        .start_with_state_directory(Some(Path::new(&list)))
+        .await;
+    let report = setup.config_report().await;
+    assert_eq!(report["stateDir"], first.display().to_string(), "{report}");
+    assert_eq!(report["stateDirOrigin"], "$STATE_DIRECTORY", "{report}");
+    setup
+        .wait_for("Paused at 30%", Duration::from_secs(10), |s| {
+            s["phase"] == "Paused" && s["canaryWeight"] == 30.0
+        })
+        .await;
+    assert!(first.join("services").join("shop.json").is_file());
+    assert!(!setup.dir.path().join("weir.state").exists());
+    weir.kill();
+    let _weir = setup
+        .start_with_state_directory(Some(Path::new(&list)))
+        .await;
+    let shop = setup.shop().await;
+    assert_eq!(
+        (shop["phase"].as_str(), shop["canaryWeight"].as_f64()),
+        (Some("Paused"), Some(30.0)),
+        "{}",
+        summary(&shop)
+    );
+    eprintln!(
+        "$STATE_DIRECTORY (2 paths): state in the first; resumed Paused at 30% after SIGKILL"
+    );
 }

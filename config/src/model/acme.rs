@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Encrypt, ZeroSSL, a private CA, pebble in tests) on first start, renews it before it expires
 /// and installs each new one without dropping a connection. Account key and certificates live in
 /// `<stateDir>/acme/<listener>/` (files 0600), so a restart with a valid stored certificate does
-/// not order a new one. Requires `stateDir`.
+/// not order a new one. Without `stateDir`, the state folder is `$STATE_DIRECTORY` or the one
+/// next to the config file (see the control plane's `state_dir`).
 ///
 /// With `certificates` on the same listener, the ACME certificate comes first: it is served for
 /// its domains and to clients that send no SNI; the files serve the other names they cover.

@@ -239,14 +239,10 @@ fn retry(cx: &mut Cx, value: &Value, at: &str) -> Option<AcmeRetry> {
 }
 
 /// Once services are known: fills in default domains (the services' exact hosts), and checks
-/// that `stateDir` is set, that http-01 has a plain listener to answer on, and that no domain is
-/// ordered by two listeners (their challenges would collide).
-pub(super) fn finish(
-    cx: &mut Cx,
-    listeners: &mut [Listener],
-    services: &[Service],
-    state_dir_set: bool,
-) {
+/// that http-01 has a plain listener to answer on, and that no domain is ordered by two
+/// listeners (their challenges would collide). No `stateDir` is needed: weir always has a state
+/// folder (`$STATE_DIRECTORY`, or next to the config file).
+pub(super) fn finish(cx: &mut Cx, listeners: &mut [Listener], services: &[Service]) {
     let has_plain = listeners.iter().any(|l| l.tls.is_none());
     let mut owners: BTreeMap<String, usize> = BTreeMap::new();
     for (i, listener) in listeners.iter_mut().enumerate() {
@@ -254,12 +250,6 @@ pub(super) fn finish(
             continue;
         };
         let at = format!("listeners[{i}].tls.acme");
-        if !state_dir_set {
-            cx.err(
-                &at,
-                "needs stateDir: the ACME account key and certificates are kept there",
-            );
-        }
         if acme.challenge == AcmeChallenge::Http01 && !has_plain {
             cx.err(
                 &format!("{at}.challenge"),

@@ -192,7 +192,7 @@ impl Acme {
             let Some(acme) = listener.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
                 continue;
             };
-            // Validation requires stateDir with acme.
+            // Every load fills in the state folder (`crate::state_dir::fill`).
             let Some(state_dir) = &state_dir else {
                 continue;
             };

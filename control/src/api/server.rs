@@ -261,6 +261,9 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
             }
         }
         (&Method::GET, ["api", "v1", "acme"]) => json(StatusCode::OK, &state.acme.status()),
+        (&Method::GET, ["api", "v1", "config"]) => {
+            json(StatusCode::OK, &state.driver.config_report().snapshot())
+        }
         (&Method::GET, ["api", "v1", "services"]) => {
             json(StatusCode::OK, &state.driver.status().summaries())
         }

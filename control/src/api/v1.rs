@@ -20,6 +20,43 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
 }
 
+/// What weir applied of its config file (`GET /api/v1/config`), so a client can tell a status
+/// that already reflects the file it just wrote from an older one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    /// The config file weir watches, as given to `weir run --config`.
+    pub path: String,
+    /// Bumped by every config applied (1: the file weir started with).
+    pub generation: u64,
+    /// SHA-256 of the config file's bytes last applied, in hex (what `sha256sum` prints).
+    pub digest: String,
+    /// When it was applied (ms since the Unix epoch).
+    pub applied_at_ms: u64,
+    /// The folder holding rollout (and ACME) state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// Where that folder comes from: `stateDir`, `$STATE_DIRECTORY` or `next to the config file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir_origin: Option<String>,
+    /// The newest file content was refused (the last good config keeps serving); cleared when a
+    /// newer content is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<RefusedConfig>,
+}
+
+/// A config file content weir refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedConfig {
+    /// SHA-256 of the refused bytes, in hex.
+    pub digest: String,
+    /// Every problem, one per entry, with its field path.
+    pub problems: Vec<String>,
+    /// When it was refused (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
 /// One service: the summary fields, then the details.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,6 +83,10 @@ pub struct ServiceStatus {
     /// first rollout and without a strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The config generation this status reflects: the last config applied to this service
+    /// (see [`ConfigStatus::generation`]); 0 from a weir that does not report it.
+    #[serde(default)]
+    pub observed_generation: u64,
     /// Details (left out of the list view).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
@@ -263,6 +304,7 @@ pub fn build(
                         step_index: 0,
                         step_count: 0,
                         progress: None,
+                        observed_generation: 0,
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
                             strategy: "manual".into(),
@@ -341,6 +383,7 @@ pub fn build(
                         step_index: rollout.step_index(),
                         step_count: Rollout::step_count(service),
                         progress: progress(rollout, service),
+                        observed_generation: 0,
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
                             strategy: strategy.map_or("steps", |s| s.name()).into(),

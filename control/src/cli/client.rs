@@ -115,6 +115,11 @@ impl Api {
         self.json(Method::GET, "/api/v1/services").await
     }
 
+    /// `GET /api/v1/config`: the config generation and digest weir applied.
+    pub async fn config(&self) -> Result<weir_control::api::v1::ConfigStatus, ApiError> {
+        self.json(Method::GET, "/api/v1/config").await
+    }
+
     /// `GET /api/v1/services/{name}`: one service, with details.
     pub async fn service(&self, name: &str) -> Result<ServiceStatus, ApiError> {
         self.json(Method::GET, &format!("/api/v1/services/{}", encode(name)))

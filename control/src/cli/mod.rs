@@ -12,6 +12,7 @@ mod client;
 pub(crate) mod demo;
 mod render;
 mod sse;
+mod sync;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -110,13 +111,21 @@ pub enum CliCommand {
         /// The service.
         service: String,
     },
-    /// Wait for the rollout to end: exit 0 when Healthy, 1 when Degraded, 2 on timeout (a CI gate).
+    /// Wait for the rollout to end: exit 0 when Healthy, 1 when Degraded (or the config file
+    /// was refused), 2 on timeout (a CI gate). First waits until weir has applied the config
+    /// file as it is now, so a status from before an edit is never taken for the outcome.
     Status {
         /// The service.
         service: String,
         /// How long to wait (`500ms`, `10s`, `2m`).
         #[arg(long, default_value = "10m", value_parser = weir_config::parse_duration)]
         timeout: Duration,
+        /// The config file weir runs on: `status` waits until weir reports its current content
+        /// (SHA-256) applied, or exits 1 with the problems if weir refused it. Default: the
+        /// file weir reports (`GET /api/v1/config`) when the admin API is on this machine's
+        /// loopback and the file is readable here.
+        #[arg(long, short, value_name = "FILE", env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -152,7 +161,11 @@ pub fn run(command: CliCommand, args: &AdminArgs) -> anyhow::Result<ExitCode> {
             CliCommand::Resume { service } => act(&api, &service, Action::Resume).await,
             CliCommand::Undo { service } => act(&api, &service, Action::Undo).await,
             CliCommand::History { service } => history(&api, &service).await,
-            CliCommand::Status { service, timeout } => status(&api, &service, timeout).await,
+            CliCommand::Status {
+                service,
+                timeout,
+                config,
+            } => status(&api, &service, timeout, config).await,
         }
     })
 }
@@ -290,8 +303,26 @@ async fn history(api: &Api, name: &str) -> anyhow::Result<ExitCode> {
 
 /// `status`: polls until the rollout ends. Prints a line whenever the phase, step, weight or
 /// message changes, the pause reason once per pause, and a final line with the outcome.
-async fn status(api: &Api, name: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+async fn status(
+    api: &Api,
+    name: &str,
+    timeout: Duration,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + timeout;
+    // A status from before the config file's current content is stale: wait for it first.
+    let generation = match sync::applied(api, config, deadline).await? {
+        sync::Synced::Generation(generation) => generation,
+        sync::Synced::Unknown => 0,
+        sync::Synced::Refused(lines) => {
+            out(&lines)?;
+            return Ok(ExitCode::FAILURE);
+        }
+        sync::Synced::TimedOut(line) => {
+            out(&line)?;
+            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        }
+    };
     let mut poll = tokio::time::interval(STATUS_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<ServiceStatus> = None;
@@ -339,6 +370,10 @@ async fn status(api: &Api, name: &str, timeout: Duration) -> anyhow::Result<Exit
             }
             Err(error) => return Err(error.into()),
         };
+        if status.observed_generation < generation {
+            // Not yet rebuilt for the config just applied.
+            continue;
+        }
         match status.phase {
             Phase::Healthy => {
                 out(&format!("{}: Healthy — {}\n", status.name, status.message))?;

@@ -664,6 +664,7 @@ mod tests {
             step_index: 2,
             step_count: 6,
             progress: None,
+            observed_generation: 1,
             details: None,
         }
     }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use weir_proxy::stats::Window;
 use weir_proxy::{Publisher, RouteTable, Stats};
 
 use crate::api::v1::{self as status, Status};
+use crate::config_report::ConfigReport;
 use crate::engine::analysis::{self, Outcome};
 use crate::engine::rollout::blue_green;
 use crate::engine::rollout::{Command, Ctx, Due, Effects, Event, Rollout};
@@ -167,6 +169,8 @@ pub struct Driver {
     offload: Offload,
     /// Positions in `model.services` of the services with a strategy, in file order.
     with_strategy: Vec<usize>,
+    /// The config generation and file digest applied (`GET /api/v1/config`).
+    config: ConfigReport,
 }
 
 /// What the driver calls with every config it applies.
@@ -180,6 +184,7 @@ pub struct Handle {
     status: watch::Receiver<Arc<Status>>,
     generation: watch::Receiver<u64>,
     offload: Offload,
+    config: ConfigReport,
 }
 
 // === impl Driver ===
@@ -193,8 +198,13 @@ impl Driver {
     ) -> Result<(Driver, weir_proxy::Routes, Handle), DriverError> {
         let store = Store::open(loaded.model.state_dir.as_deref())?;
         if !store.is_persistent() && loaded.model.services.iter().any(|s| s.strategy.is_some()) {
-            tracing::warn!("no stateDir in the config: rollout state is kept in memory only and a restart starts rollouts over");
+            tracing::warn!("no state folder: rollout state is kept in memory only and a restart starts rollouts over");
         }
+        let config = ConfigReport::new(Path::new(""), loaded.model.state_dir.as_deref());
+        config.applied(
+            crate::config_report::loaded_digest(&loaded),
+            Clock::new().now_ms(),
+        );
         let clock = Clock::new();
         let now_ms = clock.now_ms();
         let mut rollouts = BTreeMap::new();
@@ -243,6 +253,7 @@ impl Driver {
             deferred: Vec::new(),
             dns: None,
             on_applied: None,
+            config: config.clone(),
         };
         driver.with_strategy = with_strategy(&driver.model);
         // The first events (rollouts restored or started) are sent when `run` starts, so
@@ -255,6 +266,7 @@ impl Driver {
             status: status_rx,
             generation: generation_rx,
             offload: driver.offload.clone(),
+            config,
         };
         Ok((driver, routes, handle))
     }
@@ -775,12 +787,17 @@ impl Driver {
     }
 
     fn refresh_status(&self) {
-        let status = status::build(
+        let mut status = status::build(
             &self.model,
             &self.rollouts,
             &self.publisher.current(),
             self.clock.now_ms(),
         );
+        // Every service of the config applied has observed its generation.
+        let observed = self.config.generation();
+        for service in &mut status.services {
+            service.observed_generation = observed;
+        }
         self.status.send_replace(Arc::new(status));
     }
 
@@ -906,6 +923,7 @@ impl Driver {
             tracing::warn!("admin or stateDir settings changed: they take effect after a restart");
         }
         let now_ms = self.clock.now_ms();
+        let digest = crate::config_report::loaded_digest(&loaded);
         let model = Arc::new(loaded.model);
         let tls = Arc::new(loaded.tls);
         let mut rollouts = BTreeMap::new();
@@ -922,6 +940,7 @@ impl Driver {
                             .get_or_create(&vec![("result", "failure")])
                             .inc();
                         tracing::error!(%error, "config rejected; the last good config keeps serving");
+                        self.config.refused(digest, vec![error.to_string()], now_ms);
                         return;
                     }
                 },
@@ -966,8 +985,10 @@ impl Driver {
                 self.reloads
                     .get_or_create(&vec![("result", "success")])
                     .inc();
+                let config_generation = self.config.applied(digest, now_ms);
                 tracing::info!(
                     generation,
+                    config_generation,
                     services = self.model.services.len(),
                     "config applied"
                 );
@@ -980,6 +1001,7 @@ impl Driver {
                     .get_or_create(&vec![("result", "failure")])
                     .inc();
                 tracing::error!(%error, "config rejected; the last good config keeps serving");
+                self.config.refused(digest, vec![error.to_string()], now_ms);
             }
         }
     }
@@ -1144,6 +1166,11 @@ impl Handle {
     /// Every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The config generation and file digest applied, and the last refusal.
+    pub fn config_report(&self) -> &ConfigReport {
+        &self.config
     }
 
     /// The published table's generation, updated on every publish.

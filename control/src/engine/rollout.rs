@@ -28,6 +28,7 @@
 
 pub mod blue_green;
 mod checks;
+mod deadline;
 mod iterations;
 mod progression;
 pub mod routes;

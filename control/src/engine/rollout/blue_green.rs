@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use weir_config::{BlueGreen, HeaderRoute, HostPattern, Listener, Service, Strategy};
 
+use super::deadline::run_due_ms;
 use super::routes::HeaderRouteState;
 use super::run::{millis, AnalysisRun, RunKind, RunPhase};
 use super::{
@@ -354,26 +355,25 @@ impl Rollout {
                 BlueGreenPhase::ScalingDown | BlueGreenPhase::Done => return,
             }
         }
-        // The deadline: an analysis phase must end in time; the waits never count.
+        // The deadline (`deadline.rs`): an analysis phase is due at the end of its run's
+        // schedule; the preview and the waits (operator, `autoPromotionSeconds`) never count.
         let Some(state) = self.blue_green_ref() else {
             return;
         };
         let (phase, started_ms) = (state.phase, state.phase_started_ms);
-        let analysing = matches!(
-            phase,
-            BlueGreenPhase::PrePromotion | BlueGreenPhase::Switched
+        let due_ms = match phase {
+            BlueGreenPhase::PrePromotion | BlueGreenPhase::Switched => match &state.run {
+                Some(run) => run_due_ms(run, ctx.templates, started_ms),
+                None => Some(started_ms),
+            },
+            _ => None,
+        };
+        self.enforce_deadline(
+            strategy,
+            due_ms,
+            || analysis_name(phase).to_string(),
+            now_ms,
         );
-        if self.phase == Phase::Progressing
-            && analysing
-            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
-        {
-            let reason = format!(
-                "{} did not finish within progressDeadline {}",
-                analysis_name(phase),
-                humantime(strategy.progress_deadline)
-            );
-            self.abort(now_ms, reason);
-        }
     }
 
     /// Keeps the current run as finished and enters `next`.

@@ -4,9 +4,10 @@
 //! does. Every interval the checks run; `iterations` passing intervals promote, `threshold`
 //! failed ones roll back. An interval whose checks could not judge (no data, provider errors)
 //! neither counts nor fails: the test halts at that iteration and says so in its message and a
-//! `Halt` event. As for the Flagger progression, `progressDeadline` does not apply: a test that
-//! never gets matching traffic halts until traffic comes or an operator runs `promote` (counts
-//! the iteration) or `abort`, rather than failing a version nobody reached. `retry` after an
+//! `Halt` event. As for the Flagger progression, `progressDeadline` applies to each iteration
+//! (`deadline.rs`): the next passing iteration is due one `interval` after the last one, and a
+//! test whose intervals keep halting (e.g. no matching traffic) aborts `progressDeadline` after
+//! that; an operator's `pause` stops that clock. `retry` after an
 //! abort starts from iteration 0 with the routes in force again. The routes follow the config:
 //! an edited `match` or `mirror` replaces them mid-test, keeping the iterations passed.
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
 
 use super::checks::{Checks, Interval};
+use super::deadline::checks_due_ms;
 use super::routes::Routes;
 use super::run::millis;
 use super::{BuiltinQuery, Ctx, Outcome, PauseReason, Rollout, StrategyState};
@@ -36,6 +38,11 @@ pub struct IterationsState {
     /// The routes to the canary while the test runs.
     #[serde(default)]
     pub routes: Routes,
+    /// When the current iteration began (the last passing one ended), moved by operator pauses:
+    /// the next passing iteration is due one interval later (`progressDeadline`). Absent in files
+    /// written before it existed: the deadline's clock starts when the file is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration_started_ms: Option<u64>,
 }
 
 // === impl IterationsState ===
@@ -50,6 +57,7 @@ impl IterationsState {
             started_ms: now_ms,
             checks: Checks::start(now_ms, iterations.interval),
             routes: Routes::default(),
+            iteration_started_ms: Some(now_ms),
         }
     }
 }
@@ -178,6 +186,7 @@ impl Rollout {
             }
             Interval::Passed => {
                 state.passed += 1;
+                state.iteration_started_ms = Some(now_ms);
                 let passed = state.passed;
                 let line = format!("Advance {} iteration {passed}/{n}", self.service);
                 self.set_message(format!("A/B testing: {passed}/{n} iterations passed"));
@@ -187,6 +196,39 @@ impl Rollout {
                 }
             }
         }
+        self.iterations_deadline(ctx, iterations, now_ms);
+    }
+
+    /// The deadline (`deadline.rs`): the next passing iteration is due at the first check after
+    /// the last one passed (and its template checks' schedule).
+    fn iterations_deadline(&mut self, ctx: Ctx<'_>, iterations: &Iterations, now_ms: u64) {
+        let StrategyState::Iterations(state) = &mut self.strategy else {
+            return;
+        };
+        let clock_ms = match state.iteration_started_ms {
+            Some(clock_ms) => clock_ms,
+            None => {
+                // A state file from before the field: the clock starts now.
+                state.iteration_started_ms = Some(now_ms);
+                self.touch();
+                now_ms
+            }
+        };
+        let Some(strategy) = ctx.service.strategy.as_ref() else {
+            return;
+        };
+        let StrategyState::Iterations(state) = &self.strategy else {
+            return;
+        };
+        let due_ms = checks_due_ms(&state.checks, ctx, clock_ms, iterations.interval);
+        let iteration = state.passed + 1;
+        let n = iterations.iterations;
+        self.enforce_deadline(
+            strategy,
+            Some(due_ms),
+            || format!("A/B test iteration {iteration}/{n}"),
+            now_ms,
+        );
     }
 
     /// `promote` (not `--full`): counts the current iteration as passed; promotes after the
@@ -197,6 +239,7 @@ impl Rollout {
         };
         state.checks.clear();
         state.passed += 1;
+        state.iteration_started_ms = Some(now_ms);
         state.checks.next_check_ms = now_ms.saturating_add(millis(iterations.interval));
         let done = state.passed >= iterations.iterations;
         self.touch();

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use weir_config::{Progression, Traffic};
 
 use super::checks::{Checks, Interval};
+use super::deadline::checks_due_ms;
 use super::run::millis;
 use super::{BuiltinQuery, Ctx, Outcome, Rollout, StrategyState};
 
@@ -118,6 +119,32 @@ impl Rollout {
                 }
             }
         }
+        self.progression_deadline(ctx, progression, now_ms);
+    }
+
+    /// The deadline (`deadline.rs`): the next weight is due at the first check after the current
+    /// one was set (and its template checks' schedule); intervals that keep halting stall it.
+    fn progression_deadline(&mut self, ctx: Ctx<'_>, progression: &Progression, now_ms: u64) {
+        let (Some(strategy), StrategyState::Progression(state)) =
+            (ctx.service.strategy.as_ref(), &self.strategy)
+        else {
+            return;
+        };
+        let due_ms = checks_due_ms(
+            &state.checks,
+            ctx,
+            state.step_started_ms,
+            progression.interval,
+        );
+        let n_steps = progression.step_weights.len();
+        let step = state.step_index + 1;
+        let weight = self.weight();
+        self.enforce_deadline(
+            strategy,
+            Some(due_ms),
+            || format!("step {step}/{n_steps} (canary weight {weight})"),
+            now_ms,
+        );
     }
 
     /// `promote` (not `--full`): the next weight now, or promotion after the last. Returns

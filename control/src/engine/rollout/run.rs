@@ -306,7 +306,7 @@ impl AnalysisRun {
 /// When a metric is first measured. Background analysis starts the moment the canary gets traffic,
 /// so without an `initialDelay` its first measurement waits one interval: measured at once, its
 /// window would hold no canary request and the rollout would pause as inconclusive for nothing.
-fn first_delay(kind: &RunKind, metric: &Metric) -> u64 {
+pub(super) fn first_delay(kind: &RunKind, metric: &Metric) -> u64 {
     match kind {
         RunKind::Background if metric.initial_delay.is_zero() => millis(metric.interval),
         _ => millis(metric.initial_delay),

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use weir_config::{CanarySteps, Step, Strategy};
 
+use super::deadline::run_due_ms;
 use super::routes::{RouteChange, Routes};
 use super::run::{millis, AnalysisRun, RunKind, RunPhase};
 use super::{humantime, run_failure, run_summary, Ctx, PauseReason, Phase, Rollout, StrategyState};
@@ -297,21 +298,30 @@ impl Rollout {
                 }
             }
         }
-        // The deadline: any step but an indefinite pause must finish in time.
+        // The deadline (`deadline.rs`): a step is due at once, an analysis step at the end of its
+        // run's schedule; a timed pause never counts.
         let Some(state) = self.steps_ref() else {
             return;
         };
         let (index, started_ms) = (state.step_index, state.step_started_ms);
-        if self.phase == Phase::Progressing
-            && now_ms > started_ms.saturating_add(millis(strategy.progress_deadline))
-        {
-            let reason = format!(
-                "step {}/{n_steps} did not finish within progressDeadline {}",
-                index + 1,
-                humantime(strategy.progress_deadline)
-            );
-            self.abort(now_ms, reason);
-        }
+        let due_ms = match steps.get(index) {
+            Some(Step::Pause(_)) | None => None,
+            Some(Step::Analysis(_)) => match &state.inline_run {
+                Some(run) => run_due_ms(run, ctx.templates, started_ms),
+                None => Some(started_ms),
+            },
+            Some(_) => Some(started_ms),
+        };
+        let kind = match steps.get(index) {
+            Some(Step::Analysis(_)) => " (analysis)",
+            _ => "",
+        };
+        self.enforce_deadline(
+            strategy,
+            due_ms,
+            || format!("step {}/{n_steps}{kind}", index + 1),
+            now_ms,
+        );
     }
 
     /// Completes the current step.

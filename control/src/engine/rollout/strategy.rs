@@ -221,7 +221,12 @@ impl StrategyState {
         match self {
             StrategyState::Steps(s) => s.step_started_ms += by_ms,
             StrategyState::Progression(p) => p.step_started_ms += by_ms,
-            StrategyState::Iterations(i) => i.started_ms += by_ms,
+            StrategyState::Iterations(i) => {
+                i.started_ms += by_ms;
+                if let Some(clock) = &mut i.iteration_started_ms {
+                    *clock = clock.saturating_add(by_ms);
+                }
+            }
             StrategyState::BlueGreen(b) => b.shift_start(by_ms),
         }
     }

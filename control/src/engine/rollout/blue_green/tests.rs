@@ -588,7 +588,9 @@ fn promote_skips_the_current_phase() {
 }
 
 #[test]
-fn an_analysis_phase_longer_than_the_progress_deadline_aborts() {
+fn an_analysis_phase_on_its_schedule_longer_than_the_progress_deadline_goes_on() {
+    // 100 measurements 5s apart: the schedule is the plan, not a stall (a stuck analysis
+    // aborts: `deadline/tests.rs`).
     let yaml = edit(
         BLUE_GREEN,
         "templateName: success-rate",
@@ -596,12 +598,10 @@ fn an_analysis_phase_longer_than_the_progress_deadline_aborts() {
     );
     let mut sim = Sim::new(&yaml);
     sim.run_to_switched();
-    sim.run_for(Duration::from_secs(60));
+    sim.run_for(Duration::from_secs(120));
     assert_eq!(sim.phase(), BlueGreenPhase::Switched);
-    sim.run_for(Duration::from_millis(200));
-    assert_eq!(sim.rollout.phase, Phase::Degraded);
-    assert_eq!(sim.weight(), 0.0);
-    assert!(sim.logged("post-promotion analysis did not finish within progressDeadline 1m"));
+    assert_eq!(sim.rollout.phase, Phase::Progressing);
+    assert_eq!(sim.weight(), 100.0);
 }
 
 #[test]
