@@ -15,6 +15,7 @@
 //! - [`resolve`]: upstream host names, resolved at load and re-resolved on a timer off the
 //!   control thread.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
+//! - [`import`]: `weir import`: Argo Rollouts and Flagger manifests → a weir config.
 //! - [`telemetry`]: logging setup.
 //! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
 //! - [`listeners`]: listener settings on reload (new connections get them) and the listener
@@ -30,6 +31,7 @@ pub mod app;
 pub mod demo;
 pub mod engine;
 pub mod health;
+pub mod import;
 pub mod listeners;
 pub mod memory;
 pub mod reload;
