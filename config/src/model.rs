@@ -15,8 +15,8 @@ mod dns;
 mod edge;
 mod exec;
 mod health;
-mod loadtest;
 mod ingress;
+mod loadtest;
 mod protocol;
 mod ratelimit;
 
@@ -29,10 +29,10 @@ pub use edge::{
 };
 pub use exec::ExecProvider;
 pub use health::{HealthCheck, OutlierDetection};
-pub use loadtest::{LoadTarget, LoadTest};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
+pub use loadtest::{LoadTarget, LoadTest};
 pub use protocol::{UpstreamProtocol, UpstreamTls};
 pub use ratelimit::{RateLimit, RateLimitKey};
 
