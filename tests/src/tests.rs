@@ -21,6 +21,7 @@ mod grpc;
 mod health;
 mod hot_swap;
 mod http2;
+mod import;
 mod ingress_rewrite;
 mod metrics;
 mod mirror;
