@@ -316,8 +316,13 @@ pub(super) fn convert_query(cx: &mut Cx, at: &str, query: &str, names: &Names) -
         )),
         Outcome::Weir { .. } => {}
         Outcome::Rewritten { from } => cx.note(format!(
-            "{at}: {} rewritten to weir's metric names",
-            from.join(", ")
+            "{at}: {} rewritten to weir's metric names{}",
+            from.join(", "),
+            if metrics::selects_all_versions(&rewrite.query) {
+                "; it selects every version (stable and canary together): add version=\"{{canary.version}}\" to judge the canary alone"
+            } else {
+                ""
+            }
         )),
         Outcome::LeftAsIs(reason) => {
             cx.note(format!("{at}: query left as is: {reason}"));

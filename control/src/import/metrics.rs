@@ -174,7 +174,7 @@ pub(crate) fn rewrite_query(query: &str, names: &Names) -> Rewrite {
 }
 
 /// Whether one of weir's series is selected without a `version` matcher.
-fn selects_all_versions(query: &str) -> bool {
+pub(crate) fn selects_all_versions(query: &str) -> bool {
     let mut all = false;
     let _ = scan(query, &mut |name, matchers| {
         if WEIR_METRICS.contains(&name) && !matchers.iter().any(|m| m.label == "version") {
