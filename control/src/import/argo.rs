@@ -513,6 +513,7 @@ pub(super) fn rollout(
         ));
         return;
     };
+    let notifications = subscriptions(cx, r, out);
     emit::service(
         cx,
         ServiceSpec {
@@ -521,7 +522,7 @@ pub(super) fn rollout(
             hosts,
             canary_version,
             strategy: strategy_value,
-            notifications: Vec::new(),
+            notifications,
             session_affinity: None,
         },
         _options,
@@ -870,3 +871,101 @@ fn blue_green(
 
 /// Argo template references by (scope, name) → the name written.
 pub(super) type ArgoTemplates = BTreeMap<String, String>;
+
+/// Argo notification triggers → weir event kinds (the ones with an exact counterpart).
+fn trigger_event(trigger: &str) -> Option<&'static str> {
+    Some(match trigger {
+        "on-rollout-completed" => "Promoted",
+        "on-rollout-step-completed" => "StepCompleted",
+        "on-rollout-aborted" => "Aborted",
+        "on-rollout-paused" => "Paused",
+        "on-analysis-run-failed" => "AnalysisFailed",
+        _ => return None,
+    })
+}
+
+/// `metadata.annotations` `notifications.argoproj.io/subscribe.TRIGGER.SERVICE: RECIPIENTS` →
+/// the notifier names the service uses (notifiers `argo-SERVICE`, built by [`notifiers`]).
+fn subscriptions(cx: &mut Cx, r: &Manifest<'_>, out: &mut Out) -> Vec<String> {
+    let id = r.id();
+    let Some(annotations) = r
+        .value
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_mapping)
+    else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for (key, recipients) in annotations {
+        let Some(key) = key.as_str() else { continue };
+        let at = format!("{id}: metadata.annotations[{key}]");
+        if key == "notifications.argoproj.io/subscriptions" {
+            cx.note(format!(
+                "{at}: dropped: write the subscriptions as notifications.argoproj.io/subscribe.TRIGGER.SERVICE annotations to import them, or as weir notifications"
+            ));
+            continue;
+        }
+        let Some(rest) = key.strip_prefix("notifications.argoproj.io/subscribe.") else {
+            continue;
+        };
+        let Some((trigger, service)) = rest.rsplit_once('.') else {
+            cx.note(format!("{at}: dropped: not TRIGGER.SERVICE"));
+            continue;
+        };
+        let kind = match service {
+            "slack" => "slack",
+            "teams" => "msteams",
+            "webhook" => "generic",
+            other => {
+                cx.note(format!(
+                    "{at}: dropped: weir notifies slack, msteams, discord or a generic webhook, not {other}"
+                ));
+                continue;
+            }
+        };
+        let Some(event) = trigger_event(trigger) else {
+            cx.note(format!(
+                "{at}: dropped: trigger {trigger} has no weir event (weir notifies on Promoted, Aborted, Paused, AnalysisFailed, StepCompleted)"
+            ));
+            continue;
+        };
+        let name = format!("argo-{service}");
+        if let Some(r) = super::scalar_text(recipients) {
+            cx.note(format!(
+                "{at}: recipients \"{r}\" dropped: the webhook URL in notifier {name}'s urlFile decides where messages go"
+            ));
+        }
+        let entry = out
+            .argo_notifiers
+            .entry(name.clone())
+            .or_insert_with(|| (kind.to_string(), Vec::new()));
+        if !entry.1.iter().any(|e| e == event) {
+            entry.1.push(event.to_string());
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The notifiers Argo's annotations asked for.
+pub(super) fn notifiers(cx: &mut Cx, out: &mut Out) {
+    for (name, (kind, events)) in std::mem::take(&mut out.argo_notifiers) {
+        let file = format!("secrets/{name}-url");
+        cx.note(format!(
+            "notifications: {name} ({kind}) from Argo's notification annotations: its webhook URL (Argo keeps service settings in argo-rollouts-notification-configmap) goes in {file}"
+        ));
+        out.notifier_names.insert(name.clone());
+        out.notifications.push(map([
+            ("name", s(name)),
+            ("kind", s(kind)),
+            ("urlFile", s(file)),
+            (
+                "on",
+                Value::Sequence(events.into_iter().map(Value::String).collect()),
+            ),
+        ]));
+    }
+}

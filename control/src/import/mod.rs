@@ -174,6 +174,7 @@ pub fn import(inputs: &[Input], options: &Options) -> Result<Imported, ImportErr
     for rollout in &sorted.rollouts {
         argo::rollout(&mut cx, &sorted, rollout, &mut out, options);
     }
+    argo::notifiers(&mut cx, &mut out);
     flagger::alert_providers(&mut cx, &sorted, &mut out);
     for canary in &sorted.canaries {
         flagger::canary(&mut cx, &sorted, canary, &mut out, options);
@@ -347,6 +348,9 @@ pub(crate) struct Out {
     pub(crate) notifier_names: BTreeSet<String>,
     /// Argo template references (`argo::template_key`) → the name written.
     pub(crate) argo_templates: argo::ArgoTemplates,
+    /// Notifiers from Argo's `notifications.argoproj.io/subscribe.*` annotations: name → (kind,
+    /// event kinds).
+    pub(crate) argo_notifiers: BTreeMap<String, (String, Vec<String>)>,
 }
 
 impl Out {

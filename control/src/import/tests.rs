@@ -466,3 +466,125 @@ proptest! {
         let _ = condition(&value);
     }
 }
+
+const ARGO: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: checkout
+  annotations:
+    notifications.argoproj.io/subscribe.on-rollout-completed.slack: deploys
+    notifications.argoproj.io/subscribe.on-rollout-aborted.slack: deploys
+    notifications.argoproj.io/subscribe.on-analysis-run-failed.teams: oncall
+    notifications.argoproj.io/subscribe.on-rollout-updated.slack: deploys
+    notifications.argoproj.io/subscribe.on-rollout-completed.email: ops@example.com
+spec:
+  progressDeadlineSeconds: 600
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: checkout}
+  strategy:
+    canary:
+      steps:
+        - setCanaryScale: {replicas: 1}
+        - setHeaderRoute:
+            name: testers
+            match: [{headerName: x-tester, headerValue: {exact: "1"}}]
+        - setWeight: 5
+        - experiment: {templates: [{name: baseline, specRef: stable}]}
+        - analysis:
+            templates: [{templateName: mesh, clusterScope: true}, {templateName: mesh}]
+            args:
+              - {name: svc, value: checkout.shop.svc.cluster.local}
+              - {name: hash, valueFrom: {podTemplateHashValue: Latest}}
+        - pause: {}
+        - setWeight: 100
+          bogus: 1
+---
+apiVersion: argoproj.io/v1alpha1
+kind: ClusterAnalysisTemplate
+metadata: {name: mesh}
+spec:
+  args: [{name: svc}, {name: hash, value: x}, {name: token, valueFrom: {secretKeyRef: {name: prom, key: token}}}]
+  metrics:
+    - name: success
+      interval: 1m
+      successCondition: result[0] >= 0.99 and result[0] <= 1
+      provider:
+        prometheus:
+          address: http://prometheus:9090
+          query: sum(rate(istio_requests_total{destination_service="{{args.svc}}",response_code!~"5.*"}[1m])) / sum(rate(istio_requests_total{destination_service="{{args.svc}}"}[1m]))
+---
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: mesh}
+spec:
+  metrics:
+    - name: p99
+      successCondition: result[0] < 0.5
+      provider: {prometheus: {address: http://prometheus:9090, query: "histogram_quantile(0.99, sum(rate(http_request_duration_seconds_bucket{service=\"{{service}}\",version=\"{{canary.version}}\"}[1m])) by (le))"}}
+"#;
+
+#[test]
+fn an_argo_rollout_with_routes_experiments_cluster_templates_and_subscriptions() {
+    let imported = run(ARGO);
+    let out = parsed(&imported.yaml);
+    let service = &out["services"][0];
+    let canary = &service["strategy"]["canary"];
+    assert_eq!(canary["progressDeadline"], "600s");
+    let steps = canary["steps"].as_sequence().expect("steps");
+    // setCanaryScale and experiment are left out; the rest keep their order.
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(steps[0]["setHeaderRoute"]["name"], "testers");
+    assert_eq!(steps[1]["setWeight"], 5);
+    // A ClusterAnalysisTemplate and an AnalysisTemplate of one name both survive.
+    assert_eq!(steps[2]["analysis"]["templates"][0]["templateName"], "mesh");
+    assert_eq!(
+        steps[2]["analysis"]["templates"][1]["templateName"],
+        "mesh-2"
+    );
+    assert_eq!(steps[2]["analysis"]["args"][0]["value"], "checkout");
+    assert_eq!(
+        steps[2]["analysis"]["args"].as_sequence().map(Vec::len),
+        Some(1),
+        "the podTemplateHashValue argument is left out"
+    );
+    let templates = &out["analysisTemplates"];
+    let metric = &templates[0]["metrics"][0];
+    assert_eq!(
+        metric["successCondition"],
+        "result[0] >= 0.99 && result[0] <= 1"
+    );
+    assert_eq!(
+        metric["provider"]["prometheus"]["query"],
+        r#"sum(rate(http_requests_total{service="{{args.svc}}",status!~"5.*"}[1m])) / sum(rate(http_requests_total{service="{{args.svc}}"}[1m]))"#
+    );
+    assert_eq!(templates[0]["args"][2]["value"], "secrets/prom/token");
+    // Subscriptions: one notifier per Argo service, the triggers weir has.
+    assert_eq!(service["notifications"][0], "argo-slack");
+    assert_eq!(service["notifications"][1], "argo-teams");
+    let n = &out["notifications"];
+    assert_eq!(n[0]["name"], "argo-slack");
+    assert_eq!(
+        n[0]["on"],
+        Value::Sequence(vec!["Promoted".into(), "Aborted".into()])
+    );
+    assert_eq!(n[1]["kind"], "msteams");
+    assert_eq!(n[1]["on"], Value::Sequence(vec!["AnalysisFailed".into()]));
+    let notes = imported.notes.join("\n");
+    for wanted in [
+        "Rollout/checkout: spec.strategy.canary.steps[0].setCanaryScale: dropped",
+        "Rollout/checkout: spec.strategy.canary.steps[3].experiment: dropped",
+        "Rollout/checkout: spec.strategy.canary.steps[6].bogus: not carried over",
+        "Rollout/checkout: spec.workloadRef: dropped",
+        "steps[4].analysis.args[1].valueFrom: podTemplateHashValue",
+        "ClusterAnalysisTemplate/mesh: spec.args[2].valueFrom: secretKeyRef prom/token",
+        "trigger on-rollout-updated has no weir event",
+        "not email",
+        "expr's and/or/not written as CEL's",
+        "istio_requests_total rewritten",
+    ] {
+        assert!(
+            notes.contains(wanted),
+            "missing note {wanted:?} in:\n{notes}"
+        );
+    }
+}
