@@ -192,43 +192,36 @@ pub(super) fn metric(
     let converted = provider_of(cx, &provider, options, names);
     provider.finish(cx);
     m.finish(cx);
-    let (provider, extra) = converted?;
-    put(&mut out, "provider", provider);
-    if extra && m.get("successCondition").is_none() && m.get("failureCondition").is_none() {
-        // An exec metric is judged on its exit status: nothing to add.
-    }
+    // An exec metric without a condition is judged on its exit status.
+    put(&mut out, "provider", converted?);
     Some(out)
 }
 
-/// The provider: `(provider, is_exec)`; `None` drops the metric (noted).
-fn provider_of(
-    cx: &mut Cx,
-    p: &Node<'_>,
-    options: &Options,
-    names: &Names,
-) -> Option<(Value, bool)> {
+/// The provider; `None` drops the metric (noted).
+fn provider_of(cx: &mut Cx, p: &Node<'_>, options: &Options, names: &Names) -> Option<Value> {
     if p.has("prometheus") {
         let q = p.child(cx, "prometheus");
         let r = prometheus(cx, &q, options, names);
         q.finish(cx);
-        return r.map(|v| (map([("prometheus", v)]), false));
+        return r.map(|v| map([("prometheus", v)]));
     }
     if p.has("web") {
         let w = p.child(cx, "web");
         let r = web(cx, &w);
         w.finish(cx);
-        return r.map(|v| (map([("web", v)]), false));
+        return r.map(|v| map([("web", v)]));
     }
     if p.has("datadog") {
         let d = p.child(cx, "datadog");
         let r = datadog(cx, &d);
         d.finish(cx);
-        return Some((map([("datadog", r)]), false));
+        return Some(map([("datadog", r)]));
     }
     if p.has("job") {
         let j = p.child(cx, "job");
         let r = job(cx, &j);
-        return r.map(|v| (map([("exec", v)]), true));
+        j.finish(cx);
+        return r.map(|v| map([("exec", v)]));
     }
     let kinds: Vec<String> = p
         .map_keys()
@@ -449,7 +442,7 @@ pub(super) fn rollout(
     sorted: &Sorted<'_>,
     r: &Manifest<'_>,
     out: &mut Out,
-    _options: &Options,
+    options: &Options,
 ) {
     let id = r.id();
     let root = Node::new(cx, Some(r.value), format!("{id}:"));
@@ -525,7 +518,7 @@ pub(super) fn rollout(
             notifications,
             session_affinity: None,
         },
-        _options,
+        options,
         out,
     );
 }

@@ -392,7 +392,7 @@ fn flagger_analysis(
     let mut checks = Vec::new();
     for (i, item) in a.list(cx, "metrics").iter().enumerate() {
         let at = format!("{}[{i}]", a.at("metrics"));
-        if let Some(check) = check(cx, sorted, item, at, ctx, &interval, out, options) {
+        if let Some(check) = check(cx, sorted, item, at, ctx, out, options) {
             checks.push(check);
         }
     }
@@ -440,14 +440,12 @@ fn flagger_analysis(
 
 /// One check of `analysis.metrics`: a builtin, or a `MetricTemplate` written as a template of
 /// its own.
-#[allow(clippy::too_many_arguments)]
 fn check(
     cx: &mut Cx,
     sorted: &Sorted<'_>,
     value: &Value,
     at: String,
     ctx: &Ctx,
-    analysis_interval: &str,
     out: &mut Out,
     options: &Options,
 ) -> Option<Value> {
@@ -518,7 +516,6 @@ fn check(
     let window = interval
         .clone()
         .unwrap_or_else(|| DEFAULT_INTERVAL.to_string());
-    let _ = analysis_interval;
     let mut variables: Vec<String> = Vec::new();
     let provider = if let Some(tref) = template_ref {
         let t = Node::new(cx, Some(tref), m.at("templateRef"));
