@@ -636,7 +636,10 @@ fn parse_matchers(query: &str, open: usize) -> Result<(usize, Vec<Matcher>), Str
             return Err(format!("label {label}'s value is not a string"));
         }
         let end = skip_string(bytes, i);
-        let raw = &query[i + 1..end.saturating_sub(1).max(i + 1)];
+        if end <= i + 1 || bytes[end - 1] != q {
+            return Err(format!("label {label}'s value is never closed"));
+        }
+        let raw = &query[i + 1..end - 1];
         let value = if q == b'`' {
             raw.to_string()
         } else {

@@ -136,6 +136,19 @@ fn strings_and_functions_are_not_taken_for_metrics() {
 }
 
 #[test]
+fn unterminated_strings_are_refused_not_sliced() {
+    for query in [
+        "istio_requests_total{response_code=\"5é",
+        "istio_requests_total{response_code=\"é\\",
+        "istio_requests_total{response_code='",
+        "sum(\"é",
+    ] {
+        let r = rewrite_query(query, &names());
+        assert_eq!(r.query, query);
+    }
+}
+
+#[test]
 fn expr_words_become_cel_operators_outside_strings() {
     assert_eq!(
         condition("result[0] > 1 and result[0] < 5 or not isNaN(result[0])").as_deref(),
@@ -464,6 +477,17 @@ proptest! {
         let q = rewrite_query(&value, &Names::default());
         prop_assert!(!q.query.is_empty() || value.is_empty());
         let _ = condition(&value);
+    }
+
+    /// PromQL-like text (selectors, strings, escapes, non-ASCII) never panics the rewriter.
+    #[test]
+    fn promql_like_text_never_panics(
+        query in r#"(istio_requests_total|nginx_ingress_controller_requests|sum|by|[a-z_{}=~!"'`(),\\\[\]0-9é ]){0,30}"#
+    ) {
+        let r = rewrite_query(&query, &names());
+        if matches!(r.outcome, Outcome::LeftAsIs(_)) {
+            prop_assert_eq!(r.query, query);
+        }
     }
 }
 
