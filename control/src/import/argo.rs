@@ -15,9 +15,82 @@ const K8S: &str = "Kubernetes-only (pods, replicas, Services); weir routes to th
 /// Every Argo template, in input order, renamed where a name is taken. Stores the names used in
 /// `out` for the rollouts' references.
 pub(super) fn templates(cx: &mut Cx, sorted: &Sorted<'_>, out: &mut Out, options: &Options) {
+    let canary_args = canary_args(sorted);
     for t in &sorted.analysis_templates {
-        template(cx, t, out, options);
+        let names = Names {
+            canary_args: canary_args.get(&t.name).cloned().unwrap_or_default(),
+            ..Names::default()
+        };
+        template(cx, t, out, options, &names);
     }
+}
+
+/// Template name → the arguments every reference to it fills with the referring rollout's
+/// canary Service (`canaryService`), and nothing else.
+fn canary_args(sorted: &Sorted<'_>) -> BTreeMap<String, Vec<String>> {
+    // (template, argument) → whether every value seen is a canary Service.
+    let mut seen: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for r in &sorted.rollouts {
+        let canary = r
+            .value
+            .get("spec")
+            .and_then(|s| s.get("strategy"))
+            .and_then(|s| s.get("canary"));
+        let canary_service = canary
+            .and_then(|c| c.get("canaryService"))
+            .and_then(Value::as_str);
+        let mut refs: Vec<&Value> = Vec::new();
+        if let Some(a) = canary.and_then(|c| c.get("analysis")) {
+            refs.push(a);
+        }
+        for step in canary
+            .and_then(|c| c.get("steps"))
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(a) = step.get("analysis") {
+                refs.push(a);
+            }
+        }
+        for a in refs {
+            let templates: Vec<&str> = a
+                .get("templates")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.get("templateName").and_then(Value::as_str))
+                .collect();
+            for arg in a
+                .get("args")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let Some(name) = arg.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let value = arg.get("value").and_then(Value::as_str);
+                let is_canary = match (value, canary_service) {
+                    (Some(v), Some(c)) => v.split('.').next() == Some(c),
+                    _ => false,
+                };
+                for t in &templates {
+                    let entry = seen
+                        .entry(((*t).to_string(), name.to_string()))
+                        .or_insert(true);
+                    *entry &= is_canary;
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ((template, arg), canary) in seen {
+        if canary {
+            out.entry(template).or_default().push(arg);
+        }
+    }
+    out
 }
 
 /// Key of an Argo template for references: (cluster scoped, name).
@@ -25,7 +98,7 @@ pub(super) fn template_key(cluster: bool, name: &str) -> String {
     format!("{}/{name}", if cluster { "cluster" } else { "namespaced" })
 }
 
-fn template(cx: &mut Cx, t: &Manifest<'_>, out: &mut Out, options: &Options) {
+fn template(cx: &mut Cx, t: &Manifest<'_>, out: &mut Out, options: &Options, names: &Names) {
     let id = t.id();
     let root = Node::new(cx, Some(t.value), format!("{id}:"));
     root.get("apiVersion");
@@ -57,11 +130,10 @@ fn template(cx: &mut Cx, t: &Manifest<'_>, out: &mut Out, options: &Options) {
         a.finish(cx);
         args.push(arg);
     }
-    let names = Names::default();
     let mut metrics_out = Vec::new();
     for (i, item) in spec.list(cx, "metrics").iter().enumerate() {
         let at = format!("{}[{i}]", spec.at("metrics"));
-        if let Some(metric) = metric(cx, item, at, options, &names) {
+        if let Some(metric) = metric(cx, item, at, options, names) {
             metrics_out.push(metric);
         }
     }
@@ -306,6 +378,10 @@ pub(super) fn convert_query(cx: &mut Cx, at: &str, query: &str, names: &Names) -
     match &rewrite.outcome {
         Outcome::Weir { all_versions: true } => cx.note(format!(
             "{at}: selects every version (stable and canary together): add version=\"{{{{canary.version}}}}\" to judge the canary alone"
+        )),
+        Outcome::Weir { .. } if rewrite.query != query => cx.note(format!(
+            "{at}: pinned to the canary: version=\"{{{{canary.version}}}}\" added where it selects service=\"{{{{args.{}}}}}\", which every rollout sets to its canary Service",
+            names.canary_args.join("|args.")
         )),
         Outcome::Weir { .. } => {}
         Outcome::Rewritten { from } => cx.note(format!(
@@ -759,7 +835,7 @@ fn arg_value(cx: &mut Cx, at: &str, value: &str, names: &RolloutNames) -> String
     let b = bare(value);
     if names.names.canary.contains(&b) {
         cx.note(format!(
-            "{at}: \"{value}\" is the canary Service: written as the weir service \"{service}\"; weir's metrics tell the canary by version=\"{{{{canary.version}}}}\": make sure the query selects it"
+            "{at}: \"{value}\" is the canary Service: written as the weir service \"{service}\"; weir's metrics tell the canary by version=\"{{{{canary.version}}}}\", which the template's selectors on it get (see its notes)"
         ));
         return service;
     }

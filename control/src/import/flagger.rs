@@ -225,6 +225,7 @@ pub(super) fn canary(
         service: vec![c.name.clone()],
         canary: vec![format!("{}-canary", c.name)],
         stable: vec![format!("{}-primary", c.name)],
+        canary_args: Vec::new(),
     };
     let service = spec.child(cx, "service");
     if let Some(name) = service.text("name") {

@@ -101,6 +101,9 @@ pub(crate) struct Names {
     pub(crate) canary: Vec<String>,
     /// Names of the stable alone (Flagger's `NAME-primary`).
     pub(crate) stable: Vec<String>,
+    /// Template arguments every rollout fills with its canary Service's name: a selector of
+    /// weir's series on `service="{{args.X}}"` then selects the canary version alone.
+    pub(crate) canary_args: Vec<String>,
 }
 
 /// What a label value selects.
@@ -148,8 +151,53 @@ struct Matcher {
     value: String,
 }
 
-/// Rewrites `query` (see the module doc).
+/// Rewrites `query` (see the module doc), then pins selectors of weir's series on a canary
+/// argument to the canary version.
 pub(crate) fn rewrite_query(query: &str, names: &Names) -> Rewrite {
+    let mut r = rewrite_names(query, names);
+    if !names.canary_args.is_empty() && !matches!(r.outcome, Outcome::LeftAsIs(_)) {
+        if let Ok(pinned) = pin_canary(&r.query, &names.canary_args) {
+            if pinned != r.query {
+                r.query = pinned;
+                r.outcome = match r.outcome {
+                    Outcome::Weir { .. } => Outcome::Weir {
+                        all_versions: selects_all_versions(&r.query),
+                    },
+                    other => other,
+                };
+            }
+        }
+    }
+    r
+}
+
+/// Adds `version="{{canary.version}}"` to selectors of weir's series that match
+/// `service="{{args.X}}"` for a canary argument X and have no `version` matcher.
+fn pin_canary(query: &str, canary_args: &[String]) -> Result<String, String> {
+    scan(query, &mut |name, matchers| {
+        if !WEIR_METRICS.contains(&name) || matchers.iter().any(|m| m.label == "version") {
+            return Ok(None);
+        }
+        let on_canary_arg = matchers.iter().any(|m| {
+            m.label == "service"
+                && m.op == "="
+                && canary_args
+                    .iter()
+                    .any(|a| m.value.trim() == format!("{{{{args.{a}}}}}"))
+        });
+        if !on_canary_arg {
+            return Ok(None);
+        }
+        let mut parts: Vec<String> = matchers
+            .iter()
+            .map(|m| format!("{}{}{}", m.label, m.op, quote(&m.value)))
+            .collect();
+        parts.push("version=\"{{canary.version}}\"".to_string());
+        Ok(Some(format!("{name}{{{}}}", parts.join(","))))
+    })
+}
+
+fn rewrite_names(query: &str, names: &Names) -> Rewrite {
     match rewrite(query, names) {
         Ok((text, from)) => {
             if from.is_empty() {

@@ -13,6 +13,7 @@ fn names() -> Names {
         service: vec!["podinfo".into()],
         canary: vec!["podinfo-canary".into()],
         stable: vec!["podinfo-primary".into()],
+        canary_args: Vec::new(),
     }
 }
 
@@ -611,4 +612,53 @@ fn an_argo_rollout_with_routes_experiments_cluster_templates_and_subscriptions()
             "missing note {wanted:?} in:\n{notes}"
         );
     }
+}
+
+#[test]
+fn a_template_argument_is_pinned_to_the_canary_only_when_every_rollout_gives_its_canary_service() {
+    let template = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: errors}
+spec:
+  args: [{name: svc}]
+  metrics:
+    - name: errors
+      successCondition: result[0] < 1
+      provider: {prometheus: {address: http://p:9090, query: 'sum(rate(http_requests_total{service="{{args.svc}}",status=~"5.."}[1m]))'}}
+"#;
+    let rollout = |name: &str, value: &str| {
+        format!(
+            "---\napiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\nspec:\n  strategy:\n    canary:\n      canaryService: {name}-canary\n      steps:\n        - setWeight: 10\n        - analysis: {{templates: [{{templateName: errors}}], args: [{{name: svc, value: {value}}}]}}\n"
+        )
+    };
+    let pinned = run(&format!(
+        "{template}{}{}",
+        rollout("a", "a-canary"),
+        rollout("b", "b-canary.ns.svc.cluster.local")
+    ));
+    assert!(
+        pinned
+            .yaml
+            .contains(r#"{service="{{args.svc}}",status=~"5..",version="{{canary.version}}"}"#),
+        "{}",
+        pinned.yaml
+    );
+    // One rollout passes its stable Service: the template judges what the argument names, as written.
+    let mixed = run(&format!(
+        "{template}{}{}",
+        rollout("a", "a-canary"),
+        rollout("b", "b")
+    ));
+    assert!(
+        mixed
+            .yaml
+            .contains(r#"{service="{{args.svc}}",status=~"5.."}"#),
+        "{}",
+        mixed.yaml
+    );
+    assert!(mixed
+        .notes
+        .iter()
+        .any(|n| n.contains("selects every version")));
 }

@@ -75,10 +75,18 @@ fn argo_canary_with_a_prometheus_template_validates() {
             "Rollout/user-service: spec.strategy.canary.trafficRouting: dropped",
             "Rollout/user-service: spec.template: dropped",
             "\"user-service-canary\" is the canary Service",
-            "AnalysisTemplate/success-rate: spec.metrics[0].provider.prometheus.query: selects every version",
+            "AnalysisTemplate/success-rate: spec.metrics[0].provider.prometheus.query: pinned to the canary",
         ],
     );
     assert!(imported.yaml.contains("version: v2.0.0"));
+    // The seed's template judged the canary Service: weir's queries select the canary version.
+    assert!(
+        imported.yaml.contains(
+            r#"sum(rate(http_requests_total{service="{{args.service-name}}",version="{{canary.version}}"}[5m]))"#
+        ),
+        "{}",
+        imported.yaml
+    );
     eprintln!(
         "argo canary (seed 000): validates, {} notes",
         imported.notes.len()
