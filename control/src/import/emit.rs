@@ -33,6 +33,23 @@ pub(crate) fn service(cx: &mut Cx, spec: ServiceSpec, options: &Options, out: &m
         notifications,
         session_affinity,
     } = spec;
+    let taken = |n: &str| {
+        out.services
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(n))
+    };
+    let name = if taken(&name) {
+        let free = (2..)
+            .map(|n| format!("{name}-{n}"))
+            .find(|n| !taken(n))
+            .unwrap_or_else(|| name.clone());
+        cx.note(format!(
+            "{origin}: a service \"{name}\" exists already (another namespace or tool?): written as \"{free}\""
+        ));
+        free
+    } else {
+        name
+    };
     let hosts = if hosts.is_empty() {
         cx.note(format!(
             "{origin}: no host in the manifests: services[{}].match.hosts is [\"{name}\"] (requests with Host: {name}); edit it",

@@ -662,3 +662,17 @@ spec:
         .iter()
         .any(|n| n.contains("selects every version")));
 }
+
+#[test]
+fn the_same_name_twice_gets_a_free_name() {
+    let one = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: shop, namespace: a}\nspec: {strategy: {canary: {steps: [{setWeight: 50}]}}}\n";
+    let two = "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata: {name: shop, namespace: b}\nspec: {analysis: {interval: 1m, threshold: 1, iterations: 3}}\n";
+    let imported = run(&format!("{one}---\n{two}"));
+    let out = parsed(&imported.yaml);
+    assert_eq!(out["services"][0]["name"], "shop");
+    assert_eq!(out["services"][1]["name"], "shop-2");
+    assert!(imported
+        .notes
+        .iter()
+        .any(|n| n.contains("written as \"shop-2\"")));
+}
