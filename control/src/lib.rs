@@ -15,6 +15,7 @@
 //! - [`resolve`]: upstream host names, resolved at load and re-resolved on a timer off the
 //!   control thread.
 //! - [`demo`]: demo backends and a paced traffic generator, for `weir demo`, tests and benchmarks.
+//! - [`import`]: `weir import`: Argo Rollouts and Flagger manifests → a weir config.
 //! - [`telemetry`]: logging setup.
 //! - [`memory`]: memory-pressure shedding (`limits.maxMemory`): the RSS sampler, cgroup limits.
 //! - [`loadtest`]: the built-in load test (`webhooks[].loadTest`): paced traffic to a canary
@@ -37,6 +38,7 @@ pub mod config_report;
 pub mod demo;
 pub mod engine;
 pub mod health;
+pub mod import;
 pub mod listeners;
 pub mod loadtest;
 pub mod memory;

@@ -87,6 +87,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a weir config made from Argo Rollouts and Flagger manifests (notes on standard error).
+    Import(cli::import::ImportArgs),
     #[command(flatten)]
     Operator(cli::CliCommand),
 }
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { files } => return validate(&files),
         Command::Demo { keep } => cli::demo::run(keep),
+        Command::Import(args) => cli::import::run(args),
         Command::Operator(command) => cli::run(command, &cli.admin),
     };
     match result {

@@ -22,6 +22,7 @@ mod grpc;
 mod health;
 mod hot_swap;
 mod http2;
+mod import;
 mod ingress_rewrite;
 mod loadtest;
 mod metrics;

@@ -10,6 +10,7 @@
 
 mod client;
 pub(crate) mod demo;
+pub(crate) mod import;
 mod render;
 mod sse;
 mod sync;
