@@ -68,13 +68,25 @@ pub async fn subscribe(
 
 /// Follows the event stream until the task is dropped, waking `changed` on every event about
 /// `service` (every event when `None`). Reconnects when the stream breaks, after a second or the
-/// server's `retry:` (kept within 100 ms..30 s); the watch loop polls meanwhile.
+/// server's `retry:` (kept within 100 ms..30 s), or after 30 s when an event went past the bound;
+/// the watch loop polls meanwhile.
 pub async fn follow(api: Api, service: Option<String>, changed: Arc<Notify>) {
     let mut reconnect = RECONNECT;
     loop {
         if let Ok(events) = subscribe(&api).await {
             let mut events = std::pin::pin!(events);
-            while let Some(Ok(event)) = events.next().await {
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        if is_too_long(&error) {
+                            // Not weir's stream: the dropped connection may linger in the
+                            // client (hyper does not close it); come back rarely.
+                            reconnect = RECONNECT_MAX;
+                        }
+                        break;
+                    }
+                };
                 if let Some(retry) = event.retry {
                     reconnect = reconnect_delay(retry);
                 }
@@ -87,6 +99,12 @@ pub async fn follow(api: Api, service: Option<String>, changed: Arc<Notify>) {
         }
         tokio::time::sleep(reconnect).await;
     }
+}
+
+/// Whether the stream ended because an event went past the bound.
+fn is_too_long(error: &sse_stream::Error) -> bool {
+    matches!(error, sse_stream::Error::Body(source)
+        if matches!(source.downcast_ref::<ReadError>(), Some(ReadError::TooLong { .. })))
 }
 
 /// A server's `retry:` (milliseconds), within [`RECONNECT_MIN`]..=[`RECONNECT_MAX`].
