@@ -1,125 +1,196 @@
-//! Following `/api/v1/events`: a server-sent-events parser and a task that wakes the `--watch`
-//! loop whenever weir reports a change, reconnecting when the stream breaks.
+//! Following `/api/v1/events`: the `sse-stream` crate decodes the server-sent events, behind a
+//! bound on the bytes of one event (an admin API, or whatever answers on its port, cannot make
+//! the CLI buffer without limit), and a task wakes the `--watch` loop whenever weir reports a
+//! change, reconnecting when the stream breaks (after the server's `retry:`, within bounds).
 
+use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::BodyDataStream;
+use sse_stream::{Sse, SseByteStream};
 use tokio::sync::Notify;
 use weir_control::engine::rollout::Event;
 
-use super::client::Api;
+use super::client::{Api, ApiError};
 
-/// One server-sent event: its `data:` lines, joined with newlines (weir names the event's kind in
-/// the `event:` field and again in the JSON, so the CLI reads only the data).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Message {
-    /// The data.
-    pub data: String,
+/// The most bytes one event may take on the wire, from the end of the previous event to the
+/// blank line that ends it, comments and line ends included: weir's events are a few hundred
+/// bytes; a stream that goes past this is not weir's and is dropped (and reconnected).
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// How long to wait before reconnecting while the server has not said (`retry:`).
+const RECONNECT: Duration = Duration::from_secs(1);
+/// The shortest reconnection delay a server's `retry:` may set (no reconnection storm).
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// The longest reconnection delay a server's `retry:` may set (the watch loop polls meanwhile).
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Why the event stream was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The connection broke.
+    #[error("the event stream broke: {0}")]
+    Body(#[source] Box<dyn StdError + Send + Sync>),
+    /// An event went past [`MAX_EVENT_BYTES`] (or the bound a test gives).
+    #[error("an event longer than {limit} bytes: not weir's event stream")]
+    TooLong {
+        /// The bound.
+        limit: usize,
+    },
 }
 
-/// Splits a byte stream into events; comments (`: keep-alive`) are dropped.
-#[derive(Debug, Default)]
-pub struct Parser {
-    buffer: Vec<u8>,
+/// Decodes a stream of chunks into events (comment-only blocks such as `: keep-alive` are
+/// skipped); ends with an error once one event takes more than `limit` bytes.
+pub fn decode<S, E>(chunks: S, limit: usize) -> impl Stream<Item = Result<Sse, sse_stream::Error>>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut bound = EventBound::new(limit);
+    SseByteStream::new(chunks.map(move |chunk| {
+        let chunk = chunk.map_err(|e| ReadError::Body(e.into()))?;
+        bound.feed(&chunk)?;
+        Ok::<_, ReadError>(chunk)
+    }))
 }
 
-// === impl Parser ===
-
-impl Parser {
-    /// Feeds a chunk; returns the events it completed.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<Message> {
-        self.buffer
-            .extend(chunk.iter().copied().filter(|&byte| byte != b'\r'));
-        let mut messages = Vec::new();
-        while let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-            if let Some(message) = parse_block(&String::from_utf8_lossy(&block)) {
-                messages.push(message);
-            }
-        }
-        messages
-    }
-}
-
-fn parse_block(block: &str) -> Option<Message> {
-    let mut fields = 0;
-    let mut data: Vec<&str> = Vec::new();
-    for line in block.lines() {
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        fields += 1;
-        if field == "data" {
-            data.push(value);
-        }
-    }
-    (fields > 0).then(|| Message {
-        data: data.join("\n"),
-    })
+/// Subscribes to weir's events: [`decode`] over the response body, bounded by
+/// [`MAX_EVENT_BYTES`].
+pub async fn subscribe(
+    api: &Api,
+) -> Result<impl Stream<Item = Result<Sse, sse_stream::Error>>, ApiError> {
+    let body = api.events().await?;
+    Ok(decode(BodyDataStream::new(body), MAX_EVENT_BYTES))
 }
 
 /// Follows the event stream until the task is dropped, waking `changed` on every event about
-/// `service` (every event when `None`). Reconnects after a second when the stream breaks; the
-/// watch loop polls meanwhile.
+/// `service` (every event when `None`). Reconnects when the stream breaks, after a second or the
+/// server's `retry:` (kept within 100 ms..30 s), or after 30 s when an event went past the bound;
+/// the watch loop polls meanwhile.
 pub async fn follow(api: Api, service: Option<String>, changed: Arc<Notify>) {
+    let mut reconnect = RECONNECT;
     loop {
-        if let Ok(mut body) = api.events().await {
-            let mut parser = Parser::default();
-            while let Some(Ok(frame)) = body.frame().await {
-                let Ok(chunk) = frame.into_data() else {
-                    continue;
-                };
-                for message in parser.push(&chunk) {
-                    let relevant = match (&service, serde_json::from_str::<Event>(&message.data)) {
-                        (None, _) => true,
-                        (Some(name), Ok(event)) => &event.service == name,
-                        (Some(_), Err(_)) => true,
-                    };
-                    if relevant {
-                        changed.notify_one();
+        if let Ok(events) = subscribe(&api).await {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        if is_too_long(&error) {
+                            // Not weir's stream: the dropped connection may linger in the
+                            // client (hyper does not close it); come back rarely.
+                            reconnect = RECONNECT_MAX;
+                        }
+                        break;
                     }
+                };
+                if let Some(retry) = event.retry {
+                    reconnect = reconnect_delay(retry);
+                }
+                if relevant(&event, service.as_deref()) {
+                    changed.notify_one();
                 }
             }
             // The stream ended: weir restarted or went away; tell the loop to look.
             changed.notify_one();
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(reconnect).await;
+    }
+}
+
+/// Whether the stream ended because an event went past the bound.
+fn is_too_long(error: &sse_stream::Error) -> bool {
+    matches!(error, sse_stream::Error::Body(source)
+        if matches!(source.downcast_ref::<ReadError>(), Some(ReadError::TooLong { .. })))
+}
+
+/// A server's `retry:` (milliseconds), within [`RECONNECT_MIN`]..=[`RECONNECT_MAX`].
+fn reconnect_delay(retry_ms: u64) -> Duration {
+    Duration::from_millis(retry_ms).clamp(RECONNECT_MIN, RECONNECT_MAX)
+}
+
+/// Whether an event may concern `service`: its data is an [`Event`] about it, or not an `Event`
+/// at all (the loop then looks).
+fn relevant(event: &Sse, service: Option<&str>) -> bool {
+    let Some(name) = service else {
+        return true;
+    };
+    let data = event.data.as_deref().unwrap_or_default();
+    serde_json::from_str::<Event>(data).map_or(true, |event| event.service == name)
+}
+
+/// Counts the bytes of the event being received: every byte since the blank line that ended
+/// the previous one (a line end right after a line end, whether LF, CR or CRLF, split across
+/// chunks or not). The decoder buffers at most that much for one event.
+#[derive(Debug)]
+struct EventBound {
+    limit: usize,
+    pending: usize,
+    /// The current line has bytes (so the next line end ends a line, not an event).
+    in_line: bool,
+    /// The last chunk ended with CR: an LF opening the next chunk belongs to it.
+    after_cr: bool,
+}
+
+// === impl EventBound ===
+
+impl EventBound {
+    fn new(limit: usize) -> EventBound {
+        EventBound {
+            limit,
+            pending: 0,
+            in_line: false,
+            after_cr: false,
+        }
+    }
+
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ReadError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.after_cr) {
+            if let Some(rest) = chunk.strip_prefix(b"\n") {
+                self.count(1)?;
+                chunk = rest;
+            }
+        }
+        while !chunk.is_empty() {
+            let Some(end) = memchr::memchr2(b'\r', b'\n', chunk) else {
+                self.count(chunk.len())?;
+                self.in_line = true;
+                break;
+            };
+            let mut next = end + 1;
+            if chunk[end] == b'\r' {
+                match chunk.get(next) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            if end > 0 || self.in_line {
+                self.count(next)?;
+                self.in_line = false;
+            } else {
+                // A blank line: the event (or the comments) before it is complete.
+                self.pending = 0;
+            }
+            chunk = &chunk[next..];
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, bytes: usize) -> Result<(), ReadError> {
+        self.pending = self.pending.saturating_add(bytes);
+        if self.pending > self.limit {
+            return Err(ReadError::TooLong { limit: self.limit });
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_split_across_chunks_are_reassembled() {
-        let mut parser = Parser::default();
-        assert!(parser.push(b": weir events\n\n").is_empty());
-        assert!(parser.push(b"event: Advance\ndata: {\"a\"").is_empty());
-        let messages = parser.push(b":1}\n\nevent: Paused\r\ndata: x\r\n\r\n: keep-alive\n\n");
-        assert_eq!(
-            messages,
-            vec![
-                Message {
-                    data: "{\"a\":1}".into()
-                },
-                Message { data: "x".into() },
-            ]
-        );
-    }
-
-    #[test]
-    fn data_lines_are_joined() {
-        let mut parser = Parser::default();
-        let messages = parser.push(b"data: one\ndata:two\n\n");
-        assert_eq!(
-            messages,
-            vec![Message {
-                data: "one\ntwo".into()
-            }]
-        );
-    }
-}
+mod tests;
