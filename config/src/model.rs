@@ -15,10 +15,11 @@ mod dns;
 mod edge;
 mod exec;
 mod health;
-mod loadtest;
 mod ingress;
+mod loadtest;
 mod protocol;
 mod ratelimit;
+mod webhook;
 
 pub use acme::{Acme, AcmeChallenge, AcmeRetry};
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
@@ -29,12 +30,13 @@ pub use edge::{
 };
 pub use exec::ExecProvider;
 pub use health::{HealthCheck, OutlierDetection};
-pub use loadtest::{LoadTarget, LoadTest};
 pub use ingress::{
     HeaderOps, HeaderRules, HeaderTemplate, Redirect, RedirectScheme, Rewrite, TemplatePart,
 };
+pub use loadtest::{LoadTarget, LoadTest};
 pub use protocol::{UpstreamProtocol, UpstreamTls};
 pub use ratelimit::{RateLimit, RateLimitKey};
+pub use webhook::{Webhook, WebhookKind, WebhookTarget};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -488,6 +490,8 @@ pub struct Strategy {
     /// A step (other than a wait for an operator) that takes longer aborts (`progressDeadline`,
     /// default 10m).
     pub progress_deadline: Duration,
+    /// `webhooks` (default none): Flagger's gates, checks and notifications (`webhook.rs`).
+    pub webhooks: Vec<Webhook>,
 }
 
 /// The four strategies, each with its own settings.

@@ -1287,6 +1287,7 @@ mod health;
 mod ingress;
 mod policies;
 mod ratelimit;
+mod webhook;
 
 #[test]
 fn trusted_proxies_and_request_body_options() {
