@@ -175,6 +175,7 @@ pub async fn start_with_lookup(
     }
     let (mut driver, routes, handle) = Driver::new(loaded.clone(), stats.clone(), reloads.clone())?;
     driver.set_dns(dns.clone());
+    driver.set_config_path(&options.config_path);
     driver.set_listener_addrs(
         listeners
             .iter()
@@ -189,6 +190,11 @@ pub async fn start_with_lookup(
         "weir_config_reloads",
         "Config reload attempts by result",
         reloads.clone(),
+    );
+    registry.register(
+        "weir_webhook_calls",
+        "Webhook calls by service, webhook and result (success, failure, timeout, error, dropped)",
+        handle.webhook_calls(),
     );
     registry.register(
         "weir_dns_resolution_failures",

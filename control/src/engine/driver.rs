@@ -68,6 +68,19 @@ pub enum Input {
         /// What was measured.
         outcome: Outcome,
     },
+    /// A webhook answered (see `engine/hooks.rs`).
+    Hooked {
+        /// The service.
+        service: String,
+        /// The revision it was asked for (stale answers are dropped).
+        revision: u64,
+        /// The hook's name.
+        hook: String,
+        /// The hooks' epoch it was asked in.
+        epoch: u64,
+        /// The answer.
+        answer: crate::engine::rollout::HookAnswer,
+    },
 }
 
 /// Why a command was refused.
@@ -167,6 +180,8 @@ pub struct Driver {
     offload: Offload,
     /// Positions in `model.services` of the services with a strategy, in file order.
     with_strategy: Vec<usize>,
+    /// The webhooks' calls, event queues, counter and load-test targets.
+    hooks: crate::engine::hooks::Hooks,
 }
 
 /// What the driver calls with every config it applies.
@@ -180,6 +195,8 @@ pub struct Handle {
     status: watch::Receiver<Arc<Status>>,
     generation: watch::Receiver<u64>,
     offload: Offload,
+    load_targets: watch::Receiver<Vec<weir_config::LoadTarget>>,
+    webhook_calls: crate::engine::hooks::WebhookCounter,
 }
 
 // === impl Driver ===
@@ -217,6 +234,9 @@ impl Driver {
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let (inputs_tx, inputs) = mpsc::channel(256);
         let retention = max_window(&model).max(MIN_RETENTION);
+        let (mut hooks, load_targets) = crate::engine::hooks::Hooks::new();
+        hooks.configure(&model);
+        let webhook_calls = hooks.counter();
         let mut driver = Driver {
             publisher,
             window: Window::new(stats.clone(), retention),
@@ -243,6 +263,7 @@ impl Driver {
             deferred: Vec::new(),
             dns: None,
             on_applied: None,
+            hooks,
         };
         driver.with_strategy = with_strategy(&driver.model);
         driver.flush_events();
@@ -254,6 +275,8 @@ impl Driver {
             status: status_rx,
             generation: generation_rx,
             offload: driver.offload.clone(),
+            load_targets,
+            webhook_calls,
         };
         Ok((driver, routes, handle))
     }
@@ -261,6 +284,11 @@ impl Driver {
     /// Calls `hook` with every reloaded config once its table is served.
     pub fn on_applied(&mut self, hook: OnApplied) {
         self.on_applied = Some(hook);
+    }
+
+    /// The config file weir runs, told to `post-rollout` and `rollback` webhooks.
+    pub fn set_config_path(&mut self, path: &std::path::Path) {
+        self.hooks.set_config_file(path);
     }
 
     /// Gives the client listeners' bound addresses (by name), used for `{{preview.url}}`.
@@ -304,7 +332,7 @@ impl Driver {
             Input::Config(_) if self.frozen => {
                 // Handing over: the new process reads the config file itself.
             }
-            measured @ Input::Measured { .. } if self.frozen => {
+            measured @ (Input::Measured { .. } | Input::Hooked { .. }) if self.frozen => {
                 // Kept for a failed hand-over (the new process measures again).
                 self.deferred.push(measured);
             }
@@ -346,6 +374,31 @@ impl Driver {
                     templates: &self.model.analysis_templates,
                 };
                 let effects = rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
+                self.commit(vec![(service, effects, before)]).await;
+            }
+            Input::Hooked {
+                service,
+                revision,
+                hook,
+                epoch,
+                answer,
+            } => {
+                let now_ms = self.clock.now_ms();
+                let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
+                    return;
+                };
+                let Some(rollout) = self.rollouts.get_mut(&service) else {
+                    return;
+                };
+                if rollout.revision != revision {
+                    return;
+                }
+                let before = self.store.is_persistent().then(|| rollout.clone());
+                let ctx = Ctx {
+                    service: config,
+                    templates: &self.model.analysis_templates,
+                };
+                let effects = rollout.record_hook(ctx, &hook, epoch, &answer, now_ms);
                 self.commit(vec![(service, effects, before)]).await;
             }
         }
@@ -518,7 +571,8 @@ impl Driver {
         let mut events = Vec::new();
         let mut publish = false;
         let mut any = false;
-        for (service, effects, before) in changes {
+        for (service, mut effects, before) in changes {
+            self.dispatch_hooks(&service, &mut effects);
             any |= effects.changed || effects.policy_changed || !effects.events.is_empty();
             if effects.changed {
                 if effects.widened {
@@ -574,7 +628,21 @@ impl Driver {
         self.send_events(events);
         self.refresh_status();
         self.announce_generation();
+        self.hooks.publish_load_targets(&self.model, &self.rollouts);
         refused
+    }
+
+    /// Makes the webhook calls an operation asked for, and tells `post-rollout` hooks when the
+    /// revision ended.
+    fn dispatch_hooks(&mut self, service: &str, effects: &mut Effects) {
+        let revision = self.rollouts.get(service).map_or(0, |r| r.revision);
+        for call in std::mem::take(&mut effects.hooks) {
+            self.hooks
+                .call(service.to_string(), revision, call, self.inputs_tx.clone());
+        }
+        if let Some((event, aborted)) = effects.ended.take() {
+            self.hooks.ended(service, &event, aborted);
+        }
     }
 
     /// Writes the temporary files of widened services; those that fail go back to their state
@@ -762,7 +830,8 @@ impl Driver {
         self.send_events(events);
     }
 
-    fn send_events(&self, events: Vec<Event>) {
+    fn send_events(&mut self, events: Vec<Event>) {
+        self.hooks.events(&events);
         for event in events {
             tracing::info!(target: "weir::rollout", service = %event.service, revision = event.revision, kind = %event.kind, "{}", event.message);
             let _ = self.events.send(event);
@@ -948,6 +1017,7 @@ impl Driver {
                 let replaced = std::mem::replace(&mut self.model, model);
                 self.offload.dispose(replaced);
                 self.with_strategy = with_strategy(&self.model);
+                self.hooks.configure(&self.model);
                 self.tls = tls;
                 if let Some(dns) = &self.dns {
                     dns.track(&self.model);
@@ -969,6 +1039,7 @@ impl Driver {
                 self.send_events(events);
                 self.refresh_status();
                 self.announce_generation();
+                self.hooks.publish_load_targets(&self.model, &self.rollouts);
             }
             Err(error) => {
                 self.reloads
@@ -1144,6 +1215,17 @@ impl Handle {
     /// The published table's generation, updated on every publish.
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.clone()
+    }
+
+    /// The services whose canary is load-tested now (see `engine/hooks.rs`), updated only
+    /// when the set changes.
+    pub fn load_targets(&self) -> watch::Receiver<Vec<weir_config::LoadTarget>> {
+        self.load_targets.clone()
+    }
+
+    /// `weir_webhook_calls_total`, for the metrics registry.
+    pub fn webhook_calls(&self) -> crate::engine::hooks::WebhookCounter {
+        self.webhook_calls.clone()
     }
 
     /// The driver's reload thread, for the config loader (see [`Offload`]).

@@ -16,7 +16,7 @@ use super::jsonpath::JsonPath;
 use super::{show_duration, substitute, Measured, Outcome, Vars};
 
 mod exec;
-mod http;
+pub(crate) mod http;
 
 pub use exec::exec;
 

@@ -11,7 +11,7 @@
 //! an edited `match` or `mirror` replaces them mid-test, keeping the iterations passed.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
+use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, WebhookKind, Weight};
 
 use super::checks::{Checks, Interval};
 use super::routes::Routes;
@@ -94,7 +94,10 @@ impl Rollout {
     /// traffic waits for the next tick (see [`Rollout::mixes`]).
     pub(super) fn sync_ab_routes(&mut self, iterations: &Iterations, now_ms: u64) {
         // After an unreadable state file nothing reaches the canary until an operator decides.
-        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
+        if !self.in_rollout()
+            || self.pause == Some(PauseReason::StateUnreadable)
+            || self.before_traffic()
+        {
             return;
         }
         let (header, mirror) = ab_routes(iterations);
@@ -183,6 +186,13 @@ impl Rollout {
                 self.set_message(format!("A/B testing: {passed}/{n} iterations passed"));
                 self.emit(now_ms, "Advance", line);
                 if passed >= n {
+                    if self.gate(ctx, WebhookKind::ConfirmPromotion, now_ms) {
+                        // Flagger: the last iteration is run again until the gate opens.
+                        if let StrategyState::Iterations(state) = &mut self.strategy {
+                            state.passed = n.saturating_sub(1);
+                        }
+                        return;
+                    }
                     self.promote(now_ms);
                 }
             }

@@ -2,7 +2,7 @@
 //! passing raises the weight (promotion after the last), failing counts toward `threshold`.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{Progression, Traffic};
+use weir_config::{Progression, Traffic, WebhookKind};
 
 use super::checks::{Checks, Interval};
 use super::run::millis;
@@ -96,7 +96,19 @@ impl Rollout {
                 self.emit(now_ms, "Halt", line);
             }
             Interval::Passed => {
-                // Every check passed: the next weight, or promotion after the last.
+                // Every check passed: the next weight, or promotion after the last (each behind
+                // its gate, if any).
+                let gate = if step + 1 < n_steps {
+                    WebhookKind::ConfirmTrafficIncrease
+                } else {
+                    WebhookKind::ConfirmPromotion
+                };
+                if self.gate(ctx, gate, now_ms) {
+                    return;
+                }
+                let StrategyState::Progression(state) = &mut self.strategy else {
+                    return;
+                };
                 if step + 1 < n_steps {
                     state.step_index += 1;
                     state.step_started_ms = now_ms;
