@@ -462,3 +462,127 @@ async fn a_restart_waits_on_the_same_gate() {
     );
     weir.shutdown().await;
 }
+
+/// `python3 deploy/examples/hooks/revert-on-abort.py` on a free port, killed when dropped.
+struct Reverter(std::process::Child, SocketAddr);
+
+impl Reverter {
+    fn start(repo: &std::path::Path) -> Reverter {
+        use std::io::BufRead;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples/hooks/revert-on-abort.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args(["--repo", &repo.display().to_string(), "--port", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the example hook");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the hook says where it listens");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Reverter(child, addr)
+    }
+}
+
+impl Drop for Reverter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git(repo: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_post_rollout_hook_reverts_the_commit_of_an_aborted_canary() {
+    let (v1, bad) = (Server::spawn("v1"), Server::spawn("bad"));
+    let smoke = Hook::start(500).await;
+    let repo = tempfile::tempdir().expect("a repository");
+    let path = repo.path().join("weir.yaml");
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["config", "user.name", "weir test"]);
+    git(repo.path(), &["config", "user.email", "weir@example.com"]);
+    let reverter = Reverter::start(repo.path());
+    let hooks = format!(
+        "          - {{name: smoke, type: pre-rollout, url: \"{}\"}}\n          - {{name: revert, type: post-rollout, url: \"http://{}/\"}}\n",
+        smoke.url(),
+        reverter.1
+    );
+    let with_canary = format!(
+        "{HEADER}services:\n{}",
+        service(
+            "shop",
+            &v1,
+            &bad,
+            "        steps: [{setWeight: 10}]\n",
+            &hooks
+        )
+    )
+    .replace("version: v2", "version: bad");
+    let stable_only = with_canary.replace(
+        &format!(
+            "    canary: {{version: bad, upstreams: [\"{}\"]}}\n",
+            bad.addr()
+        ),
+        "",
+    );
+    assert_ne!(stable_only, with_canary);
+    std::fs::write(&path, &stable_only).expect("write");
+    git(repo.path(), &["add", "weir.yaml"]);
+    git(repo.path(), &["commit", "-q", "-m", "checkout v1"]);
+    std::fs::write(&path, &with_canary).expect("write");
+    git(repo.path(), &["commit", "-q", "-am", "release bad"]);
+
+    let began = Instant::now();
+    let weir = Weir::start_at(repo, path, crate::weir::Options::default()).await;
+    weir.wait_until("shop", Duration::from_secs(15), "the abort", |s| {
+        s.phase == Phase::Degraded
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = git(weir.dir(), &["log", "--format=%s"]);
+        if log.contains("Revert \"release bad\"") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "never reverted; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(weir.config_path()).expect("read");
+    assert!(!text.contains("version: bad"), "{text}");
+    eprintln!(
+        "revert-on-abort.py: `{}` committed {:?} after weir started; the config names no canary again",
+        log.lines().next().unwrap_or(""),
+        began.elapsed()
+    );
+    // weir sees the reverted file: no canary, v1 serves.
+    weir.wait_until(
+        "shop",
+        Duration::from_secs(15),
+        "the reverted config",
+        |s| s.canary_version.is_none(),
+    )
+    .await;
+    weir.shutdown().await;
+    drop(reverter);
+}
