@@ -269,6 +269,9 @@ impl Driver {
         driver.flush_events();
         driver.persist_all();
         driver.refresh_status();
+        driver
+            .hooks
+            .publish_load_targets(&driver.model, &driver.rollouts);
         let handle = Handle {
             inputs: inputs_tx,
             events: driver.events.clone(),

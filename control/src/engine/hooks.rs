@@ -291,3 +291,89 @@ async fn post(
     count(counter, service, &hook.name, label);
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::engine::rollout::{Command, Ctx};
+
+    #[tokio::test]
+    async fn load_targets_are_the_canaries_under_analysis_and_change_only_with_the_set() {
+        let yaml = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: quiet
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      canary:
+        analysis:
+          interval: 10s
+          threshold: 2
+          stepWeight: 50
+          maxWeight: 50
+          metrics: [{ name: request-success-rate, thresholdRange: { min: 99 } }]
+        webhooks:
+          - { name: load, loadTest: { rate: 20, path: /health } }
+  - name: other
+    match: { hosts: [other.example.com] }
+    stable: { version: v1, upstreams: ["127.0.0.1:9003"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9004"] }
+    strategy: { canary: { steps: [{ setWeight: 10 }] } }
+"#;
+        let model = weir_config::parse(yaml, Path::new("/")).expect("valid");
+        let (mut hooks, mut targets) = Hooks::new();
+        hooks.configure(&model);
+        let mut rollouts = BTreeMap::new();
+        for service in &model.services {
+            let mut rollout = Rollout::new(service);
+            let ctx = Ctx {
+                service,
+                templates: &model.analysis_templates,
+            };
+            let _ = rollout.reconcile(ctx, 0);
+            rollouts.insert(service.name.clone(), rollout);
+        }
+        hooks.publish_load_targets(&model, &rollouts);
+        assert!(targets.has_changed().expect("open"));
+        let now = targets.borrow_and_update().clone();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(
+            (
+                now[0].service.as_str(),
+                now[0].version.as_str(),
+                now[0].load.rate
+            ),
+            ("quiet", "v2", 20)
+        );
+        hooks.publish_load_targets(&model, &rollouts);
+        assert!(
+            !targets.has_changed().expect("open"),
+            "the same set is not sent again"
+        );
+        let ctx = Ctx {
+            service: &model.services[0],
+            templates: &model.analysis_templates,
+        };
+        let quiet = rollouts.get_mut("quiet").expect("quiet");
+        let _ = quiet.command(ctx, Command::Pause, 1).expect("pause");
+        hooks.publish_load_targets(&model, &rollouts);
+        assert!(
+            targets.borrow_and_update().is_empty(),
+            "an operator pause stops it"
+        );
+        let quiet = rollouts.get_mut("quiet").expect("quiet");
+        let _ = quiet.command(ctx, Command::Resume, 2).expect("resume");
+        hooks.publish_load_targets(&model, &rollouts);
+        assert_eq!(targets.borrow_and_update().len(), 1, "resumed");
+        let _ = rollouts
+            .get_mut("quiet")
+            .expect("quiet")
+            .command(ctx, Command::Abort, 3)
+            .expect("abort");
+        hooks.publish_load_targets(&model, &rollouts);
+        assert!(targets.borrow_and_update().is_empty(), "an abort stops it");
+    }
+}

@@ -399,6 +399,18 @@ async fn a_hanging_hook_never_delays_another_service() {
         fine.calls().len() >= 2,
         "b's rollout hook was asked every interval"
     );
+    let timeouts = crate::admin::metric(
+        weir.admin(),
+        r#"weir_webhook_calls_total{service="a",webhook="stuck",result="timeout"}"#,
+    )
+    .await;
+    assert!(timeouts.is_some_and(|n| n >= 1.0), "{timeouts:?}");
+    let successes = crate::admin::metric(
+        weir.admin(),
+        r#"weir_webhook_calls_total{service="b",webhook="check",result="success"}"#,
+    )
+    .await;
+    assert!(successes.is_some_and(|n| n >= 2.0), "{successes:?}");
     eprintln!(
         "b promoted in {b_took:?} while a's gate hung ({} calls, each timing out after 1s)",
         hang.calls().len()
