@@ -49,6 +49,10 @@ pub struct HookState {
     /// When each hook is asked next (ms since the Unix epoch), by name.
     #[serde(default)]
     pub next_at_ms: BTreeMap<String, u64>,
+    /// `rollout` hooks whose last answer was not 2xx: a Flagger interval does not advance
+    /// while one fails (each failure was already counted once).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub failing: BTreeSet<String>,
     /// Hooks with a call in flight (not persisted: asked again after a restart).
     #[serde(skip)]
     pub in_flight: BTreeSet<String>,
@@ -485,9 +489,14 @@ impl Rollout {
                 }
             }
             WebhookKind::Rollout => {
-                if self.hooks.before_traffic || self.phase != Phase::Progressing || answer.ok {
+                if answer.ok {
+                    self.hooks.failing.remove(name);
                     return;
                 }
+                if self.hooks.before_traffic || self.phase != Phase::Progressing {
+                    return;
+                }
+                self.hooks.failing.insert(name.to_string());
                 self.hook_failed(ctx, &hook, &answer.message, now_ms);
             }
             WebhookKind::Rollback if answer.ok => {
@@ -614,6 +623,16 @@ impl Rollout {
         if let Some(iterations) = ctx.service.strategy.as_ref().and_then(|s| s.iterations()) {
             self.sync_ab_routes(iterations, now_ms);
         }
+    }
+
+    /// The `rollout` hooks failing now, for a Flagger interval that would advance: `None` when
+    /// none fails (or none is still in the config).
+    pub(super) fn failing_hooks(&self, ctx: Ctx<'_>) -> Option<String> {
+        let failing: Vec<&str> = of_kind(ctx, WebhookKind::Rollout)
+            .filter(|h| self.hooks.failing.contains(&h.name))
+            .map(|h| h.name.as_str())
+            .collect();
+        (!failing.is_empty()).then(|| failing.join(", "))
     }
 
     /// Whether the canary's analysis runs now with traffic flowing (the built-in load test runs

@@ -179,7 +179,16 @@ impl Rollout {
                 ));
                 self.emit(now_ms, "Halt", line);
             }
+            Interval::Passed if self.failing_hooks(ctx).is_some() => {
+                let failing = self.failing_hooks(ctx).unwrap_or_default();
+                self.set_message(format!(
+                    "A/B testing halted at {passed}/{n} iterations: rollout webhook {failing} failing"
+                ));
+            }
             Interval::Passed => {
+                let StrategyState::Iterations(state) = &mut self.strategy else {
+                    return;
+                };
                 state.passed += 1;
                 let passed = state.passed;
                 let line = format!("Advance {} iteration {passed}/{n}", self.service);

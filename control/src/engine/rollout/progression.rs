@@ -103,6 +103,14 @@ impl Rollout {
                 } else {
                     WebhookKind::ConfirmPromotion
                 };
+                if let Some(failing) = self.failing_hooks(ctx) {
+                    // Counted when it failed; no advance until it answers 2xx again.
+                    self.set_message(format!(
+                        "halted at weight {}: rollout webhook {failing} failing",
+                        self.weight()
+                    ));
+                    return;
+                }
                 if self.gate(ctx, gate, now_ms) {
                     return;
                 }

@@ -335,3 +335,41 @@ fn a_state_file_from_before_webhooks_loads() {
     let restored: Rollout = serde_json::from_value(value).expect("loads without hooks");
     assert!(!restored.hooks.before_traffic);
 }
+
+#[test]
+fn a_failing_rollout_hook_holds_flagger_advancement_until_it_passes() {
+    let model = model(&format!(
+        "{FLAGGER}        webhooks:\n          - {{ name: check, type: rollout, url: \"http://127.0.0.1:1/\" }}\n"
+    ));
+    let mut rollout = start(&model);
+    let effects = tick(&mut rollout, &model, 100);
+    let check = call(&effects, "check").expect("asked").clone();
+    let _ = answer(&mut rollout, &model, &check, false, 200);
+    let _ = tick(&mut rollout, &model, 10_050);
+    assert_eq!(
+        rollout.weight().basis_points(),
+        2_500,
+        "{}",
+        rollout.message
+    );
+    assert!(
+        rollout.message.contains("rollout webhook check failing"),
+        "{}",
+        rollout.message
+    );
+    let effects = tick(&mut rollout, &model, 10_250);
+    let check = call(&effects, "check").expect("asked again").clone();
+    let _ = answer(&mut rollout, &model, &check, true, 10_300);
+    let _ = tick(&mut rollout, &model, 20_100);
+    assert_eq!(
+        rollout.weight().basis_points(),
+        5_000,
+        "{}",
+        rollout.message
+    );
+    assert_eq!(
+        rollout.strategy.failed_checks(),
+        1,
+        "the failure counted once"
+    );
+}
