@@ -113,7 +113,7 @@ fn problems_have_field_paths() {
             &format!("{at}[6].loadTest.path: must start with \"/\", got \"health\""),
             &format!("{at}[6].loadTest.method: \"GE T\" is not an HTTP method (a token)"),
             &format!("{at}[6].loadTest.headers.bad name: invalid header name \"bad name\""),
-            &format!("{at}[6].loadTest.headers.ok: a header value must not contain control characters"),
+            &format!("{at}[6].loadTest.headers.ok: a header value must be visible ASCII, spaces or tabs (no control characters)"),
         ],
     );
     check(

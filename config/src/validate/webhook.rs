@@ -228,8 +228,11 @@ fn load_test(cx: &mut Cx, value: &Value, at: &str) -> Option<LoadTest> {
                 ok = false;
                 continue;
             };
-            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-                cx.err(&at, "a header value must not contain control characters");
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b >= 0x7f) {
+                cx.err(
+                    &at,
+                    "a header value must be visible ASCII, spaces or tabs (no control characters)",
+                );
                 ok = false;
                 continue;
             }
