@@ -125,9 +125,14 @@ fn problems_have_field_paths() {
     );
     check(
         &with_strategy(
-            "      blueGreen:\n        preview: { hosts: [preview.example.com] }\n        webhooks: []\n",
+            "      blueGreen:\n        preview: { hosts: [preview.example.com] }\n        webhooks: [{ name: a }]\n",
             "",
         ),
-        &["services[0].strategy.blueGreen.webhooks: webhooks are supported with strategy.canary (steps, analysis, iterations), not yet with blueGreen"],
+        &["services[0].strategy.blueGreen.webhooks[0].url: missing required field (or loadTest, for type: rollout)"],
     );
+    let model = ok(&with_strategy(
+        "      blueGreen:\n        preview: { hosts: [preview.example.com] }\n        webhooks: [{ name: a, type: confirm-promotion, url: \"http://h/\" }]\n",
+        "",
+    ));
+    assert_eq!(webhooks(&model)[0].interval, Webhook::DEFAULT_INTERVAL);
 }

@@ -752,14 +752,11 @@ fn blue_green(
         DEFAULT_PROGRESS_DEADLINE,
         walk::positive_duration,
     );
-    if o.has("webhooks") {
-        cx.err(
-            &o.at("webhooks"),
-            "webhooks are supported with strategy.canary (steps, analysis, iterations), not yet with blueGreen",
-        );
-    }
+    let webhooks = o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
+        super::webhook::webhooks(cx, v, at, None)
+    });
     Some(Strategy {
-        webhooks: Vec::new(),
+        webhooks: webhooks?,
         kind: StrategyKind::BlueGreen(BlueGreen {
             preview: preview?,
             auto_promotion_enabled: auto_promotion_enabled?,

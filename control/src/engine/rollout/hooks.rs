@@ -263,6 +263,10 @@ impl Rollout {
         self.hooks = HookState::start(self.hooks.epoch, webhooks(ctx));
         if self.hooks.before_traffic {
             self.strategy.reset_weight();
+            // Blue-green: not even the preview reaches the new version yet.
+            if let StrategyState::BlueGreen(state) = &mut self.strategy {
+                state.phase = super::BlueGreenPhase::Done;
+            }
         }
     }
 

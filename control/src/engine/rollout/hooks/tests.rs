@@ -373,3 +373,47 @@ fn a_failing_rollout_hook_holds_flagger_advancement_until_it_passes() {
         "the failure counted once"
     );
 }
+
+#[test]
+fn blue_green_preview_waits_for_confirm_rollout_and_the_switch_for_confirm_promotion() {
+    let yaml = r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+services:
+  - name: checkout
+    stable: { version: v1, upstreams: ["127.0.0.1:9001"] }
+    canary: { version: v2, upstreams: ["127.0.0.1:9002"] }
+    strategy:
+      blueGreen:
+        preview: { hosts: [preview.example.com] }
+        webhooks:
+          - { name: start, type: confirm-rollout, url: "http://127.0.0.1:1/" }
+          - { name: switch, type: confirm-promotion, url: "http://127.0.0.1:1/" }
+"#;
+    let model = weir_config::parse(yaml, Path::new("/")).expect("valid");
+    let mut rollout = start(&model);
+    assert!(
+        !rollout.policy().preview,
+        "no preview before confirm-rollout"
+    );
+    let effects = tick(&mut rollout, &model, 100);
+    let asked = call(&effects, "start").expect("asked").clone();
+    assert!(!rollout.policy().preview);
+    let _ = answer(&mut rollout, &model, &asked, true, 200);
+    let effects = tick(&mut rollout, &model, 300);
+    assert!(rollout.policy().preview, "the preview is up once confirmed");
+    assert_eq!(rollout.weight().basis_points(), 0, "{}", rollout.message);
+    assert_eq!(
+        rollout.waiting_gate().map(|g| g.kind.as_str()),
+        Some("confirm-promotion")
+    );
+    let asked = call(&effects, "switch")
+        .expect("asked before the switch")
+        .clone();
+    let _ = answer(&mut rollout, &model, &asked, true, 400);
+    let _ = tick(&mut rollout, &model, 500);
+    assert_eq!(
+        rollout.weight().basis_points(),
+        10_000,
+        "switched once confirmed"
+    );
+}
