@@ -269,9 +269,7 @@ impl Driver {
         driver.flush_events();
         driver.persist_all();
         driver.refresh_status();
-        driver
-            .hooks
-            .publish_load_targets(&driver.model, &driver.rollouts);
+        driver.hooks.publish_load_targets(&driver.rollouts);
         let handle = Handle {
             inputs: inputs_tx,
             events: driver.events.clone(),
@@ -631,7 +629,7 @@ impl Driver {
         self.send_events(events);
         self.refresh_status();
         self.announce_generation();
-        self.hooks.publish_load_targets(&self.model, &self.rollouts);
+        self.hooks.publish_load_targets(&self.rollouts);
         refused
     }
 
@@ -1042,7 +1040,7 @@ impl Driver {
                 self.send_events(events);
                 self.refresh_status();
                 self.announce_generation();
-                self.hooks.publish_load_targets(&self.model, &self.rollouts);
+                self.hooks.publish_load_targets(&self.rollouts);
             }
             Err(error) => {
                 self.reloads

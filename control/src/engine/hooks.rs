@@ -35,6 +35,8 @@ pub struct Hooks {
     config_file: Option<String>,
     /// The hooks of each service that has any.
     by_service: HashMap<String, Arc<[Webhook]>>,
+    /// The services with a `loadTest` hook, in file order, with their load tests.
+    load_tests: Vec<(String, Vec<weir_config::LoadTest>)>,
     /// One sender task per `event` hook, by (service, hook).
     queues: HashMap<(String, String), EventQueue>,
     load_targets: watch::Sender<Vec<LoadTarget>>,
@@ -55,6 +57,7 @@ impl Hooks {
             counter: WebhookCounter::default(),
             config_file: None,
             by_service: HashMap::new(),
+            load_tests: Vec::new(),
             queues: HashMap::new(),
             load_targets,
         };
@@ -80,6 +83,19 @@ impl Hooks {
             .filter_map(|s| {
                 let hooks = &s.strategy.as_ref()?.webhooks;
                 (!hooks.is_empty()).then(|| (s.name.clone(), Arc::from(hooks.as_slice())))
+            })
+            .collect();
+        self.load_tests = model
+            .services
+            .iter()
+            .filter_map(|s| {
+                let hooks = &s.strategy.as_ref()?.webhooks;
+                let loads: Vec<_> = hooks
+                    .iter()
+                    .filter_map(Webhook::load_test)
+                    .cloned()
+                    .collect();
+                (!loads.is_empty()).then(|| (s.name.clone(), loads))
             })
             .collect();
         let by_service = &self.by_service;
@@ -162,14 +178,12 @@ impl Hooks {
         }
     }
 
-    /// Publishes the load-test targets of `rollouts` (only when the set changed).
-    pub fn publish_load_targets(&self, model: &Model, rollouts: &BTreeMap<String, Rollout>) {
+    /// Publishes the load-test targets of `rollouts` (only when the set changed). Looks only at
+    /// the services with a `loadTest` hook.
+    pub fn publish_load_targets(&self, rollouts: &BTreeMap<String, Rollout>) {
         let mut targets = Vec::new();
-        for service in &model.services {
-            let Some(hooks) = self.by_service.get(&service.name) else {
-                continue;
-            };
-            let Some(rollout) = rollouts.get(&service.name) else {
+        for (service, loads) in &self.load_tests {
+            let Some(rollout) = rollouts.get(service) else {
                 continue;
             };
             let Some(version) = rollout.canary_version.as_ref() else {
@@ -178,9 +192,9 @@ impl Hooks {
             if !rollout.analysis_running() {
                 continue;
             }
-            for load in hooks.iter().filter_map(Webhook::load_test) {
+            for load in loads {
                 targets.push(LoadTarget {
-                    service: service.name.clone(),
+                    service: service.clone(),
                     version: version.clone(),
                     load: load.clone(),
                 });
@@ -336,7 +350,7 @@ services:
             let _ = rollout.reconcile(ctx, 0);
             rollouts.insert(service.name.clone(), rollout);
         }
-        hooks.publish_load_targets(&model, &rollouts);
+        hooks.publish_load_targets(&rollouts);
         assert!(targets.has_changed().expect("open"));
         let now = targets.borrow_and_update().clone();
         assert_eq!(now.len(), 1, "{now:?}");
@@ -348,7 +362,7 @@ services:
             ),
             ("quiet", "v2", 20)
         );
-        hooks.publish_load_targets(&model, &rollouts);
+        hooks.publish_load_targets(&rollouts);
         assert!(
             !targets.has_changed().expect("open"),
             "the same set is not sent again"
@@ -359,21 +373,21 @@ services:
         };
         let quiet = rollouts.get_mut("quiet").expect("quiet");
         let _ = quiet.command(ctx, Command::Pause, 1).expect("pause");
-        hooks.publish_load_targets(&model, &rollouts);
+        hooks.publish_load_targets(&rollouts);
         assert!(
             targets.borrow_and_update().is_empty(),
             "an operator pause stops it"
         );
         let quiet = rollouts.get_mut("quiet").expect("quiet");
         let _ = quiet.command(ctx, Command::Resume, 2).expect("resume");
-        hooks.publish_load_targets(&model, &rollouts);
+        hooks.publish_load_targets(&rollouts);
         assert_eq!(targets.borrow_and_update().len(), 1, "resumed");
         let _ = rollouts
             .get_mut("quiet")
             .expect("quiet")
             .command(ctx, Command::Abort, 3)
             .expect("abort");
-        hooks.publish_load_targets(&model, &rollouts);
+        hooks.publish_load_targets(&rollouts);
         assert!(targets.borrow_and_update().is_empty(), "an abort stops it");
     }
 }
