@@ -572,8 +572,13 @@ impl Driver {
         let mut events = Vec::new();
         let mut publish = false;
         let mut any = false;
+        let mut hook_calls = Vec::new();
         for (service, mut effects, before) in changes {
-            self.dispatch_hooks(&service, &mut effects);
+            let calls = std::mem::take(&mut effects.hooks);
+            let ended = effects.ended.take();
+            if !calls.is_empty() || ended.is_some() {
+                hook_calls.push((service.clone(), calls, ended));
+            }
             any |= effects.changed || effects.policy_changed || !effects.events.is_empty();
             if effects.changed {
                 if effects.widened {
@@ -586,10 +591,12 @@ impl Driver {
             events.extend(effects.events);
         }
         if !any {
+            self.dispatch_hooks(hook_calls);
             return Vec::new();
         }
         self.save_now(narrowed).await;
         let (prepared, refused) = self.prepare_widened(widened, &mut events).await;
+        self.dispatch_hooks(hook_calls);
         if publish {
             self.publish_current();
         }
@@ -633,16 +640,45 @@ impl Driver {
         refused
     }
 
-    /// Makes the webhook calls an operation asked for, and tells `post-rollout` hooks when the
+    /// Makes the webhook calls operations asked for, and tells `post-rollout` hooks when a
     /// revision ended.
-    fn dispatch_hooks(&mut self, service: &str, effects: &mut Effects) {
-        let revision = self.rollouts.get(service).map_or(0, |r| r.revision);
-        for call in std::mem::take(&mut effects.hooks) {
-            self.hooks
-                .call(service.to_string(), revision, call, self.inputs_tx.clone());
-        }
-        if let Some((event, aborted)) = effects.ended.take() {
-            self.hooks.ended(service, &event, aborted);
+    #[allow(clippy::type_complexity)]
+    fn dispatch_hooks(
+        &mut self,
+        calls: Vec<(
+            String,
+            Vec<crate::engine::rollout::HookCall>,
+            Option<(Event, bool)>,
+        )>,
+    ) {
+        for (service, calls, ended) in calls {
+            // A widening that could not be saved went back to the state before it (see
+            // `prepare_widened`): what that state does not hold in flight, or a revision it did
+            // not end, is not sent (the next tick asks again).
+            let Some(rollout) = self.rollouts.get(&service) else {
+                continue;
+            };
+            let revision = rollout.revision;
+            let calls: Vec<_> = calls
+                .into_iter()
+                .filter(|c| {
+                    c.epoch == rollout.hooks.epoch && rollout.hooks.in_flight.contains(&c.hook.name)
+                })
+                .collect();
+            let ended = ended.filter(|_| {
+                matches!(
+                    rollout.phase,
+                    crate::engine::rollout::Phase::Healthy
+                        | crate::engine::rollout::Phase::Degraded
+                )
+            });
+            for call in calls {
+                self.hooks
+                    .call(service.clone(), revision, call, self.inputs_tx.clone());
+            }
+            if let Some((event, aborted)) = ended {
+                self.hooks.ended(&service, &event, aborted);
+            }
         }
     }
 
