@@ -21,6 +21,7 @@ mod loadtest;
 mod notify;
 mod protocol;
 mod ratelimit;
+mod webhook;
 
 pub use acme::{Acme, AcmeChallenge, AcmeRetry};
 pub use compression::{Compression, CompressionAlgorithm, CompressionLevel};
@@ -39,6 +40,7 @@ pub use loadtest::{LoadTarget, LoadTest};
 pub use notify::{Notifier, NotifierKind, NotifierTarget, NotifyOn};
 pub use protocol::{UpstreamProtocol, UpstreamTls};
 pub use ratelimit::{RateLimit, RateLimitKey};
+pub use webhook::{Webhook, WebhookKind, WebhookTarget};
 
 /// A whole validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -500,6 +502,8 @@ pub struct Strategy {
     /// (`progressDeadline`, default 10m): timed pauses and waits for an operator never count
     /// (see `control/src/engine/rollout/deadline.rs`).
     pub progress_deadline: Duration,
+    /// `webhooks` (default none): Flagger's gates, checks and notifications (`webhook.rs`).
+    pub webhooks: Vec<Webhook>,
 }
 
 /// The four strategies, each with its own settings.

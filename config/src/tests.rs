@@ -1289,6 +1289,7 @@ mod ingress;
 mod notify;
 mod policies;
 mod ratelimit;
+mod webhook;
 
 #[test]
 fn trusted_proxies_and_request_body_options() {

@@ -21,6 +21,7 @@ mod ratelimit;
 mod strategy;
 mod template;
 mod walk;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

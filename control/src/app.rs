@@ -185,6 +185,7 @@ pub async fn start_with_lookup(
         report.state_dir_origin.as_deref().unwrap_or("no folder"),
     );
     driver.set_dns(dns.clone());
+    driver.set_config_path(&options.config_path);
     driver.set_listener_addrs(
         listeners
             .iter()
@@ -199,6 +200,11 @@ pub async fn start_with_lookup(
         "weir_config_reloads",
         "Config reload attempts by result",
         reloads.clone(),
+    );
+    registry.register(
+        "weir_webhook_calls",
+        "Webhook calls by service, webhook and result (success, failure, timeout, error, dropped)",
+        handle.webhook_calls(),
     );
     registry.register(
         "weir_dns_resolution_failures",
@@ -253,9 +259,8 @@ pub async fn start_with_lookup(
         notify_hook(model);
     }));
     // The built-in load test (crate::loadtest): traffic of weir's own to the canaries the engine
-    // names. TODO(i9-loadtest): placeholder until the driver publishes the wanted set; the lead
-    // replaces this channel with `handle.load_targets()` at merge.
-    let (_load_targets_placeholder, load_targets) = watch::channel(Vec::new());
+    // names (rollouts in analysis with a `loadTest` webhook).
+    let load_targets = handle.load_targets();
     let load_metrics = crate::loadtest::LoadTestMetrics::default();
     load_metrics.register(&mut registry);
     let load_tester = crate::loadtest::LoadTester::spawn(&routes, load_targets, load_metrics)

@@ -41,6 +41,7 @@ mod split;
 mod tls;
 mod upgrade;
 mod upstream_errors;
+mod webhooks;
 
 use weir_config::Model;
 

@@ -644,7 +644,7 @@ services:
         &yaml,
         &[
             "services[0].strategy: use either canary or blueGreen, not both",
-            "services[1].strategy.blueGreen.previewReplicaCount: unknown field \"previewReplicaCount\", expected one of: preview, autoPromotionEnabled, autoPromotionSeconds, prePromotionAnalysis, postPromotionAnalysis, scaleDownDelay, scaleDownDelaySeconds, progressDeadline",
+            "services[1].strategy.blueGreen.previewReplicaCount: unknown field \"previewReplicaCount\", expected one of: preview, autoPromotionEnabled, autoPromotionSeconds, prePromotionAnalysis, postPromotionAnalysis, scaleDownDelay, scaleDownDelaySeconds, progressDeadline, webhooks",
             "services[1].strategy.blueGreen.preview.hosts[2]: duplicate host pattern \"preview.cart.example.com\"",
             "services[1].strategy.blueGreen.preview.hosts[3]: invalid host pattern \"bad host\": invalid character ' ' in host name",
             "services[1].strategy.blueGreen.preview.listener: unknown listener \"staging\", defined: public, preview",

@@ -44,7 +44,7 @@ const STEP_KEYS: [&str; 5] = [
 /// The step kinds, for messages.
 const STEP_KINDS: &str = "setWeight, pause, analysis, setHeaderRoute or setMirrorRoute";
 /// Keys of `strategy.blueGreen`.
-const BLUE_GREEN_KEYS: [&str; 8] = [
+const BLUE_GREEN_KEYS: [&str; 9] = [
     "preview",
     "autoPromotionEnabled",
     "autoPromotionSeconds",
@@ -53,6 +53,7 @@ const BLUE_GREEN_KEYS: [&str; 8] = [
     "scaleDownDelay",
     "scaleDownDelaySeconds",
     "progressDeadline",
+    "webhooks",
 ];
 /// Default `progressDeadline`.
 const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
@@ -108,7 +109,13 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
         cx,
         value,
         at,
-        &["steps", "analysis", "canaryAnalysis", "progressDeadline"],
+        &[
+            "steps",
+            "analysis",
+            "canaryAnalysis",
+            "progressDeadline",
+            "webhooks",
+        ],
     )?;
     let steps_len = o
         .get("steps")
@@ -142,6 +149,15 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
         DEFAULT_PROGRESS_DEADLINE,
         walk::positive_duration,
     );
+
+    let hooks_interval = match &analysis {
+        Some(AnalysisForm::Flagger(Some(p))) => Some(p.interval),
+        Some(AnalysisForm::Iterations(Some(i))) => Some(i.interval),
+        _ => None,
+    };
+    let webhooks = o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
+        super::webhook::webhooks(cx, v, at, hooks_interval)
+    });
 
     const NEEDS: &str = "needs steps, analysis.stepWeight or analysis.iterations";
     let no_steps = |cx: &mut Cx, form: &str| {
@@ -183,6 +199,7 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
     Some(Strategy {
         kind,
         progress_deadline: progress_deadline?,
+        webhooks: webhooks?,
     })
 }
 
@@ -735,7 +752,11 @@ fn blue_green(
         DEFAULT_PROGRESS_DEADLINE,
         walk::positive_duration,
     );
+    let webhooks = o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
+        super::webhook::webhooks(cx, v, at, None)
+    });
     Some(Strategy {
+        webhooks: webhooks?,
         kind: StrategyKind::BlueGreen(BlueGreen {
             preview: preview?,
             auto_promotion_enabled: auto_promotion_enabled?,

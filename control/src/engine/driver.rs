@@ -70,6 +70,19 @@ pub enum Input {
         /// What was measured.
         outcome: Outcome,
     },
+    /// A webhook answered (see `engine/hooks.rs`).
+    Hooked {
+        /// The service.
+        service: String,
+        /// The revision it was asked for (stale answers are dropped).
+        revision: u64,
+        /// The hook's name.
+        hook: String,
+        /// The hooks' epoch it was asked in.
+        epoch: u64,
+        /// The answer.
+        answer: crate::engine::rollout::HookAnswer,
+    },
 }
 
 /// Why a command was refused.
@@ -171,6 +184,8 @@ pub struct Driver {
     with_strategy: Vec<usize>,
     /// The config generation and file digest applied (`GET /api/v1/config`).
     config: ConfigReport,
+    /// The webhooks' calls, event queues, counter and load-test targets.
+    hooks: crate::engine::hooks::Hooks,
 }
 
 /// What the driver calls with every config it applies.
@@ -185,6 +200,8 @@ pub struct Handle {
     generation: watch::Receiver<u64>,
     offload: Offload,
     config: ConfigReport,
+    load_targets: watch::Receiver<Vec<weir_config::LoadTarget>>,
+    webhook_calls: crate::engine::hooks::WebhookCounter,
 }
 
 // === impl Driver ===
@@ -227,6 +244,9 @@ impl Driver {
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let (inputs_tx, inputs) = mpsc::channel(256);
         let retention = max_window(&model).max(MIN_RETENTION);
+        let (mut hooks, load_targets) = crate::engine::hooks::Hooks::new();
+        hooks.configure(&model);
+        let webhook_calls = hooks.counter();
         let mut driver = Driver {
             publisher,
             window: Window::new(stats.clone(), retention),
@@ -254,12 +274,14 @@ impl Driver {
             dns: None,
             on_applied: None,
             config: config.clone(),
+            hooks,
         };
         driver.with_strategy = with_strategy(&driver.model);
         // The first events (rollouts restored or started) are sent when `run` starts, so
         // subscribers of the returned handle (notifications) see them.
         driver.persist_all();
         driver.refresh_status();
+        driver.hooks.publish_load_targets(&driver.rollouts);
         let handle = Handle {
             inputs: inputs_tx,
             events: driver.events.clone(),
@@ -267,6 +289,8 @@ impl Driver {
             generation: generation_rx,
             offload: driver.offload.clone(),
             config,
+            load_targets,
+            webhook_calls,
         };
         Ok((driver, routes, handle))
     }
@@ -274,6 +298,11 @@ impl Driver {
     /// Calls `hook` with every reloaded config once its table is served.
     pub fn on_applied(&mut self, hook: OnApplied) {
         self.on_applied = Some(hook);
+    }
+
+    /// The config file weir runs, told to `post-rollout` and `rollback` webhooks.
+    pub fn set_config_path(&mut self, path: &std::path::Path) {
+        self.hooks.set_config_file(path);
     }
 
     /// Gives the client listeners' bound addresses (by name), used for `{{preview.url}}`.
@@ -318,7 +347,7 @@ impl Driver {
             Input::Config(_) if self.frozen => {
                 // Handing over: the new process reads the config file itself.
             }
-            measured @ Input::Measured { .. } if self.frozen => {
+            measured @ (Input::Measured { .. } | Input::Hooked { .. }) if self.frozen => {
                 // Kept for a failed hand-over (the new process measures again).
                 self.deferred.push(measured);
             }
@@ -360,6 +389,31 @@ impl Driver {
                     templates: &self.model.analysis_templates,
                 };
                 let effects = rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
+                self.commit(vec![(service, effects, before)]).await;
+            }
+            Input::Hooked {
+                service,
+                revision,
+                hook,
+                epoch,
+                answer,
+            } => {
+                let now_ms = self.clock.now_ms();
+                let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
+                    return;
+                };
+                let Some(rollout) = self.rollouts.get_mut(&service) else {
+                    return;
+                };
+                if rollout.revision != revision {
+                    return;
+                }
+                let before = self.store.is_persistent().then(|| rollout.clone());
+                let ctx = Ctx {
+                    service: config,
+                    templates: &self.model.analysis_templates,
+                };
+                let effects = rollout.record_hook(ctx, &hook, epoch, &answer, now_ms);
                 self.commit(vec![(service, effects, before)]).await;
             }
         }
@@ -535,7 +589,13 @@ impl Driver {
         let mut events = Vec::new();
         let mut publish = false;
         let mut any = false;
-        for (service, effects, before) in changes {
+        let mut hook_calls = Vec::new();
+        for (service, mut effects, before) in changes {
+            let calls = std::mem::take(&mut effects.hooks);
+            let ended = effects.ended.take();
+            if !calls.is_empty() || ended.is_some() {
+                hook_calls.push((service.clone(), calls, ended));
+            }
             any |= effects.changed || effects.policy_changed || !effects.events.is_empty();
             if effects.changed {
                 if effects.widened {
@@ -548,10 +608,12 @@ impl Driver {
             events.extend(effects.events);
         }
         if !any {
+            self.dispatch_hooks(hook_calls);
             return Vec::new();
         }
         self.save_now(narrowed).await;
         let (prepared, refused) = self.prepare_widened(widened, &mut events).await;
+        self.dispatch_hooks(hook_calls);
         if publish {
             self.publish_current();
         }
@@ -591,7 +653,50 @@ impl Driver {
         self.send_events(events);
         self.refresh_status();
         self.announce_generation();
+        self.hooks.publish_load_targets(&self.rollouts);
         refused
+    }
+
+    /// Makes the webhook calls operations asked for, and tells `post-rollout` hooks when a
+    /// revision ended.
+    #[allow(clippy::type_complexity)]
+    fn dispatch_hooks(
+        &mut self,
+        calls: Vec<(
+            String,
+            Vec<crate::engine::rollout::HookCall>,
+            Option<(Event, bool)>,
+        )>,
+    ) {
+        for (service, calls, ended) in calls {
+            // A widening that could not be saved went back to the state before it (see
+            // `prepare_widened`): what that state does not hold in flight, or a revision it did
+            // not end, is not sent (the next tick asks again).
+            let Some(rollout) = self.rollouts.get(&service) else {
+                continue;
+            };
+            let revision = rollout.revision;
+            let calls: Vec<_> = calls
+                .into_iter()
+                .filter(|c| {
+                    c.epoch == rollout.hooks.epoch && rollout.hooks.in_flight.contains(&c.hook.name)
+                })
+                .collect();
+            let ended = ended.filter(|_| {
+                matches!(
+                    rollout.phase,
+                    crate::engine::rollout::Phase::Healthy
+                        | crate::engine::rollout::Phase::Degraded
+                )
+            });
+            for call in calls {
+                self.hooks
+                    .call(service.clone(), revision, call, self.inputs_tx.clone());
+            }
+            if let Some((event, aborted)) = ended {
+                self.hooks.ended(&service, &event, aborted);
+            }
+        }
     }
 
     /// Writes the temporary files of widened services; those that fail go back to their state
@@ -779,7 +884,8 @@ impl Driver {
         self.send_events(events);
     }
 
-    fn send_events(&self, events: Vec<Event>) {
+    fn send_events(&mut self, events: Vec<Event>) {
+        self.hooks.events(&events);
         for event in events {
             tracing::info!(target: "weir::rollout", service = %event.service, revision = event.revision, kind = %event.kind, "{}", event.message);
             let _ = self.events.send(event);
@@ -972,6 +1078,7 @@ impl Driver {
                 let replaced = std::mem::replace(&mut self.model, model);
                 self.offload.dispose(replaced);
                 self.with_strategy = with_strategy(&self.model);
+                self.hooks.configure(&self.model);
                 self.tls = tls;
                 if let Some(dns) = &self.dns {
                     dns.track(&self.model);
@@ -995,6 +1102,7 @@ impl Driver {
                 self.send_events(events);
                 self.refresh_status();
                 self.announce_generation();
+                self.hooks.publish_load_targets(&self.rollouts);
             }
             Err(error) => {
                 self.reloads
@@ -1176,6 +1284,17 @@ impl Handle {
     /// The published table's generation, updated on every publish.
     pub fn generation(&self) -> watch::Receiver<u64> {
         self.generation.clone()
+    }
+
+    /// The services whose canary is load-tested now (see `engine/hooks.rs`), updated only
+    /// when the set changes.
+    pub fn load_targets(&self) -> watch::Receiver<Vec<weir_config::LoadTarget>> {
+        self.load_targets.clone()
+    }
+
+    /// `weir_webhook_calls_total`, for the metrics registry.
+    pub fn webhook_calls(&self) -> crate::engine::hooks::WebhookCounter {
+        self.webhook_calls.clone()
     }
 
     /// The driver's reload thread, for the config loader (see [`Offload`]).

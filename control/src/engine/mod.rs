@@ -7,5 +7,6 @@
 
 pub mod analysis;
 pub mod driver;
+pub mod hooks;
 pub mod rollout;
 pub mod state;

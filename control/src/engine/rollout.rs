@@ -29,6 +29,7 @@
 pub mod blue_green;
 mod checks;
 mod deadline;
+pub mod hooks;
 mod iterations;
 mod progression;
 pub mod routes;
@@ -46,6 +47,7 @@ use weir_config::{
 
 pub use self::blue_green::{BlueGreenPhase, BlueGreenState};
 pub use self::checks::{CheckResult, Checks};
+pub use self::hooks::{HookAnswer, HookCall, HookState, Payload};
 pub use self::iterations::{checked_traffic, IterationsState, AB_HEADER_ROUTE, AB_MIRROR_ROUTE};
 pub use self::progression::ProgressionState;
 pub use self::steps::StepsState;
@@ -88,6 +90,8 @@ pub enum PauseReason {
     Inconclusive,
     /// The state file could not be read; stable serves until an operator decides.
     StateUnreadable,
+    /// A `confirm-*` webhook has not answered 2xx yet (`Rollout::hooks` says which).
+    Gate,
 }
 
 /// How a revision ended.
@@ -266,6 +270,15 @@ pub struct Rollout {
     /// Events not yet handed to the shell.
     #[serde(skip)]
     pub new_events: Vec<Event>,
+    /// The webhooks' state (`rollout/hooks.rs`); absent in files written before webhooks.
+    #[serde(default)]
+    pub hooks: HookState,
+    /// Webhook calls not yet handed to the shell.
+    #[serde(skip)]
+    hook_calls: Vec<HookCall>,
+    /// The event that ended the revision in the current operation, and whether it aborted.
+    #[serde(skip)]
+    ended: Option<(Event, bool)>,
     /// Persisted state changed since the current operation began.
     #[serde(skip)]
     dirty: bool,
@@ -307,6 +320,11 @@ pub struct Effects {
     pub widened: bool,
     /// Decisions made, oldest first.
     pub events: Vec<Event>,
+    /// Webhook calls now due: make them, then [`Rollout::record_hook`].
+    pub hooks: Vec<HookCall>,
+    /// The revision ended (promoted, or aborted when `true`) with this event: tell the
+    /// `post-rollout` hooks.
+    pub ended: Option<(Event, bool)>,
 }
 
 /// What [`Rollout::policy`] depends on, compared before and after an operation.
@@ -349,6 +367,9 @@ impl Rollout {
             history: Vec::new(),
             events: VecDeque::new(),
             new_events: Vec::new(),
+            hooks: HookState::default(),
+            hook_calls: Vec::new(),
+            ended: None,
             dirty: false,
             begin_routes_active: false,
             routes_before: None,
@@ -463,6 +484,8 @@ impl Rollout {
             policy_changed,
             widened,
             events,
+            hooks: std::mem::take(&mut self.hook_calls),
+            ended: self.ended.take(),
         }
     }
 
@@ -768,7 +791,10 @@ impl Rollout {
     fn reconcile_plan(&mut self, ctx: Ctx<'_>, now_ms: u64) {
         // A rollout waiting after an unreadable state file has no plan position to keep: the
         // operator's promote or resume starts it from the first step of the config's plan.
-        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
+        if !self.in_rollout()
+            || self.pause == Some(PauseReason::StateUnreadable)
+            || self.before_traffic()
+        {
             return;
         }
         let Some(strategy) = ctx.service.strategy.as_ref() else {
@@ -907,6 +933,7 @@ impl Rollout {
         self.paused_at_ms = None;
         self.snapshot_routes();
         self.strategy = StrategyState::start(ctx.service.strategy.as_ref(), now_ms);
+        self.start_hooks(ctx);
         // Routes of the previous state are gone; the new state's come with it.
         self.routes_epoch += 1;
         if let Some(iterations) = ctx.service.strategy.as_ref().and_then(|s| s.iterations()) {
@@ -994,9 +1021,11 @@ impl Rollout {
             return self.finish(before, Vec::new());
         }
         let mut external = Vec::new();
+        let held = self.tick_hooks(ctx, now_ms);
         // Measure, then decide, until nothing moves: a step that completes may start an analysis
         // whose first measurement is due at once.
-        for _ in 0..32 {
+        let rounds = if held { 0 } else { 32 };
+        for _ in 0..rounds {
             let cursor = (self.strategy.cursor(), self.phase);
             self.ensure_runs(ctx, now_ms);
             external.extend(self.measure_due(ctx, now_ms, builtin));
@@ -1027,6 +1056,9 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
+        if self.before_traffic() {
+            return;
+        }
         match &strategy.kind {
             StrategyKind::Steps(plan) => self.ensure_step_runs(ctx, plan, now_ms),
             StrategyKind::BlueGreen(bg) => self.ensure_blue_green_runs(ctx, bg, now_ms),
@@ -1188,6 +1220,9 @@ impl Rollout {
         let Some(strategy) = ctx.service.strategy.as_ref() else {
             return;
         };
+        if self.before_traffic() {
+            return;
+        }
         match &strategy.kind {
             StrategyKind::Steps(plan) => self.evaluate_steps(ctx, strategy, plan, now_ms),
             StrategyKind::Progression(progression) => {
@@ -1219,6 +1254,7 @@ impl Rollout {
         );
         self.end_revision(now_ms, RevisionOutcome::Promoted, &line);
         self.emit(now_ms, "Promoted", line);
+        self.ended = self.new_events.last().map(|e| (e.clone(), false));
     }
 
     fn abort(&mut self, now_ms: u64, reason: String) {
@@ -1236,6 +1272,7 @@ impl Rollout {
         let line = format!("Rolling back {}: {reason}{ending}", self.service);
         self.end_revision(now_ms, RevisionOutcome::Aborted, &reason);
         self.emit(now_ms, "Rollback", line);
+        self.ended = self.new_events.last().map(|e| (e.clone(), true));
     }
 
     fn pause_inconclusive(&mut self, now_ms: u64, reason: String) {
@@ -1289,6 +1326,9 @@ impl Rollout {
                         format!("{service}: operator restarted the rollout from step 1"),
                     );
                     self.restart_steps(ctx, now_ms);
+                    return Ok(());
+                }
+                if self.pass_gate_by_operator(ctx, now_ms) {
                     return Ok(());
                 }
                 let skipped = self.strategy.step_index() + 1;
@@ -1405,7 +1445,7 @@ impl Rollout {
                     return Err(format!("{service} is not paused (phase {:?})", self.phase));
                 }
                 match self.pause {
-                    Some(PauseReason::Step) => {
+                    Some(PauseReason::Step | PauseReason::Gate) => {
                         return self.command_inner(ctx, Command::Promote { full: false }, now_ms)
                     }
                     Some(PauseReason::StateUnreadable) => {

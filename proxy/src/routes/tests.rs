@@ -275,6 +275,7 @@ fn rules_are_evaluated_header_routes_then_preview_then_sticky_then_split() {
         max_age: std::time::Duration::from_secs(60),
     });
     shop.strategy = Some(weir_config::Strategy {
+        webhooks: Vec::new(),
         kind: weir_config::StrategyKind::BlueGreen(weir_config::BlueGreen {
             preview: weir_config::Preview {
                 hosts: vec![],

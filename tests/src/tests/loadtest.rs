@@ -427,3 +427,129 @@ async fn a_slow_canary_gets_timeouts_at_the_asked_pace_without_piling_up() {
     v1.shutdown().await;
     v2.shutdown().await;
 }
+
+/// A service nobody calls, judged on weir's own load test: `quiet` with a `loadTest` hook and a
+/// builtin success-rate check. `canary_errors` is the canary's error rate; `load` adds the hook.
+fn quiet_service(stable: SocketAddr, canary: SocketAddr, load: bool) -> String {
+    let hooks = if load {
+        "        webhooks:\n          - {name: load, type: rollout, loadTest: {rate: 50, path: /health, headers: {x-load: \"1\"}}}\n"
+    } else {
+        ""
+    };
+    format!(
+        "{}services:
+  - name: quiet
+    match: {{hosts: [quiet.example.com]}}
+    stable: {{version: v1, upstreams: [\"{stable}\"]}}
+    canary: {{version: v2, upstreams: [\"{canary}\"]}}
+    strategy:
+      canary:
+        analysis:
+          interval: 400ms
+          threshold: 2
+          stepWeight: 25
+          maxWeight: 50
+          metrics:
+            - {{name: request-success-rate, thresholdRange: {{min: 95}}, interval: 2s}}
+{hooks}",
+        crate::weir::HEADER
+    )
+}
+
+/// The issue's test: a canary with no outside traffic is judged on weir's own load test and
+/// promoted; a failing one is rolled back on the same traffic (so the load is what judges it);
+/// without the load test the same rollout cannot advance (no data is never a pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_no_outside_traffic_is_judged_on_the_load_test() {
+    use weir_control::demo::backend::Backend;
+    use weir_control::engine::rollout::Phase;
+    let wait = Duration::from_secs(30);
+
+    // Healthy canary, load test on: promoted, and only the canary saw requests.
+    let (stable, canary) = (
+        Backend::bind("v1").expect("bind"),
+        Backend::bind("v2").expect("bind"),
+    );
+    let started = Instant::now();
+    let weir = crate::weir::Weir::start(&quiet_service(stable.addr(), canary.addr(), true)).await;
+    let done = weir
+        .wait_until("quiet", wait, "the rollout to end", |s| {
+            !matches!(s.phase, Phase::Progressing)
+        })
+        .await;
+    assert_eq!(done.phase, Phase::Healthy, "{}", done.message);
+    assert_eq!(done.stable_version, "v2", "{}", done.message);
+    let took = started.elapsed();
+    let (at_canary, at_stable) = (canary.stats().requests, stable.stats().requests);
+    assert!(at_canary >= 20, "the load test fed the checks: {at_canary}");
+    assert_eq!(at_stable, 0, "the load test never goes to stable");
+    let ok = crate::admin::metric(
+        weir.admin(),
+        "weir_loadtest_requests_total{service=\"quiet\",result=\"ok\"}",
+    )
+    .await;
+    assert!(ok.is_some_and(|ok| ok >= 20.0), "{ok:?}");
+    // Promoted: nothing keeps sending.
+    let after = canary.stats().requests;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        canary.stats().requests <= after + 1,
+        "the load test stopped with the rollout"
+    );
+    eprintln!(
+        "quiet canary judged on the load test: promoted in {took:?}, {at_canary} load-test requests at the canary, {at_stable} at stable"
+    );
+    weir.shutdown().await;
+
+    // Failing canary, load test on: rolled back on the load test's own requests.
+    let (stable, canary) = (
+        Backend::bind("v1").expect("bind"),
+        Backend::bind("v2").expect("bind"),
+    );
+    canary.set_error_rate(0.5);
+    let started = Instant::now();
+    let weir = crate::weir::Weir::start(&quiet_service(stable.addr(), canary.addr(), true)).await;
+    let done = weir
+        .wait_until("quiet", wait, "the rollback", |s| {
+            !matches!(s.phase, Phase::Progressing)
+        })
+        .await;
+    assert_eq!(done.phase, Phase::Degraded, "{}", done.message);
+    assert!(
+        done.message.contains("request-success-rate"),
+        "{}",
+        done.message
+    );
+    eprintln!(
+        "quiet canary failing half its load-test requests: rolled back in {:?}: {}",
+        started.elapsed(),
+        done.message
+    );
+    weir.shutdown().await;
+
+    // No load test: the same quiet rollout has no data and cannot advance.
+    let (stable, canary) = (
+        Backend::bind("v1").expect("bind"),
+        Backend::bind("v2").expect("bind"),
+    );
+    let weir = crate::weir::Weir::start(&quiet_service(stable.addr(), canary.addr(), false)).await;
+    weir.wait_until("quiet", wait, "the rollout to start", |s| {
+        s.phase == Phase::Progressing && s.canary_weight > 0.0
+    })
+    .await;
+    // Five analysis intervals with no data.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = weir.status("quiet");
+    assert_eq!(status.phase, Phase::Progressing, "{}", status.message);
+    assert_eq!(
+        status.canary_weight, 25.0,
+        "no data never advances: {}",
+        status.message
+    );
+    assert_eq!(canary.stats().requests, 0);
+    eprintln!(
+        "same rollout without the load test: still at {}% after 2s: {}",
+        status.canary_weight, status.message
+    );
+    weir.shutdown().await;
+}

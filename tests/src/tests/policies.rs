@@ -142,6 +142,7 @@ services:
         &[("v1", v1.addr()), ("v2", v2.addr())],
     );
     model.services[0].strategy = Some(Strategy {
+        webhooks: Vec::new(),
         kind: StrategyKind::BlueGreen(BlueGreen {
             preview: Preview {
                 hosts: vec![HostPattern::Exact("preview.shop.example.com".into())],

@@ -18,7 +18,7 @@ use super::{show_duration, substitute, Measured, Outcome, Vars};
 
 mod datadog;
 mod exec;
-mod http;
+pub(crate) mod http;
 
 pub use datadog::datadog;
 pub use exec::exec;

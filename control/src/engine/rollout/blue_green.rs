@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use weir_config::{BlueGreen, HeaderRoute, HostPattern, Listener, Service, Strategy};
+use weir_config::{BlueGreen, HeaderRoute, HostPattern, Listener, Service, Strategy, WebhookKind};
 
 use super::deadline::run_due_ms;
 use super::routes::HeaderRouteState;
@@ -316,6 +316,10 @@ impl Rollout {
                             ));
                             break;
                         }
+                        Some(_) if self.gate(ctx, WebhookKind::ConfirmPromotion, now_ms) => {
+                            return;
+                        }
+                        None if self.gate(ctx, WebhookKind::ConfirmPromotion, now_ms) => return,
                         Some(after) => {
                             let why = format!(
                                 "auto-promotion {} after the preview came up",

@@ -40,7 +40,8 @@ impl Rollout {
                 PauseReason::Step
                 | PauseReason::Operator
                 | PauseReason::Inconclusive
-                | PauseReason::StateUnreadable,
+                | PauseReason::StateUnreadable
+                | PauseReason::Gate,
             ) => true,
         }
     }

@@ -12,7 +12,7 @@
 //! an edited `match` or `mirror` replaces them mid-test, keeping the iterations passed.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, Weight};
+use weir_config::{HeaderRoute, Iterations, MirrorRoute, Traffic, WebhookKind, Weight};
 
 use super::checks::{Checks, Interval};
 use super::deadline::checks_due_ms;
@@ -102,7 +102,10 @@ impl Rollout {
     /// traffic waits for the next tick (see [`Rollout::mixes`]).
     pub(super) fn sync_ab_routes(&mut self, iterations: &Iterations, now_ms: u64) {
         // After an unreadable state file nothing reaches the canary until an operator decides.
-        if !self.in_rollout() || self.pause == Some(PauseReason::StateUnreadable) {
+        if !self.in_rollout()
+            || self.pause == Some(PauseReason::StateUnreadable)
+            || self.before_traffic()
+        {
             return;
         }
         let (header, mirror) = ab_routes(iterations);
@@ -184,7 +187,16 @@ impl Rollout {
                 ));
                 self.emit(now_ms, "Halt", line);
             }
+            Interval::Passed if self.failing_hooks(ctx).is_some() => {
+                let failing = self.failing_hooks(ctx).unwrap_or_default();
+                self.set_message(format!(
+                    "A/B testing halted at {passed}/{n} iterations: rollout webhook {failing} failing"
+                ));
+            }
             Interval::Passed => {
+                let StrategyState::Iterations(state) = &mut self.strategy else {
+                    return;
+                };
                 state.passed += 1;
                 state.iteration_started_ms = Some(now_ms);
                 let passed = state.passed;
@@ -192,6 +204,13 @@ impl Rollout {
                 self.set_message(format!("A/B testing: {passed}/{n} iterations passed"));
                 self.emit(now_ms, "Advance", line);
                 if passed >= n {
+                    if self.gate(ctx, WebhookKind::ConfirmPromotion, now_ms) {
+                        // Flagger: the last iteration is run again until the gate opens.
+                        if let StrategyState::Iterations(state) = &mut self.strategy {
+                            state.passed = n.saturating_sub(1);
+                        }
+                        return;
+                    }
                     self.promote(now_ms);
                 }
             }

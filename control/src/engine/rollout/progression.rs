@@ -2,7 +2,7 @@
 //! passing raises the weight (promotion after the last), failing counts toward `threshold`.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{Progression, Traffic};
+use weir_config::{Progression, Traffic, WebhookKind};
 
 use super::checks::{Checks, Interval};
 use super::deadline::checks_due_ms;
@@ -97,7 +97,27 @@ impl Rollout {
                 self.emit(now_ms, "Halt", line);
             }
             Interval::Passed => {
-                // Every check passed: the next weight, or promotion after the last.
+                // Every check passed: the next weight, or promotion after the last (each behind
+                // its gate, if any).
+                let gate = if step + 1 < n_steps {
+                    WebhookKind::ConfirmTrafficIncrease
+                } else {
+                    WebhookKind::ConfirmPromotion
+                };
+                if let Some(failing) = self.failing_hooks(ctx) {
+                    // Counted when it failed; no advance until it answers 2xx again.
+                    self.set_message(format!(
+                        "halted at weight {}: rollout webhook {failing} failing",
+                        self.weight()
+                    ));
+                    return;
+                }
+                if self.gate(ctx, gate, now_ms) {
+                    return;
+                }
+                let StrategyState::Progression(state) = &mut self.strategy else {
+                    return;
+                };
                 if step + 1 < n_steps {
                     state.step_index += 1;
                     state.step_started_ms = now_ms;

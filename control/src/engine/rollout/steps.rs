@@ -2,7 +2,7 @@
 //! analysis from `startingStep`.
 
 use serde::{Deserialize, Serialize};
-use weir_config::{CanarySteps, Step, Strategy};
+use weir_config::{CanarySteps, Step, Strategy, WebhookKind};
 
 use super::deadline::run_due_ms;
 use super::routes::{RouteChange, Routes};
@@ -82,7 +82,10 @@ impl Rollout {
         // Background analysis keeps watching through `pause: {}` and operator pauses.
         let watching = match self.phase {
             Phase::Progressing => true,
-            Phase::Paused => matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator)),
+            Phase::Paused => matches!(
+                self.pause,
+                Some(PauseReason::Step | PauseReason::Operator | PauseReason::Gate)
+            ),
             _ => false,
         };
         if !watching {
@@ -154,7 +157,10 @@ impl Rollout {
         // step or an operator's pause: a canary that fails while waiting keeps its weight only
         // until the failure is measured, as in Argo Rollouts.
         let waiting = self.phase == Phase::Paused
-            && matches!(self.pause, Some(PauseReason::Step | PauseReason::Operator));
+            && matches!(
+                self.pause,
+                Some(PauseReason::Step | PauseReason::Operator | PauseReason::Gate)
+            );
         if self.phase != Phase::Progressing && !waiting {
             return;
         }
@@ -188,6 +194,9 @@ impl Rollout {
             };
             let (index, started_ms) = (state.step_index, state.step_started_ms);
             let Some(step) = steps.get(index) else {
+                if self.gate(ctx, WebhookKind::ConfirmPromotion, now_ms) {
+                    return;
+                }
                 return self.promote(now_ms);
             };
             let display = index + 1;
@@ -229,6 +238,11 @@ impl Rollout {
                         .is_ne()
                         .then(|| weight.basis_points() > current);
                     if self.mixes(widens) {
+                        break;
+                    }
+                    if widens == Some(true)
+                        && self.gate(ctx, WebhookKind::ConfirmTrafficIncrease, now_ms)
+                    {
                         break;
                     }
                     if let Some(state) = self.steps_state() {

@@ -32,7 +32,7 @@ static INSECURE: LazyLock<Shared> = LazyLock::new(|| Shared::new(false));
 
 /// A response, read whole.
 #[derive(Debug)]
-pub(super) struct Response {
+pub(crate) struct Response {
     /// The status code.
     pub status: http::StatusCode,
     /// The body.
@@ -41,7 +41,7 @@ pub(super) struct Response {
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum FetchError {
+pub(crate) enum FetchError {
     /// The URL does not parse, or is not `http://` or `https://` with a host.
     #[error("invalid URL: {0}")]
     Url(String),
@@ -164,7 +164,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 }
 
 /// Sends one request and reads the whole response within `timeout`.
-pub(super) async fn fetch(
+pub(crate) async fn fetch(
     method: &str,
     url: &str,
     headers: &[(String, String)],
