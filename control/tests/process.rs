@@ -1314,3 +1314,46 @@ async fn without_state_dir_systemd_state_directory_is_used() {
         "$STATE_DIRECTORY (2 paths): state in the first; resumed Paused at 30% after SIGKILL"
     );
 }
+
+/// `weir validate` refuses a CEL syntax error, a function the evaluator does not provide and a
+/// bad `jsonPath`, each with its field path, in one run (issue #9: at load, not at run time).
+#[test]
+fn validate_reports_bad_conditions_and_json_paths_with_their_paths() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(
+        &path,
+        r#"listeners: [{ name: public, address: "127.0.0.1:8080" }]
+services: [{ name: s, stable: { version: v1, upstreams: ["127.0.0.1:9001"] } }]
+analysisTemplates:
+  - name: t
+    metrics:
+      - name: syntax
+        successCondition: 'result >= 0.99 &&'
+        provider: { builtin: { metric: success-rate } }
+      - name: function
+        successCondition: 'avg(result) >= 0.99'
+        provider: { builtin: { metric: success-rate } }
+      - name: web
+        successCondition: result == "ok"
+        provider: { web: { url: "http://127.0.0.1:9/x", jsonPath: "$.data[" } }
+"#,
+    )
+    .expect("write the config");
+    let out = validate(&[&path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{stdout}{stderr}");
+    for needle in [
+        "analysisTemplates[0].metrics[0].successCondition: ",
+        "analysisTemplates[0].metrics[1].successCondition: ",
+        "unknown function `avg`",
+        "analysisTemplates[0].metrics[2].provider.web.jsonPath: ",
+    ] {
+        assert!(
+            stdout.contains(needle) || stderr.contains(needle),
+            "{needle} in:\n{stdout}{stderr}"
+        );
+    }
+    eprintln!("weir validate, exit 64:\n{stderr}{stdout}");
+}
