@@ -373,23 +373,10 @@ impl Driver {
                 metric_idx,
                 outcome,
             } => {
-                let now_ms = self.clock.now_ms();
-                let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
-                    return;
-                };
-                let Some(rollout) = self.rollouts.get_mut(&service) else {
-                    return;
-                };
-                if rollout.revision != revision {
-                    return;
-                }
-                let before = self.store.is_persistent().then(|| rollout.clone());
-                let ctx = Ctx {
-                    service: config,
-                    templates: &self.model.analysis_templates,
-                };
-                let effects = rollout.record(ctx, run_id, metric_idx, &outcome, now_ms);
-                self.commit(vec![(service, effects, before)]).await;
+                self.answered(service, revision, |rollout, ctx, now_ms| {
+                    rollout.record(ctx, run_id, metric_idx, &outcome, now_ms)
+                })
+                .await;
             }
             Input::Hooked {
                 service,
@@ -398,25 +385,40 @@ impl Driver {
                 epoch,
                 answer,
             } => {
-                let now_ms = self.clock.now_ms();
-                let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
-                    return;
-                };
-                let Some(rollout) = self.rollouts.get_mut(&service) else {
-                    return;
-                };
-                if rollout.revision != revision {
-                    return;
-                }
-                let before = self.store.is_persistent().then(|| rollout.clone());
-                let ctx = Ctx {
-                    service: config,
-                    templates: &self.model.analysis_templates,
-                };
-                let effects = rollout.record_hook(ctx, &hook, epoch, &answer, now_ms);
-                self.commit(vec![(service, effects, before)]).await;
+                self.answered(service, revision, |rollout, ctx, now_ms| {
+                    rollout.record_hook(ctx, &hook, epoch, &answer, now_ms)
+                })
+                .await;
             }
         }
+    }
+
+    /// A spawned task's answer (a measurement, a webhook call) for `service`'s `revision`:
+    /// `record` gives it to the rollout; an answer for another revision (or a service gone from
+    /// the config) is stale and dropped.
+    async fn answered(
+        &mut self,
+        service: String,
+        revision: u64,
+        record: impl FnOnce(&mut Rollout, Ctx<'_>, u64) -> Effects,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let Some(config) = self.model.services.iter().find(|s| s.name == service) else {
+            return;
+        };
+        let Some(rollout) = self.rollouts.get_mut(&service) else {
+            return;
+        };
+        if rollout.revision != revision {
+            return;
+        }
+        let before = self.store.is_persistent().then(|| rollout.clone());
+        let ctx = Ctx {
+            service: config,
+            templates: &self.model.analysis_templates,
+        };
+        let effects = record(rollout, ctx, now_ms);
+        self.commit(vec![(service, effects, before)]).await;
     }
 
     async fn freeze(&mut self, frozen: bool) -> Result<(), String> {

@@ -5,7 +5,7 @@
 //! The URL is never logged (webhook URLs are secrets): a failure names the notifier, the
 //! service, the event and the reason.
 
-use std::error::Error as StdError;
+use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use weir_config::{Notifier, NotifierTarget};
+
+use crate::engine::analysis::provider::http::chain;
 
 use super::message::{self, Item};
 use super::{Counters, Outcome};
@@ -249,19 +251,4 @@ pub(crate) fn retry_after(value: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
-}
-
-/// An error and its sources, `: `-separated, without repeats.
-fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(next) = source {
-        let text = next.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = next.source();
-    }
-    out
 }

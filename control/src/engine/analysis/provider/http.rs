@@ -260,7 +260,7 @@ async fn fetch_with(
 }
 
 /// An error and its sources, `: `-separated, without repeats.
-fn chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(next) = source {
