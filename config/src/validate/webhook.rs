@@ -195,6 +195,10 @@ fn load_test(cx: &mut Cx, value: &Value, at: &str) -> Option<LoadTest> {
             );
             return None;
         }
+        if climbs_above_root(&path) {
+            cx.err(at, format!("climbs above the root: \"{path}\""));
+            return None;
+        }
         Some(path)
     });
     let method = o.or(cx, "method", "GET".to_string(), |cx, v, at| {
@@ -260,4 +264,35 @@ fn load_test(cx: &mut Cx, value: &Value, at: &str) -> Option<LoadTest> {
 /// RFC 9110 token characters.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `path`'s dot segments (`..`, also spelled `%2e%2e`) lead above `/`: weir resolves them
+/// before routing and refuses such a request, so a load test sending it could never be served.
+fn climbs_above_root(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut depth = 0usize;
+    for segment in path.split('/').skip(1) {
+        match segment.to_ascii_lowercase().replace("%2e", ".").as_str() {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod climbs {
+    #[test]
+    fn dot_segments_above_the_root_are_found() {
+        for path in ["/..", "/../x", "/a/../../b", "/%2e%2E/x", "/a/./../.."] {
+            assert!(super::climbs_above_root(path), "{path}");
+        }
+        for path in ["/", "/a/..", "/a/b/../c", "/..a", "/a?x=/../..", "/health"] {
+            assert!(!super::climbs_above_root(path), "{path}");
+        }
+    }
 }
