@@ -136,3 +136,47 @@ fn problems_have_field_paths() {
     ));
     assert_eq!(webhooks(&model)[0].interval, Webhook::DEFAULT_INTERVAL);
 }
+
+/// Flagger writes `webhooks` inside its `analysis`: accepted there too (the same hooks, the
+/// analysis interval by default), in one place only, never in Argo's background analysis.
+#[test]
+fn flagger_places_webhooks_in_its_analysis() {
+    let hook = "{ name: gate, type: confirm-promotion, url: \"http://127.0.0.1:9000/gate\" }";
+    let inside = with_strategy(
+        &format!(
+            "      canary:\n        analysis: {{ interval: 7s, threshold: 3, stepWeight: 10, maxWeight: 50, metrics: [{{ name: request-success-rate, thresholdRange: {{ min: 99 }} }}], webhooks: [{hook}, {{ name: load, loadTest: {{ rate: 5, path: \"/../x\" }} }}] }}\n"
+        ),
+        "",
+    );
+    let at = "services[0].strategy.canary.analysis.webhooks";
+    check(
+        &inside,
+        &[&format!(
+            "{at}[1].loadTest.path: climbs above the root: \"/../x\""
+        )],
+    );
+    let inside = inside.replace("\"/../x\"", "/health");
+    let beside = hooks(&format!("          - {hook}\n          - {{ name: load, loadTest: {{ rate: 5, path: /health }} }}\n"), FLAGGER);
+    let (inside, beside) = (ok(&inside), ok(&beside));
+    assert_eq!(webhooks(&inside), webhooks(&beside));
+    assert_eq!(webhooks(&inside)[0].interval, Duration::from_secs(7));
+
+    let both = hooks(
+        &format!("          - {hook}\n"),
+        &FLAGGER.replace(" }] }", &format!(" }}], webhooks: [{hook}] }}")),
+    );
+    check(
+        &both,
+        &[&format!(
+            "{at}: webhooks are given beside analysis already: give them in one place"
+        )],
+    );
+    let argo = with_strategy(
+        &format!("      canary:\n        steps: [{{ setWeight: 10 }}]\n        analysis: {{ templates: [{{ templateName: t }}], webhooks: [{hook}] }}\n"),
+        "",
+    );
+    check(
+        &argo,
+        &[&format!("{at}: webhooks go under strategy.canary (or in a Flagger-style analysis), not in Argo's background analysis")],
+    );
+}

@@ -155,9 +155,35 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
         Some(AnalysisForm::Iterations(Some(i))) => Some(i.interval),
         _ => None,
     };
-    let webhooks = o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
-        super::webhook::webhooks(cx, v, at, hooks_interval)
-    });
+    // Flagger writes them in its `analysis`; weir's form is beside it. One place, not both.
+    let flagger_hooks = o
+        .get(key)
+        .and_then(Value::as_mapping)
+        .and_then(|m| m.get("webhooks"))
+        .filter(|_| {
+            matches!(
+                analysis,
+                Some(AnalysisForm::Flagger(_) | AnalysisForm::Iterations(_))
+            )
+        });
+    let webhooks = match (o.get("webhooks"), flagger_hooks) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                &format!("{}.webhooks", o.at(key)),
+                "webhooks are given beside analysis already: give them in one place",
+            );
+            None
+        }
+        (None, Some(hooks)) => super::webhook::webhooks(
+            cx,
+            hooks,
+            &format!("{}.webhooks", o.at(key)),
+            hooks_interval,
+        ),
+        _ => o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
+            super::webhook::webhooks(cx, v, at, hooks_interval)
+        }),
+    };
 
     const NEEDS: &str = "needs steps, analysis.stepWeight or analysis.iterations";
     let no_steps = |cx: &mut Cx, form: &str| {
@@ -347,9 +373,11 @@ impl SuppliedNames for Vec<(String, String, String)> {
 
 /// `strategy.canary.analysis`, in whichever form its keys say.
 fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Known) -> AnalysisForm {
+    // `webhooks` is Flagger's placement of the webhooks, read by `canary_strategy`.
     let allowed: Vec<&str> = BACKGROUND_KEYS
         .iter()
         .chain(FLAGGER_KEYS.iter())
+        .chain(["webhooks"].iter())
         .copied()
         .collect();
     let Some(o) = Obj::open(cx, value, at, &allowed) else {
@@ -384,6 +412,12 @@ fn analysis(cx: &mut Cx, value: &Value, at: &str, steps_len: usize, known: &Know
         }
         let progression = progression(cx, &o, known);
         return AnalysisForm::Flagger(progression.filter(|_| !mixed));
+    }
+    if o.has("webhooks") {
+        cx.err(
+            &o.at("webhooks"),
+            "webhooks go under strategy.canary (or in a Flagger-style analysis), not in Argo's background analysis",
+        );
     }
     let analysis = analysis_ref(cx, &o, known);
     let starting_step = o.or(cx, "startingStep", 0, |cx, v, at| {
