@@ -79,7 +79,7 @@ pub enum NotifierKind {
     MsTeams,
     /// `discord`: a Discord webhook (`content` and one embed).
     Discord,
-    /// `generic`: a JSON object with every field of the event (documented in the README).
+    /// `generic`: a JSON object with every field of the event (documented in docs/delivery-pipelines.md, "Notifications").
     Generic,
 }
 
@@ -150,7 +150,7 @@ pub enum NotifyOn {
 }
 
 impl NotifyOn {
-    /// Every value, in the order the README lists them.
+    /// Every value, in the order docs/delivery-pipelines.md lists them.
     pub const ALL: [NotifyOn; 11] = [
         NotifyOn::Started,
         NotifyOn::StepCompleted,

@@ -109,7 +109,7 @@ pub struct HookAnswer {
     pub message: String,
 }
 
-/// The JSON body of every webhook call (documented in README.md, "Webhooks").
+/// The JSON body of every webhook call (documented in docs/delivery-pipelines.md, "Webhooks").
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Payload {
