@@ -172,6 +172,8 @@ struct Gen<'a> {
     choice: usize,
     /// Paths of the objects written that the validator must open.
     objects: Vec<String>,
+    /// For each object written: its path, its keys, and those the schema requires.
+    keys: Vec<(String, Vec<String>, BTreeSet<String>)>,
 }
 
 impl<'a> Gen<'a> {
@@ -218,6 +220,34 @@ impl<'a> Gen<'a> {
                 keys.retain(|k| chosen.contains(*k) || !all.contains(*k));
             }
             self.objects.push(path.to_string());
+            let mut required: BTreeSet<String> = node
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect();
+            // Keys a form requires are required only in that form: the check leaves them out.
+            let conditional: BTreeSet<String> = branches
+                .into_iter()
+                .flatten()
+                .flat_map(|b| {
+                    b.get("required")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect();
+            required.retain(|k| !conditional.contains(k));
+            self.keys.push((
+                path.to_string(),
+                keys.iter()
+                    .map(|k| k.to_string())
+                    .filter(|k| !conditional.contains(k))
+                    .collect(),
+                required,
+            ));
             let mut out = serde_json::Map::new();
             for key in keys {
                 let child = if path.is_empty() {
@@ -295,6 +325,7 @@ fn validator_and_schema_agree_on_every_mapping() {
             root: &root,
             choice,
             objects: Vec::new(),
+            keys: Vec::new(),
         };
         let doc = gen.value(&root, "", 0);
         let text = serde_yaml_ng::to_string(&doc).expect("a JSON value is YAML");
@@ -443,4 +474,90 @@ fn shipped_schema_and_reference_are_fresh() {
         "{} stale: run `cargo run -p weir-config --example schema`",
         stale.join(" and ")
     );
+}
+
+/// The value at a validator path inside a generated document.
+fn value_at<'v>(doc: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    let mut node = doc;
+    if path.is_empty() {
+        return Some(node);
+    }
+    for part in path.split('.') {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            node = node.get_mut(name)?;
+        }
+        for _ in rest.matches('[') {
+            node = node.get_mut(0)?;
+        }
+    }
+    Some(node)
+}
+
+#[test]
+fn validator_and_schema_agree_on_required_keys() {
+    let root = json_schema().expect("the schema source parses");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rounds = most_branches(&root).max(1);
+    let mut problems = Vec::new();
+    let mut checked = BTreeSet::new();
+    let mut required_count = 0;
+    for choice in 0..rounds {
+        let mut gen = Gen {
+            root: &root,
+            choice,
+            objects: Vec::new(),
+            keys: Vec::new(),
+        };
+        let doc = gen.value(&root, "", 0);
+        for (path, keys, required) in &gen.keys {
+            for key in keys {
+                if !checked.insert((path.clone(), key.clone())) {
+                    continue;
+                }
+                let mut without = doc.clone();
+                if let Some(Value::Object(map)) = value_at(&mut without, path) {
+                    map.remove(key);
+                }
+                let text = serde_yaml_ng::to_string(&without).expect("a JSON value is YAML");
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let missing = match crate::parse(&text, dir.path()) {
+                    Err(crate::ConfigError::Invalid(errors)) => errors
+                        .iter()
+                        .any(|e| e.at == at && e.problem == "missing required field"),
+                    _ => false,
+                };
+                let schema_requires = required.contains(key);
+                required_count += usize::from(schema_requires);
+                if missing != schema_requires {
+                    problems.push(format!(
+                        "`{at}`: the validator {} it, the schema {} it",
+                        if missing {
+                            "requires"
+                        } else {
+                            "does not require"
+                        },
+                        if schema_requires {
+                            "requires"
+                        } else {
+                            "does not require"
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "required keys: {} fields left out one at a time, {required_count} required by both, {} disagreements",
+        checked.len(),
+        problems.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
