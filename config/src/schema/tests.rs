@@ -166,14 +166,23 @@ fn check_opened(root: &Value, opened: &[(String, Vec<String>)], source: &str) ->
     problems
 }
 
+/// An object the generator wrote.
+struct Written {
+    path: String,
+    keys: Vec<String>,
+    required: BTreeSet<String>,
+    conditional: BTreeSet<String>,
+}
+
 /// Writes a document from the schema: every property of every object, branch `choice` of every `oneOf`.
 struct Gen<'a> {
     root: &'a Value,
     choice: usize,
     /// Paths of the objects written that the validator must open.
     objects: Vec<String>,
-    /// For each object written: its path, its keys, and those the schema requires.
-    keys: Vec<(String, Vec<String>, BTreeSet<String>)>,
+    /// For each object written: its path, its keys, those the schema requires always, and those a form
+    /// (`oneOf` branch) requires.
+    keys: Vec<Written>,
 }
 
 impl<'a> Gen<'a> {
@@ -186,6 +195,13 @@ impl<'a> Gen<'a> {
             Some("#/definitions/text") => return json!("x"),
             Some("#/definitions/weight" | "#/definitions/percentage") => return json!(10),
             _ => {}
+        }
+        if let Some(example) = node
+            .get("examples")
+            .and_then(Value::as_array)
+            .and_then(|e| e.first())
+        {
+            return example.clone();
         }
         let node = resolve(self.root, node);
         if let Some(values) = node.get("enum").and_then(Value::as_array) {
@@ -240,14 +256,12 @@ impl<'a> Gen<'a> {
                 .filter_map(|k| k.as_str().map(str::to_string))
                 .collect();
             required.retain(|k| !conditional.contains(k));
-            self.keys.push((
-                path.to_string(),
-                keys.iter()
-                    .map(|k| k.to_string())
-                    .filter(|k| !conditional.contains(k))
-                    .collect(),
+            self.keys.push(Written {
+                path: path.to_string(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
                 required,
-            ));
+                conditional,
+            });
             let mut out = serde_json::Map::new();
             for key in keys {
                 let child = if path.is_empty() {
@@ -513,9 +527,15 @@ fn validator_and_schema_agree_on_required_keys() {
             keys: Vec::new(),
         };
         let doc = gen.value(&root, "", 0);
-        for (path, keys, required) in &gen.keys {
+        for Written {
+            path,
+            keys,
+            required,
+            conditional,
+        } in &gen.keys
+        {
             for key in keys {
-                if !checked.insert((path.clone(), key.clone())) {
+                if conditional.contains(key) || !checked.insert((path.clone(), key.clone())) {
                     continue;
                 }
                 let mut without = doc.clone();
@@ -560,4 +580,154 @@ fn validator_and_schema_agree_on_required_keys() {
         problems.len()
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The JSON types the schema lets a field take (`integer` included where `number` is).
+fn allowed_types(root: &Value, node: &Value) -> BTreeSet<&'static str> {
+    const ALL: [&str; 7] = [
+        "string", "integer", "number", "boolean", "array", "object", "null",
+    ];
+    let node = resolve(root, node);
+    let mut out = BTreeSet::new();
+    let named = |t: &str| ALL.into_iter().find(|a| *a == t);
+    match node.get("type") {
+        Some(Value::String(t)) => out.extend(named(t)),
+        Some(Value::Array(ts)) => out.extend(ts.iter().filter_map(Value::as_str).filter_map(named)),
+        _ => {
+            if let Some(values) = node.get("enum").and_then(Value::as_array) {
+                for v in values {
+                    out.insert(match v {
+                        Value::String(_) => "string",
+                        Value::Number(n) if n.is_f64() => "number",
+                        Value::Number(_) => "integer",
+                        Value::Bool(_) => "boolean",
+                        Value::Array(_) => "array",
+                        Value::Object(_) => "object",
+                        Value::Null => "null",
+                    });
+                }
+            } else if let Some(branches) = node.get("oneOf").and_then(Value::as_array) {
+                for b in branches {
+                    out.extend(allowed_types(root, b));
+                }
+            } else if node.get("properties").is_some() {
+                out.insert("object");
+            } else {
+                out.extend(ALL);
+            }
+        }
+    }
+    if out.contains("number") {
+        out.insert("integer");
+    }
+    out
+}
+
+#[test]
+fn validator_and_schema_agree_on_value_types() {
+    let root = json_schema().expect("the schema source parses");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rounds = most_branches(&root).max(1);
+    let probes: [(&str, Value); 6] = [
+        ("string", json!("x")),
+        ("integer", json!(7)),
+        ("number", json!(1.5)),
+        ("boolean", json!(true)),
+        ("array", json!([])),
+        ("object", json!({})),
+    ];
+    let mut problems = Vec::new();
+    let mut checked = BTreeSet::new();
+    let mut probed = 0;
+    for choice in 0..rounds {
+        let mut gen = Gen {
+            root: &root,
+            choice,
+            objects: Vec::new(),
+            keys: Vec::new(),
+        };
+        let doc = gen.value(&root, "", 0);
+        for Written { path, keys, .. } in &gen.keys {
+            let Some(object) = at_path(&root, path)
+                .into_iter()
+                .flat_map(|n| {
+                    let mut all = Vec::new();
+                    expand(&root, n, &mut all);
+                    all
+                })
+                .find(|n| n.get("properties").is_some())
+            else {
+                continue;
+            };
+            for (key, field) in object["properties"].as_object().into_iter().flatten() {
+                // Only keys the document has: one of two exclusive keys, or a key of another form, is
+                // refused for being there, whatever its type.
+                if !field.is_object()
+                    || !keys.contains(key)
+                    || !checked.insert((path.clone(), key.clone()))
+                {
+                    continue;
+                }
+                let allowed = allowed_types(&root, field);
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                for (kind, probe) in &probes {
+                    let mut with = doc.clone();
+                    match value_at(&mut with, path) {
+                        Some(Value::Object(map)) => {
+                            map.insert(key.clone(), probe.clone());
+                        }
+                        _ => continue,
+                    }
+                    probed += 1;
+                    let text = serde_yaml_ng::to_string(&with).expect("a JSON value is YAML");
+                    let errors = match crate::parse(&text, dir.path()) {
+                        Err(crate::ConfigError::Invalid(errors)) => errors,
+                        _ => Vec::new(),
+                    };
+                    // The validator's type errors: "expected X, got a mapping" and the like.
+                    let refused = errors
+                        .iter()
+                        .any(|e| e.at == at && is_type_error(&e.problem));
+                    // Whether the validator found anything wrong there (or below it).
+                    let faulted = errors.iter().any(|e| {
+                        e.at == at
+                            || e.at.starts_with(&format!("{at}."))
+                            || e.at.starts_with(&format!("{at}["))
+                    });
+                    let schema_allows = allowed.contains(kind);
+                    if (refused && schema_allows) || (!faulted && !schema_allows) {
+                        problems.push(format!(
+                            "`{at}` = {probe} ({kind}): the validator {}, the schema {} ({allowed:?})",
+                            if refused { "refuses the type" } else { "takes the type" },
+                            if schema_allows { "allows it" } else { "does not" },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "value types: {} fields probed with {probed} wrong- and right-typed values, {} disagreements",
+        checked.len(),
+        problems.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Whether a validator problem says the value has the wrong type (not a wrong value of the right type).
+fn is_type_error(problem: &str) -> bool {
+    problem.starts_with("expected")
+        && [
+            ", got a ",
+            ", got an ",
+            ", got nothing",
+            "got the plain number",
+        ]
+        .iter()
+        .any(|p| problem.contains(p))
+        || problem.starts_with("expected an integer, got ")
 }
