@@ -83,6 +83,21 @@ pub(crate) fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
     node
 }
 
+/// What a `$ref` into another field (`#/definitions/x/properties/y`) points at: that field, whose own
+/// description, default and type then apply.
+fn field_target<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|p| p.strip_prefix("#/definitions/"))
+    {
+        Some(rest) if rest.contains('/') => root
+            .pointer(&format!("/definitions/{rest}"))
+            .unwrap_or(node),
+        _ => node,
+    }
+}
+
 /// The definition name of a `$ref` written on `node`, if any.
 fn ref_name(node: &Value) -> Option<&str> {
     node.get("$ref")
@@ -218,13 +233,14 @@ impl<'a> Docs<'a> {
         self.out.push_str(
             "| Field | Type | Default | Required | Description |\n|---|---|---|---|---|\n",
         );
-        let mut nested: Vec<(String, &'a Value)> = Vec::new();
+        let mut nested: Vec<(String, &'a Value, Option<String>)> = Vec::new();
         for (key, field) in properties {
             let child = if path == "(top level)" {
                 key.clone()
             } else {
                 format!("{path}.{key}")
             };
+            let field = field_target(self.root, field);
             let mut ty = type_of(self.root, field);
             match self.shared_name(field) {
                 Some(name) => {
@@ -249,7 +265,11 @@ impl<'a> Docs<'a> {
                             (None, true) => format!("{inner_path} (form {})", i + 1),
                             _ => inner_path.clone(),
                         };
-                        nested.push((section, object));
+                        // A list's items say what one item is; a field says what it is for.
+                        let intro = description(self.root, object)
+                            .filter(|_| many || resolved.get("items").is_some())
+                            .or_else(|| description(self.root, field));
+                        nested.push((section, object, intro));
                     }
                 }
             }
@@ -270,8 +290,8 @@ impl<'a> Docs<'a> {
                 cell(&text)
             );
         }
-        for (section, object) in nested {
-            self.object(&section, object, None);
+        for (section, object, intro) in nested {
+            self.object_with(&section, object, None, intro);
         }
     }
 }
