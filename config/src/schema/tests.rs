@@ -24,6 +24,10 @@ fn property_keys(node: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What to do when a check fails.
+const FIX: &str = "The schema and the validator disagree: describe the validator's keys in \
+config/src/schema/weir.schema.yaml, then run `cargo run -p weir-config --example schema`.";
+
 /// Mappings the validator opened: each one's path and the keys it allows.
 type Opened = Vec<(String, Vec<String>)>;
 
@@ -370,7 +374,7 @@ fn validator_and_schema_agree_on_every_mapping() {
         examples().len(),
         problems.len()
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(problems.is_empty(), "{}\n{FIX}", problems.join("\n"));
 }
 
 fn compiled() -> jsonschema::Validator {
@@ -411,7 +415,7 @@ fn every_example_names_the_schema_and_validates_against_it() {
         "{} examples validate against deploy/schema/weir.schema.json and weir's validator",
         files.len()
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(problems.is_empty(), "{}\n{FIX}", problems.join("\n"));
 }
 
 /// Structural mistakes (unknown keys, wrong types, bad enum values, missing required keys, two variants at
@@ -456,7 +460,7 @@ fn structural_mistakes_are_refused_by_both() {
         "{} structurally invalid configs refused by both the validator and the schema",
         INVALID.len()
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(problems.is_empty(), "{}\n{FIX}", problems.join("\n"));
 }
 
 /// The shipped files, and the command that writes them.
@@ -579,7 +583,7 @@ fn validator_and_schema_agree_on_required_keys() {
         checked.len(),
         problems.len()
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(problems.is_empty(), "{}\n{FIX}", problems.join("\n"));
 }
 
 /// The JSON types the schema lets a field take (`integer` included where `number` is).
@@ -715,7 +719,7 @@ fn validator_and_schema_agree_on_value_types() {
         checked.len(),
         problems.len()
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(problems.is_empty(), "{}\n{FIX}", problems.join("\n"));
 }
 
 /// Whether a validator problem says the value has the wrong type (not a wrong value of the right type).
