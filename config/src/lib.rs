@@ -5,6 +5,7 @@
 //! - [`model`]: the validated configuration types other crates consume (re-exported at the crate root).
 //! - `error`: [`ConfigError`] and [`ValidationError`].
 //! - `duration`: [`parse_duration`] for `500ms`, `10s`, `2m`, `1h`, `1m30s`.
+//! - [`schema`]: the JSON Schema of the file and the field reference generated from it.
 //! - `validate`: walks the YAML document, collects every problem, and builds the [`Model`].
 //!
 //! ```no_run
@@ -18,6 +19,7 @@
 mod duration;
 mod error;
 pub mod model;
+pub mod schema;
 mod validate;
 
 #[cfg(test)]

@@ -166,23 +166,25 @@ fn canary_strategy(cx: &mut Cx, value: &Value, at: &str, known: &Known) -> Optio
                 Some(AnalysisForm::Flagger(_) | AnalysisForm::Iterations(_))
             )
         });
-    let webhooks = match (o.get("webhooks"), flagger_hooks) {
+    // Both are read (so each reports its own problems), then refused together.
+    let inner_at = format!("{}.webhooks", o.at(key));
+    let inner =
+        flagger_hooks.map(|hooks| super::webhook::webhooks(cx, hooks, &inner_at, hooks_interval));
+    let beside = o.has("webhooks").then(|| {
+        o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
+            super::webhook::webhooks(cx, v, at, hooks_interval)
+        })
+    });
+    let webhooks = match (beside, inner) {
         (Some(_), Some(_)) => {
             cx.err(
-                &format!("{}.webhooks", o.at(key)),
+                &inner_at,
                 "webhooks are given beside analysis already: give them in one place",
             );
             None
         }
-        (None, Some(hooks)) => super::webhook::webhooks(
-            cx,
-            hooks,
-            &format!("{}.webhooks", o.at(key)),
-            hooks_interval,
-        ),
-        _ => o.or(cx, "webhooks", Vec::new(), |cx, v, at| {
-            super::webhook::webhooks(cx, v, at, hooks_interval)
-        }),
+        (Some(hooks), None) | (None, Some(hooks)) => hooks,
+        (None, None) => Some(Vec::new()),
     };
 
     const NEEDS: &str = "needs steps, analysis.stepWeight or analysis.iterations";

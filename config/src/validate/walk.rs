@@ -73,6 +73,8 @@ impl<'v> Obj<'v> {
         allowed: &[&str],
     ) -> Option<Obj<'v>> {
         static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+        #[cfg(test)]
+        crate::schema::tests::opened(path, allowed);
         let map = match value {
             Value::Mapping(map) => map,
             Value::Null => EMPTY.get_or_init(Mapping::new),
