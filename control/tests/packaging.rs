@@ -167,6 +167,23 @@ fn the_unit_keeps_the_directives_the_package_relies_on() {
     );
 }
 
+#[test]
+fn the_packaged_config_validates() {
+    let config = repo().join("deploy/deb/weir.yaml");
+    let output = Command::new(WEIR)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .expect("weir validate");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("/etc/weir/weir.yaml as packaged (deploy/deb/weir.yaml): weir validate ok");
+}
+
 /// Writes a stub for `name` in `bin` that logs its arguments to `calls`.
 fn stub(bin: &Path, calls: &Path, name: &str) {
     let path = bin.join(name);
