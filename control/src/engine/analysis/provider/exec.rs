@@ -36,7 +36,10 @@ pub async fn exec(p: &ExecProvider, vars: &Vars) -> Outcome {
         ));
     }
     let mut cmd = tokio::process::Command::new(&command);
-    cmd.args(p.args.iter().map(|arg| substitute(arg, vars)))
+    // systemd's notify socket is weir's alone: a command must not be able to say READY,
+    // STOPPING or MAINPID for weir (the unit has `NotifyAccess=all` for upgrades).
+    cmd.env_remove("NOTIFY_SOCKET")
+        .args(p.args.iter().map(|arg| substitute(arg, vars)))
         .envs(p.env.iter().map(|(k, v)| (k, substitute(v, vars))))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
