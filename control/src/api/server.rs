@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (config loaded and
 //! listeners bound), and the rollout API under `/api/v1` (JSON, camelCase; server-sent events at
-//! `/api/v1/events`; the automatic certificates at `GET /api/v1/acme`). With `admin.tokenFile`,
+//! `/api/v1/events`; the automatic certificates at `GET /api/v1/acme`; per-version series at
+//! `GET /api/v1/services/{name}/series?window=15m` and observed shares at
+//! `GET /api/v1/traffic?window=10s`), and the operator dashboard at `/` ([`super::dashboard`]). With `admin.tokenFile`,
 //! every mutation needs `Authorization: Bearer TOKEN`.
 //!
 //! Who gets in:
@@ -61,6 +63,8 @@ pub struct AdminState {
     pub max_event_subscribers: usize,
     /// Automatic certificates: `GET /api/v1/acme`.
     pub acme: crate::acme::Acme,
+    /// The dashboard's per-version series: `GET /api/v1/services/{name}/series`.
+    pub series: crate::series::Series,
 }
 
 /// How the admin listener accepts connections.
@@ -236,6 +240,11 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
     let path = request.uri().path().trim_end_matches('/').to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if request.method() == Method::GET {
+        if let Some(page) = super::dashboard::asset(&path, request.headers()) {
+            return page.map(BodyExt::boxed);
+        }
+    }
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let mut text = String::new();
@@ -289,6 +298,8 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
                 None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
             }
         }
+        (&Method::GET, ["api", "v1", "services", name, "series"]) => series(state, name, &query),
+        (&Method::GET, ["api", "v1", "traffic"]) => traffic(state, &query),
         (&Method::POST, ["api", "v1", "services", name, verb]) => {
             if let Some(response) = unauthorized(shared, &request).await {
                 return response;
@@ -316,6 +327,67 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
         (&Method::GET, ["api", "v1", "events"]) => events(shared),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The `window` query parameter (`15m`), else `default`; `Err` with the 400 if it is not a duration.
+#[allow(clippy::result_large_err)]
+fn window_param(query: &str, default: Duration) -> Result<Duration, Response<Body>> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("window=")) {
+        None => Ok(default),
+        Some(text) => crate::series::parse_window(text).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("window must be a duration like 15m or 90s, got {text:?}"),
+            )
+        }),
+    }
+}
+
+/// `GET /api/v1/services/{name}/series?window=15m`: the dashboard's per-version charts.
+fn series(state: &AdminState, name: &str, query: &str) -> Response<Body> {
+    if state.driver.status().service(name).is_none() {
+        return error(StatusCode::NOT_FOUND, &format!("no service named {name:?}"));
+    }
+    match window_param(query, crate::series::RETENTION) {
+        Ok(window) => json(
+            StatusCode::OK,
+            &state.series.service(name, window, unix_ms()),
+        ),
+        Err(refused) => refused,
+    }
+}
+
+/// `GET /api/v1/traffic?window=10s`: each service's share of requests per version over the
+/// window (the share actually observed, beside the weight set).
+fn traffic(state: &AdminState, query: &str) -> Response<Body> {
+    let window = match window_param(query, Duration::from_secs(10)) {
+        Ok(window) => window.min(crate::series::RETENTION),
+        Err(refused) => return refused,
+    };
+    let now = unix_ms();
+    let services: serde_json::Map<String, serde_json::Value> = state
+        .driver
+        .status()
+        .services
+        .iter()
+        .map(|s| {
+            let shares = state.series.observed_share(&s.name, window, now);
+            (
+                s.name.clone(),
+                serde_json::to_value(shares).unwrap_or_default(),
+            )
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "windowSeconds": window.as_secs(), "services": services }),
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The host the request names (lower case), or the response refusing it: 400 for a missing or

@@ -122,6 +122,10 @@ pub struct Details {
     /// The blue-green phase and preview (blue-green services only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStatus>,
+    /// When the current timed `pause: {duration}` step ends (ms since the Unix epoch), while it
+    /// is counting (not while an operator holds the rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ends_at_ms: Option<u64>,
 }
 
 /// A blue-green service's phase and preview.
@@ -317,6 +321,7 @@ pub fn build(
                             events: Vec::new(),
                             history: Vec::new(),
                             blue_green: None,
+                            pause_ends_at_ms: None,
                         }),
                     }
                 }
@@ -399,6 +404,7 @@ pub fn build(
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),
                             blue_green,
+                            pause_ends_at_ms: pause_ends_at(service, rollout),
                         }),
                     }
                 }
@@ -406,6 +412,27 @@ pub fn build(
         })
         .collect();
     Status { services }
+}
+
+/// When the current timed pause step ends, while it counts down.
+fn pause_ends_at(service: &Service, rollout: &Rollout) -> Option<u64> {
+    let StrategyState::Steps(state) = &rollout.strategy else {
+        return None;
+    };
+    if rollout.phase != Phase::Progressing || rollout.pause.is_some() {
+        return None;
+    }
+    let Some(StrategyKind::Steps(plan)) = service.strategy.as_ref().map(|s| &s.kind) else {
+        return None;
+    };
+    match plan.steps.get(state.step_index)? {
+        Step::Pause(Some(duration)) => Some(
+            state
+                .step_started_ms
+                .saturating_add(crate::engine::rollout::run::millis(*duration)),
+        ),
+        _ => None,
+    }
 }
 
 /// Where the rollout is, in its strategy's unit.
