@@ -41,7 +41,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::engine::driver::{CommandError, Handle};
 use crate::engine::rollout::Command;
@@ -124,6 +124,9 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let timeout = options.header_read_timeout;
+    // Dropped when this function returns or is cancelled: every open connection (keep-alive
+    // requests, event streams) then ends too, so a stopped admin API does not go on answering.
+    let (_open, open) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -172,16 +175,23 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let tls = tls.clone();
+        let mut open = open.clone();
         tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
-                        serve_connection(stream, shared, conn, timeout).await;
+            let connection = async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                        {
+                            serve_connection(stream, shared, conn, timeout).await;
+                        }
                     }
+                    None => serve_connection(stream, shared, conn, timeout).await,
                 }
-                None => serve_connection(stream, shared, conn, timeout).await,
+            };
+            tokio::select! {
+                () = connection => {}
+                _ = open.changed() => {}
             }
             drop(permit);
         });

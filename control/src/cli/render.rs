@@ -760,6 +760,7 @@ mod tests {
                 pause_reason: None,
                 failed_checks: None,
                 blue_green: None,
+                pause_ends_at_ms: None,
                 analysis_runs: vec![run],
                 events,
                 history: Vec::new(),

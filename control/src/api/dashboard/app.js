@@ -277,7 +277,8 @@ function overview() {
 function serviceView(name) {
   const svc = view.detail;
   if (!svc || svc.name !== name) return h("p", { class: "muted" }, "No service named " + name + ".");
-  const d = svc.details || {};
+  // The details are flattened into the service's object.
+  const d = svc;
   const now = Date.now();
   const countdown = d.pauseEndsAtMs ? Math.max(0, Math.ceil((d.pauseEndsAtMs - now) / 1000)) : null;
   const out = h("div", { id: "service", "data-phase": svc.phase });
