@@ -146,6 +146,23 @@ impl Browser {
         }
     }
 
+    /// Waits until `script` (a JavaScript expression) is true in the page.
+    async fn wait_js(&self, script: &str, what: &str) {
+        let deadline = Instant::now() + PAGE;
+        let script = format!("return Boolean({script})");
+        loop {
+            let value = self.client.execute(&script, vec![]).await;
+            if matches!(value, Ok(serde_json::Value::Bool(true))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {PAGE:?} the page never showed {what}: {value:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn click(&self, css: &str) {
         self.client
             .wait()
@@ -285,6 +302,13 @@ async fn the_overview_lists_services_and_the_service_page_shows_steps_and_charts
     // Both versions drawn in every chart once a sample with traffic has been taken.
     browser
         .wait_count("#charts svg polyline", 8, "a line per version per chart")
+        .await;
+    // Lines of a few points each (one per sampling interval).
+    browser
+        .wait_js(
+            "[...document.querySelectorAll('#charts polyline')].every(l => l.points.length >= 4)",
+            "lines of 4 points",
+        )
         .await;
     browser.screenshot("service").await;
     drop(traffic);

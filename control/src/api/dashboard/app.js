@@ -363,8 +363,13 @@ function versionColor(version) {
 function charts(series) {
   const wrap = h("div", { class: "charts", id: "charts" });
   const versions = (series && series.versions) || [];
+  // The window asked for (15 min), shortened to the data there is (at least a minute), so a
+  // young rollout's lines are not squeezed against the right edge.
   const end = Date.now();
-  const start = end - ((series && series.windowSeconds) || 900) * 1000;
+  const oldest = Math.min(end, ...versions.flatMap((v) => v.points.map((p) => p.atMs)));
+  const span = Math.min(((series && series.windowSeconds) || 900) * 1000, Math.max(60000, end - oldest + 2000));
+  const start = end - span;
+  const spanText = span >= 120000 ? "−" + Math.round(span / 60000) + " min" : "−" + Math.round(span / 1000) + " s";
   for (const c of CHARTS) {
     const W = 400, H = 140, L = 46, B = 16;
     const values = versions.flatMap((v) => v.points.map((p) => p[c.key]).filter((x) => x !== null && x !== undefined));
@@ -377,14 +382,17 @@ function charts(series) {
     svg.append(s("line", { class: "axis", x1: L, y1: 4, x2: L, y2: H - B }));
     svg.append(s("text", { x: 2, y: 12 }, c.fmt(hi)));
     svg.append(s("text", { x: 2, y: H - B }, c.fmt(lo)));
-    svg.append(s("text", { x: L, y: H - 3 }, "−15 min"));
+    svg.append(s("text", { x: L, y: H - 3 }, spanText));
     svg.append(s("text", { x: W - 24, y: H - 3 }, "now"));
     for (const v of versions) {
       const pts = v.points.filter((p) => p[c.key] !== null && p[c.key] !== undefined && p.atMs >= start)
         .map((p) => x(p.atMs).toFixed(1) + "," + y(p[c.key]).toFixed(1));
       if (pts.length) {
-        svg.append(s("polyline", { points: pts.join(" "), fill: "none", stroke: versionColor(v.version), "stroke-width": 1.6,
-          "data-version": v.version, "vector-effect": "non-scaling-stroke" }));
+        const line = s("polyline", { points: pts.join(" "), fill: "none", "stroke-width": 1.6,
+          "data-version": v.version, "vector-effect": "non-scaling-stroke" });
+        // A CSS variable resolves in a style property, not in an SVG attribute.
+        line.style.stroke = versionColor(v.version);
+        svg.append(line);
       }
     }
     const legend = h("div", { class: "legend" }, versions.map((v) => {
@@ -414,8 +422,8 @@ function analysisRun(run) {
       points.forEach((p, i) => {
         const cx = 8 + (i / Math.max(1, points.length - 1)) * (W - 16);
         const cy = 4 + (1 - (p.value - lo) / (hi - lo || 1)) * (H - 8);
-        const dot = s("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: 3.5,
-          fill: p.verdict === "Successful" ? "var(--healthy)" : p.verdict === "Failed" ? "var(--degraded)" : "var(--paused)" });
+        const dot = s("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: 3.5 });
+        dot.style.fill = p.verdict === "Successful" ? "var(--healthy)" : p.verdict === "Failed" ? "var(--degraded)" : "var(--paused)";
         dot.append(s("title", {}, p.message || String(p.value)));
         svg.append(dot);
       });
