@@ -502,3 +502,81 @@ async fn the_page_says_it_is_disconnected_and_recovers_when_weir_restarts() {
     browser.close().await;
     weir.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_pause_counts_down_and_measurements_show_against_their_threshold() {
+    let Some(browser) = Browser::start("analysis").await else {
+        return;
+    };
+    let started = Instant::now();
+    let (v1, v2) = backends();
+    let template = format!(
+        r#"listeners:
+  - name: public
+    address: 127.0.0.1:0
+admin:
+  address: 127.0.0.1:0
+services:
+  - name: shop
+    match: {{hosts: ["{HOST}"]}}
+    stable: {{version: v1, upstreams: ["${{v1}}"]}}
+    canary: {{version: v2, upstreams: ["${{v2}}"]}}
+    strategy:
+      canary:
+        steps:
+          - setWeight: 30
+          - pause: {{duration: 3s}}
+          - analysis: {{templates: [{{templateName: success-rate}}]}}
+          - pause: {{}}
+analysisTemplates:
+  - name: success-rate
+    metrics:
+      - name: success-rate
+        interval: 500ms
+        count: 3
+        successCondition: result >= 0.95
+        provider: {{builtin: {{metric: success-rate, window: 2s, minRequests: 5}}}}
+"#
+    );
+    let yaml = fill(&template, &[("v1", v1.addr()), ("v2", v2.addr())]);
+    let weir = Weir::start(&yaml).await;
+    let traffic = Traffic::start(weir.addr());
+    browser
+        .client
+        .goto(&url(&weir, "#/services/shop"))
+        .await
+        .expect("open the service page");
+    let countdown = browser
+        .wait_text("#steps li.current", "the pause's countdown", |t| {
+            t.contains("pause 3s") && t.contains("s left")
+        })
+        .await;
+    browser.screenshot("countdown").await;
+    paused_shop(&weir, 3).await;
+    browser
+        .wait_text("#step", "the last pause", |t| t.contains("4/4"))
+        .await;
+    browser
+        .wait_count(
+            ".run [data-metric=success-rate] + .chart circle[data-verdict=successful]",
+            3,
+            "three measurements",
+        )
+        .await;
+    browser
+        .wait_count(".run line.threshold", 1, "the threshold line")
+        .await;
+    let metric = browser
+        .wait_text(".run [data-metric=success-rate]", "the metric", |t| {
+            t.contains("3 ok") && t.contains("success when result >= 0.95")
+        })
+        .await;
+    browser.screenshot("analysis").await;
+    drop(traffic);
+    eprintln!(
+        "analysis: countdown {countdown:?}; {metric:?} with its threshold drawn, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    browser.close().await;
+    weir.shutdown().await;
+}

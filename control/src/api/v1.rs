@@ -126,6 +126,26 @@ pub struct Details {
     /// is counting (not while an operator holds the rollout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_ends_at_ms: Option<u64>,
+    /// The conditions of every metric in this service's analysis runs, so a measurement can be
+    /// shown against what it is judged by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<MetricConditions>,
+}
+
+/// A metric's conditions, as written in its template.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricConditions {
+    /// The template.
+    pub template: String,
+    /// The metric.
+    pub metric: String,
+    /// `successCondition`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_condition: Option<String>,
+    /// `failureCondition`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_condition: Option<String>,
 }
 
 /// A blue-green service's phase and preview.
@@ -322,6 +342,7 @@ pub fn build(
                             history: Vec::new(),
                             blue_green: None,
                             pause_ends_at_ms: None,
+                            conditions: Vec::new(),
                         }),
                     }
                 }
@@ -377,6 +398,7 @@ pub fn build(
                         rollout.strategy.runs().into_iter().cloned().collect();
                     let blue_green = blue_green_status(service, rollout);
                     runs.extend(rollout.finished_runs.iter().rev().cloned());
+                    let metric_conditions = conditions(model, &runs);
                     ServiceStatus {
                         name: service.name.clone(),
                         phase: rollout.phase,
@@ -405,6 +427,7 @@ pub fn build(
                             history: rollout.history.clone(),
                             blue_green,
                             pause_ends_at_ms: pause_ends_at(service, rollout),
+                            conditions: metric_conditions,
                         }),
                     }
                 }
@@ -412,6 +435,35 @@ pub fn build(
         })
         .collect();
     Status { services }
+}
+
+/// The conditions of the metrics `runs` measure (each template and metric once).
+fn conditions(model: &Model, runs: &[AnalysisRun]) -> Vec<MetricConditions> {
+    let mut out: Vec<MetricConditions> = Vec::new();
+    for metric in runs.iter().flat_map(|r| &r.metrics) {
+        if out
+            .iter()
+            .any(|c| c.template == metric.template && c.metric == metric.name)
+        {
+            continue;
+        }
+        let Some(found) = model
+            .analysis_templates
+            .iter()
+            .filter(|t| t.name == metric.template)
+            .flat_map(|t| &t.metrics)
+            .find(|m| m.name == metric.name)
+        else {
+            continue;
+        };
+        out.push(MetricConditions {
+            template: metric.template.clone(),
+            metric: metric.name.clone(),
+            success_condition: found.success_condition.clone(),
+            failure_condition: found.failure_condition.clone(),
+        });
+    }
+    out
 }
 
 /// When the current timed pause step ends, while it counts down.

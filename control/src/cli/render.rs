@@ -761,6 +761,7 @@ mod tests {
                 failed_checks: None,
                 blue_green: None,
                 pause_ends_at_ms: None,
+                conditions: Vec::new(),
                 analysis_runs: vec![run],
                 events,
                 history: Vec::new(),

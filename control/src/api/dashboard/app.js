@@ -312,7 +312,7 @@ function serviceView(name) {
   const runs = d.analysisRuns || [];
   out.append(h("h2", {}, "Analysis runs"));
   if (!runs.length) out.append(h("p", { class: "muted" }, "No analysis has run in this revision."));
-  for (const run of runs) out.append(analysisRun(run));
+  for (const run of runs) out.append(analysisRun(run, d.conditions || []));
 
   out.append(h("h2", {}, "Rules in force"), rules(d.rules || {}));
 
@@ -406,24 +406,52 @@ function charts(series) {
   return wrap;
 }
 
-function analysisRun(run) {
+// The threshold of a condition that compares the result with one number (`result[0] >= 0.95`,
+// `result < 500`); null for anything else (the condition is still shown as text).
+function threshold(condition) {
+  if (!condition) return null;
+  const m = condition.match(/^\s*result(?:\[0\])?\s*(<=|>=|<|>|==)\s*(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$/)
+    || condition.match(/^\s*(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*(<=|>=|<|>|==)\s*result(?:\[0\])?\s*$/);
+  if (!m) return null;
+  const value = Number(/^[<>=]/.test(m[1]) ? m[2] : m[1]);
+  return Number.isFinite(value) ? value : null;
+}
+
+function analysisRun(run, conditions) {
   const box = h("div", { class: "card run" },
     h("h3", {}, "run " + run.id + " ", h("span", { class: run.phase }, run.phase), " ",
       h("span", { class: "muted" }, fmtTime(run.startedAtMs) + (run.message ? " — " + run.message : ""))));
   for (const m of run.metrics || []) {
-    const points = (m.measurements || []).filter((x) => typeof x.value === "number");
-    box.append(h("div", {}, h("b", {}, m.name), " ", h("span", { class: m.phase }, m.phase),
-      h("span", { class: "muted num" }, " · " + m.successful + " ok, " + m.failed + " failed, " + m.inconclusive + " inconclusive, " + m.errors + " errors")));
+    const numeric = (v) => typeof v === "number" ? v : (Array.isArray(v) && typeof v[0] === "number" ? v[0] : null);
+    const points = (m.measurements || []).filter((x) => numeric(x.value) !== null).map((x) => ({ ...x, value: numeric(x.value) }));
+    const cond = conditions.find((c) => c.template === m.template && c.metric === m.name) || {};
+    const limits = [
+      { text: cond.successCondition, value: threshold(cond.successCondition), color: "var(--healthy)", label: "success" },
+      { text: cond.failureCondition, value: threshold(cond.failureCondition), color: "var(--degraded)", label: "failure" },
+    ].filter((l) => l.text);
+    box.append(h("div", { class: "metric", "data-metric": m.name }, h("b", {}, m.name), " ", h("span", { class: m.phase }, m.phase),
+      h("span", { class: "muted num" }, " · " + m.successful + " ok, " + m.failed + " failed, " + m.inconclusive + " inconclusive, " + m.errors + " errors"),
+      limits.map((l) => h("div", { class: "muted" }, l.label + " when " + l.text))));
     if (points.length) {
       const W = 400, H = 60;
-      const vals = points.map((p) => p.value);
+      const vals = points.map((p) => p.value).concat(limits.filter((l) => l.value !== null).map((l) => l.value));
       const lo = Math.min(0, ...vals), hi = Math.max(...vals) * 1.1 || 1;
-      const svg = s("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": m.name + " measurements", preserveAspectRatio: "none" });
+      const svg = s("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": m.name + " measurements" });
+      for (const l of limits.filter((l) => l.value !== null)) {
+        const ly = (4 + (1 - (l.value - lo) / (hi - lo || 1)) * (H - 8)).toFixed(1);
+        const line = s("line", { x1: 0, x2: W, y1: ly, y2: ly, "stroke-dasharray": "4 3", "vector-effect": "non-scaling-stroke", class: "threshold" });
+        line.style.stroke = l.color;
+        line.append(s("title", {}, l.label + " threshold " + l.value));
+        svg.append(line);
+      }
       points.forEach((p, i) => {
         const cx = 8 + (i / Math.max(1, points.length - 1)) * (W - 16);
         const cy = 4 + (1 - (p.value - lo) / (hi - lo || 1)) * (H - 8);
         const dot = s("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: 3.5 });
-        dot.style.fill = p.verdict === "Successful" ? "var(--healthy)" : p.verdict === "Failed" ? "var(--degraded)" : "var(--paused)";
+        // Verdicts are camelCase here (successful, failed, inconclusive, error).
+        const verdict = String(p.verdict).toLowerCase();
+        dot.style.fill = verdict === "successful" ? "var(--healthy)" : verdict === "failed" || verdict === "error" ? "var(--degraded)" : "var(--paused)";
+        dot.setAttribute("data-verdict", verdict);
         dot.append(s("title", {}, p.message || String(p.value)));
         svg.append(dot);
       });
