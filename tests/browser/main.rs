@@ -53,8 +53,12 @@ impl Browser {
             find("chromium").or_else(|| find("chromium-browser")),
             find("chromedriver"),
         ) else {
-            eprintln!(
-                "{test}: skipped: chromium not found (apt-get install chromium chromium-driver)"
+            // Straight to stderr, past the test harness's capture, so a plain `cargo test`
+            // says what it did not run.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "browser test {test}: skipped: chromium not found (apt-get install chromium chromium-driver)"
             );
             return None;
         };
