@@ -194,6 +194,9 @@ async function load() {
       view.traffic = traffic.services || {};
     }
     if (source && source.readyState === EventSource.OPEN) setLive(true, "live");
+    // The API answers but the event stream is refused (admin.maxEventSubscribers): still live,
+    // by the 2 s refresh.
+    else if (source && source.readyState === EventSource.CLOSED) setLive(true, "live (polling)");
     render(route);
   } catch (e) {
     setLive(false, "disconnected — reconnecting…");
