@@ -201,7 +201,9 @@ async function load() {
   } catch (e) {
     setLive(false, "disconnected — reconnecting…");
     if (route.service && String(e.message).endsWith(": 404")) {
-      view.detail = null;
+      // The API answered: connected, and the service is not (or no longer) in the config.
+      if (source && source.readyState === EventSource.OPEN) setLive(true, "live");
+      view.detail = { missing: route.service };
       render(route);
     }
   }
@@ -279,7 +281,8 @@ function overview() {
 
 function serviceView(name) {
   const svc = view.detail;
-  if (!svc || svc.name !== name) return h("p", { class: "muted" }, "No service named " + name + ".");
+  if (svc && svc.missing === name) return h("p", { class: "muted" }, "No service named " + name + ".");
+  if (!svc || svc.name !== name) return h("p", { class: "muted" }, "Loading " + name + "…");
   // The details are flattened into the service's object.
   const d = svc;
   const now = Date.now();
