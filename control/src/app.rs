@@ -283,6 +283,7 @@ pub async fn start_with_lookup(
         allowed_hosts: model.admin.allowed_hosts.clone(),
         max_event_subscribers: model.admin.max_event_subscribers,
         acme: acme.clone(),
+        series: crate::series::Series::spawn(stats.clone()),
     };
     let admin_options = ServeOptions {
         max_connections: model.admin.max_connections,

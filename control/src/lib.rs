@@ -26,6 +26,8 @@
 //!   Discord or any JSON endpoint, off the control loop.
 //! - [`state_dir`]: where state lives without `stateDir` (`$STATE_DIRECTORY`, or next to the
 //!   config file); [`config_report`]: the config generation and digest weir applied.
+//! - [`series`]: the dashboard's per-version time series (rate, success, latency), a bounded
+//!   ring sampled from the in-process stats.
 //! - [`upgrade`]: zero-downtime restart and binary upgrade (socket hand-over to a new process).
 //!
 //! The operator CLI (`weir get`, `promote`, …) and the `weir demo` runner live with the binary
@@ -45,6 +47,7 @@ pub mod memory;
 pub mod notify;
 pub mod reload;
 pub mod resolve;
+pub mod series;
 pub mod state_dir;
 pub mod telemetry;
 pub mod upgrade;

@@ -9,6 +9,7 @@ mod admin_security;
 mod blue_green;
 mod compression;
 mod config_edges;
+mod dashboard;
 mod datadog;
 mod dns;
 mod edge_conn;

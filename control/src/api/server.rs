@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (config loaded and
 //! listeners bound), and the rollout API under `/api/v1` (JSON, camelCase; server-sent events at
-//! `/api/v1/events`; the automatic certificates at `GET /api/v1/acme`). With `admin.tokenFile`,
+//! `/api/v1/events`; the automatic certificates at `GET /api/v1/acme`; per-version series at
+//! `GET /api/v1/services/{name}/series?window=15m` and observed shares at
+//! `GET /api/v1/traffic?window=10s`), and the operator dashboard at `/` ([`super::dashboard`]). With `admin.tokenFile`,
 //! every mutation needs `Authorization: Bearer TOKEN`.
 //!
 //! Who gets in:
@@ -39,7 +41,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::engine::driver::{CommandError, Handle};
 use crate::engine::rollout::Command;
@@ -61,6 +63,8 @@ pub struct AdminState {
     pub max_event_subscribers: usize,
     /// Automatic certificates: `GET /api/v1/acme`.
     pub acme: crate::acme::Acme,
+    /// The dashboard's per-version series: `GET /api/v1/services/{name}/series`.
+    pub series: crate::series::Series,
 }
 
 /// How the admin listener accepts connections.
@@ -120,6 +124,9 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let timeout = options.header_read_timeout;
+    // Dropped when this function returns or is cancelled: every open connection (keep-alive
+    // requests, event streams) then ends too, so a stopped admin API does not go on answering.
+    let (_open, open) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -168,16 +175,23 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let tls = tls.clone();
+        let mut open = open.clone();
         tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
-                        serve_connection(stream, shared, conn, timeout).await;
+            let connection = async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                        {
+                            serve_connection(stream, shared, conn, timeout).await;
+                        }
                     }
+                    None => serve_connection(stream, shared, conn, timeout).await,
                 }
-                None => serve_connection(stream, shared, conn, timeout).await,
+            };
+            tokio::select! {
+                () = connection => {}
+                _ = open.changed() => {}
             }
             drop(permit);
         });
@@ -236,6 +250,11 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
     let path = request.uri().path().trim_end_matches('/').to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if request.method() == Method::GET {
+        if let Some(page) = super::dashboard::asset(&path, request.headers()) {
+            return page.map(BodyExt::boxed);
+        }
+    }
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let mut text = String::new();
@@ -289,6 +308,8 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
                 None => error(StatusCode::NOT_FOUND, &format!("no service named {name:?}")),
             }
         }
+        (&Method::GET, ["api", "v1", "services", name, "series"]) => series(state, name, &query),
+        (&Method::GET, ["api", "v1", "traffic"]) => traffic(state, &query),
         (&Method::POST, ["api", "v1", "services", name, verb]) => {
             if let Some(response) = unauthorized(shared, &request).await {
                 return response;
@@ -316,6 +337,67 @@ async fn handle(shared: &Shared, conn: Conn, request: Request<Incoming>) -> Resp
         (&Method::GET, ["api", "v1", "events"]) => events(shared),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The `window` query parameter (`15m`), else `default`; `Err` with the 400 if it is not a duration.
+#[allow(clippy::result_large_err)]
+fn window_param(query: &str, default: Duration) -> Result<Duration, Response<Body>> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("window=")) {
+        None => Ok(default),
+        Some(text) => crate::series::parse_window(text).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("window must be a duration like 15m or 90s, got {text:?}"),
+            )
+        }),
+    }
+}
+
+/// `GET /api/v1/services/{name}/series?window=15m`: the dashboard's per-version charts.
+fn series(state: &AdminState, name: &str, query: &str) -> Response<Body> {
+    if state.driver.status().service(name).is_none() {
+        return error(StatusCode::NOT_FOUND, &format!("no service named {name:?}"));
+    }
+    match window_param(query, crate::series::RETENTION) {
+        Ok(window) => json(
+            StatusCode::OK,
+            &state.series.service(name, window, unix_ms()),
+        ),
+        Err(refused) => refused,
+    }
+}
+
+/// `GET /api/v1/traffic?window=10s`: each service's share of requests per version over the
+/// window (the share actually observed, beside the weight set).
+fn traffic(state: &AdminState, query: &str) -> Response<Body> {
+    let window = match window_param(query, Duration::from_secs(10)) {
+        Ok(window) => window.min(crate::series::RETENTION),
+        Err(refused) => return refused,
+    };
+    let now = unix_ms();
+    let services: serde_json::Map<String, serde_json::Value> = state
+        .driver
+        .status()
+        .services
+        .iter()
+        .map(|s| {
+            let shares = state.series.observed_share(&s.name, window, now);
+            (
+                s.name.clone(),
+                serde_json::to_value(shares).unwrap_or_default(),
+            )
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "windowSeconds": window.as_secs(), "services": services }),
+    )
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The host the request names (lower case), or the response refusing it: 400 for a missing or

@@ -122,6 +122,30 @@ pub struct Details {
     /// The blue-green phase and preview (blue-green services only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStatus>,
+    /// When the current timed `pause: {duration}` step ends (ms since the Unix epoch), while it
+    /// is counting (not while an operator holds the rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ends_at_ms: Option<u64>,
+    /// The conditions of every metric in this service's analysis runs, so a measurement can be
+    /// shown against what it is judged by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<MetricConditions>,
+}
+
+/// A metric's conditions, as written in its template.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricConditions {
+    /// The template.
+    pub template: String,
+    /// The metric.
+    pub metric: String,
+    /// `successCondition`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_condition: Option<String>,
+    /// `failureCondition`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_condition: Option<String>,
 }
 
 /// A blue-green service's phase and preview.
@@ -317,6 +341,8 @@ pub fn build(
                             events: Vec::new(),
                             history: Vec::new(),
                             blue_green: None,
+                            pause_ends_at_ms: None,
+                            conditions: Vec::new(),
                         }),
                     }
                 }
@@ -372,6 +398,7 @@ pub fn build(
                         rollout.strategy.runs().into_iter().cloned().collect();
                     let blue_green = blue_green_status(service, rollout);
                     runs.extend(rollout.finished_runs.iter().rev().cloned());
+                    let metric_conditions = conditions(model, &runs);
                     ServiceStatus {
                         name: service.name.clone(),
                         phase: rollout.phase,
@@ -399,6 +426,8 @@ pub fn build(
                             events: rollout.events.iter().cloned().collect(),
                             history: rollout.history.clone(),
                             blue_green,
+                            pause_ends_at_ms: pause_ends_at(service, rollout),
+                            conditions: metric_conditions,
                         }),
                     }
                 }
@@ -406,6 +435,56 @@ pub fn build(
         })
         .collect();
     Status { services }
+}
+
+/// The conditions of the metrics `runs` measure (each template and metric once).
+fn conditions(model: &Model, runs: &[AnalysisRun]) -> Vec<MetricConditions> {
+    let mut out: Vec<MetricConditions> = Vec::new();
+    for metric in runs.iter().flat_map(|r| &r.metrics) {
+        if out
+            .iter()
+            .any(|c| c.template == metric.template && c.metric == metric.name)
+        {
+            continue;
+        }
+        let Some(found) = model
+            .analysis_templates
+            .iter()
+            .filter(|t| t.name == metric.template)
+            .flat_map(|t| &t.metrics)
+            .find(|m| m.name == metric.name)
+        else {
+            continue;
+        };
+        out.push(MetricConditions {
+            template: metric.template.clone(),
+            metric: metric.name.clone(),
+            success_condition: found.success_condition.clone(),
+            failure_condition: found.failure_condition.clone(),
+        });
+    }
+    out
+}
+
+/// When the current timed pause step ends, while it counts down.
+fn pause_ends_at(service: &Service, rollout: &Rollout) -> Option<u64> {
+    let StrategyState::Steps(state) = &rollout.strategy else {
+        return None;
+    };
+    if rollout.phase != Phase::Progressing || rollout.pause.is_some() {
+        return None;
+    }
+    let Some(StrategyKind::Steps(plan)) = service.strategy.as_ref().map(|s| &s.kind) else {
+        return None;
+    };
+    match plan.steps.get(state.step_index)? {
+        Step::Pause(Some(duration)) => Some(
+            state
+                .step_started_ms
+                .saturating_add(crate::engine::rollout::run::millis(*duration)),
+        ),
+        _ => None,
+    }
 }
 
 /// Where the rollout is, in its strategy's unit.

@@ -760,6 +760,8 @@ mod tests {
                 pause_reason: None,
                 failed_checks: None,
                 blue_green: None,
+                pause_ends_at_ms: None,
+                conditions: Vec::new(),
                 analysis_runs: vec![run],
                 events,
                 history: Vec::new(),
