@@ -65,6 +65,10 @@ pub struct ServiceStatus {
     pub name: String,
     /// Phase.
     pub phase: Phase,
+    /// `steps`, `progression` (Flagger), `iterations` (Flagger A/B), `blueGreen`, or `manual`
+    /// (no strategy: the file's weight), as [`Details::strategy`]; in the list view too.
+    #[serde(default)]
+    pub strategy: String,
     /// Why, with numbers.
     pub message: String,
     /// Revision number (0 before the first rollout).
@@ -320,6 +324,7 @@ pub fn build(
                     ServiceStatus {
                         name: service.name.clone(),
                         phase: Phase::Healthy,
+                        strategy: "manual".into(),
                         message,
                         revision: 0,
                         stable_version: service.stable.version.clone(),
@@ -402,6 +407,7 @@ pub fn build(
                     ServiceStatus {
                         name: service.name.clone(),
                         phase: rollout.phase,
+                        strategy: strategy.map_or("steps", |s| s.name()).into(),
                         message: rollout.message.clone(),
                         revision: rollout.revision,
                         stable_version: rollout.stable_version.clone(),

@@ -656,6 +656,7 @@ mod tests {
         ServiceStatus {
             name: name.into(),
             phase,
+            strategy: "steps".into(),
             message: format!("{name} is doing things at weight {weight}"),
             revision: 3,
             stable_version: "v1".into(),

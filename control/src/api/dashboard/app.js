@@ -264,6 +264,7 @@ function overview() {
     return h("tr", { "data-service": svc.name },
       h("td", {}, h("a", { href: "#/services/" + encodeURIComponent(svc.name) }, svc.name)),
       h("td", {}, h("span", { class: "phase " + svc.phase }, svc.phase)),
+      h("td", { class: "strategy" }, svc.strategy || "—"),
       h("td", { class: "num step" }, step),
       h("td", {}, weightBars(svc, view.traffic[svc.name])),
       h("td", {}, svc.stableVersion),
@@ -273,7 +274,7 @@ function overview() {
   return h("div", {},
     h("h1", {}, "Services"),
     h("table", { id: "services" },
-      h("thead", {}, h("tr", {}, ["service", "phase", "step", "canary weight (set · observed 10 s)", "stable", "canary", "message"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["service", "phase", "strategy", "step", "canary weight (set · observed 10 s)", "stable", "canary", "message"].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows)));
 }
 
