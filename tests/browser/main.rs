@@ -292,7 +292,10 @@ async fn the_overview_lists_services_and_the_service_page_shows_steps_and_charts
         })
         .await;
     assert!(row.contains("set 20.0%"), "{row}");
-    assert!(row.contains("steps") && row.contains("step 2/4"), "strategy and step: {row}");
+    assert!(
+        row.contains("steps") && row.contains("step 2/4"),
+        "strategy and step: {row}"
+    );
     browser.screenshot("overview").await;
 
     browser.click("tr[data-service=shop] a").await;
