@@ -12,6 +12,7 @@ mod config_edges;
 mod dashboard;
 mod datadog;
 mod dns;
+mod doc_links;
 mod edge_conn;
 mod edge_memory;
 mod edge_request;
