@@ -39,13 +39,12 @@ impl Collector for RolloutCollector {
                 MetricType::Gauge,
             )?;
             for service in &status.services {
-                let (strategy, strategy_phase) = match &service.details {
-                    Some(details) => (
-                        details.strategy.as_str(),
-                        details.strategy_phase.as_deref().unwrap_or(""),
-                    ),
-                    None => ("manual", ""),
-                };
+                let strategy = service.strategy.as_str();
+                let strategy_phase = service
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.strategy_phase.as_deref())
+                    .unwrap_or("");
                 let phase = format!("{:?}", service.phase);
                 let labels = [
                     ("service", service.name.as_str()),

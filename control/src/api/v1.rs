@@ -66,7 +66,7 @@ pub struct ServiceStatus {
     /// Phase.
     pub phase: Phase,
     /// `steps`, `progression` (Flagger), `iterations` (Flagger A/B), `blueGreen`, or `manual`
-    /// (no strategy: the file's weight), as [`Details::strategy`]; in the list view too.
+    /// (no strategy: the file's weight); in the list view too.
     #[serde(default)]
     pub strategy: String,
     /// Why, with numbers.
@@ -102,9 +102,6 @@ pub struct ServiceStatus {
 pub struct Details {
     /// The version the config names as stable.
     pub config_stable_version: String,
-    /// `steps`, `progression` (Flagger), `iterations` (Flagger A/B), `blueGreen`, or `manual`
-    /// (no strategy: the file's weight).
-    pub strategy: String,
     /// The strategy's own phase, where it has one beyond [`ServiceStatus::phase`] (blue-green).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy_phase: Option<String>,
@@ -336,7 +333,6 @@ pub fn build(
                         observed_generation: 0,
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
-                            strategy: "manual".into(),
                             strategy_phase: None,
                             rules: rules(service, None),
                             steps: Vec::new(),
@@ -419,7 +415,6 @@ pub fn build(
                         observed_generation: 0,
                         details: Some(Details {
                             config_stable_version: service.stable.version.clone(),
-                            strategy: strategy.map_or("steps", |s| s.name()).into(),
                             strategy_phase: blue_green.as_ref().and_then(|b| b.phase.clone()),
                             rules: rules(service, Some(rollout)),
                             steps,
@@ -701,7 +696,7 @@ services:
             Some("step 2/2")
         );
         let details = checkout.details.as_ref().expect("details");
-        assert_eq!(details.strategy, "steps");
+        assert_eq!(checkout.strategy, "steps");
         assert_eq!(
             details.rules.header_routes,
             vec![HeaderRouteStatus {
@@ -768,7 +763,13 @@ services:
         assert_eq!(orders.step_count, 5);
         assert_eq!(orders.step_index, 2);
         let details = orders.details.as_ref().unwrap();
-        assert_eq!(details.strategy, "blueGreen");
+        assert_eq!(orders.strategy, "blueGreen");
+        // The details are flattened into the service: no key may be sent twice (a client
+        // refuses such JSON), so the status reads back as it was sent.
+        let json = serde_json::to_string(orders).expect("serializes");
+        let back: ServiceStatus =
+            serde_json::from_str(&json).expect("reads back: no duplicate keys");
+        assert_eq!(back.strategy, "blueGreen");
         assert_eq!(details.steps[2].state, "current");
         assert_eq!(
             details.steps[2].description,

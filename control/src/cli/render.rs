@@ -218,11 +218,11 @@ pub fn render_detail(status: &ServiceStatus) -> String {
     let details = status.details.as_ref();
     let _ = write!(out, "{}  {:?}", status.name, status.phase);
     match details {
-        Some(d) if status.revision > 0 => {
-            let _ = writeln!(out, "  (revision {}, {})", status.revision, d.strategy);
+        Some(_) if status.revision > 0 => {
+            let _ = writeln!(out, "  (revision {}, {})", status.revision, status.strategy);
         }
-        Some(d) => {
-            let _ = writeln!(out, "  ({})", d.strategy);
+        Some(_) => {
+            let _ = writeln!(out, "  ({})", status.strategy);
         }
         None if status.revision > 0 => {
             let _ = writeln!(out, "  (revision {})", status.revision);
@@ -555,8 +555,11 @@ pub fn action_result(
     let step = |status: &ServiceStatus| (status.step_index + 1).min(status.step_count.max(1));
     // What the strategy calls the place a promote moves on from (blue-green phases, A/B
     // iterations), when the status before says.
-    let details = before.or(Some(after)).and_then(|s| s.details.as_ref());
-    let strategy = details.map_or("steps", |d| d.strategy.as_str());
+    let strategy = match before.unwrap_or(after).strategy.as_str() {
+        // An older weir sent the strategy with the details only.
+        "" => "steps",
+        strategy => strategy,
+    };
     let phase_before = before
         .and_then(|b| b.details.as_ref())
         .and_then(|d| d.strategy_phase.as_deref());
@@ -741,7 +744,6 @@ mod tests {
         ServiceStatus {
             details: Some(Details {
                 config_stable_version: "v1".into(),
-                strategy: "steps".into(),
                 strategy_phase: None,
                 rules: Rules::default(),
                 steps: steps
@@ -887,8 +889,8 @@ mod tests {
     fn the_detail_view_shows_the_blue_green_phase_preview_and_kept_blue() {
         let mut status = detailed();
         status.phase = Phase::Paused;
+        status.strategy = "blueGreen".into();
         if let Some(details) = status.details.as_mut() {
-            details.strategy = "blueGreen".into();
             details.pause_reason = Some("Step".into());
             details.analysis_runs.clear();
             details.events.clear();
@@ -1035,8 +1037,8 @@ mod tests {
     #[test]
     fn action_results_speak_each_strategys_language() {
         let mut waiting = detailed();
+        waiting.strategy = "blueGreen".into();
         if let Some(d) = waiting.details.as_mut() {
-            d.strategy = "blueGreen".into();
             d.strategy_phase = Some("awaitingPromotion".into());
         }
         let switched = summary("checkout", Phase::Progressing, 100.0);
@@ -1091,8 +1093,8 @@ mod tests {
             text: "iteration 2/3".into(),
         });
         status.step_count = 3;
+        status.strategy = "iterations".into();
         if let Some(details) = status.details.as_mut() {
-            details.strategy = "iterations".into();
             details.rules = Rules {
                 header_routes: vec![HeaderRouteStatus {
                     name: "ab-test".into(),
