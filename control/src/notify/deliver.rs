@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -44,30 +44,9 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new() -> Client {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = || {
-            rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports rustls' default protocol versions")
-        };
-        let (tls, tls_error) = match builder().with_native_roots() {
-            Ok(config) => (config.with_no_client_auth(), None),
-            Err(error) => {
-                // http keeps working; https deliveries fail with this reason.
-                let empty = builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                (empty, Some(format!("no root certificates: {error}").into()))
-            }
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        // http keeps working without roots; https deliveries fail with the reason.
+        let (connector, tls_error) = crate::engine::analysis::provider::http::connector(true);
+        let tls_error = tls_error.map(Arc::from);
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(2)

@@ -252,7 +252,7 @@ async fn each_kind_gets_its_body_and_only_the_events_it_asked_for() {
     headers: {{Authorization: "Bearer s3cret", X-Env: prod}}
     on: [Started, StepCompleted, Paused, Resumed, AnalysisFailed, Aborted, RolledBack, Promoted]
 "##,
-        slack.url("/services/T0/B0/XXX"),
+        slack.url("/services/T0/B0/webhook-secret"),
         teams.url("/webhookb2/abc"),
         discord.url("/api/webhooks/1/tok"),
         url_file.display()
@@ -276,7 +276,7 @@ async fn each_kind_gets_its_body_and_only_the_events_it_asked_for() {
     let got = slack.received();
     assert_eq!(got.len(), 1, "{:?}", slack.bodies_field(""));
     let body = &got[0].body;
-    assert_eq!(got[0].path, "/services/T0/B0/XXX");
+    assert_eq!(got[0].path, "/services/T0/B0/webhook-secret");
     assert_eq!(got[0].headers["content-type"], "application/json");
     assert_eq!(body["text"], "checkout: v2 promoted to stable");
     assert_eq!(body["channel"], "#deploys");

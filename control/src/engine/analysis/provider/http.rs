@@ -75,42 +75,50 @@ impl Shared {
     /// A client that verifies server certificates against the system's roots, or (`verify`
     /// false) accepts any.
     fn new(verify: bool) -> Shared {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = || {
-            rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports rustls' default protocol versions")
-        };
-        let roots = if verify {
-            builder().with_native_roots()
-        } else {
-            Ok(builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider)))))
-        };
-        let (tls, tls_error) = match roots {
-            Ok(config) => (config.with_no_client_auth(), None),
-            Err(error) => {
-                // http keeps working; https requests fail with this reason.
-                let empty = builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                (empty, Some(format!("no root certificates: {error}")))
-            }
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let (connector, tls_error) = connector(verify);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
         Shared { client, tls_error }
     }
+}
+
+/// An http-or-https connector over rustls (ring) for weir's outgoing calls (providers, webhooks,
+/// notifications): server certificates verified against the system's roots, or (`verify` false)
+/// any accepted. When the roots cannot be loaded, http keeps working and the reason is returned
+/// for every https call to fail with.
+pub(crate) fn connector(verify: bool) -> (HttpsConnector<HttpConnector>, Option<String>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports rustls' default protocol versions")
+    };
+    let roots = if verify {
+        builder().with_native_roots()
+    } else {
+        Ok(builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider)))))
+    };
+    let (tls, tls_error) = match roots {
+        Ok(config) => (config.with_no_client_auth(), None),
+        Err(error) => {
+            let empty = builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            (empty, Some(format!("no root certificates: {error}")))
+        }
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    (connector, tls_error)
 }
 
 /// `insecureSkipVerify`: accepts any server certificate (signatures are still checked, so the
